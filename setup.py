@@ -1,0 +1,34 @@
+"""Install the engine (`dassl_ext`) and the dependencies of the whole project.
+
+Only `dassl_ext` is installed as a package: the repository's top-level `trainers`
+and `datasets` folders are imported from the repository root (``train.py`` and the
+scripts put it first on ``sys.path``), so installing this project never shadows
+Hugging Face ``datasets`` for other software in the same environment.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="promptkd-dassl",
+    version="0.1.0",
+    description="Dassl-style framework for CLIP prompt learning and PromptKD distillation",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dassl_ext", "dassl_ext.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        # OpenAI CLIP from PyPI; it imports pkg_resources, removed in setuptools 81.
+        "clip-anytorch>=2.6",
+        "setuptools<81",
+        "yacs",
+        "gdown",
+        "tabulate",
+        "scikit-learn",
+        "tqdm",
+        "tensorboard",
+        "matplotlib",
+        "numpy",
+        "Pillow",
+    ],
+    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+)
