@@ -1,0 +1,142 @@
+"""Per-epoch LR schedules with Dassl's semantics, as one closed-form torch scheduler.
+
+Dassl wraps a torch scheduler (``StepLR``, ``MultiStepLR``, ``CosineAnnealingLR``) in a
+warm-up scheduler that holds the first as an attribute; on current PyTorch that wrapper
+raises a TypeError, and its state_dict pickles the nested scheduler object. Here the
+learning rate of every epoch is computed in closed form from plain numbers, reproducing
+the sequence Dassl's chained schedulers produce (spec §5.3), and ``state_dict()`` holds
+only plain containers (loadable with ``torch.load(weights_only=True)``).
+
+With ``W`` warm-up epochs and 0-based epoch ``e`` (the scheduler steps once per epoch):
+
+* ``e < W``: constant warm-up gives ``WARMUP_CONS_LR``; linear warm-up gives
+  ``WARMUP_MIN_LR`` at ``e = 0`` and ``LR * e / W`` after.
+* ``e >= W`` with ``WARMUP_RECOUNT`` (or no warm-up): the main schedule restarted at
+  ``k = e - W``: cosine ``LR * (1 + cos(pi k / MAX_EPOCH)) / 2``; single_step
+  ``LR * GAMMA ** (k // STEPSIZE)``; multi_step ``LR * GAMMA ** #{m <= k}``.
+* ``e >= W`` without recount: Dassl sets the main scheduler's epoch to ``W``, and the
+  chained torch formulas then continue from ``LR`` at ``e = W``: cosine
+  ``LR * (1 + cos(pi e / T)) / (1 + cos(pi W / T))``; steps counted in ``(W, e]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+
+from dassl_ext.errors import UserError
+
+AVAI_SCHEDS = ("single_step", "multi_step", "cosine")
+AVAI_WARMUPS = ("constant", "linear")
+
+
+class DasslLRScheduler(LRScheduler):
+    """Closed-form per-epoch LR: ``schedule`` in AVAI_SCHEDS plus optional warm-up."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        schedule: str,
+        max_epoch: int,
+        stepsize: list[int] | int = -1,  # int for single_step, milestones for multi_step
+        gamma: float = 0.1,
+        warmup_epoch: int = 0,
+        warmup_type: str = "constant",
+        warmup_cons_lr: float = 1e-5,
+        warmup_min_lr: float = 1e-5,
+        warmup_recount: bool = True,
+        last_epoch: int = -1,
+    ) -> None:
+        # Attributes are plain numbers / lists only: they end up in state_dict().
+        self.schedule = schedule
+        self.max_epoch = int(max_epoch)
+        multi = isinstance(stepsize, (list, tuple))
+        self.stepsize = [int(s) for s in stepsize] if multi else int(stepsize)
+        self.gamma = float(gamma)
+        self.warmup_epoch = int(warmup_epoch)
+        self.warmup_type = warmup_type
+        self.warmup_cons_lr = float(warmup_cons_lr)
+        self.warmup_min_lr = float(warmup_min_lr)
+        self.warmup_recount = bool(warmup_recount)
+        super().__init__(optimizer, last_epoch)
+
+    def _factor(self, e: int) -> float:
+        """Multiplier of the base LR at epoch ``e >= warmup_epoch`` (main schedule)."""
+        w = self.warmup_epoch
+        recount = self.warmup_recount or w == 0
+        if self.schedule == "cosine":
+            t = float(self.max_epoch)
+            if recount:
+                return (1 + math.cos(math.pi * (e - w) / t)) / 2
+            return (1 + math.cos(math.pi * e / t)) / (1 + math.cos(math.pi * w / t))
+        if self.schedule == "single_step":
+            s = self.stepsize
+            n = (e - w) // s if recount else e // s - w // s
+            return self.gamma**n
+        # multi_step; a milestone at 0 fires when the torch scheduler is built.
+        if recount:
+            n = sum(1 for m in self.stepsize if m <= e - w)
+        else:
+            n = sum(1 for m in self.stepsize if m <= e and not 0 < m <= w)
+        return self.gamma**n
+
+    def lr_at(self, epoch: int) -> list[float]:
+        """Learning rate of every param group at 0-based ``epoch``."""
+        if epoch < self.warmup_epoch:
+            if self.warmup_type == "constant":
+                return [self.warmup_cons_lr for _ in self.base_lrs]
+            if epoch == 0:
+                return [self.warmup_min_lr for _ in self.base_lrs]
+            return [lr * epoch / self.warmup_epoch for lr in self.base_lrs]
+        f = self._factor(epoch)
+        return [lr * f for lr in self.base_lrs]
+
+    def get_lr(self) -> list[float]:
+        return self.lr_at(self.last_epoch)
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return self.lr_at(self.last_epoch)
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> DasslLRScheduler:
+    """Build the scheduler named by ``OPTIM.LR_SCHEDULER``; call ``step()`` once per epoch."""
+    name = optim_cfg.LR_SCHEDULER
+    if name not in AVAI_SCHEDS:
+        raise UserError(f"OPTIM.LR_SCHEDULER is {name!r}; use one of {list(AVAI_SCHEDS)}.")
+    max_epoch = int(optim_cfg.MAX_EPOCH)
+    stepsize: Any = optim_cfg.STEPSIZE
+    if name == "cosine":
+        stepsize = -1
+    elif name == "single_step":
+        if isinstance(stepsize, (list, tuple)):
+            stepsize = stepsize[-1]
+        if not isinstance(stepsize, int):
+            raise UserError(f"OPTIM.STEPSIZE must be an integer for single_step, got {stepsize!r}.")
+        if stepsize <= 0:
+            stepsize = max_epoch
+    elif name == "multi_step":
+        if not isinstance(stepsize, (list, tuple)):
+            raise UserError(f"OPTIM.STEPSIZE must be a list for multi_step, got {stepsize!r}.")
+        stepsize = [int(s) for s in stepsize]
+    warmup_epoch = int(optim_cfg.WARMUP_EPOCH)
+    warmup_type = optim_cfg.WARMUP_TYPE
+    if warmup_epoch > 0 and warmup_type not in AVAI_WARMUPS:
+        raise UserError(f"OPTIM.WARMUP_TYPE is {warmup_type!r}; use one of {list(AVAI_WARMUPS)}.")
+    recount = bool(optim_cfg.WARMUP_RECOUNT)
+    if name == "cosine" and warmup_epoch > 0 and not recount and warmup_epoch >= max_epoch:
+        raise UserError("OPTIM.WARMUP_EPOCH must be below OPTIM.MAX_EPOCH when not recounting.")
+    return DasslLRScheduler(
+        optimizer,
+        name,
+        max_epoch,
+        stepsize=stepsize,
+        gamma=float(optim_cfg.GAMMA),
+        warmup_epoch=max(warmup_epoch, 0),
+        warmup_type=warmup_type,
+        warmup_cons_lr=float(optim_cfg.WARMUP_CONS_LR),
+        warmup_min_lr=float(optim_cfg.WARMUP_MIN_LR),
+        warmup_recount=recount,
+    )
