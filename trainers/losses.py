@@ -1,0 +1,86 @@
+"""Loss functions shared by the trainers, as pure functions of tensors.
+
+Each docstring states the normalisation, because the tuned loss weights of the official
+configs (TEXT_LOSS_WEIGHT 25, IMAGE_LOSS_WEIGHT 10, PromptKD's KD_WEIGHT 1000) depend on it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def consistency_l1(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference ``mean(|features - target|)`` over ALL elements.
+
+    PromptSRC's L_SCL-text (over C x D) and L_SCL-image (over B x D) are this function applied
+    to L2-normalised features (``F.l1_loss(..., reduction="mean")`` in the official code). The
+    target is treated as a constant (detached).
+    """
+    return F.l1_loss(features, target.detach().to(features.dtype), reduction="mean")
+
+
+def logits_kl(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(target_logits) || softmax(logits))`` summed over B x C, divided by B * C.
+
+    This is PromptSRC's L_SCL-logits (temperature 1, no extra weight): the official
+    ``F.kl_div(log_softmax(logits), log_softmax(zs_logits), reduction="sum", log_target=True)
+    / logits.numel()``. Note the division by the number of logits, not by the batch size.
+    The target is treated as a constant (detached).
+    """
+    log_p = F.log_softmax(logits, dim=1)
+    log_q = F.log_softmax(target_logits.detach().to(logits.dtype), dim=1)
+    kl = F.kl_div(log_p, log_q, reduction="sum", log_target=True)
+    return kl / logits.numel()
+
+
+def promptsrc_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    text_features: torch.Tensor,
+    zs_text_features: torch.Tensor,
+    image_features: torch.Tensor,
+    zs_image_features: torch.Tensor,
+    zs_logits: torch.Tensor,
+    text_weight: float,
+    image_weight: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PromptSRC's objective (spec §2.3); returns ``(total, parts)``.
+
+    ``total = CE(logits, labels)                                    (mean over B)
+            + text_weight  * mean|text_features  - zs_text_features| (over C x D)
+            + image_weight * mean|image_features - zs_image_features| (over B x D)
+            + KL(p_zs || p_prompted) summed over B x C / (B * C)``
+
+    All features are expected L2-normalised; the ``zs_*`` inputs are frozen targets.
+    ``parts`` holds the four (weighted) terms under the keys ``ce``, ``scl_text``,
+    ``scl_image`` and ``scl_logits``, for logging.
+    """
+    parts = {
+        "ce": F.cross_entropy(logits, labels),
+        "scl_text": text_weight * consistency_l1(text_features, zs_text_features),
+        "scl_image": image_weight * consistency_l1(image_features, zs_image_features),
+        "scl_logits": logits_kl(logits, zs_logits),
+    }
+    total = sum(p.float() for p in parts.values())
+    return total, parts
+
+
+def gpa_weights(mean: float, std: float, num_epochs: int) -> list[float]:
+    """Gaussian Prompt Aggregation weights ``w_e`` for epochs e = 1..num_epochs.
+
+    ``w_e = N(e; mean, std)`` (the normal density), normalised so that ``sum(w) == 1``
+    (spec §2.4; e.g. mean 15, std 1, 20 epochs: w_13 .054, w_14 .242, w_15 .399).
+    """
+    if std <= 0:
+        raise ValueError(f"GPA_STD must be > 0, got {std}")
+    dens = [math.exp(-0.5 * ((e - mean) / std) ** 2) for e in range(1, num_epochs + 1)]
+    total = sum(dens)
+    if total == 0.0:
+        raise ValueError(
+            f"GPA weights vanish: GPA_MEAN={mean}, GPA_STD={std} put no mass on epochs "
+            f"1..{num_epochs}; choose a mean within the epochs or a larger std."
+        )
+    return [d / total for d in dens]
