@@ -6,3 +6,17 @@ import sys
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_root(tmp_path_factory) -> str:
+    """A folder holding tiny-teacher.pt and tiny-student.pt (OpenAI state-dict format)."""
+    from dassl_ext.modeling import TINY_SPECS, save_tiny_clip
+
+    root = tmp_path_factory.mktemp("clip")
+    for name in TINY_SPECS:
+        save_tiny_clip(str(root / f"{name}.pt"), name)
+    return str(root)

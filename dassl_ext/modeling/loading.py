@@ -1,0 +1,141 @@
+"""Find and load CLIP weights by model name, offline-first.
+
+Folders searched, in order: the ``root`` argument (config ``MODEL.CLIP_ROOT``), the
+environment variable ``CLIP_ROOT``, OpenAI's cache folder ``~/.cache/clip``. A missing
+OpenAI model is downloaded into the first of them (checksum verified) when the network
+allows; a missing tiny model is built and written there.
+"""
+
+import logging
+import os
+import socket
+import tempfile
+import zipfile
+
+import torch
+
+from dassl_ext.errors import UserError
+from dassl_ext.modeling._clip import clip
+from dassl_ext.modeling.tiny import TINY_SPECS, save_tiny_clip
+
+logger = logging.getLogger(__name__)
+
+OPENAI_CACHE = os.path.join("~", ".cache", "clip")
+DOWNLOAD_TIMEOUT_S = 30
+
+
+def clip_filename(name: str) -> str:
+    """File name of a model: OpenAI's own (``ViT-L/14@336px`` -> ``ViT-L-14-336px.pt``),
+    else ``name`` with ``/`` -> ``-`` and ``.pt`` appended (``tiny-student.pt``)."""
+    if name in clip.clip._MODELS:
+        return os.path.basename(clip.clip._MODELS[name])
+    return name if name.endswith(".pt") else name.replace("/", "-") + ".pt"
+
+
+def clip_search_dirs(root: str | None = None) -> list[str]:
+    """The folders searched for weights, most specific first, without duplicates."""
+    dirs = []
+    for d in (root, os.environ.get("CLIP_ROOT"), OPENAI_CACHE):
+        if d:
+            d = os.path.abspath(os.path.expanduser(d))
+            if d not in dirs:
+                dirs.append(d)
+    return dirs
+
+
+def clip_root_from_cfg(cfg) -> str:
+    """The primary weights folder for a config: ``MODEL.CLIP_ROOT``, else env ``CLIP_ROOT``,
+    else ``~/.cache/clip``."""
+    return clip_search_dirs(getattr(cfg.MODEL, "CLIP_ROOT", "") or None)[0]
+
+
+def find_clip_file(name: str, root: str | None = None, download: bool = True) -> str:
+    """Path of the weights of ``name``; builds tiny models and downloads OpenAI ones if missing.
+
+    ``name`` may also be the path of an existing file.
+    """
+    if os.path.isfile(name):
+        return name
+    filename = clip_filename(name)
+    dirs = clip_search_dirs(root)
+    for d in dirs:
+        if os.path.isfile(os.path.join(d, filename)):
+            return os.path.join(d, filename)
+    target = os.path.join(dirs[0], filename)
+    if name in TINY_SPECS:
+        logger.info("Writing tiny CLIP %r to %s", name, target)
+        return save_tiny_clip(target, name)
+    url = clip.clip._MODELS.get(name)
+    reason = "downloads are disabled"
+    if url is None:
+        reason = f"'{name}' is not an OpenAI model name ({', '.join(clip.clip._MODELS)})"
+    elif download:
+        try:
+            return _download(url, target)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError; bad checksum a RuntimeError
+            reason = f"download failed: {e}"
+    where = f"download it from {url}" if url else "put a CLIP state dict there"
+    raise UserError(
+        f"CLIP weights '{filename}' not found in {', '.join(dirs)} ({reason}); {where} "
+        "into one of these folders (set MODEL.CLIP_ROOT or the environment variable CLIP_ROOT)."
+    )
+
+
+def _download(url: str, target: str) -> str:
+    """Download ``url`` to ``target`` via OpenAI's checksummed downloader, atomically."""
+    folder = os.path.dirname(target)
+    os.makedirs(folder, exist_ok=True)
+    logger.info("Downloading %s to %s", url, target)
+    old_timeout = socket.getdefaulttimeout()
+    # A temp folder on the same file system: an interrupted download never looks complete.
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # no network should fail, not hang
+        try:
+            path = clip.clip._download(url, tmp)
+        finally:
+            socket.setdefaulttimeout(old_timeout)
+        os.replace(path, target)
+    return target
+
+
+def _is_torchscript(path: str) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") for n in z.namelist())
+
+
+def read_clip_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """State dict of an OpenAI TorchScript archive or of a plain (``torch.save``) state dict.
+
+    Plain files are read with ``weights_only=True``: no pickled code runs.
+    """
+    try:
+        if _is_torchscript(path):
+            return dict(torch.jit.load(path, map_location="cpu").state_dict())
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"Cannot read CLIP weights '{path}' ({e}); delete or replace it.") from e
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise UserError(f"CLIP weights '{path}' hold a {type(obj).__name__}, not a state dict.")
+    return obj
+
+
+def load_clip(name: str, root: str | None = None, download: bool = True) -> "clip.model.CLIP":
+    """Load CLIP ``name`` (OpenAI name, tiny name or file path): fp32, eval mode, on the CPU.
+
+    The architecture is read from the weights by ``clip.model.build_model``, so any
+    CLIP-shaped state dict works. Missing files: see ``find_clip_file``.
+    """
+    path = find_clip_file(name, root, download)
+    state_dict = read_clip_state_dict(path)
+    try:
+        model = clip.model.build_model(state_dict)
+    except (KeyError, RuntimeError, ValueError, AssertionError) as e:
+        raise UserError(
+            f"'{path}' is not a CLIP checkpoint that clip.model.build_model can read "
+            f"({type(e).__name__}: {e}); replace it with OpenAI's file."
+        ) from e
+    return model.float().eval()

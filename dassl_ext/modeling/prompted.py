@@ -1,0 +1,183 @@
+"""CLIP encoders with deep prompts, built by walking the ``clip`` package's blocks.
+
+Semantics are those of the official IVLP / PromptSRC / PromptKD / MaPLe code (spec §1.2,
+§1.3). With depth J, block 0 sees the layer-0 prompts that are part of its input, and
+blocks 1..J-1 each replace the previous layer's prompt outputs by their own set before
+running; later blocks let the prompt tokens flow through as ordinary tokens.
+
+* text: positions 1..n (right after SOS) are replaced;
+* vision: the prompts are appended after the patch tokens and the LAST n are replaced.
+
+The encoders hold CLIP's submodules directly (not under ``.visual``) and register the
+deep prompts on the blocks as ``VPT_shallow``, so their state-dict keys are the official
+``text_encoder.*`` / ``image_encoder.*`` keys and official checkpoints load as they are.
+The submodules are shared with the CLIP model passed in, not copied.
+
+Prompts are fp32 parameters; they are cast to the activation dtype where they are
+inserted, so the frozen weights may be fp16/bf16 while the prompts stay fp32.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dassl_ext.errors import UserError
+from dassl_ext.modeling._clip import clip
+
+PROMPT_STD = 0.02
+
+
+def add_deep_prompts(blocks: nn.Sequential, n_ctx: int, depth: int) -> None:
+    """Register ``VPT_shallow`` (n_ctx, width) ~ N(0, 0.02²) on blocks 1..depth-1."""
+    if depth > len(blocks):
+        raise UserError(f"Prompt depth {depth} exceeds the {len(blocks)} layers of this CLIP.")
+    if depth > 1 and n_ctx < 1:
+        raise UserError(f"Deep prompts (depth {depth}) need a prompt length >= 1, got {n_ctx}.")
+    for block in list(blocks)[1:depth]:
+        if hasattr(block, "VPT_shallow"):
+            raise ValueError("These CLIP blocks already carry prompts; load a fresh CLIP model.")
+        prompt = torch.empty(n_ctx, block.attn.embed_dim).normal_(std=PROMPT_STD)
+        block.register_parameter("VPT_shallow", nn.Parameter(prompt))
+
+
+def own_deep_prompts(blocks: nn.Sequential) -> list[torch.Tensor]:
+    """The ``VPT_shallow`` parameters of blocks 1, 2, ... (consecutive from block 1)."""
+    prompts = []
+    for block in list(blocks)[1:]:
+        if not hasattr(block, "VPT_shallow"):
+            break
+        prompts.append(block.VPT_shallow)
+    return prompts
+
+
+def run_blocks(
+    x: torch.Tensor, blocks: nn.Sequential, deep_prompts: Sequence[torch.Tensor], at_end: bool
+) -> torch.Tensor:
+    """Run ``x`` (L, N, D) through ``blocks``; block k (k >= 1) first replaces the prompt
+    tokens by ``deep_prompts[k-1]`` (n, D): positions 1..n, or the last n if ``at_end``."""
+    if len(deep_prompts) > len(blocks) - 1:
+        raise ValueError(f"{len(deep_prompts)} deep prompt sets for only {len(blocks)} blocks")
+    for k, block in enumerate(blocks):
+        if 1 <= k <= len(deep_prompts):
+            prompt = deep_prompts[k - 1].to(x.dtype)  # cast at insertion: prompts stay fp32
+            n = prompt.shape[0]
+            start = x.shape[0] - n if at_end else 1
+            prompt = prompt.unsqueeze(1).expand(-1, x.shape[1], -1)  # (n, N, D)
+            x = torch.cat([x[:start], prompt, x[start + n :]], dim=0)
+        x = block(x)
+    return x
+
+
+class PromptedTextEncoder(nn.Module):
+    """CLIP's text tower taking prompt embeddings instead of token ids.
+
+    ``depth`` J >= 2 adds J-1 learnable deep prompt sets (n_ctx tokens) for blocks 1..J-1.
+    Depth 0 or 1 adds none (CoOp, CoCoOp, MaPLe, ZS: the text prompts are in the input).
+    """
+
+    def __init__(self, clip_model: "clip.model.CLIP", n_ctx: int = 0, depth: int = 0):
+        super().__init__()
+        self.transformer = clip_model.transformer
+        self.positional_embedding = clip_model.positional_embedding
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.n_ctx, self.depth = n_ctx, depth
+        add_deep_prompts(self.transformer.resblocks, n_ctx, depth)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the frozen weights, which the activations take."""
+        return self.text_projection.dtype
+
+    def deep_prompts(self) -> list[torch.Tensor]:
+        """This encoder's own deep prompts, one (n_ctx, width) tensor per block 1..J-1."""
+        return own_deep_prompts(self.transformer.resblocks)
+
+    def forward(
+        self,
+        prompts: torch.Tensor,
+        tokenized: torch.Tensor,
+        deep_prompts: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Text features (C, E) of prompt embeddings ``prompts`` (C, 77, D).
+
+        ``tokenized`` (C, 77) are the token ids, used only to find EOT (the largest id).
+        ``deep_prompts`` (MaPLe) replaces this encoder's own deep prompts.
+        """
+        if deep_prompts is None:
+            deep_prompts = self.deep_prompts()
+        x = prompts.to(self.dtype) + self.positional_embedding.to(self.dtype)  # (C, L, D)
+        x = x.permute(1, 0, 2)  # (L, C, D): clip's blocks are sequence-first
+        x = run_blocks(x, self.transformer.resblocks, deep_prompts, at_end=False)
+        x = self.ln_final(x.permute(1, 0, 2)).to(self.dtype)  # (C, L, D)
+        eot = x[torch.arange(x.shape[0], device=x.device), tokenized.argmax(dim=-1)]  # (C, D)
+        return eot @ self.text_projection
+
+
+class PromptedImageEncoder(nn.Module):
+    """CLIP's ViT image tower with visual prompts appended after the patch tokens.
+
+    ``depth`` 0: no prompts; 1: the input prompt ``VPT`` (n_ctx, width) only; J >= 2: plus
+    J-1 deep sets for blocks 1..J-1. MaPLe builds it with depth 0 and passes its projected
+    prompts to ``forward``.
+    """
+
+    def __init__(self, visual: nn.Module, n_ctx: int = 0, depth: int = 0):
+        super().__init__()
+        if not isinstance(visual, clip.model.VisionTransformer):
+            raise UserError(
+                f"Visual prompts need a ViT CLIP backbone, got {type(visual).__name__}; "
+                "set MODEL.BACKBONE.NAME to a ViT model (e.g. ViT-B/16)."
+            )
+        if depth > 0 and n_ctx < 1:
+            raise UserError(f"Visual prompts (depth {depth}) need a prompt length >= 1.")
+        self.input_resolution, self.output_dim = visual.input_resolution, visual.output_dim
+        self.n_ctx, self.depth = n_ctx, depth
+        self.conv1 = visual.conv1
+        self.class_embedding = visual.class_embedding
+        self.positional_embedding = visual.positional_embedding
+        self.ln_pre = visual.ln_pre
+        self.transformer = visual.transformer
+        self.ln_post = visual.ln_post
+        self.proj = visual.proj
+        if depth > 0:
+            width = self.conv1.out_channels
+            self.VPT = nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_STD))
+        add_deep_prompts(self.transformer.resblocks, n_ctx, depth)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the frozen weights, which the activations take (as ``CLIP.dtype``)."""
+        return self.conv1.weight.dtype
+
+    def deep_prompts(self) -> list[torch.Tensor]:
+        """This encoder's own deep prompts, one (n_ctx, width) tensor per block 1..J-1."""
+        return own_deep_prompts(self.transformer.resblocks)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        first_prompt: torch.Tensor | None = None,
+        deep_prompts: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Image features (B, E) of ``images`` (B, 3, H, W), pooled at CLS.
+
+        ``first_prompt`` (n, width) and ``deep_prompts`` (MaPLe) replace the own prompts.
+        """
+        if first_prompt is None:
+            first_prompt = getattr(self, "VPT", None)
+        if deep_prompts is None:
+            deep_prompts = self.deep_prompts()
+        if deep_prompts and first_prompt is None:
+            raise ValueError("Deep visual prompts need a first (layer-0) prompt to replace.")
+        x = self.conv1(images.to(self.dtype))  # (B, D, g, g)
+        x = x.flatten(2).permute(0, 2, 1)  # (B, g*g, D)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, 1+g*g, D)
+        if first_prompt is not None:  # appended last, with no positional embedding
+            prompt = first_prompt.to(x.dtype).expand(x.shape[0], -1, -1)
+            x = torch.cat([x, prompt], dim=1)  # (B, 1+g*g+n, D)
+        x = self.ln_pre(x).permute(1, 0, 2)  # (L, B, D)
+        x = run_blocks(x, self.transformer.resblocks, deep_prompts, at_end=True)
+        return self.ln_post(x[0]) @ self.proj  # CLS token

@@ -1,0 +1,54 @@
+"""Layer-0 text prompts: context initialisation and per-class prompt buffers (spec §1.2)."""
+
+import torch
+from torch import nn
+
+from dassl_ext.modeling._clip import clip
+from dassl_ext.modeling.prompted import PROMPT_STD
+
+
+@torch.no_grad()
+def init_ctx_from_words(
+    clip_model: "clip.model.CLIP", ctx_init: str, n_ctx: int, max_word_ctx: int | None = 4
+) -> tuple[torch.Tensor, str]:
+    """Initial context vectors (n_ctx, D) fp32 and the prompt prefix written before class names.
+
+    If ``ctx_init`` is non-empty and ``n_ctx <= max_word_ctx`` (IVLP/PromptSRC/PromptKD/MaPLe
+    rule; ``None`` = no limit, as CoOp/CoCoOp after setting n_ctx = #words), the vectors are
+    the embeddings of the first ``n_ctx`` tokens of ``ctx_init`` and the prefix is all of
+    ``ctx_init``. Otherwise they are N(0, 0.02²) from the global RNG and the prefix is "X X ... X".
+    """
+    ctx_init = ctx_init.replace("_", " ").strip()
+    if ctx_init and (max_word_ctx is None or n_ctx <= max_word_ctx):
+        tokens = clip.tokenize(ctx_init).to(clip_model.token_embedding.weight.device)
+        ctx = clip_model.token_embedding(tokens)[0, 1 : 1 + n_ctx].float().clone()
+        return ctx, ctx_init
+    width = clip_model.token_embedding.weight.shape[1]
+    ctx = nn.init.normal_(torch.empty(n_ctx, width), std=PROMPT_STD)
+    return ctx, " ".join(["X"] * n_ctx)
+
+
+def class_prompts(classnames: list[str], prompt_prefix: str) -> list[str]:
+    """``"<prefix> <class name with spaces>."`` for each class, as the official trainers."""
+    return [f"{prompt_prefix} {name.replace('_', ' ')}." for name in classnames]
+
+
+@torch.no_grad()
+def build_prompt_buffers(
+    clip_model: "clip.model.CLIP", classnames: list[str], prompt_prefix: str, n_ctx: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids (C, 77), SOS embeddings (C, 1, D) and the embeddings after the context,
+    i.e. class tokens, ".", EOT and padding (C, 77-1-n_ctx, D), in the token embedding's dtype."""
+    tokenized = clip.tokenize(class_prompts(classnames, prompt_prefix))
+    embedding = clip_model.token_embedding(tokenized.to(clip_model.token_embedding.weight.device))
+    return tokenized, embedding[:, :1].clone(), embedding[:, 1 + n_ctx :].clone()
+
+
+def assemble_prompts(
+    token_prefix: torch.Tensor, ctx: torch.Tensor, token_suffix: torch.Tensor
+) -> torch.Tensor:
+    """``[SOS][ctx][suffix]`` (C, 77, D); ``ctx`` is shared (n, D) or per class (C, n, D)."""
+    if ctx.dim() == 2:
+        ctx = ctx.unsqueeze(0).expand(token_prefix.shape[0], -1, -1)
+    dtype = torch.promote_types(ctx.dtype, token_prefix.dtype)
+    return torch.cat([token_prefix.to(dtype), ctx.to(dtype), token_suffix.to(dtype)], dim=1)

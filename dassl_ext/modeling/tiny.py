@@ -1,0 +1,86 @@
+"""Tiny, deterministic CLIP-shaped models for tests and the offline demo.
+
+They have the real tokenizer's vocabulary and context length, so ``clip.tokenize`` works,
+and >= 12 layers per tower, so the official prompt depth 9 applies. They are saved in
+the OpenAI state-dict format and read back by the same loader as the real weights.
+"""
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+from dassl_ext.modeling._clip import clip
+
+
+@dataclass(frozen=True)
+class TinyClipSpec:
+    """Sizes of a ViT CLIP. ``clip.model.build_model`` derives heads as ``width // 64``."""
+
+    embed_dim: int
+    vision_width: int
+    text_width: int
+    vision_layers: int = 12
+    text_layers: int = 12
+    image_resolution: int = 32
+    patch_size: int = 8
+    context_length: int = 77
+    vocab_size: int = 49408
+    seed: int = 0
+
+
+# Shaped like the paper's pair (teacher ViT-L/14, student ViT-B/16): the teacher is wider
+# and has a larger joint embedding; vision and text widths differ within each model, so a
+# hard-coded width (official bug: MaPLe's 512/768) fails on them.
+TINY_SPECS: dict[str, TinyClipSpec] = {
+    "tiny-teacher": TinyClipSpec(embed_dim=48, vision_width=128, text_width=96, seed=1),
+    "tiny-student": TinyClipSpec(embed_dim=32, vision_width=96, text_width=64, seed=2),
+}
+
+
+def build_tiny_clip(spec: TinyClipSpec | str, seed: int | None = None) -> dict[str, torch.Tensor]:
+    """Return the state dict of a random CLIP built from ``spec`` (or a TINY_SPECS name).
+
+    Deterministic in ``seed`` (default: ``spec.seed``) without touching the global RNG.
+    Weights use CLIP's own initialisation and are then converted like OpenAI's released
+    files (fp16 linear/conv/projection weights, fp32 embeddings and LayerNorms).
+    """
+    if isinstance(spec, str):
+        spec = TINY_SPECS[spec]
+    for name in ("vision_width", "text_width"):
+        if getattr(spec, name) < 64:
+            raise ValueError(f"{name} must be >= 64: clip derives attention heads as width // 64")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed if seed is None else seed)
+        model = clip.model.CLIP(
+            embed_dim=spec.embed_dim,
+            image_resolution=spec.image_resolution,
+            vision_layers=spec.vision_layers,
+            vision_width=spec.vision_width,
+            vision_patch_size=spec.patch_size,
+            context_length=spec.context_length,
+            vocab_size=spec.vocab_size,
+            transformer_width=spec.text_width,
+            transformer_heads=spec.text_width // 64,
+            transformer_layers=spec.text_layers,
+        )
+    clip.model.convert_weights(model)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def save_tiny_clip(path: str, spec: TinyClipSpec | str, seed: int | None = None) -> str:
+    """Build a tiny CLIP and write its state dict to ``path`` atomically; return ``path``."""
+    state_dict = build_tiny_clip(spec, seed)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    # Atomic: concurrent processes (DDP ranks, parallel tests) may create the same file.
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state_dict, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
