@@ -1,0 +1,192 @@
+"""Classification evaluator with Dassl's metrics and log lines (spec §5.4)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from sklearn.metrics import confusion_matrix, f1_score
+
+from dassl_ext.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def _dist_ready() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _is_main() -> bool:
+    return not _dist_ready() or dist.get_rank() == 0
+
+
+def _atomic_torch_save(obj: Any, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Classification:
+    """Accumulates predictions batch by batch; ``evaluate()`` returns Dassl's metrics.
+
+    ``evaluate()`` -> OrderedDict(accuracy, error_rate, macro_f1[, perclass_accuracy]),
+    all in percent. Labels are the split's own (local) labels; ``lab2cname`` maps them
+    to class names for the per-class lines and can be swapped per split in ``reset``.
+    """
+
+    def __init__(self, cfg: Any, lab2cname: dict[int, str] | None = None) -> None:
+        test = cfg.TEST
+        self.per_class = bool(getattr(test, "PER_CLASS_RESULT", False))
+        self.compute_cmat = bool(getattr(test, "COMPUTE_CMAT", False))
+        # Logits are kept only when asked for: N x C floats can be large (ImageNet).
+        self.keep_logits = bool(getattr(test, "SAVE_LOGITS", False))
+        self.output_dir = str(getattr(cfg, "OUTPUT_DIR", "") or ".")
+        self.lab2cname = lab2cname
+        self.reset()
+
+    def reset(self, lab2cname: dict[int, str] | None = None) -> None:
+        """Forget accumulated predictions; optionally set the label -> name map."""
+        if lab2cname is not None:
+            self.lab2cname = lab2cname
+        self._y_true: list[int] = []
+        self._y_pred: list[int] = []
+        self._impaths: list[str] = []
+        self._indices: list[int] = []
+        self._logits: list[torch.Tensor] = []
+
+    def process(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        impaths: list[str] | None = None,
+        indices: torch.Tensor | list[int] | None = None,
+    ) -> None:
+        """Add one batch: ``logits`` (B, C), ``labels`` (B,); ``indices`` = dataset order."""
+        pred = logits.max(1)[1]
+        self._y_true.extend(int(v) for v in labels.detach().cpu().tolist())
+        self._y_pred.extend(int(v) for v in pred.detach().cpu().tolist())
+        if impaths is not None:
+            self._impaths.extend(str(p) for p in impaths)
+        if indices is not None:
+            idx = indices.tolist() if isinstance(indices, torch.Tensor) else indices
+            self._indices.extend(int(i) for i in idx)
+        if self.keep_logits:
+            self._logits.append(logits.detach().float().cpu())
+
+    @property
+    def num_samples(self) -> int:
+        return len(self._y_true)
+
+    def sync(self) -> None:
+        """Gather every rank's predictions (no-op without an initialised process group).
+
+        With ``indices`` given to ``process``, the result is in dataset order and samples
+        seen twice (padding samplers) are counted once; otherwise ranks are concatenated.
+        """
+        if not _dist_ready():
+            return
+        logits = torch.cat(self._logits) if self._logits else None
+        mine = (self._y_true, self._y_pred, self._impaths, self._indices, logits)
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, mine)
+        y_true = [v for p in parts for v in p[0]]
+        y_pred = [v for p in parts for v in p[1]]
+        impaths = [v for p in parts for v in p[2]]
+        indices = [v for p in parts for v in p[3]]
+        logit_parts = [p[4] for p in parts if p[4] is not None]
+        all_logits = torch.cat(logit_parts) if logit_parts else None
+        order = list(range(len(y_true)))
+        if indices and len(indices) == len(y_true):
+            first: dict[int, int] = {}
+            for pos, i in enumerate(indices):
+                first.setdefault(i, pos)
+            order = [first[i] for i in sorted(first)]
+        self._y_true = [y_true[k] for k in order]
+        self._y_pred = [y_pred[k] for k in order]
+        self._impaths = [impaths[k] for k in order] if len(impaths) == len(y_true) else impaths
+        self._indices = [indices[k] for k in order] if indices else []
+        self._logits = [all_logits[order]] if all_logits is not None else []
+
+    def _name(self, label: int) -> str:
+        if self.lab2cname and label in self.lab2cname:
+            return str(self.lab2cname[label])
+        return str(label)
+
+    def evaluate(self, split: str | None = None) -> OrderedDict:
+        """Compute and log the metrics; the confusion matrix goes to ``cmat[_<split>].pt``."""
+        total = len(self._y_true)
+        if total == 0:
+            raise UserError(
+                "The evaluator received no images: the evaluated split is empty; "
+                "check the dataset's split file and DATASET.SUBSAMPLE_CLASSES."
+            )
+        y_true, y_pred = np.asarray(self._y_true), np.asarray(self._y_pred)
+        correct = int((y_true == y_pred).sum())
+        acc = 100.0 * correct / total
+        err = 100.0 - acc
+        macro_f1 = 100.0 * f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true))
+        results: OrderedDict = OrderedDict(accuracy=acc, error_rate=err, macro_f1=float(macro_f1))
+        logger.info("=> result")
+        logger.info(f"* total: {total:,}")
+        logger.info(f"* correct: {correct:,}")
+        logger.info(f"* accuracy: {acc:.1f}%")
+        logger.info(f"* error: {err:.1f}%")
+        logger.info(f"* macro_f1: {macro_f1:.1f}%")
+
+        if self.per_class:
+            logger.info("=> per-class result")
+            accs = []
+            for label in np.unique(y_true).tolist():
+                mask = y_true == label
+                n, c = int(mask.sum()), int((y_pred[mask] == label).sum())
+                accs.append(100.0 * c / n)
+                logger.info(
+                    f"* class: {label} ({self._name(label)})\t"
+                    f"total: {n:,}\tcorrect: {c:,}\tacc: {accs[-1]:.1f}%"
+                )
+            results["perclass_accuracy"] = float(np.mean(accs))
+            logger.info(f"* average: {results['perclass_accuracy']:.1f}%")
+
+        if self.compute_cmat and _is_main():
+            cmat = confusion_matrix(y_true, y_pred, normalize="true")
+            name = "cmat.pt" if split is None else f"cmat_{split}.pt"
+            path = os.path.join(self.output_dir, name)
+            _atomic_torch_save(torch.from_numpy(cmat), path)
+            logger.info(f"Confusion matrix is saved to {path}")
+        return results
+
+    def save_logits(self, path: str) -> None:
+        """Write {"logits": (N, C) float32, "labels", "impaths"[, "classnames"]} to ``path``.
+
+        Loadable with ``torch.load(path, weights_only=True)``.
+        """
+        if not self.keep_logits:
+            raise RuntimeError(
+                "save_logits needs TEST.SAVE_LOGITS True when the evaluator is built."
+            )
+        logits = torch.cat(self._logits) if self._logits else torch.zeros(0, 0)
+        obj: dict[str, Any] = {
+            "logits": logits,
+            "labels": torch.tensor(self._y_true, dtype=torch.long),
+            "impaths": list(self._impaths),
+        }
+        if self.lab2cname and all(k in self.lab2cname for k in range(logits.shape[1])):
+            obj["classnames"] = [str(self.lab2cname[k]) for k in range(logits.shape[1])]
+        _atomic_torch_save(obj, path)
+
+
+EVALUATORS = {"Classification": Classification}
+
+
+def build_evaluator(cfg: Any, lab2cname: dict[int, str] | None = None) -> Classification:
+    """Build the evaluator named by ``TEST.EVALUATOR`` (default ``Classification``)."""
+    name = getattr(cfg.TEST, "EVALUATOR", "Classification") or "Classification"
+    if name not in EVALUATORS:
+        raise UserError(f"TEST.EVALUATOR is {name!r}; use one of {sorted(EVALUATORS)}.")
+    return EVALUATORS[name](cfg, lab2cname=lab2cname)

@@ -1,0 +1,103 @@
+"""``results.json``: one file per run, merged split by split; plus the config hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+# Keys that name where or which repetition a run is, not what it computes: the hash of
+# the rest identifies an experiment, so the seeds of one experiment share it.
+RUN_IDENTITY_KEYS = (
+    "SEED",
+    "OUTPUT_DIR",
+    "RESUME",
+    "DATASET.ROOT",
+    "MODEL.CLIP_ROOT",
+    "TRAIN.PRINT_FREQ",
+    "TEST.SAVE_LOGITS",
+    "TEST.PER_CLASS_RESULT",
+    "TEST.COMPUTE_CMAT",
+)
+
+
+def _plain(node: Any) -> Any:
+    """CfgNode / dict / tuple -> plain dicts and lists (yaml.safe_dump can write them)."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node]
+    return node
+
+
+def config_hash(cfg: Any, exclude: tuple[str, ...] = RUN_IDENTITY_KEYS) -> str:
+    """Short sha1 of the yaml dump of ``cfg`` without the ``exclude`` (dotted) keys."""
+    d = _plain(cfg)
+    for key in exclude:
+        *parents, leaf = key.split(".")
+        node = d
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    text = yaml.safe_dump(d, sort_keys=True)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def read_results(path: str) -> dict:
+    """Load one results.json."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _atomic_write_json(obj: dict, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_results(path: str, record: dict) -> dict:
+    """Merge ``record`` into the results.json at ``path`` (atomic) and return the result.
+
+    ``record["splits"]`` entries are added to / replace the existing ones; other keys
+    are overwritten. An existing file from a different ``config_hash`` (another
+    experiment in the same folder) or an unreadable one is replaced, not merged.
+    """
+    merged: dict = {}
+    if os.path.exists(path):
+        try:
+            merged = read_results(path)
+        except (OSError, ValueError) as e:
+            logger.warning(f"Replacing unreadable {path} ({e}).")
+            merged = {}
+        old_hash, new_hash = merged.get("config_hash"), record.get("config_hash")
+        if old_hash and new_hash and old_hash != new_hash:
+            logger.warning(
+                f"{path} was written by another config ({old_hash} != {new_hash}); replacing it."
+            )
+            merged = {}
+    splits = dict(merged.get("splits") or {})
+    splits.update(record.get("splits") or {})
+    merged.update({k: v for k, v in record.items() if k != "splits"})
+    merged["splits"] = splits
+    merged.setdefault("selection", None)
+    _atomic_write_json(merged, path)
+    return merged
