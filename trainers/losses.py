@@ -84,3 +84,19 @@ def gpa_weights(mean: float, std: float, num_epochs: int) -> list[float]:
             f"1..{num_epochs}; choose a mean within the epochs or a larger std."
         )
     return [d / total for d in dens]
+
+
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """PromptKD's unlabeled distillation loss L_ukd (spec §3.4), before KD_WEIGHT.
+
+    ``KL(softmax(z_t/T) || softmax(z_s/T))`` summed over the batch and the classes, divided
+    by ``B * C`` (the number of logits, not the batch size), times ``T**2``. The official
+    per-dataset KD_WEIGHT (200 / 1000) is tuned for this normalisation.
+    Both inputs are (B, C) logits over the same classes; the result is a 0-dim tensor.
+    """
+    t = temperature
+    log_p_student = F.log_softmax(student_logits / t, dim=1)
+    p_teacher = F.softmax(teacher_logits / t, dim=1)
+    return F.kl_div(log_p_student, p_teacher, reduction="sum") * (t * t) / student_logits.numel()

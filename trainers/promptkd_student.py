@@ -1,0 +1,82 @@
+"""The PromptKD student: a prompted CLIP image encoder, a projector, a logit scale.
+
+Attribute names are the official ones (spec §3.3), so the state-dict keys are
+``image_encoder.*``, ``logit_scale`` and ``VPT_image_trans.conv1.{0,1,3}.*`` and a released
+official student checkpoint loads as it is. The student has no text tower: its class
+vectors are the teacher's text features, computed once and passed in.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FeatureProjector(nn.Module):
+    """Official ``Feature_Trans_Module_two_layer``: 1x1 Conv -> BN -> ReLU -> 1x1 Conv.
+
+    Maps student image features (B, in_dim) to the teacher's embedding width (B, out_dim).
+    The convs act on the features reshaped to (B, in_dim, 1, 1), as in the official code.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(in_dim, out_dim, kernel_size=1),
+            nn.BatchNorm2d(out_dim),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_dim, out_dim, kernel_size=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(x[:, :, None, None])[:, :, 0, 0]  # (B, in) -> (B, out)
+
+
+class PromptKDStudent(nn.Module):
+    """Student CLIP image side: ``logits = exp(logit_scale) * norm(proj(enc(x))) @ W^T``.
+
+    ``image_encoder`` is a prompted CLIP image encoder returning (B, E_s) features and
+    ``teacher_dim`` the teacher's embedding width E_t. ``logit_scale`` is the student
+    CLIP's own (raw, frozen) logit scale.
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        logit_scale: torch.Tensor,
+        student_dim: int,
+        teacher_dim: int,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.logit_scale = nn.Parameter(logit_scale.detach().clone().float(), requires_grad=False)
+        self.VPT_image_trans = FeatureProjector(student_dim, teacher_dim)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised projected image features, (B, E_t)."""
+        feats = self.image_encoder(images)  # (B, E_s)
+        # The projector's convs are fp32 masters; under autocast they run in the autocast dtype.
+        feats = self.VPT_image_trans(feats.to(self.VPT_image_trans.conv1[0].weight.dtype))
+        return F.normalize(feats, dim=-1)
+
+    def forward(self, images: torch.Tensor, class_features: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C) against ``class_features`` (C, E_t), which are L2-normalised."""
+        feats = self.features(images)
+        return self.logit_scale.exp() * feats @ class_features.to(feats.dtype).t()
+
+
+def prompt_parameters(encoder: nn.Module) -> list[nn.Parameter]:
+    """The visual prompts of a prompted image encoder: ``VPT`` and the blocks' deep prompts."""
+    first = [encoder.VPT] if getattr(encoder, "VPT", None) is not None else []
+    return first + list(encoder.deep_prompts())
+
+
+def set_trainable(student: PromptKDStudent) -> list[str]:
+    """Freeze everything except the visual prompts and the projector (by module membership,
+    spec §3.3); returns the names of the trainable parameters."""
+    student.requires_grad_(False)
+    for p in prompt_parameters(student.image_encoder):
+        p.requires_grad_(True)
+    student.VPT_image_trans.requires_grad_(True)
+    return [n for n, p in student.named_parameters() if p.requires_grad]
