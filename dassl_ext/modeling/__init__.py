@@ -14,7 +14,13 @@ from dassl_ext.modeling.prompted import (
     PromptedImageEncoder,
     PromptedTextEncoder,
     add_deep_prompts,
+    cast_frozen_weights,
     run_blocks,
+)
+from dassl_ext.modeling.templates import (
+    CUSTOM_TEMPLATES,
+    IMAGENET_TEMPLATES,
+    IMAGENET_TEMPLATES_SELECT,
 )
 from dassl_ext.modeling.text_prompts import (
     assemble_prompts,
@@ -25,6 +31,9 @@ from dassl_ext.modeling.text_prompts import (
 from dassl_ext.modeling.tiny import TINY_SPECS, TinyClipSpec, build_tiny_clip, save_tiny_clip
 
 __all__ = [
+    "CUSTOM_TEMPLATES",
+    "IMAGENET_TEMPLATES",
+    "IMAGENET_TEMPLATES_SELECT",
     "TINY_SPECS",
     "CoupledDeepPrompts",
     "PromptedImageEncoder",
@@ -34,6 +43,7 @@ __all__ = [
     "assemble_prompts",
     "build_prompt_buffers",
     "build_tiny_clip",
+    "cast_frozen_weights",
     "class_prompts",
     "clip",
     "clip_filename",

@@ -181,3 +181,15 @@ class PromptedImageEncoder(nn.Module):
         x = self.ln_pre(x).permute(1, 0, 2)  # (L, B, D)
         x = run_blocks(x, self.transformer.resblocks, deep_prompts, at_end=True)
         return self.ln_post(x[0]) @ self.proj  # CLS token
+
+
+def cast_frozen_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast the floating parameters that do not require grad (the frozen CLIP weights) and
+    the floating buffers to ``dtype``; trainable parameters stay fp32 master weights."""
+    for p in module.parameters():
+        if not p.requires_grad and p.is_floating_point():
+            p.data = p.data.to(dtype)
+    for b in module.buffers():
+        if b.is_floating_point():
+            b.data = b.data.to(dtype)
+    return module
