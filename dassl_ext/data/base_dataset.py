@@ -1,0 +1,245 @@
+"""DatasetBase: reads a dataset folder once and assigns the split roles from the config.
+
+A benchmark subclass declares where its files are and, when the CoOp split file
+may be missing, how to build the splits from the raw annotations::
+
+    @DATASET_REGISTRY.register()
+    class OxfordPets(DatasetBase):
+        dataset_dir = "oxford_pets"
+        image_dir = "images"
+        split_file = "split_zhou_OxfordPets.json"
+        download_name = "oxford_pets"
+
+        def read_raw(self):  # only used when the split file is missing
+            ...
+            return train, val, test
+
+Everything else (split files, few-shot caching, base/new classes, protocols,
+validation of the files on disk) lives here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+
+from dassl_ext.data.splits import (
+    Datum,
+    base_new_labels,
+    generate_fewshot_dataset,
+    read_and_split_data,
+    read_split,
+    save_split,
+    select_classes,
+    split_trainval,
+    subsample_classes,
+)
+from dassl_ext.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("paper", "clean")
+EVAL_SPLIT_MODES = ("standard", "base_new")
+
+
+@dataclass
+class EvalSplit:
+    """Images of one evaluated split, relabelled 0..len(class_ids)-1.
+
+    `class_ids[k]` is the index into the dataset's `classnames` of local label k.
+    """
+
+    items: list[Datum]
+    class_ids: list[int]
+
+
+class DatasetBase:
+    """Base class of all datasets; construct as ``DATASET_REGISTRY.get(name)(cfg)``.
+
+    After construction: `train_x`, `val`, `test` (lists of Datum), `classnames`,
+    `lab2cname`, `num_classes`, `protocol`, `eval_splits` ({name: EvalSplit}) and
+    `val_split` (EvalSplit or None).
+    """
+
+    dataset_dir: str = ""  # folder under DATASET.ROOT
+    image_dir: str = ""  # folder under dataset_dir; split-file paths are relative to it
+    split_file: str | None = None  # CoOp split file in dataset_dir; None: always read_raw()
+    classname_fixes: dict[str, str] = {}  # applied to every class name that was read
+    download_name: str = ""  # argument of scripts/download_data.py ("" if not downloadable)
+
+    # Dassl's static helpers, kept reachable from subclasses under their usual names.
+    read_split = staticmethod(read_split)
+    save_split = staticmethod(save_split)
+    split_trainval = staticmethod(split_trainval)
+    read_and_split_data = staticmethod(read_and_split_data)
+    subsample_classes = staticmethod(subsample_classes)
+
+    def __init__(self, cfg) -> None:
+        self.name = type(self).__name__
+        self.root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
+        self.dataset_dir = os.path.join(self.root, type(self).dataset_dir)
+        self.image_dir = os.path.join(self.dataset_dir, type(self).image_dir).rstrip(os.sep)
+        self.protocol = _choice(cfg.DATASET.PROTOCOL, PROTOCOLS, "DATASET.PROTOCOL")
+        self.eval_split_mode = _choice(
+            cfg.DATASET.EVAL_SPLITS, EVAL_SPLIT_MODES, "DATASET.EVAL_SPLITS"
+        )
+        self.require(self.dataset_dir)
+
+        train, val, test = self.read_data()
+        fix = self.classname_fixes
+        train, val, test = ([Datum(d.impath, d.label, d.domain, fix.get(d.classname, d.classname))
+                             for d in items] for items in (train, val, test))  # fmt: skip
+        self._check_labels(train, val, test)
+        self._assign_roles(cfg, train, val, test)
+        self._check_images_exist()
+        if self.protocol == "clean" and not self.val and cfg.TEST.FINAL_MODEL == "best_val":
+            raise UserError(
+                f"{self.name} has no validation split to select a checkpoint on under "
+                "DATASET.PROTOCOL clean; set TEST.FINAL_MODEL last_step or DATASET.PROTOCOL paper."
+            )
+
+    # ------------------------------------------------------------ reading hooks
+
+    @property
+    def split_path(self) -> str:
+        return os.path.join(self.dataset_dir, self.split_file or "")
+
+    def read_data(self) -> tuple[list[Datum], list[Datum], list[Datum]]:
+        """Train, val and test lists: the split file if present, else read_raw() (then saved)."""
+        if self.split_file and os.path.isfile(self.split_path):
+            splits = read_split(self.split_path, self.image_dir)
+            return splits["train"], splits["val"], splits["test"]
+        train, val, test = self.read_raw()
+        if self.split_file:
+            try:
+                save_split(
+                    {"train": train, "val": val, "test": test}, self.split_path, self.image_dir
+                )
+                logger.info("Saved split to %s", self.split_path)
+            except OSError as e:  # a read-only dataset folder still trains
+                logger.warning("Could not save split file %s: %s", self.split_path, e)
+        return train, val, test
+
+    def read_raw(self) -> tuple[list[Datum], list[Datum], list[Datum]]:
+        """Build train/val/test from the raw annotation files; override where they exist."""
+        raise UserError(
+            f"{self.name}: split file {self.split_path} does not exist; {self.fix_hint()}."
+        )
+
+    def require(self, path: str) -> str:
+        """`path` if it exists, else a UserError naming it and how to get it."""
+        if not os.path.exists(path):
+            why = ""
+            if self.split_file and not os.path.isfile(self.split_path):
+                why = f" (needed because split file {self.split_path} is missing)"
+            raise UserError(f"{self.name}: {path} does not exist{why}; {self.fix_hint()}.")
+        return path
+
+    def fix_hint(self) -> str:
+        """How to get the dataset, for error messages."""
+        folder = os.path.basename(self.dataset_dir)
+        get = (f"run `python scripts/download_data.py {self.download_name}`"
+               if self.download_name else "see DATASETS.md")  # fmt: skip
+        return f"{get}, or set DATASET.ROOT to the folder that contains {folder}/ (see DATASETS.md)"
+
+    # ------------------------------------------------------------- split roles
+
+    def fewshot_path(self, num_shots: int, seed: int) -> str:
+        return os.path.join(self.dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{seed}.json")
+
+    def generate_fewshot(
+        self, train: list[Datum], val: list[Datum], num_shots: int, seed: int
+    ) -> tuple[list[Datum], list[Datum]]:
+        """K-shot train and min(K, 4)-shot val, cached per (K, seed) as JSON with relative paths."""
+        path = self.fewshot_path(num_shots, seed)
+        if os.path.isfile(path):
+            logger.info("Loading few-shot split from %s", path)
+            cached = read_split(path, self.image_dir, ("train", "val"))
+            return cached["train"], cached["val"]
+        # Same draws as Dassl's random.sample after random.seed(SEED): train first, then val.
+        rng = random.Random(seed if seed >= 0 else None)
+        train = generate_fewshot_dataset(train, num_shots, rng)
+        val = generate_fewshot_dataset(val, min(num_shots, 4), rng)
+        try:
+            save_split({"train": train, "val": val}, path, self.image_dir)
+            logger.info("Saved few-shot split to %s", path)
+        except OSError as e:
+            logger.warning("Could not save few-shot split %s: %s", path, e)
+        return train, val
+
+    def _assign_roles(self, cfg, train: list[Datum], val: list[Datum], test: list[Datum]) -> None:
+        if cfg.DATASET.NUM_SHOTS >= 1:
+            train, val = self.generate_fewshot(train, val, cfg.DATASET.NUM_SHOTS, cfg.SEED)
+        paper = self.protocol == "paper"
+        if self.eval_split_mode == "base_new":
+            # PromptKD base-to-new: train on every class, report base and new test apart.
+            if cfg.DATASET.SUBSAMPLE_CLASSES != "all":
+                logger.info("DATASET.EVAL_SPLITS base_new trains on all classes; "
+                            "DATASET.SUBSAMPLE_CLASSES is not used.")  # fmt: skip
+            base, new = base_new_labels(d.label for d in train)
+            self.eval_splits = {
+                "base": EvalSplit(select_classes(test, base), base),
+                "new": EvalSplit(select_classes(test, new), new),
+            }
+            val_items = self.eval_splits["base"].items if paper else select_classes(val, base)
+            self.val_split = EvalSplit(val_items, base)
+        else:
+            train, val, test = subsample_classes(
+                train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES
+            )
+            all_ids = sorted({d.label for d in train})
+            self.eval_splits = {"test": EvalSplit(test, all_ids)}
+            # The official code selects on the test split for every trainer.
+            self.val_split = EvalSplit(test if paper else val, all_ids)
+        self.train_x = train
+        self.lab2cname = {d.label: d.classname for d in sorted(train, key=lambda d: d.label)}
+        self.num_classes = len(self.lab2cname)
+        self.classnames = [self.lab2cname[k] for k in range(self.num_classes)]
+        self.val = self.val_split.items
+        self.test = next(iter(self.eval_splits.values())).items
+        if not self.val:
+            self.val_split = None
+
+    # --------------------------------------------------------------- validation
+
+    def _check_labels(self, train: list[Datum], val: list[Datum], test: list[Datum]) -> None:
+        source = self.split_path if self.split_file else self.dataset_dir
+        if not train:
+            raise UserError(
+                f"{self.name}: no training images were found in {source}; {self.fix_hint()}."
+            )
+        labels = {d.label for d in train}
+        missing = sorted(set(range(max(labels) + 1)) - labels)
+        if missing or min(labels) < 0:
+            bad = missing[0] if missing else min(labels)
+            raise UserError(
+                f"{self.name}: class label {bad} has no training images in {source}; "
+                f"labels must run 0..{max(labels)} with images in every class."
+            )
+        for name, items in (("val", val), ("test", test)):
+            extra = sorted({d.label for d in items} - labels)
+            if extra:
+                raise UserError(
+                    f"{self.name}: the {name} split of {source} uses label {extra[0]}, which has "
+                    "no training images; fix or regenerate the split file."
+                )
+
+    def _check_images_exist(self) -> None:
+        # Cheap stat calls up front, so training never starts on a half-present dataset.
+        paths = {d.impath for d in self.train_x} | {d.impath for d in self.val}
+        for split in self.eval_splits.values():
+            paths.update(d.impath for d in split.items)
+        missing = sorted(p for p in paths if not os.path.isfile(p))
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise UserError(
+                f"{self.name}: image {missing[0]} does not exist{more}; {self.fix_hint()}."
+            )
+
+
+def _choice(value: str, allowed: tuple[str, ...], key: str) -> str:
+    if value not in allowed:
+        raise UserError(f"{key} is '{value}'; use one of: {', '.join(allowed)}.")
+    return value

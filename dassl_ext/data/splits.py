@@ -1,0 +1,223 @@
+"""Split files, split generation, few-shot sampling and class subsampling.
+
+These are the pieces every CoOp-style dataset reader shares. They are pure
+functions over lists of :class:`Datum`; :class:`~dassl_ext.data.base_dataset.DatasetBase`
+wires them to a dataset folder and to the config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from dassl_ext.errors import UserError
+
+# Seed of the random split made from raw annotations. The split file is written once
+# and shared by all runs, so it must not depend on the seed of whichever run came
+# first; 1 is the seed the official scripts start with.
+SPLIT_SEED = 1
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class Datum:
+    """One labelled image: absolute path, label, domain and class name (Dassl's fields)."""
+
+    impath: str = ""
+    label: int = 0
+    domain: int = 0
+    classname: str = ""
+
+
+def listdir_sorted(path: str, images_only: bool = False) -> list[str]:
+    """Names in `path` without hidden files, sorted (unlike Dassl's unsorted listing)."""
+    names = [n for n in os.listdir(path) if not n.startswith(".")]
+    if images_only:
+        names = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(names)
+
+
+# ----------------------------------------------------------------- split-file IO
+
+
+def write_json_atomic(obj: object, path: str) -> None:
+    """Write `obj` as indented JSON through a temporary file, so readers never see half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=4)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict:
+    """Read a JSON file; a malformed file is a UserError naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path} is not valid JSON ({e}); delete it so that it is rebuilt."
+        ) from None
+
+
+def _encode(items: Iterable[Datum], prefix: str) -> list[list]:
+    return [[os.path.relpath(d.impath, prefix), d.label, d.classname] for d in items]
+
+
+def _decode(rows: list, prefix: str, path: str) -> list[Datum]:
+    try:
+        return [
+            Datum(os.path.join(prefix, rel), int(label), 0, cname) for rel, label, cname in rows
+        ]
+    except (TypeError, ValueError):
+        raise UserError(
+            f"{path} is not a split file: expected rows [relative_path, label, classname]."
+        ) from None
+
+
+def save_split(splits: dict[str, list[Datum]], path: str, prefix: str) -> None:
+    """Write a CoOp split file `{"train"|"val"|"test": [[relpath, label, classname], ...]}`.
+
+    Paths are stored relative to `prefix` (normally the dataset's image folder).
+    """
+    write_json_atomic({name: _encode(items, prefix) for name, items in splits.items()}, path)
+
+
+def read_split(path: str, prefix: str, names: Sequence[str] = ("train", "val", "test")) -> dict:
+    """Read a CoOp split file; returns {name: list[Datum]} with paths joined to `prefix`."""
+    obj = read_json(path)
+    return {name: _decode(obj.get(name, []), prefix, path) for name in names}
+
+
+# ------------------------------------------------------------- split generation
+
+
+def split_trainval(
+    trainval: list[Datum], p_val: float = 0.2, seed: int = SPLIT_SEED
+) -> tuple[list[Datum], list[Datum]]:
+    """Hold out `round(p_val * n)` images per class as val (Dassl's split_trainval)."""
+    rng = random.Random(seed)
+    by_label: dict[int, list[int]] = defaultdict(list)
+    for idx, item in enumerate(trainval):
+        by_label[item.label].append(idx)
+    train, val = [], []
+    for idxs in by_label.values():
+        n_val = round(len(idxs) * p_val)
+        if n_val < 1:
+            raise UserError(
+                f"Class '{trainval[idxs[0]].classname}' has {len(idxs)} train+val image(s): "
+                "too few to hold out a validation image; add images to that class."
+            )
+        rng.shuffle(idxs)
+        for n, idx in enumerate(idxs):
+            (val if n < n_val else train).append(trainval[idx])
+    return train, val
+
+
+def split_by_class(
+    groups: Sequence[tuple[int, str, list[str]]],
+    p_trn: float = 0.5,
+    p_val: float = 0.2,
+    seed: int = SPLIT_SEED,
+) -> tuple[list[Datum], list[Datum], list[Datum]]:
+    """Split each class's images into train/val/test fractions (Dassl's 50/20/30 default).
+
+    `groups` holds (label, classname, image paths) per class, in the order to process.
+    """
+    rng = random.Random(seed)
+    train, val, test = [], [], []
+    for label, cname, impaths in groups:
+        impaths = list(impaths)
+        rng.shuffle(impaths)
+        n_train = round(len(impaths) * p_trn)
+        n_val = round(len(impaths) * p_val)
+        if n_train < 1 or n_val < 1 or len(impaths) - n_train - n_val < 1:
+            raise UserError(
+                f"Class '{cname}' has {len(impaths)} image(s): too few for a train/val/test "
+                "split; add images to that class."
+            )
+        parts = (impaths[:n_train], impaths[n_train : n_train + n_val], impaths[n_train + n_val :])
+        for out, paths in zip((train, val, test), parts):
+            out.extend(Datum(p, label, 0, cname) for p in paths)
+    return train, val, test
+
+
+def read_and_split_data(
+    image_dir: str,
+    p_trn: float = 0.5,
+    p_val: float = 0.2,
+    ignored: Sequence[str] = (),
+    new_cnames: dict[str, str] | None = None,
+    seed: int = SPLIT_SEED,
+) -> tuple[list[Datum], list[Datum], list[Datum]]:
+    """Build train/val/test from `image_dir/<class>/<image>` (DTD's reader), 50/20/30 per class.
+
+    Class folders are sorted; the label is the index in that order. An empty class
+    folder is a UserError naming it.
+    """
+    groups = []
+    categories = [c for c in listdir_sorted(image_dir) if c not in ignored]
+    categories = [c for c in categories if os.path.isdir(os.path.join(image_dir, c))]
+    for label, category in enumerate(categories):
+        folder = os.path.join(image_dir, category)
+        names = listdir_sorted(folder, images_only=True)
+        if not names:
+            raise UserError(f"Class folder {folder} holds no images; add images or remove it.")
+        cname = (new_cnames or {}).get(category, category)
+        groups.append((label, cname, [os.path.join(folder, n) for n in names]))
+    if not groups:
+        raise UserError(f"{image_dir} has no class folders; expected <class>/<image> inside.")
+    return split_by_class(groups, p_trn, p_val, seed)
+
+
+# ------------------------------------------------------ few-shot and subsampling
+
+
+def generate_fewshot_dataset(items: list[Datum], num_shots: int, rng: random.Random) -> list[Datum]:
+    """K images per class, grouped by label in first-appearance order (Dassl semantics).
+
+    A class with fewer than K images keeps all of them; `num_shots < 1` returns `items`.
+    """
+    if num_shots < 1:
+        return items
+    by_label: dict[int, list[Datum]] = defaultdict(list)
+    for item in items:
+        by_label[item.label].append(item)
+    out = []
+    for group in by_label.values():
+        out.extend(rng.sample(group, num_shots) if len(group) >= num_shots else group)
+    return out
+
+
+def base_new_labels(labels: Iterable[int]) -> tuple[list[int], list[int]]:
+    """Sorted labels split into base (first ceil(n/2)) and new (the rest)."""
+    labels = sorted(set(labels))
+    m = math.ceil(len(labels) / 2)
+    return labels[:m], labels[m:]
+
+
+def select_classes(items: list[Datum], selected: Sequence[int]) -> list[Datum]:
+    """Keep items whose label is in `selected`, relabelled to its index there."""
+    relabel = {y: i for i, y in enumerate(selected)}
+    return [
+        Datum(d.impath, relabel[d.label], d.domain, d.classname)
+        for d in items
+        if d.label in relabel
+    ]
+
+
+def subsample_classes(*args: list[Datum], subsample: str = "all") -> list[list[Datum]]:
+    """Dassl/CoOp subsample_classes: "all", "base" or "new" classes of args[0], relabelled."""
+    if subsample == "all":
+        return list(args)
+    if subsample not in ("base", "new"):
+        raise UserError(f"DATASET.SUBSAMPLE_CLASSES is '{subsample}'; use one of: all, base, new.")
+    base, new = base_new_labels(d.label for d in args[0])
+    selected = base if subsample == "base" else new
+    return [select_classes(items, selected) for items in args]

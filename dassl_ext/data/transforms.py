@@ -1,0 +1,98 @@
+"""Image transforms selected by Dassl's names in ``INPUT.TRANSFORMS``.
+
+Train: the listed augmentations, then ToTensor and (if listed) Normalize.
+Test: Resize(shorter side to max(INPUT.SIZE)) -> CenterCrop(INPUT.SIZE) -> ToTensor -> Normalize.
+"""
+
+from __future__ import annotations
+
+import torchvision.transforms as T
+from torchvision.transforms import InterpolationMode
+
+from dassl_ext.errors import UserError
+
+INTERPOLATION_MODES = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+# CLIP's preprocessing statistics (the shipped configs set these).
+CLIP_PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
+
+AVAILABLE_TRANSFORMS = (
+    "random_flip",
+    "random_resized_crop",
+    "random_crop",
+    "random_translation",
+    "center_crop",
+    "colorjitter",
+    "randomgrayscale",
+    "gaussian_blur",
+    "normalize",
+)
+
+
+def _size(cfg) -> tuple[int, int]:
+    size = cfg.INPUT.SIZE
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def build_transform(cfg, is_train: bool = True, choices: list[str] | None = None) -> T.Compose:
+    """The train or test transform of Dassl for `cfg.INPUT` (names in INPUT.TRANSFORMS)."""
+    choices = list(cfg.INPUT.TRANSFORMS if choices is None else choices)
+    unknown = [c for c in choices if c not in AVAILABLE_TRANSFORMS]
+    if unknown:
+        raise UserError(
+            f"INPUT.TRANSFORMS has unknown transform '{unknown[0]}'; "
+            f"use names from: {', '.join(AVAILABLE_TRANSFORMS)}."
+        )
+    if cfg.INPUT.INTERPOLATION not in INTERPOLATION_MODES:
+        raise UserError(
+            f"INPUT.INTERPOLATION is '{cfg.INPUT.INTERPOLATION}'; "
+            f"use one of: {', '.join(INTERPOLATION_MODES)}."
+        )
+    interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
+    size = _size(cfg)
+    if cfg.INPUT.NO_TRANSFORM:
+        tfms = [T.Resize(size, interpolation=interp)]
+    elif is_train:
+        tfms = _train_transforms(cfg, choices, size, interp)
+    else:
+        # Resize the shorter side, then crop, as Dassl and CLIP's own preprocessing do.
+        tfms = [T.Resize(max(size), interpolation=interp), T.CenterCrop(size)]
+    tfms.append(T.ToTensor())
+    if "normalize" in choices:
+        tfms.append(T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD))
+    return T.Compose(tfms)
+
+
+def _train_transforms(cfg, choices: list[str], size: tuple[int, int], interp) -> list:
+    tfms = []
+    if "random_crop" not in choices and "random_resized_crop" not in choices:
+        tfms.append(T.Resize(size, interpolation=interp))  # make sure the size matches
+    if "random_translation" in choices:
+        # Dassl's Random2DTranslation: upscale by 1/8 half of the time, then crop.
+        big = tuple(round(s * 1.125) for s in size)
+        grow = T.Compose([T.Resize(big, interpolation=interp), T.RandomCrop(size)])
+        tfms.append(T.RandomApply([grow], p=0.5))
+    if "random_crop" in choices:
+        tfms.append(T.RandomCrop(size, padding=cfg.INPUT.CROP_PADDING))
+    if "random_resized_crop" in choices:
+        scale = tuple(cfg.INPUT.RRCROP_SCALE)
+        tfms.append(T.RandomResizedCrop(size, scale=scale, interpolation=interp))
+    if "center_crop" in choices:
+        tfms.append(T.CenterCrop(size))
+    if "random_flip" in choices:
+        tfms.append(T.RandomHorizontalFlip())
+    if "colorjitter" in choices:
+        i = cfg.INPUT
+        tfms.append(
+            T.ColorJitter(i.COLORJITTER_B, i.COLORJITTER_C, i.COLORJITTER_S, i.COLORJITTER_H)
+        )
+    if "randomgrayscale" in choices:
+        tfms.append(T.RandomGrayscale(p=cfg.INPUT.RGS_P))
+    if "gaussian_blur" in choices:
+        tfms.append(T.RandomApply([T.GaussianBlur(cfg.INPUT.GB_K)], p=cfg.INPUT.GB_P))
+    return tfms

@@ -1,0 +1,69 @@
+"""ImageNet-1k: images/{train,val}/<wnid>/; names from classnames.txt (no split file)."""
+
+import os
+
+from dassl_ext.data import DATASET_REGISTRY, DatasetBase, Datum
+from dassl_ext.data.splits import listdir_sorted
+from dassl_ext.errors import UserError
+
+
+def read_classnames(path: str) -> dict[str, str]:
+    """`classnames.txt` lines "n01440764 tench" -> {wnid: name}, in file order."""
+    names = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                wnid, name = line.strip().split(" ", 1)
+                names[wnid] = name
+    return names
+
+
+def read_class_folders(
+    image_dir: str, folders: list[str], classnames: dict[str, str]
+) -> list[Datum]:
+    """Images of `image_dir/<folder>/`; label = position of the folder in `folders`."""
+    items = []
+    for label, folder in enumerate(folders):
+        class_dir = os.path.join(image_dir, folder)
+        imnames = listdir_sorted(class_dir) if os.path.isdir(class_dir) else []
+        if not imnames:
+            raise UserError(f"Class folder {class_dir} is missing or empty; add its images.")
+        cname = classnames[folder]
+        items.extend(Datum(os.path.join(class_dir, n), label, 0, cname) for n in imnames)
+    return items
+
+
+class ImageNetFolders(DatasetBase):
+    """ImageNet-style test sets: class folders named by wnid, labels in sorted folder order.
+
+    Test-only: train_x = test = all images and there is no val split.
+    """
+
+    ignored: tuple[str, ...] = ()
+
+    def read_raw(self):
+        classnames = read_classnames(self.require(os.path.join(self.dataset_dir, "classnames.txt")))
+        folders = [f for f in listdir_sorted(self.require(self.image_dir)) if f not in self.ignored]
+        unknown = [f for f in folders if f not in classnames]
+        if unknown:
+            listing = os.path.join(self.dataset_dir, "classnames.txt")
+            raise UserError(
+                f"{self.name}: folder {os.path.join(self.image_dir, unknown[0])} is not listed in "
+                f"{listing}; use ImageNet's classnames.txt."
+            )
+        data = read_class_folders(self.image_dir, folders, classnames)
+        return data, [], data
+
+
+@DATASET_REGISTRY.register()
+class ImageNet(DatasetBase):
+    dataset_dir = "imagenet"
+    image_dir = "images"
+
+    def read_raw(self):
+        classnames = read_classnames(self.require(os.path.join(self.dataset_dir, "classnames.txt")))
+        splits = []
+        for split in ("train", "val"):  # ImageNet's val set is the test split
+            split_dir = self.require(os.path.join(self.image_dir, split))
+            splits.append(read_class_folders(split_dir, listdir_sorted(split_dir), classnames))
+        return splits[0], [], splits[1]
