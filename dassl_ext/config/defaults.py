@@ -1,0 +1,154 @@
+"""Dassl's default configuration (same key names and values) plus this project's keys.
+
+Keys marked "new" do not exist in Dassl; each carries a one-line comment.
+"""
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+_C.VERSION = 1
+_C.OUTPUT_DIR = "./output"
+_C.RESUME = ""  # a previous OUTPUT_DIR to continue from (its newest model.pth.tar-<epoch>)
+_C.SEED = -1  # < 0: do not seed
+_C.USE_CUDA = True  # use CUDA when available; CPU always works
+_C.VERBOSE = True
+
+###########################
+# Input
+###########################
+_C.INPUT = CN()
+_C.INPUT.SIZE = (224, 224)
+_C.INPUT.INTERPOLATION = "bilinear"
+_C.INPUT.TRANSFORMS = ()
+_C.INPUT.NO_TRANSFORM = False
+_C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
+_C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
+_C.INPUT.CROP_PADDING = 4
+_C.INPUT.RRCROP_SCALE = (0.08, 1.0)
+_C.INPUT.CUTOUT_N = 1
+_C.INPUT.CUTOUT_LEN = 16
+_C.INPUT.GN_MEAN = 0.0
+_C.INPUT.GN_STD = 0.15
+_C.INPUT.RANDAUGMENT_N = 2
+_C.INPUT.RANDAUGMENT_M = 10
+_C.INPUT.COLORJITTER_B = 0.4
+_C.INPUT.COLORJITTER_C = 0.4
+_C.INPUT.COLORJITTER_S = 0.4
+_C.INPUT.COLORJITTER_H = 0.1
+_C.INPUT.RGS_P = 0.2
+_C.INPUT.GB_P = 0.5
+_C.INPUT.GB_K = 21
+
+###########################
+# Dataset
+###########################
+_C.DATASET = CN()
+_C.DATASET.ROOT = ""
+_C.DATASET.NAME = ""
+_C.DATASET.SOURCE_DOMAINS = ()
+_C.DATASET.TARGET_DOMAINS = ()
+_C.DATASET.NUM_LABELED = -1
+_C.DATASET.NUM_SHOTS = -1
+_C.DATASET.VAL_PERCENT = 0.1
+_C.DATASET.SUBSAMPLE_CLASSES = "all"  # "all", "base" or "new" (CoOp/CoCoOp extension)
+# new: "paper" selects the checkpoint on a test-derived val split as the official code;
+# "clean" selects on the dataset's own (few-shot) val split.
+_C.DATASET.PROTOCOL = "paper"
+# new: "standard" reports one split named "test"; "base_new" reports "base" and "new".
+_C.DATASET.EVAL_SPLITS = "standard"
+
+###########################
+# Dataloader
+###########################
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 4
+_C.DATALOADER.K_TRANSFORMS = 1
+_C.DATALOADER.RETURN_IMG0 = False
+_C.DATALOADER.TRAIN_X = CN()
+_C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"
+_C.DATALOADER.TRAIN_X.BATCH_SIZE = 32
+_C.DATALOADER.TRAIN_X.N_DOMAIN = 0
+_C.DATALOADER.TRAIN_X.N_INS = 16
+_C.DATALOADER.TRAIN_U = CN()
+_C.DATALOADER.TRAIN_U.SAME_AS_X = True
+_C.DATALOADER.TRAIN_U.SAMPLER = "RandomSampler"
+_C.DATALOADER.TRAIN_U.BATCH_SIZE = 32
+_C.DATALOADER.TRAIN_U.N_DOMAIN = 0
+_C.DATALOADER.TRAIN_U.N_INS = 16
+_C.DATALOADER.TEST = CN()
+_C.DATALOADER.TEST.SAMPLER = "SequentialSampler"
+_C.DATALOADER.TEST.BATCH_SIZE = 32
+
+###########################
+# Model
+###########################
+_C.MODEL = CN()
+_C.MODEL.INIT_WEIGHTS = ""
+_C.MODEL.BACKBONE = CN()
+_C.MODEL.BACKBONE.NAME = ""
+_C.MODEL.BACKBONE.PRETRAINED = True
+_C.MODEL.HEAD = CN()
+_C.MODEL.HEAD.NAME = ""
+_C.MODEL.HEAD.HIDDEN_LAYERS = ()
+_C.MODEL.HEAD.ACTIVATION = "relu"
+_C.MODEL.HEAD.BN = True
+_C.MODEL.HEAD.DROPOUT = 0.0
+# new: folder with CLIP weight files; "" -> env CLIP_ROOT -> ~/.cache/clip
+_C.MODEL.CLIP_ROOT = ""
+
+###########################
+# Optimization
+###########################
+_C.OPTIM = CN()
+_C.OPTIM.NAME = "adam"
+_C.OPTIM.LR = 0.0003
+_C.OPTIM.WEIGHT_DECAY = 5e-4
+_C.OPTIM.MOMENTUM = 0.9
+_C.OPTIM.SGD_DAMPNING = 0
+_C.OPTIM.SGD_NESTEROV = False
+_C.OPTIM.RMSPROP_ALPHA = 0.99
+_C.OPTIM.ADAM_BETA1 = 0.9
+_C.OPTIM.ADAM_BETA2 = 0.999
+_C.OPTIM.STAGED_LR = False
+_C.OPTIM.NEW_LAYERS = ()
+_C.OPTIM.BASE_LR_MULT = 0.1
+_C.OPTIM.LR_SCHEDULER = "single_step"
+_C.OPTIM.STEPSIZE = (-1,)
+_C.OPTIM.GAMMA = 0.1
+_C.OPTIM.MAX_EPOCH = 10
+_C.OPTIM.WARMUP_EPOCH = -1
+_C.OPTIM.WARMUP_TYPE = "linear"
+_C.OPTIM.WARMUP_CONS_LR = 1e-5
+_C.OPTIM.WARMUP_MIN_LR = 1e-5
+_C.OPTIM.WARMUP_RECOUNT = True
+
+###########################
+# Train
+###########################
+_C.TRAIN = CN()
+_C.TRAIN.CHECKPOINT_FREQ = 0
+_C.TRAIN.PRINT_FREQ = 10
+_C.TRAIN.COUNT_ITER = "train_x"
+# new: clip the gradient norm of each registered model to this value (0 = off)
+_C.TRAIN.GRAD_CLIP_NORM = 0.0
+
+###########################
+# Test
+###########################
+_C.TEST = CN()
+_C.TEST.EVALUATOR = "Classification"
+_C.TEST.PER_CLASS_RESULT = False
+_C.TEST.COMPUTE_CMAT = False
+_C.TEST.NO_TEST = False
+_C.TEST.SPLIT = "test"
+_C.TEST.FINAL_MODEL = "last_step"
+# new: write logits_<split>.pt (logits, labels, impaths) next to results.json
+_C.TEST.SAVE_LOGITS = False
+
+###########################
+# Trainer specifics (each trainer adds its section with @register_config_extension)
+###########################
+_C.TRAINER = CN()
+_C.TRAINER.NAME = ""
+_C.TRAINER.MODAL = "base2novel"  # PromptKD: "base2novel" or "cross"

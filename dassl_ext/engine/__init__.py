@@ -1,0 +1,17 @@
+"""Training engine: trainers, precision, and the trainer registry."""
+
+from dassl_ext.engine.build import build_trainer
+from dassl_ext.engine.precision import Precision, resolve_precision
+from dassl_ext.engine.simple import SimpleTrainer, TrainerX
+from dassl_ext.engine.trainer import TrainerBase
+from dassl_ext.registry import TRAINER_REGISTRY
+
+__all__ = [
+    "TRAINER_REGISTRY",
+    "Precision",
+    "SimpleTrainer",
+    "TrainerBase",
+    "TrainerX",
+    "build_trainer",
+    "resolve_precision",
+]

@@ -1,0 +1,325 @@
+"""SimpleTrainer (data, model, evaluation, model selection, results) and TrainerX (loop).
+
+A method subclasses :class:`TrainerX` and implements ``build_model`` (calling
+``register_model``) and ``forward_backward`` (calling ``model_backward_and_update``);
+``model_inference`` must return logits over ``self.eval_class_ids`` during ``test``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from dassl_ext.engine.precision import resolve_precision
+from dassl_ext.engine.trainer import TrainerBase, checkpoint_epochs
+from dassl_ext.errors import UserError
+from dassl_ext.utils.distributed import broadcast_module, get_local_rank, is_main_process
+from dassl_ext.utils.tools import AverageMeter, MetricMeter
+
+logger = logging.getLogger(__name__)
+
+FINAL_MODELS = ("last_step", "best_val")
+
+
+def _tqdm_off() -> bool | None:
+    return None if is_main_process() else True  # None: tqdm shows bars on a terminal only
+
+
+class SimpleTrainer(TrainerBase):
+    """Trainer with one data manager, an evaluator, model selection and results.json."""
+
+    prec_section: str | None = None  # cfg.TRAINER.<section>.PREC; None: TRAINER.NAME upper
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.check_cfg(cfg)
+        self.cfg = cfg
+        cuda = cfg.USE_CUDA and torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{get_local_rank()}" if cuda else "cpu")
+        self.output_dir = cfg.OUTPUT_DIR
+        self.prec = resolve_precision(self.precision_name(), self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.prec.use_scaler)
+        self.grad_clip_norm = float(cfg.TRAIN.GRAD_CLIP_NORM)
+        self.start_epoch = self.epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.eval_split: str | None = None
+        self.eval_class_ids: torch.Tensor | None = None
+        self._model_epoch: int | None = None  # epoch of the weights being tested
+        self._loaded_val_result: float | None = None
+
+        self.build_data_loader()
+        self.build_model()
+        from dassl_ext.evaluation import build_evaluator
+
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+
+    def check_cfg(self, cfg) -> None:
+        """Hook: reject configs the trainer cannot run (raise UserError)."""
+        if cfg.TEST.FINAL_MODEL not in FINAL_MODELS:
+            raise UserError(
+                f"TEST.FINAL_MODEL is {cfg.TEST.FINAL_MODEL!r}; use one of {FINAL_MODELS}."
+            )
+
+    def precision_name(self) -> str:
+        """``cfg.TRAINER.<SECTION>.PREC`` of this trainer, or fp32 if it has none."""
+        section = self.prec_section or str(self.cfg.TRAINER.NAME).upper()
+        node = self.cfg.TRAINER.get(section)
+        return str(node.PREC) if node is not None and "PREC" in node else "fp32"
+
+    # ------------------------------------------------------------------ building
+    def build_data_loader(self) -> None:
+        """Create the DataManager and expose its loaders and class information."""
+        from dassl_ext.data import DataManager
+
+        self.dm = dm = DataManager(self.cfg)
+        self.train_loader_x = dm.train_loader_x
+        self.val_loader = dm.val_loader
+        self.test_loader = dm.test_loader
+        self.eval_loaders: dict[str, Any] = dict(dm.eval_loaders)
+        self.num_classes = dm.num_classes
+        self.lab2cname = dm.lab2cname
+        self.classnames = dm.classnames
+        splits = dm.dataset.eval_splits
+        self.eval_class_ids_of = {n: list(splits[n].class_ids) for n in self.eval_loaders}
+        val_split = getattr(dm.dataset, "val_split", None)
+        all_ids = list(range(self.num_classes))
+        self.eval_class_ids_of["val"] = list(val_split.class_ids) if val_split else all_ids
+        if hasattr(dm, "show_dataset_summary") and is_main_process():
+            dm.show_dataset_summary()
+
+    def build_model(self) -> None:
+        raise NotImplementedError("A trainer builds its model(s) and calls register_model().")
+
+    # ------------------------------------------------------------------ training
+    def train(self) -> None:  # type: ignore[override]
+        super().train(self.start_epoch, self.max_epoch)
+
+    def before_train(self) -> None:
+        if self.cfg.RESUME:
+            self.start_epoch = self.resume_model_if_exist(self.cfg.RESUME)
+            self._truncate_metrics(self.start_epoch)
+        else:
+            for name in self.get_model_names():
+                if checkpoint_epochs(os.path.join(self.output_dir, name)):
+                    raise UserError(
+                        f"{self.output_dir} already holds checkpoints of {name}; pass "
+                        f"--resume {self.output_dir} to continue, or choose another --output-dir."
+                    )
+        self.init_writer(os.path.join(self.output_dir, "tensorboard"))
+        self.time_start = time.time()
+        self.restore_resumed_rng()  # last: nothing may draw random numbers after it
+
+    def before_epoch(self) -> None:
+        if hasattr(self.dm, "set_epoch"):
+            self.dm.set_epoch(self.epoch)
+        elif hasattr(getattr(self.train_loader_x, "sampler", None), "set_epoch"):
+            self.train_loader_x.sampler.set_epoch(self.epoch)
+
+    def after_epoch(self) -> None:
+        last_epoch = (self.epoch + 1) == self.max_epoch
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
+        for model in self._models.values():  # e.g. BatchNorm statistics: rank 0's win
+            broadcast_module(model)
+        val_acc = None
+        if not self.cfg.TEST.NO_TEST and self.cfg.TEST.FINAL_MODEL == "best_val":
+            val_acc = self.test(split="val")
+            if val_acc > self.best_result:  # strictly greater: the earliest best wins
+                self.best_result, self.best_epoch = val_acc, self.epoch + 1
+                self.save_model(
+                    self.epoch, self.output_dir, val_result=val_acc, model_name="model-best.pth.tar"
+                )
+        self._write_metrics(val_acc)
+        if meet_checkpoint_freq or last_epoch:
+            self.save_model(self.epoch, self.output_dir)
+
+    def after_train(self) -> None:
+        logger.info("Finish training")
+        self._model_epoch = self.max_epoch
+        if not self.cfg.TEST.NO_TEST:
+            if self.cfg.TEST.FINAL_MODEL == "best_val":
+                logger.info("Deploy the model with the best val performance")
+                self.load_model(self.output_dir)
+                self._model_epoch = self._loaded_epoch
+            else:
+                logger.info("Deploy the last-epoch model")
+            self.test()
+        elapsed = datetime.timedelta(seconds=round(time.time() - self.time_start))
+        logger.info(f"Elapsed: {elapsed}")
+        self.close_writer()
+
+    # ------------------------------------------------------------------ metrics.jsonl
+    def _metrics_path(self) -> str:
+        return os.path.join(self.output_dir, "metrics.jsonl")
+
+    def _write_metrics(self, val_acc: float | None) -> None:
+        if not is_main_process():
+            return
+        meters = getattr(self, "_epoch_losses", None)
+        row = {
+            "epoch": self.epoch + 1,
+            "lr": getattr(self, "_epoch_lr", None),
+            "loss": {k: m.avg for k, m in meters.meters.items()} if meters else {},
+            "val_accuracy": val_acc,
+        }
+        with open(self._metrics_path(), "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _truncate_metrics(self, epoch: int) -> None:
+        """Drop rows of epochs after ``epoch`` (they are trained again after a resume)."""
+        path = self._metrics_path()
+        if not is_main_process() or not os.path.exists(path):
+            return
+        with open(path) as f:
+            rows = [r for r in f if r.strip() and json.loads(r)["epoch"] <= epoch]
+        with open(path, "w") as f:
+            f.writelines(rows)
+
+    # ------------------------------------------------------------------ evaluation
+    def _split_loader(self, split: str):
+        if split == "val":
+            if self.val_loader is not None:
+                return self.val_loader, self.eval_class_ids_of["val"]
+            first = next(iter(self.eval_loaders))
+            logger.warning(f"No val split: selecting on the *{first}* split instead")
+            return self.eval_loaders[first], self.eval_class_ids_of[first]
+        if split not in self.eval_loaders:
+            raise UserError(
+                f"Unknown evaluation split {split!r}; use val or {', '.join(self.eval_loaders)}."
+            )
+        return self.eval_loaders[split], self.eval_class_ids_of[split]
+
+    @torch.no_grad()
+    def evaluate_split(self, split: str) -> OrderedDict:
+        """Run the model on one split and return the evaluator's metrics (gathered)."""
+        loader, class_ids = self._split_loader(split)
+        self.set_model_mode("eval")
+        self.eval_split = split
+        self.eval_class_ids = torch.as_tensor(class_ids, dtype=torch.long, device=self.device)
+        lab2cname = {k: self.classnames[c] for k, c in enumerate(class_ids)}
+        self.evaluator.reset(lab2cname)
+        logger.info(f"Evaluate on the *{split}* set")
+        for batch in tqdm(loader, desc=split, leave=False, disable=_tqdm_off()):
+            input, label = self.parse_batch_test(batch)
+            output = self.model_inference(input)
+            self.evaluator.process(output, label, batch.get("impath"), batch.get("index"))
+        self.evaluator.sync()
+        results = self.evaluator.evaluate(split=split)
+        for k, v in results.items():
+            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        if self.cfg.TEST.SAVE_LOGITS and split != "val" and is_main_process():
+            self.evaluator.save_logits(os.path.join(self.output_dir, f"logits_{split}.pt"))
+        results["num_images"] = self.evaluator.num_samples
+        return results
+
+    def test(self, split: str | None = None) -> float:
+        """Evaluate ``split`` (default TEST.SPLIT). "val" just returns its accuracy; a reported
+        split, or "test" meaning all reported splits (e.g. base and new), also updates
+        results.json. Returns the accuracy (of the first split evaluated)."""
+        split = split or self.cfg.TEST.SPLIT
+        if split == "val":
+            return float(self.evaluate_split("val")["accuracy"])
+        if split == "test" and split not in self.eval_loaders:
+            return self._test_reported(list(self.eval_loaders))
+        return self._test_reported([split])
+
+    def _test_reported(self, splits: list[str]) -> float:
+        results = {name: self.evaluate_split(name) for name in splits}
+        if is_main_process():
+            self.write_results(results)
+        return float(results[splits[0]]["accuracy"])
+
+    def write_results(self, results: dict[str, dict]) -> None:
+        """Merge the given split results into ``<output>/results.json``."""
+        from dassl_ext.evaluation import config_hash, write_results
+
+        cfg = self.cfg
+        epoch = self._model_epoch if self._model_epoch is not None else self._loaded_epoch_or_none()
+        selection = None
+        if self.best_epoch is not None and cfg.TEST.FINAL_MODEL == "best_val":
+            selection = {"split": "val", "accuracy": self.best_result, "epoch": self.best_epoch}
+        elif self._loaded_val_result is not None:
+            selection = {"split": "val", "accuracy": self._loaded_val_result, "epoch": epoch}
+        record = {
+            "trainer": cfg.TRAINER.NAME,
+            "dataset": cfg.DATASET.NAME,
+            "seed": cfg.SEED,
+            "protocol": getattr(self.dm.dataset, "protocol", cfg.DATASET.PROTOCOL),
+            "eval_splits": cfg.DATASET.EVAL_SPLITS,
+            "config_hash": config_hash(cfg),
+            "backbone": cfg.MODEL.BACKBONE.NAME,
+            "splits": {
+                name: {
+                    "accuracy": float(r["accuracy"]),
+                    "macro_f1": float(r["macro_f1"]),
+                    "error_rate": float(r["error_rate"]),
+                    "num_images": int(r["num_images"]),
+                    "epoch": epoch,
+                }
+                for name, r in results.items()
+            },
+            "selection": selection,
+        }
+        write_results(os.path.join(self.output_dir, "results.json"), record)
+
+    def _loaded_epoch_or_none(self) -> int | None:
+        return getattr(self, "_loaded_epoch", None)
+
+    def parse_batch_test(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
+        return self.model(input)
+
+
+class TrainerX(SimpleTrainer):
+    """Trainer on labelled data ``train_loader_x``: Dassl's epoch loop and log lines."""
+
+    def run_epoch(self) -> None:
+        self.set_model_mode("train")
+        losses = MetricMeter()
+        batch_time, data_time = AverageMeter(), AverageMeter()
+        self.num_batches = len(self.train_loader_x)
+        self._epoch_losses, self._epoch_lr = losses, self.get_current_lr()
+        print_freq = self.cfg.TRAIN.PRINT_FREQ
+        end = time.time()
+        bar = tqdm(
+            self.train_loader_x,
+            desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
+            leave=False,
+            disable=_tqdm_off(),
+        )
+        for self.batch_idx, batch in enumerate(bar):
+            data_time.update(time.time() - end)
+            loss_summary = self.forward_backward(batch)
+            batch_time.update(time.time() - end)
+            losses.update(loss_summary)
+
+            meet_freq = (self.batch_idx + 1) % print_freq == 0
+            if meet_freq or self.num_batches < print_freq:
+                nb_remain = self.num_batches - self.batch_idx - 1
+                nb_remain += (self.max_epoch - self.epoch - 1) * self.num_batches
+                eta = datetime.timedelta(seconds=int(batch_time.avg * nb_remain))
+                logger.info(
+                    f"epoch [{self.epoch + 1}/{self.max_epoch}] "
+                    f"batch [{self.batch_idx + 1}/{self.num_batches}] "
+                    f"time {batch_time.val:.3f} ({batch_time.avg:.3f}) "
+                    f"data {data_time.val:.3f} ({data_time.avg:.3f}) "
+                    f"{losses} lr {self.get_current_lr():.4e} eta {eta}"
+                )
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            for name, meter in losses.meters.items():
+                self.write_scalar("train/" + name, meter.avg, n_iter)
+            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+            end = time.time()
+
+    def parse_batch_train(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch["img"].to(self.device), batch["label"].to(self.device)

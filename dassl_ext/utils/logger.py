@@ -1,0 +1,39 @@
+"""Stdlib logging to the console and ``<output>/log.txt``; only rank 0 logs INFO."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from dassl_ext.utils.distributed import get_rank
+
+_FMT = "%(asctime)s %(message)s"
+_DATEFMT = "%Y-%m-%d %H:%M:%S"
+
+
+def setup_logger(output_dir: str | None = None, name: str = "") -> logging.Logger:
+    """Configure the logger ``name`` (root by default): console, plus ``log.txt`` in
+    ``output_dir`` (``log.txt`` exists already -> append). Other ranks log warnings only.
+
+    Calling it again replaces the handlers it added before (tests call ``main`` often).
+    """
+    logger = logging.getLogger(name)
+    for h in list(logger.handlers):
+        if getattr(h, "_dassl_ext", False):
+            logger.removeHandler(h)
+            h.close()
+    rank = get_rank()
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    formatter = logging.Formatter(_FMT if rank == 0 else f"[rank {rank}] {_FMT}", _DATEFMT)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(formatter)
+    handlers: list[logging.Handler] = [console]
+    if output_dir and rank == 0:
+        os.makedirs(output_dir, exist_ok=True)
+        handlers.append(logging.FileHandler(os.path.join(output_dir, "log.txt"), mode="a"))
+    for h in handlers:
+        h.setFormatter(formatter)
+        h._dassl_ext = True  # type: ignore[attr-defined]
+        logger.addHandler(h)
+    return logger

@@ -1,0 +1,198 @@
+"""End-to-end runs of ``train.main`` with a tiny trainer on a tiny dataset written here.
+
+Also the helpers other engine tests import: ``write_tiny_dataset``, ``register_tiny``,
+``tiny_argv``, ``final_weights``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+import train
+from dassl_ext.data import DatasetBase
+from dassl_ext.engine import TrainerX
+from dassl_ext.optim import build_lr_scheduler, build_optimizer
+from dassl_ext.registry import DATASET_REGISTRY, TRAINER_REGISTRY
+
+CLASSES = ["red", "green", "blue", "gray"]
+COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (120, 120, 120)]
+
+
+class TinyEngineSet(DatasetBase):
+    dataset_dir = "tinyset"
+    image_dir = "images"
+    split_file = "split_zhou_TinyEngineSet.json"
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(x, 2).flatten(1))  # (B, 3*2*2) -> (B, C)
+
+
+class TinyEngineTrainer(TrainerX):
+    """Linear classifier on 2x2-pooled pixels."""
+
+    def build_model(self) -> None:
+        self.model = TinyNet(self.num_classes).to(self.device)
+        self.optim = build_optimizer(self.model, self.cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+        self.register_model("TinyNet", self.model, self.optim, self.sched)
+
+    def forward_backward(self, batch: dict) -> dict:
+        image, label = self.parse_batch_train(batch)
+        with self.prec.autocast():
+            loss = F.cross_entropy(self.model(image), label)
+        self.model_backward_and_update(loss)
+        return {"loss": loss.item()}
+
+    def model_inference(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)[:, self.eval_class_ids]  # logits of the split's classes only
+
+
+def register_tiny() -> None:
+    for reg, obj in ((DATASET_REGISTRY, TinyEngineSet), (TRAINER_REGISTRY, TinyEngineTrainer)):
+        if obj.__name__ not in reg:
+            reg.register(obj)
+
+
+def write_tiny_dataset(root: str, per_split=(4, 2, 3), size: int = 8, seed: int = 0) -> str:
+    """Noisy solid-colour PNGs (one class per colour) and a CoOp split file under root."""
+    rng = np.random.default_rng(seed)
+    base = os.path.join(root, "tinyset")
+    split: dict[str, list] = {"train": [], "val": [], "test": []}
+    for label, (name, color) in enumerate(zip(CLASSES, COLORS)):
+        os.makedirs(os.path.join(base, "images", name), exist_ok=True)
+        n = 0
+        for part, count in zip(split, per_split):
+            for _ in range(count):
+                pixels = np.clip(np.array(color) + rng.normal(0, 40, (size, size, 3)), 0, 255)
+                rel = f"{name}/{n}.png"
+                Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(base, "images", rel))
+                split[part].append([rel, label, name])
+                n += 1
+    with open(os.path.join(base, "split_zhou_TinyEngineSet.json"), "w") as f:
+        json.dump(split, f, indent=4)
+    return root
+
+
+def tiny_argv(
+    root: str, out: str, *opts: str, epochs: int = 2, seed: int = 1, flags: tuple = ()
+) -> list[str]:
+    """train.py arguments for the tiny run; ``flags`` go before the trailing KEY VALUE pairs."""
+    return [
+        "--root", root, "--trainer", "TinyEngineTrainer", "--output-dir", out,
+        "--seed", str(seed), *flags,
+        "DATASET.NAME", "TinyEngineSet", "USE_CUDA", "False",
+        "OPTIM.NAME", "sgd", "OPTIM.LR", "0.5", "OPTIM.MAX_EPOCH", str(epochs),
+        "OPTIM.LR_SCHEDULER", "cosine", "OPTIM.WARMUP_EPOCH", "1",
+        "OPTIM.WARMUP_TYPE", "constant", "OPTIM.WARMUP_CONS_LR", "0.01",
+        "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
+        "DATALOADER.TEST.BATCH_SIZE", "5", "INPUT.SIZE", "(8, 8)",
+        "INPUT.TRANSFORMS", "['random_flip', 'normalize']", "TRAIN.PRINT_FREQ", "2",
+        *opts,
+    ]  # fmt: skip
+
+
+def final_weights(out: str, epoch: int) -> dict:
+    path = os.path.join(out, "TinyNet", f"model.pth.tar-{epoch}")
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """(data root, output dir) with the tiny dataset and trainer registered."""
+    register_tiny()
+    yield write_tiny_dataset(str(tmp_path / "data")), str(tmp_path / "out")
+    DATASET_REGISTRY.unregister("TinyEngineSet")
+    TRAINER_REGISTRY.unregister("TinyEngineTrainer")
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_train_last_step_writes_dassl_outputs(tiny):
+    root, out = tiny
+    assert train.main(tiny_argv(root, out, epochs=3)) == 0
+    assert sorted(os.listdir(os.path.join(out, "TinyNet"))) == ["checkpoint", "model.pth.tar-3"]
+    ckpt = torch.load(os.path.join(out, "TinyNet", "model.pth.tar-3"), weights_only=True)
+    assert {"state_dict", "epoch", "optimizer", "scheduler", "val_result"} <= set(ckpt)
+    assert ckpt["epoch"] == 3 and ckpt["val_result"] is None
+    for name in ("log.txt", "config.yaml", "results.json", "metrics.jsonl"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(out, "tensorboard")))
+    with open(os.path.join(out, "log.txt")) as f:
+        log = f.read()
+    assert "* accuracy:" in log and "epoch [3/3] batch [4/4]" in log
+    with open(os.path.join(out, "results.json")) as f:
+        res = json.load(f)
+    assert res["trainer"] == "TinyEngineTrainer" and res["dataset"] == "TinyEngineSet"
+    assert res["seed"] == 1 and res["protocol"] == "paper" and res["selection"] is None
+    split = res["splits"]["test"]
+    assert split["num_images"] == 12 and split["epoch"] == 3
+    assert split["accuracy"] == pytest.approx(100 - split["error_rate"])
+    rows = _read_jsonl(os.path.join(out, "metrics.jsonl"))
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    # LR steps once per epoch after the last batch: warm-up, then cosine over MAX_EPOCH (spec §5.3).
+    assert [r["lr"] for r in rows] == pytest.approx([0.01, 0.5, 0.375])
+    assert all(r["val_accuracy"] is None and "loss" in r["loss"] for r in rows)
+
+
+def test_best_val_selects_strictly_better_and_eval_only_reloads(tiny):
+    root, out = tiny
+    argv = tiny_argv(root, out, "TEST.FINAL_MODEL", "best_val", "TEST.SAVE_LOGITS", "True")
+    assert train.main(argv + ["TRAIN.CHECKPOINT_FREQ", "1"]) == 0
+    files = sorted(os.listdir(os.path.join(out, "TinyNet")))
+    assert files == ["checkpoint", "model-best.pth.tar", "model.pth.tar-1", "model.pth.tar-2"]
+    rows = _read_jsonl(os.path.join(out, "metrics.jsonl"))
+    vals = [r["val_accuracy"] for r in rows]
+    best_epoch = 1 + vals.index(max(vals))  # first maximum: later ties do not replace it
+    with open(os.path.join(out, "results.json")) as f:
+        res = json.load(f)
+    assert res["selection"] == {"split": "val", "accuracy": max(vals), "epoch": best_epoch}
+    assert res["splits"]["test"]["epoch"] == best_epoch
+    logits = torch.load(os.path.join(out, "logits_test.pt"), weights_only=True)
+    assert logits["logits"].shape == (12, 4) and len(logits["impaths"]) == 12
+
+    out2 = out + "_eval"
+    flags = ("--eval-only", "--model-dir", out, "--load-epoch", "1")
+    assert train.main(tiny_argv(root, out2, flags=flags)) == 0
+    with open(os.path.join(out2, "results.json")) as f:
+        assert json.load(f)["splits"]["test"]["epoch"] == 1
+
+
+def test_base_new_splits_use_eval_class_ids(tiny):
+    root, out = tiny
+    argv = tiny_argv(root, out, "DATASET.EVAL_SPLITS", "base_new", "TRAIN.CHECKPOINT_FREQ", "1")
+    assert train.main(argv) == 0
+    with open(os.path.join(out, "results.json")) as f:
+        res = json.load(f)
+    assert set(res["splits"]) == {"base", "new"}
+    assert res["splits"]["base"]["num_images"] == 6 and res["splits"]["new"]["num_images"] == 6
+
+
+def test_no_test_skips_evaluation(tiny):
+    root, out = tiny
+    assert train.main(tiny_argv(root, out, "TEST.NO_TEST", "True", epochs=1)) == 0
+    assert not os.path.exists(os.path.join(out, "results.json"))
+    assert os.path.exists(os.path.join(out, "TinyNet", "model.pth.tar-1"))
+
+
+def test_existing_checkpoints_need_resume(tiny, capsys):
+    root, out = tiny
+    assert train.main(tiny_argv(root, out, "TEST.NO_TEST", "True", epochs=1)) == 0
+    assert train.main(tiny_argv(root, out, "TEST.NO_TEST", "True", epochs=1)) == 1
+    assert "--resume" in capsys.readouterr().err

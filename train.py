@@ -1,0 +1,87 @@
+"""Train or evaluate a registered trainer (Dassl's command line).
+
+    python train.py --root DATA --trainer PromptKD --dataset-config-file configs/datasets/x.yaml \
+        --config-file configs/trainers/PromptKD/y.yaml --output-dir out --seed 1 KEY VALUE ...
+
+Multi-GPU: ``torchrun --nproc_per_node N train.py ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # our `datasets` wins
+
+from dassl_ext.config import setup_cfg, write_config  # noqa: E402
+from dassl_ext.engine import build_trainer  # noqa: E402
+from dassl_ext.errors import UserError  # noqa: E402
+from dassl_ext.registry import RegistryKeyError  # noqa: E402
+from dassl_ext.utils import set_random_seed, setup_logger  # noqa: E402
+from dassl_ext.utils.distributed import init_distributed_from_env, is_main_process  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+def import_plugins() -> None:
+    """Import the repository's ``trainers`` and ``datasets`` packages (they register)."""
+    for name in ("trainers", "datasets"):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--root", type=str, default="", help="path to dataset")
+    p.add_argument("--output-dir", type=str, default="", help="output directory")
+    p.add_argument("--resume", type=str, default="", help="output dir of a run to continue")
+    p.add_argument("--seed", type=int, default=-1, help="only positive value enables a fixed seed")
+    p.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
+    p.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
+    p.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
+    p.add_argument("--config-file", type=str, default="", help="path to config file")
+    p.add_argument("--dataset-config-file", type=str, default="", help="dataset config file")
+    p.add_argument("--trainer", type=str, default="", help="name of trainer")
+    p.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
+    p.add_argument("--eval-only", action="store_true", help="evaluation only")
+    p.add_argument("--model-dir", type=str, default="", help="load model from this directory")
+    p.add_argument("--load-epoch", type=int, help="load model weights at this epoch")
+    p.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE pairs")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one experiment; returns the exit status (1 with a message for bad input)."""
+    args = parse_args(argv)
+    try:
+        import_plugins()
+        cfg = setup_cfg(args)
+        init_distributed_from_env(use_cuda=cfg.USE_CUDA)
+        setup_logger(cfg.OUTPUT_DIR)
+        if cfg.SEED >= 0:
+            set_random_seed(cfg.SEED)
+        if is_main_process():
+            write_config(cfg, cfg.OUTPUT_DIR)
+            logger.info(f"Config:\n{cfg.dump()}")
+        trainer = build_trainer(cfg)
+        if args.eval_only:
+            trainer.load_model(args.model_dir, epoch=args.load_epoch)
+            trainer.test()
+            return 0
+        if not args.no_train:
+            trainer.train()
+    except (UserError, RegistryKeyError) as e:  # bad input: a message, no traceback
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
