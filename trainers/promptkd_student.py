@@ -52,6 +52,15 @@ class PromptKDStudent(nn.Module):
         self.image_encoder = image_encoder
         self.logit_scale = nn.Parameter(logit_scale.detach().clone().float(), requires_grad=False)
         self.VPT_image_trans = FeatureProjector(student_dim, teacher_dim)
+        # The teacher's text features (C, E_t) once known. Saved with the weights (an extra
+        # key, ignored by the official loader); a checkpoint without it (official) keeps
+        # the current value (see _load_class_features).
+        self.register_buffer("class_text_features", torch.zeros(0, teacher_dim))
+        self.register_load_state_dict_pre_hook(_load_class_features)
+
+    def set_class_text_features(self, features: torch.Tensor) -> None:
+        """Store the (C, E_t) class vectors (fp32, on this module's device)."""
+        self.class_text_features = features.detach().float().to(self.logit_scale.device)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised projected image features, (B, E_t)."""
@@ -64,6 +73,15 @@ class PromptKDStudent(nn.Module):
         """Logits (B, C) against ``class_features`` (C, E_t), which are L2-normalised."""
         feats = self.features(images)
         return self.logit_scale.exp() * feats @ class_features.to(feats.dtype).t()
+
+
+def _load_class_features(module: PromptKDStudent, state_dict: dict, prefix: str, *args) -> None:
+    """Load hook: take the class vectors from the checkpoint, whatever their number of
+    classes; a checkpoint without them leaves the current ones in place."""
+    key = prefix + "class_text_features"
+    if key in state_dict:
+        module.set_class_text_features(state_dict[key])
+    state_dict[key] = module.class_text_features
 
 
 def prompt_parameters(encoder: nn.Module) -> list[nn.Parameter]:

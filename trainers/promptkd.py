@@ -1,0 +1,217 @@
+"""PromptKD (CVPR 2024): distil a frozen, prompt-tuned CLIP teacher into a prompted student.
+
+Spec §3. The student (``MODEL.BACKBONE.NAME``, ViT-B/16) learns deep visual prompts and a
+projector to the teacher's embedding width from UNLABELED images: the loss is the KD loss
+of spec §3.4 between its logits and the teacher's, both against the teacher's text
+features. Those are computed once after the teacher checkpoint is loaded, cached on disk,
+and kept as the student's class vectors (buffer ``class_text_features``, saved in the
+student checkpoint); the teacher's text tower is then dropped. Evaluation runs the student
+only. The teacher (``TRAINER.PROMPTKD.TEACHER_TRAINER``) is built by the trainer that
+trained it, through its ``build_frozen_model``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from yacs.config import CfgNode as CN
+
+from dassl_ext.config import register_config_extension
+from dassl_ext.engine import TRAINER_REGISTRY, TrainerX
+from dassl_ext.errors import UserError
+from dassl_ext.modeling import (
+    PromptedImageEncoder,
+    clip_root_from_cfg,
+    find_clip_file,
+    load_clip,
+    read_clip_state_dict,
+)
+from dassl_ext.modeling.prompted import cast_frozen_weights
+from dassl_ext.optim import build_lr_scheduler, build_optimizer
+from dassl_ext.utils.distributed import is_main_process
+from trainers.losses import kd_loss
+from trainers.promptkd_student import PromptKDStudent, set_trainable
+from trainers.promptkd_teacher import (
+    NO_CHECKPOINT_TEACHERS,
+    drop_text_tower,
+    load_cached_text_features,
+    missing_teacher_error,
+    resolve_teacher_checkpoint,
+    save_cached_text_features,
+    text_cache_dir,
+    text_feature_key,
+)
+
+logger = logging.getLogger(__name__)
+
+# TRAINER.MODAL -> the DATASET.EVAL_SPLITS it needs (spec §3.5)
+MODAL_EVAL_SPLITS = {"base2novel": "base_new", "cross": "standard"}
+
+
+@register_config_extension
+def add_promptkd_config(cfg: CN) -> None:
+    """``cfg.TRAINER.PROMPTKD`` with the official keys and defaults (spec §3.1)."""
+    cfg.TRAINER.PROMPTKD = pk = CN()
+    pk.N_CTX_VISION = 4
+    pk.PROMPT_DEPTH_VISION = 9
+    pk.PREC = "fp16"
+    pk.TEACHER_NAME = "ViT-L/14"  # the official code default "ViT/L-14" is a typo (§7.5)
+    pk.KD_WEIGHT = 1.0
+    pk.TEMPERATURE = 1.0
+    # new: trainer that trained the teacher: PromptSRC, IVLP, MaPLe, CoOp or ZeroshotCLIP
+    pk.TEACHER_TRAINER = "PromptSRC"
+    # new: teacher model file or folder; "" -> teacher_model/<DATASET.NAME>/VLPromptLearner/
+    # (cross: teacher_model/ImageNet-xd/VLPromptLearner_large/), best file else newest epoch
+    pk.TEACHER_CKPT = ""
+    # new: folder of the teacher text-feature cache; "" -> <OUTPUT_DIR>/../teacher_text_features
+    pk.TEXT_CACHE_DIR = ""
+    # Official keys the student does not use (spec §7.12: its text side is the teacher's);
+    # kept so that the official yaml files load.
+    pk.N_CTX_TEXT = 4
+    pk.CTX_INIT = "a photo of a"
+    pk.PROMPT_DEPTH_TEXT = 9
+    pk.PROJECT_LAYER = 2
+    pk.CE_WEIGHT = 0.0
+
+
+@TRAINER_REGISTRY.register()
+class PromptKD(TrainerX):
+    """Unlabeled prompt distillation; the student is registered as ``VLPromptLearner``."""
+
+    def check_cfg(self, cfg) -> None:
+        super().check_cfg(cfg)
+        modal, splits = cfg.TRAINER.MODAL, cfg.DATASET.EVAL_SPLITS
+        if modal not in MODAL_EVAL_SPLITS:
+            raise UserError(f"TRAINER.MODAL is {modal!r}; use base2novel or cross.")
+        if splits != MODAL_EVAL_SPLITS[modal]:
+            raise UserError(
+                f"TRAINER.MODAL {modal} needs DATASET.EVAL_SPLITS {MODAL_EVAL_SPLITS[modal]}, "
+                f"got {splits}; use the configs in configs/trainers/PromptKD/ or set both."
+            )
+        if modal == "base2novel" and cfg.DATASET.SUBSAMPLE_CLASSES != "all":
+            raise UserError(
+                "PromptKD base2novel distils on the images of ALL classes and reports base and "
+                f"new itself; set DATASET.SUBSAMPLE_CLASSES all (got "
+                f"{cfg.DATASET.SUBSAMPLE_CLASSES})."
+            )
+
+    # ------------------------------------------------------------------ building
+    def build_model(self) -> None:
+        cfg, pk = self.cfg, self.cfg.TRAINER.PROMPTKD
+        self.teacher = None
+        self.teacher_ckpt, self._teacher_where = resolve_teacher_checkpoint(cfg)
+        self._cache_dir = text_cache_dir(cfg)
+        self._cache_key = None
+        text_features = None
+        if self._teacher_available():
+            compute = f"{self.device.type}-{self.prec.effective}"
+            self._cache_key = text_feature_key(cfg, self.classnames, self.teacher_ckpt, compute)
+            text_features = load_cached_text_features(self._cache_dir, self._cache_key)
+            if text_features is not None:
+                logger.info(f"Teacher text features from the cache {self._cache_dir}")
+            else:  # computing them needs the teacher, which training needs anyway
+                text_features = self._build_teacher(compute_text=True)
+        else:
+            logger.warning(
+                f"No teacher checkpoint ({self._teacher_where}): this run can only evaluate a "
+                "student checkpoint that holds the class text features."
+            )
+        teacher_dim = (
+            text_features.shape[1] if text_features is not None else self._teacher_embed_dim()
+        )
+
+        logger.info(f"Building the student: {cfg.MODEL.BACKBONE.NAME} with visual prompts")
+        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, clip_root_from_cfg(cfg))
+        encoder = PromptedImageEncoder(clip_model.visual, pk.N_CTX_VISION, pk.PROMPT_DEPTH_VISION)
+        self.model = PromptKDStudent(
+            encoder, clip_model.logit_scale, encoder.output_dim, teacher_dim
+        )
+        if text_features is not None:
+            self.model.set_class_text_features(text_features)
+        names = set_trainable(self.model)
+        n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        logger.info(f"Trainable: {len(names)} tensors, {n:,} parameters (prompts + projector)")
+        cast_frozen_weights(self.model.image_encoder, self.prec.weight_dtype)
+        self.model.to(self.device)
+        self.optim = build_optimizer(self.model, cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model("VLPromptLearner", self.model, self.optim, self.sched)
+
+    def _teacher_available(self) -> bool:
+        return self.teacher_ckpt is not None or (
+            self.cfg.TRAINER.PROMPTKD.TEACHER_TRAINER in NO_CHECKPOINT_TEACHERS
+        )
+
+    def _teacher_embed_dim(self) -> int:
+        """The teacher's embedding width read from its CLIP weights (no teacher built)."""
+        pk = self.cfg.TRAINER.PROMPTKD
+        path = find_clip_file(pk.TEACHER_NAME, clip_root_from_cfg(self.cfg))
+        return int(read_clip_state_dict(path)["text_projection"].shape[1])
+
+    def _build_teacher(self, compute_text: bool) -> torch.Tensor | None:
+        """Build the frozen teacher (kept as ``self.teacher``, image side only) and, if
+        ``compute_text``, its text features for all classes, once; returns them (C, E)."""
+        pk = self.cfg.TRAINER.PROMPTKD
+        if not self._teacher_available():
+            raise missing_teacher_error(self._teacher_where)
+        teacher_cls = TRAINER_REGISTRY.get(pk.TEACHER_TRAINER)
+        logger.info(
+            f"Building the teacher: {pk.TEACHER_TRAINER} on {pk.TEACHER_NAME} from "
+            f"{self.teacher_ckpt or 'no checkpoint'}"
+        )
+        # The teacher's own prompt initialisation must not shift the student's random
+        # stream: a cache hit (no teacher built here) must give the same student.
+        with torch.random.fork_rng(devices=[]):
+            teacher = teacher_cls.build_frozen_model(
+                self.cfg, list(self.classnames), pk.TEACHER_NAME, self.teacher_ckpt
+            )
+        teacher.eval().requires_grad_(False)  # frozen, never registered: never saved or synced
+        cast_frozen_weights(teacher, self.prec.weight_dtype)
+        teacher.to(self.device)
+        text_features = None
+        if compute_text:
+            with torch.no_grad(), self.prec.autocast():
+                text_features = teacher.text_features().float()  # (C, E), normalised
+            if is_main_process():
+                meta = {"classnames": list(self.classnames), "teacher": pk.TEACHER_TRAINER}
+                save_cached_text_features(self._cache_dir, self._cache_key, text_features, meta)
+        drop_text_tower(teacher)
+        self.teacher = teacher
+        return text_features
+
+    def before_train(self) -> None:
+        if self.teacher is None:
+            self._build_teacher(compute_text=False)
+        if self.model.class_text_features.numel() == 0:  # no teacher, no cache: cannot happen
+            raise missing_teacher_error(self._teacher_where)
+        super().before_train()
+
+    # ------------------------------------------------------------------ training
+    def forward_backward(self, batch: dict) -> dict[str, float]:
+        """One KD step on the images only: the labels are never read."""
+        pk = self.cfg.TRAINER.PROMPTKD
+        images = batch["img"].to(self.device)
+        class_features = self.model.class_text_features  # (C, E_t), all classes
+        with torch.no_grad(), self.prec.autocast():
+            t_feats = self.teacher.image_features(images).float()  # (B, E_t)
+        t_logits = self.teacher.logit_scale.float().exp() * t_feats @ class_features.t()
+        with self.prec.autocast():
+            s_logits = self.model(images, class_features)  # (B, C)
+        loss = pk.KD_WEIGHT * kd_loss(s_logits.float(), t_logits, pk.TEMPERATURE)
+        self.model_backward_and_update(loss)
+        return {"loss": loss.item()}
+
+    # ------------------------------------------------------------------ evaluation
+    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
+        """Student logits over the classes of the split being evaluated (base / new / all):
+        rows ``eval_class_ids`` of the stored features, so each split has its own label space."""
+        class_features = self.model.class_text_features
+        if class_features.numel() == 0:
+            raise UserError(
+                "The student checkpoint holds no class text features and there is no teacher "
+                f"to compute them ({self._teacher_where}); set TRAINER.PROMPTKD.TEACHER_CKPT."
+            )
+        with self.prec.autocast():
+            logits = self.model(input, class_features[self.eval_class_ids])
+        return logits.float()
