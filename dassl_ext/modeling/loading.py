@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import tempfile
+import warnings
 import zipfile
 
 import torch
@@ -112,7 +113,10 @@ def read_clip_state_dict(path: str) -> dict[str, torch.Tensor]:
     """
     try:
         if _is_torchscript(path):
-            return dict(torch.jit.load(path, map_location="cpu").state_dict())
+            with warnings.catch_warnings():
+                # OpenAI ships TorchScript; torch's "use torch.export" advice is not for users.
+                warnings.simplefilter("ignore", FutureWarning)
+                return dict(torch.jit.load(path, map_location="cpu").state_dict())
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"Cannot read CLIP weights '{path}' ({e}); delete or replace it.") from e
