@@ -1,6 +1,23 @@
-"""Evaluation: the classification evaluator, results.json, and seed aggregation."""
+"""Evaluation: the classification evaluator, results.json, and seed aggregation.
 
-from dassl_ext.evaluation.evaluator import Classification, build_evaluator
-from dassl_ext.evaluation.results import config_hash, read_results, write_results
+Names are imported on first use, so the aggregation scripts start without torch.
+"""
 
-__all__ = ["Classification", "build_evaluator", "config_hash", "read_results", "write_results"]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "Classification": "dassl_ext.evaluation.evaluator",
+    "build_evaluator": "dassl_ext.evaluation.evaluator",
+    "config_hash": "dassl_ext.evaluation.results",
+    "read_results": "dassl_ext.evaluation.results",
+    "write_results": "dassl_ext.evaluation.results",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dassl_ext.evaluation' has no attribute {name!r}")

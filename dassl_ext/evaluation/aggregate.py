@@ -1,0 +1,400 @@
+"""Aggregate runs over seeds into per-dataset base / new / HM tables.
+
+Inputs are the ``results.json`` files under an output tree (one per run) and, in
+folders without one, Dassl ``log.txt`` files of runs made with the official code.
+Runs form one table per (trainer, protocol, eval_splits, backbone); a row per
+dataset (and per config, if a dataset was run with several); seeds are averaged.
+
+Conventions (../shared/reference/paper-numbers.md): a row's HM is the HM of its mean
+base and mean new accuracy; the Average row's HM is the HM of the averaged base and
+averaged new (not the mean of the per-dataset HMs). Std is the sample std (n - 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tabulate import tabulate
+
+from dassl_ext.evaluation.dassl_log import parse_dassl_log
+from dassl_ext.evaluation.paper import DATASETS, paper_numbers
+from dassl_ext.evaluation.results import read_results
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = {
+    "paper": "paper (checkpoint selected on the base test split, as the official code)",
+    "clean": "clean (checkpoint selected on held-out validation images)",
+    "official": "official code (read from Dassl logs; selection as the official code)",
+}
+COLLAPSE_POINTS = 10.0  # a seed this far below the median of the others is flagged,
+COLLAPSE_STDS = 3.0  # ... or this many std devs of the others below their median,
+COLLAPSE_MIN_POINTS = 3.0  # ... if also this far below (a few tenths is seed noise)
+
+
+def hm(base: float, new: float) -> float:
+    """Harmonic mean of two accuracies."""
+    return 2 * base * new / (base + new) if base + new > 0 else 0.0
+
+
+@dataclass
+class Run:
+    """One run: accuracy per reported split."""
+
+    path: str
+    trainer: str
+    dataset: str
+    seed: int | None
+    protocol: str
+    eval_splits: str
+    backbone: str
+    config: str
+    accuracy: dict[str, float]
+
+
+@dataclass
+class Stat:
+    """Values over seeds."""
+
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if self.n > 1 else math.nan
+
+    @property
+    def ci95(self) -> float:
+        """Half-width of the 95% CI of the mean (t distribution; normal without scipy)."""
+        if self.n < 2:
+            return math.nan
+        try:
+            from scipy.stats import t
+
+            q = float(t.ppf(0.975, self.n - 1))
+        except ImportError:
+            q = 1.959964
+        return q * self.std / math.sqrt(self.n)
+
+
+@dataclass
+class Row:
+    """One dataset (and config): a Stat per split, plus HM for base/new."""
+
+    dataset: str
+    config: str
+    seeds: list
+    stats: dict[str, Stat]
+    hm: float | None = None  # HM of the mean base and mean new
+    hm_seeds: Stat | None = None  # HM of each seed
+    label: str = ""
+    per_seed: dict = field(default_factory=dict, repr=False)  # seed -> split -> accuracy
+
+
+@dataclass
+class Table:
+    trainer: str
+    protocol: str
+    eval_splits: str
+    backbone: str
+    rows: list[Row]
+    average: Row | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        bb = f" | backbone: {self.backbone}" if self.backbone else ""
+        return f"{self.trainer} | splits: {self.eval_splits}{bb}"
+
+    @property
+    def split_names(self) -> list[str]:
+        names = {s for r in self.rows for s in r.stats}
+        first = [s for s in ("base", "new", "test") if s in names]
+        return first + sorted(names - set(first))
+
+
+def run_from_record(record: dict, path: str) -> Run | None:
+    """Run from a results.json-like dict; None when it has no split results."""
+    acc = {
+        name: float(v["accuracy"])
+        for name, v in (record.get("splits") or {}).items()
+        if isinstance(v, dict) and v.get("accuracy") is not None
+    }
+    if not acc:
+        return None
+    seed = record.get("seed")
+    return Run(
+        path=path,
+        trainer=str(record.get("trainer") or "unknown"),
+        dataset=str(record.get("dataset") or "unknown"),
+        seed=int(seed) if seed is not None else None,
+        protocol=str(record.get("protocol") or "unknown"),
+        eval_splits=str(record.get("eval_splits") or "standard"),
+        backbone=str(record.get("backbone") or ""),
+        config=str(record.get("config_hash") or ""),
+        accuracy=acc,
+    )
+
+
+def collect_runs(root: str) -> list[Run]:
+    """Every run under ``root``: results.json, else the newest parsable Dassl log."""
+    runs: list[Run] = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        record, path = None, ""
+        if "results.json" in files:
+            path = os.path.join(folder, "results.json")
+            try:
+                record = read_results(path)
+            except (OSError, ValueError) as e:
+                logger.warning(f"Skipping unreadable {path}: {e}")
+        else:
+            logs = sorted(f for f in files if f == "log.txt" or f.startswith("log.txt-"))
+            for name in reversed(logs):  # Dassl names a newer log log.txt-<time>
+                path = os.path.join(folder, name)
+                record = parse_dassl_log(path)
+                if record:
+                    break
+        run = run_from_record(record, path) if record else None
+        if run:
+            runs.append(run)
+    return runs
+
+
+def _merge_seeds(runs: list[Run]) -> dict[tuple, dict[int | None, dict[str, float]]]:
+    """(table key, dataset, config) -> seed -> split accuracies (base/new logs joined)."""
+    out: dict[tuple, dict] = {}
+    for r in sorted(runs, key=lambda r: r.path):
+        key = (r.trainer, r.protocol, r.eval_splits, r.backbone, r.dataset, r.config)
+        out.setdefault(key, {}).setdefault(r.seed, {}).update(r.accuracy)
+    return out
+
+
+def _collapsed(name: str, values: dict, where: str) -> list[str]:
+    """Warnings for seeds far below the others (values: seed -> accuracy)."""
+    msgs = []
+    for seed, v in values.items():
+        others = [x for s, x in values.items() if s != seed]
+        if not others:
+            continue
+        med = statistics.median(others)
+        spread = statistics.stdev(others) if len(others) > 1 else 0.0
+        gap = med - v
+        by_std = gap > COLLAPSE_MIN_POINTS and gap > COLLAPSE_STDS * spread
+        if gap > COLLAPSE_POINTS or by_std:
+            msgs.append(
+                f"{where} seed {seed}: {name} {v:.2f} is {gap:.2f} points below the "
+                f"median of the other seeds ({med:.2f}); check that run (collapsed seed?)."
+            )
+    return msgs
+
+
+def _row(dataset: str, config: str, per_seed: dict) -> Row:
+    seeds = sorted(per_seed, key=lambda s: (s is None, s))
+    names = sorted({n for acc in per_seed.values() for n in acc})
+    stats = {n: Stat([per_seed[s][n] for s in seeds if n in per_seed[s]]) for n in names}
+    row = Row(dataset, config, seeds, stats, per_seed=per_seed)
+    if "base" in stats and "new" in stats:
+        row.hm = hm(stats["base"].mean, stats["new"].mean)
+        both = [s for s in seeds if {"base", "new"} <= set(per_seed[s])]
+        row.hm_seeds = Stat([hm(per_seed[s]["base"], per_seed[s]["new"]) for s in both])
+    return row
+
+
+def _row_warnings(row: Row) -> list[str]:
+    """Missing splits and collapsed seeds of one row."""
+    out = []
+    per_seed = row.per_seed
+    for n in row.stats:
+        missing = [s for s in row.seeds if n not in per_seed[s]]
+        if missing:
+            out.append(f"{row.label}: seeds {missing} have no '{n}' result.")
+        values = {s: per_seed[s][n] for s in row.seeds if n in per_seed[s]}
+        out.extend(_collapsed(n, values, row.label))
+    if row.hm_seeds is not None:
+        both = [s for s in row.seeds if {"base", "new"} <= set(per_seed[s])]
+        per_hm = {s: hm(per_seed[s]["base"], per_seed[s]["new"]) for s in both}
+        out.extend(_collapsed("HM", per_hm, row.label))
+    return out
+
+
+def _average(rows: list[Row], names: list[str]) -> Row | None:
+    """Mean over datasets of each split's mean; HM of the averaged base and new.
+
+    When every dataset has the same seeds, the spread is that of the per-seed
+    averages over datasets; otherwise only the mean is given.
+    """
+    if len(rows) < 2 or len({r.dataset for r in rows}) != len(rows):
+        return None
+    names = [n for n in names if all(n in r.stats for r in rows)]
+    if not names:
+        return None
+    seeds = rows[0].seeds
+    common = all(
+        r.seeds == seeds and all(n in r.per_seed[s] for s in seeds for n in names) for r in rows
+    )
+    per_seed: dict = {}
+    if common:
+        per_seed = {
+            s: {n: statistics.fmean(r.per_seed[s][n] for r in rows) for n in names} for s in seeds
+        }
+        stats = {n: Stat([per_seed[s][n] for s in seeds]) for n in names}
+    else:
+        stats = {n: Stat([statistics.fmean(r.stats[n].mean for r in rows)]) for n in names}
+    avg = Row("Average", "", seeds if common else [], stats, label="Average", per_seed=per_seed)
+    if "base" in stats and "new" in stats:
+        avg.hm = hm(stats["base"].mean, stats["new"].mean)
+        if common:
+            avg.hm_seeds = Stat([hm(v["base"], v["new"]) for v in per_seed.values()])
+    return avg
+
+
+def _dataset_order(name: str) -> tuple:
+    return (DATASETS.index(name) if name in DATASETS else len(DATASETS), name)
+
+
+def aggregate(runs: list[Run]) -> list[Table]:
+    """Tables of per-dataset mean / std over seeds, with Average rows and warnings."""
+    tables: dict[tuple, Table] = {}
+    merged = _merge_seeds(runs)
+    for key in sorted(merged, key=lambda k: (k[:4], _dataset_order(k[4]), k[5])):
+        trainer, protocol, eval_splits, backbone, dataset, config = key
+        tkey = (trainer, protocol, eval_splits, backbone)
+        table = tables.setdefault(tkey, Table(trainer, protocol, eval_splits, backbone, []))
+        table.rows.append(_row(dataset, config, merged[key]))
+    for table in tables.values():
+        counts = Counter(r.dataset for r in table.rows)
+        for r in table.rows:
+            r.label = f"{r.dataset} [{r.config}]" if counts[r.dataset] > 1 else r.dataset
+            table.warnings.extend(_row_warnings(r))
+        table.average = _average(table.rows, table.split_names)
+        if table.average is None and len(counts) < len(table.rows):
+            table.warnings.append(
+                "No Average row: some datasets were run with several configs (rows [hash])."
+            )
+        n_seeds = {len(r.seeds) for r in table.rows}
+        if len(n_seeds) > 1:
+            table.warnings.append(f"Datasets have different numbers of seeds: {sorted(n_seeds)}.")
+    return list(tables.values())
+
+
+def _cell(stat: Stat | None) -> str:
+    if stat is None or not stat.values:
+        return "-"
+    return f"{stat.mean:.2f}" if stat.n < 2 else f"{stat.mean:.2f} ± {stat.std:.2f}"
+
+
+def _paper_cells(table: Table, row: Row) -> list[str]:
+    method, numbers = paper_numbers(table.trainer)
+    if row is table.average:
+        known = [numbers[r.dataset] for r in table.rows if r.dataset in numbers]
+        if len(known) != len(table.rows):
+            return ["-", "-"]
+        b = statistics.fmean(k[0] for k in known)
+        n = statistics.fmean(k[1] for k in known)
+        ref = (b, n, hm(b, n))
+    elif row.dataset in numbers:
+        ref = numbers[row.dataset]
+    else:
+        return ["-", "-"]
+    delta = f"{row.hm - ref[2]:+.2f}" if row.hm is not None else "-"
+    return [f"{ref[0]:.2f} / {ref[1]:.2f} / {ref[2]:.2f}", delta]
+
+
+def table_rows(table: Table, ci: bool = False, paper: bool = False) -> tuple[list, list]:
+    """(headers, rows of strings) for one table."""
+    names = table.split_names
+    b2n = "base" in names and "new" in names
+    headers = ["Dataset", "Seeds"] + [n.capitalize() if n != "test" else "Accuracy" for n in names]
+    if b2n:
+        headers += ["HM", "HM (per-seed)"]
+    if ci:
+        headers += [f"{h} 95% CI" for h in headers[2 : 2 + len(names)]]
+    if paper and b2n:
+        method, _ = paper_numbers(table.trainer)
+        headers += [f"Paper {method} B / N / HM", "Δ HM"]
+    out = []
+    for row in table.rows + ([table.average] if table.average else []):
+        if row is table.average:
+            name, seeds = "Average", f"{len(table.rows)} datasets"
+        else:
+            name, seeds = row.label or row.dataset, ",".join(str(s) for s in row.seeds)
+        cells = [name, seeds] + [_cell(row.stats.get(n)) for n in names]
+        if b2n:
+            cells += [f"{row.hm:.2f}" if row.hm is not None else "-", _cell(row.hm_seeds)]
+        if ci:
+            cells += [
+                f"± {row.stats[n].ci95:.2f}" if n in row.stats and row.stats[n].n > 1 else "-"
+                for n in names
+            ]
+        if paper and b2n:
+            cells += _paper_cells(table, row)
+        out.append(cells)
+    return headers, out
+
+
+def to_markdown(tables: list[Table], ci: bool = False, paper: bool = False) -> str:
+    """All tables as Markdown: title, protocol, table, conventions, warnings."""
+    parts = []
+    for t in tables:
+        headers, rows = table_rows(t, ci=ci, paper=paper)
+        parts.append(f"### {t.title}\n")
+        parts.append(f"Protocol: {PROTOCOLS.get(t.protocol, t.protocol)}\n")
+        parts.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+        parts.append(
+            "\nMean ± sample std over seeds. HM = harmonic mean of the mean base and mean new"
+            " accuracy; HM (per-seed) averages each seed's HM; the Average row's HM is the HM"
+            " of the averaged base and new (the paper's convention).\n"
+        )
+        parts.extend(f"- WARNING: {w}" for w in t.warnings)
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write_csv(tables: list[Table], path: str) -> None:
+    """One CSV line per row (Average included), numbers unformatted."""
+    fields = ["trainer", "protocol", "eval_splits", "backbone", "dataset", "config", "seeds"]
+    lines = []
+    for t in tables:
+        for row in t.rows + ([t.average] if t.average else []):
+            line = {
+                "trainer": t.trainer,
+                "protocol": t.protocol,
+                "eval_splits": t.eval_splits,
+                "backbone": t.backbone,
+                "dataset": row.dataset,
+                "config": row.config,
+                "seeds": " ".join(str(s) for s in row.seeds),
+            }
+            for n, s in row.stats.items():
+                line.update({f"{n}_mean": s.mean, f"{n}_std": s.std, f"{n}_ci95": s.ci95})
+                line[f"{n}_n"] = s.n
+            if row.hm is not None:
+                line["hm"] = row.hm
+            if row.hm_seeds is not None:
+                line.update(hm_seed_mean=row.hm_seeds.mean, hm_seed_std=row.hm_seeds.std)
+            fields += [k for k in line if k not in fields]
+            lines.append(line)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(lines)
+
+
+def summarize(root: str) -> list[Table]:
+    """collect_runs + aggregate."""
+    return aggregate(collect_runs(root))

@@ -1,0 +1,138 @@
+"""Read the result of a run made with Dassl / the official code from its ``log.txt``.
+
+Dassl logs the CLI arguments (``** Arguments **``), the full config (``** Config **``),
+then ``* accuracy: X%`` after every evaluation. What a log reports:
+
+* official PromptKD, ``TRAINER.MODAL base2novel``: the val split is the base test
+  split, evaluated after every epoch; base = the best of those accuracies (printed
+  before ``Finish training``); new = the accuracy printed after ``Finish training``
+  (the best-val checkpoint on the new-class test split). ``cross``: that last one.
+* any other trainer: the last accuracy; ``DATASET.SUBSAMPLE_CLASSES`` base / new /
+  all names the split ("base" / "new" / "test"). Dassl's base-to-new scripts write
+  base and new into two logs (``train_base/...`` and ``test_new/...``); the
+  aggregator joins them by trainer, config file, dataset and seed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+ACC_RE = re.compile(r"\* accuracy: ([0-9.]+)%")
+CFG_RE = re.compile(r"^( *)([A-Z][A-Z0-9_]*):(?: (.*))?$")
+ARG_RE = re.compile(r"^([a-z_]+): ?(.*)$")
+FINISH_MARKERS = ("Finish training", "Deploy the model with the best val performance")
+
+# Folder names of the official scripts -> registered dataset names.
+OFFICIAL_DATASET_DIRS = {
+    "imagenet": "ImageNet",
+    "caltech101": "Caltech101",
+    "oxford_pets": "OxfordPets",
+    "stanford_cars": "StanfordCars",
+    "oxford_flowers": "OxfordFlowers",
+    "food101": "Food101",
+    "fgvc_aircraft": "FGVCAircraft",
+    "sun397": "SUN397",
+    "dtd": "DescribableTextures",
+    "eurosat": "EuroSAT",
+    "ucf101": "UCF101",
+}
+
+
+def _blocks(lines: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(arguments, flattened config) from Dassl's two banners; empty when absent."""
+    args: dict[str, str] = {}
+    cfg: dict[str, str] = {}
+    mode = ""
+    stack: list[tuple[int, str]] = []
+    for line in lines:
+        text = line.rstrip("\n")
+        if "** Arguments **" in text:
+            mode = "args"
+            continue
+        if "** Config **" in text:
+            mode = "cfg"
+            continue
+        if not text.strip() or set(text.strip()) == {"*"}:
+            continue
+        if mode == "args":
+            m = ARG_RE.match(text)
+            if m:
+                args[m.group(1)] = m.group(2).strip()
+        elif mode == "cfg":
+            m = CFG_RE.match(text)
+            if not m:
+                if text[:1].isspace():
+                    continue  # continuation of a multi-line value
+                break  # the config block is over ("Collecting env info ...")
+            indent, key, value = len(m.group(1)), m.group(2), m.group(3)
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            if value is None:
+                stack.append((indent, key))
+            else:
+                cfg[".".join([k for _, k in stack] + [key])] = value.strip()
+    return args, cfg
+
+
+def _from_path(path: str) -> tuple[str, int | None]:
+    """Dataset and seed from an official output path (``.../<dataset>/.../seed<N>/``)."""
+    parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
+    dataset = next((OFFICIAL_DATASET_DIRS[p] for p in parts if p in OFFICIAL_DATASET_DIRS), "")
+    seeds = [int(m.group(1)) for p in parts if (m := re.fullmatch(r"seed(\d+)", p))]
+    return dataset, (seeds[-1] if seeds else None)
+
+
+def parse_dassl_log(path: str) -> dict | None:
+    """A results.json-like record for one Dassl log, or None when it holds no result.
+
+    Keys: trainer, dataset, seed, protocol ("official"), eval_splits, backbone,
+    config_hash (the config file's name, plus shots), splits {name: {"accuracy"}}.
+    """
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    args, cfg = _blocks(lines)
+    before: list[float] = []
+    after: list[float] = []
+    finished = False
+    for line in lines:
+        if any(m in line for m in FINISH_MARKERS):
+            finished = True
+        m = ACC_RE.search(line)
+        if m:
+            (after if finished else before).append(float(m.group(1)))
+    if not before and not after:
+        return None
+
+    path_dataset, path_seed = _from_path(path)
+    trainer = cfg.get("TRAINER.NAME") or args.get("trainer", "")
+    dataset = cfg.get("DATASET.NAME") or path_dataset
+    seed_text = cfg.get("SEED") or args.get("seed", "")
+    seed = int(seed_text) if re.fullmatch(r"-?\d+", seed_text or "") else path_seed
+    modal = cfg.get("TRAINER.MODAL", "")
+    subsample = cfg.get("DATASET.SUBSAMPLE_CLASSES", "all")
+
+    if trainer == "PromptKD" and modal == "base2novel":
+        if not after or not before:
+            return None  # training did not finish: no new-class result yet
+        splits = {"base": max(before), "new": after[-1]}
+    else:
+        final = after[-1] if after else before[-1]
+        name = {"base": "base", "new": "new"}.get(subsample, "test")
+        splits = {name: final}
+
+    config_file = os.path.splitext(os.path.basename(args.get("config_file", "")))[0]
+    shots = cfg.get("DATASET.NUM_SHOTS", "")
+    label = config_file or "official"
+    if shots and shots not in ("-1", "0"):
+        label += f"/{shots}shots"
+    return {
+        "trainer": trainer or "unknown",
+        "dataset": dataset or "unknown",
+        "seed": seed,
+        "protocol": "official",
+        "eval_splits": "base_new" if set(splits) <= {"base", "new"} else "standard",
+        "backbone": cfg.get("MODEL.BACKBONE.NAME", ""),
+        "config_hash": label,
+        "splits": {k: {"accuracy": v} for k, v in splits.items()},
+    }

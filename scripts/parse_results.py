@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Average runs over seeds: per-dataset base / new / HM tables from an output tree.
+
+    python scripts/parse_results.py output/base2new [--ci] [--paper]
+        [--markdown results.md] [--csv results.csv]
+
+Reads every results.json under ROOT (and Dassl log.txt files of runs made with the
+official code). Replaces Dassl's parse_test_res.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dassl_ext.evaluation.aggregate import summarize, to_markdown, write_csv  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", help="output folder to search for results.json / log.txt")
+    parser.add_argument("--ci", action="store_true", help="add 95%% confidence intervals")
+    parser.add_argument("--paper", action="store_true", help="add the paper's numbers")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the tables as Markdown")
+    parser.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+    if not os.path.isdir(args.root):
+        print(f"error: {args.root} is not a folder; pass the output folder of your runs.")
+        return 1
+    tables = summarize(args.root)
+    if not tables:
+        print(f"error: no results.json or Dassl log.txt with results under {args.root}.")
+        return 1
+    text = to_markdown(tables, ci=args.ci, paper=args.paper)
+    print(text, end="")
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(text)
+    if args.csv:
+        write_csv(tables, args.csv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
