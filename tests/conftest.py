@@ -20,3 +20,13 @@ def tiny_clip_root(tmp_path_factory) -> str:
     for name in TINY_SPECS:
         save_tiny_clip(str(root / f"{name}.pt"), name)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory):
+    """A DATASET.ROOT holding the Digits dataset (written once per test session)."""
+    from datasets.digits import write_digits
+
+    root = tmp_path_factory.mktemp("data")
+    write_digits(str(root))
+    return root

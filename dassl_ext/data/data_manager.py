@@ -92,7 +92,11 @@ class _CleanErrorIter:
         try:
             return next(self.inner)
         except UserError as e:
-            raise UserError(str(e).strip().rsplit("UserError: ", 1)[-1]) from None
+            message = str(e).strip().rsplit("UserError: ", 1)[-1]
+            shutdown = getattr(self.inner, "_shutdown_workers", None)
+            if shutdown is not None:  # stop the workers now, not when the traceback is freed
+                shutdown()
+            raise UserError(message) from None
 
 
 class Loader(DataLoader):
