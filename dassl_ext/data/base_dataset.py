@@ -88,9 +88,7 @@ class DatasetBase:
         self.require(self.dataset_dir)
 
         train, val, test = self.read_data()
-        fix = self.classname_fixes
-        train, val, test = ([Datum(d.impath, d.label, d.domain, fix.get(d.classname, d.classname))
-                             for d in items] for items in (train, val, test))  # fmt: skip
+        train, val, test = (self._fix_names(items) for items in (train, val, test))
         self._check_labels(train, val, test)
         self._assign_roles(cfg, train, val, test)
         self._check_images_exist()
@@ -101,6 +99,12 @@ class DatasetBase:
             )
 
     # ------------------------------------------------------------ reading hooks
+
+    def _fix_names(self, items: list[Datum]) -> list[Datum]:
+        fix = self.classname_fixes
+        return [
+            Datum(d.impath, d.label, d.domain, fix.get(d.classname, d.classname)) for d in items
+        ]
 
     @property
     def split_path(self) -> str:
@@ -140,8 +144,9 @@ class DatasetBase:
     def fix_hint(self) -> str:
         """How to get the dataset, for error messages."""
         folder = os.path.basename(self.dataset_dir)
-        get = (f"run `python scripts/download_data.py {self.download_name}`"
-               if self.download_name else "see DATASETS.md")  # fmt: skip
+        get = "see DATASETS.md"
+        if self.download_name:
+            get = f"run `python scripts/download_data.py {self.download_name}`"
         return f"{get}, or set DATASET.ROOT to the folder that contains {folder}/ (see DATASETS.md)"
 
     # ------------------------------------------------------------- split roles
@@ -176,8 +181,7 @@ class DatasetBase:
         if self.eval_split_mode == "base_new":
             # PromptKD base-to-new: train on every class, report base and new test apart.
             if cfg.DATASET.SUBSAMPLE_CLASSES != "all":
-                logger.info("DATASET.EVAL_SPLITS base_new trains on all classes; "
-                            "DATASET.SUBSAMPLE_CLASSES is not used.")  # fmt: skip
+                logger.info("base_new trains on all classes; SUBSAMPLE_CLASSES is not used.")
             base, new = base_new_labels(d.label for d in train)
             self.eval_splits = {
                 "base": EvalSplit(select_classes(test, base), base),
