@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Plots for an output tree: base / new / HM bars per table, training curves per run.
+
+    python scripts/plot_results.py output/base2new [--paper] [--no-curves] [--out-dir DIR]
+
+Writes <out-dir>/bars_<trainer>_<protocol>.png (out-dir defaults to ROOT) and
+<run>/training_curves.png next to every run that has a metrics.jsonl. ROOT may also
+be a single run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dassl_ext.errors import UserError  # noqa: E402
+from dassl_ext.evaluation.aggregate import summarize  # noqa: E402
+from dassl_ext.evaluation.paper import paper_numbers  # noqa: E402
+from dassl_ext.evaluation.plots import plot_base_new_bars, plot_training_curves  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", help="output folder (a tree of runs, or one run)")
+    parser.add_argument("--paper", action="store_true", help="draw the paper's bars beside ours")
+    parser.add_argument("--no-curves", action="store_true", help="skip per-run training curves")
+    parser.add_argument("--out-dir", help="folder for the bar charts (default: ROOT)")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.root):
+        print(f"error: {args.root} is not a folder; pass the output folder of your runs.")
+        return 1
+    written = []
+    try:
+        for table in summarize(args.root):
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"bars_{table.trainer}_{table.protocol}")
+            out = os.path.join(args.out_dir or args.root, f"{name}.png")
+            paper = paper_numbers(table.trainer)[1] if args.paper else None
+            written.append(plot_base_new_bars(table, out, paper=paper))
+        if not args.no_curves:
+            for folder, dirs, files in os.walk(args.root):
+                dirs.sort()
+                if "metrics.jsonl" in files:
+                    written.append(plot_training_curves(folder))
+    except UserError as e:
+        print(f"error: {e}")
+        return 1
+    if not written:
+        print(f"error: nothing to plot under {args.root} (no results.json or metrics.jsonl).")
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
