@@ -29,7 +29,9 @@ B2N = {
 }
 
 
-def write_run(root, trainer, dataset, seed, splits, protocol="paper", config="h1", kind=None):
+def write_run(
+    root, trainer, dataset, seed, splits, protocol="paper", config="h1", kind=None, selection=None
+):
     out = os.path.join(root, trainer, dataset, f"seed{seed}")
     record = {
         "trainer": trainer,
@@ -43,7 +45,7 @@ def write_run(root, trainer, dataset, seed, splits, protocol="paper", config="h1
             k: {"accuracy": v, "macro_f1": v, "error_rate": 100 - v, "num_images": 10, "epoch": 2}
             for k, v in splits.items()
         },
-        "selection": None,
+        "selection": selection,
     }
     write_results(os.path.join(out, "results.json"), record)
 
@@ -125,11 +127,18 @@ def test_standard_runs_and_separate_configs(tmp_path):
 
 
 def test_protocols_make_separate_tables(tmp_path):
-    b2n_tree(tmp_path / "a")
-    b2n_tree(tmp_path / "b", protocol="clean")
+    sel = {"split": "val", "accuracy": 90.0, "epoch": 2}
+    b2n_tree(tmp_path / "a", selection=sel)
+    b2n_tree(tmp_path / "b", protocol="clean", selection=sel)
+    b2n_tree(tmp_path / "c", protocol="clean", config="last")
     tables = summarize(str(tmp_path))
     assert sorted(t.protocol for t in tables) == ["clean", "paper"]
-    assert "held-out validation" in to_markdown(tables)
+    text = {t.protocol: t.protocol_text for t in tables}
+    assert "base test split" in text["paper"]
+    assert "held-out validation" in text["clean"] and "last-epoch" in text["clean"]
+    b2n_tree(tmp_path / "only_last")
+    (last,) = summarize(str(tmp_path / "only_last"))
+    assert "no checkpoint selection" in to_markdown([last])
 
 
 # ---- Dassl logs of the official code -------------------------------------------------

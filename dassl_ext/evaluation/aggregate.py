@@ -29,7 +29,7 @@ from dassl_ext.evaluation.results import read_results
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = {
-    "paper": "paper (checkpoint selected on the base test split, as the official code)",
+    "paper": "paper (checkpoint selected on a test-derived val split, as the official code)",
     "clean": "clean (checkpoint selected on held-out validation images)",
     "official": "official code (read from Dassl logs; selection as the official code)",
 }
@@ -56,6 +56,7 @@ class Run:
     backbone: str
     config: str
     accuracy: dict[str, float]
+    selected: bool | None = None  # a checkpoint was chosen on val (None: unknown)
 
 
 @dataclass
@@ -113,6 +114,18 @@ class Table:
     rows: list[Row]
     average: Row | None = None
     warnings: list[str] = field(default_factory=list)
+    selected: set = field(default_factory=set)  # the runs' `selected` flags
+
+    @property
+    def protocol_text(self) -> str:
+        text = PROTOCOLS.get(self.protocol, self.protocol)
+        if self.protocol == "paper" and self.eval_splits == "base_new":
+            text = text.replace("a test-derived val split", "the base test split")
+        if self.selected == {False}:
+            text = f"{self.protocol} (no checkpoint selection: last-epoch model)"
+        elif len(self.selected - {None}) > 1:
+            text += "; some runs used the last-epoch model instead"
+        return text
 
     @property
     def title(self) -> str:
@@ -146,6 +159,7 @@ def run_from_record(record: dict, path: str) -> Run | None:
         backbone=str(record.get("backbone") or ""),
         config=str(record.get("config_hash") or ""),
         accuracy=acc,
+        selected=(record["selection"] is not None) if "selection" in record else None,
     )
 
 
@@ -275,6 +289,9 @@ def aggregate(runs: list[Run]) -> list[Table]:
         tkey = (trainer, protocol, eval_splits, backbone)
         table = tables.setdefault(tkey, Table(trainer, protocol, eval_splits, backbone, []))
         table.rows.append(_row(dataset, config, merged[key]))
+    for r in runs:
+        tkey = (r.trainer, r.protocol, r.eval_splits, r.backbone)
+        tables[tkey].selected.add(r.selected)
     for table in tables.values():
         counts = Counter(r.dataset for r in table.rows)
         for r in table.rows:
@@ -352,13 +369,18 @@ def to_markdown(tables: list[Table], ci: bool = False, paper: bool = False) -> s
     for t in tables:
         headers, rows = table_rows(t, ci=ci, paper=paper)
         parts.append(f"### {t.title}\n")
-        parts.append(f"Protocol: {PROTOCOLS.get(t.protocol, t.protocol)}\n")
+        parts.append(f"Protocol: {t.protocol_text}\n")
         parts.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
-        parts.append(
-            "\nMean ± sample std over seeds. HM = harmonic mean of the mean base and mean new"
-            " accuracy; HM (per-seed) averages each seed's HM; the Average row's HM is the HM"
-            " of the averaged base and new (the paper's convention).\n"
-        )
+        note = "\nMean ± sample std over seeds."
+        if "HM" in headers:
+            note += (
+                " HM = harmonic mean of the mean base and mean new accuracy; HM (per-seed)"
+                " averages each seed's HM; the Average row's HM is the HM of the averaged"
+                " base and new (the paper's convention)."
+            )
+        else:
+            note += " The Average row is the mean over datasets."
+        parts.append(note + "\n")
         parts.extend(f"- WARNING: {w}" for w in t.warnings)
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
