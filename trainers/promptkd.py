@@ -124,6 +124,13 @@ class PromptKD(TrainerX):
         logger.info(f"Building the student: {cfg.MODEL.BACKBONE.NAME} with visual prompts")
         clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, clip_root_from_cfg(cfg))
         encoder = PromptedImageEncoder(clip_model.visual, pk.N_CTX_VISION, pk.PROMPT_DEPTH_VISION)
+        size = tuple(cfg.INPUT.SIZE)
+        if size != (encoder.input_resolution,) * 2:
+            raise UserError(
+                f"INPUT.SIZE is {size} but {cfg.MODEL.BACKBONE.NAME} takes "
+                f"{encoder.input_resolution} px images; set INPUT.SIZE "
+                f'"({encoder.input_resolution}, {encoder.input_resolution})".'
+            )
         self.model = PromptKDStudent(
             encoder, clip_model.logit_scale, encoder.output_dim, teacher_dim
         )
