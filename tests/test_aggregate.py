@@ -124,6 +124,9 @@ def test_standard_runs_and_separate_configs(tmp_path):
     assert sorted(r[0] for r in rows) == ["Food101 [h1]", "Food101 [h2]"]
     assert table.average is None
     assert any("several configs" in w for w in table.warnings)
+    write_run(tmp_path / "rerun", "CoOp", "Food101", 1, {"test": 75.0})
+    (table,) = summarize(str(tmp_path))
+    assert any("seed 1: ['test'] found again" in w for w in table.warnings)
 
 
 def test_protocols_make_separate_tables(tmp_path):

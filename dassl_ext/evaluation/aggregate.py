@@ -188,13 +188,21 @@ def collect_runs(root: str) -> list[Run]:
     return runs
 
 
-def _merge_seeds(runs: list[Run]) -> dict[tuple, dict[int | None, dict[str, float]]]:
-    """(table key, dataset, config) -> seed -> split accuracies (base/new logs joined)."""
+def _merge_seeds(runs: list[Run]) -> tuple[dict, dict]:
+    """(table key, dataset, config) -> seed -> split accuracies (base/new logs joined),
+    and the duplicate-seed warnings per key."""
     out: dict[tuple, dict] = {}
+    dup: dict[tuple, list[str]] = {}
     for r in sorted(runs, key=lambda r: r.path):
         key = (r.trainer, r.protocol, r.eval_splits, r.backbone, r.dataset, r.config)
-        out.setdefault(key, {}).setdefault(r.seed, {}).update(r.accuracy)
-    return out
+        acc = out.setdefault(key, {}).setdefault(r.seed, {})
+        twice = sorted(set(acc) & set(r.accuracy))
+        if twice:
+            dup.setdefault(key, []).append(
+                f"{r.dataset} seed {r.seed}: {twice} found again in {r.path}; using that one."
+            )
+        acc.update(r.accuracy)
+    return out, dup
 
 
 def _collapsed(name: str, values: dict, where: str) -> list[str]:
@@ -283,12 +291,13 @@ def _dataset_order(name: str) -> tuple:
 def aggregate(runs: list[Run]) -> list[Table]:
     """Tables of per-dataset mean / std over seeds, with Average rows and warnings."""
     tables: dict[tuple, Table] = {}
-    merged = _merge_seeds(runs)
+    merged, duplicates = _merge_seeds(runs)
     for key in sorted(merged, key=lambda k: (k[:4], _dataset_order(k[4]), k[5])):
         trainer, protocol, eval_splits, backbone, dataset, config = key
         tkey = (trainer, protocol, eval_splits, backbone)
         table = tables.setdefault(tkey, Table(trainer, protocol, eval_splits, backbone, []))
         table.rows.append(_row(dataset, config, merged[key]))
+        table.warnings.extend(duplicates.get(key, []))
     for r in runs:
         tkey = (r.trainer, r.protocol, r.eval_splits, r.backbone)
         tables[tkey].selected.add(r.selected)
