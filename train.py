@@ -21,7 +21,11 @@ from dassl_ext.engine import build_trainer  # noqa: E402
 from dassl_ext.errors import UserError  # noqa: E402
 from dassl_ext.registry import RegistryKeyError  # noqa: E402
 from dassl_ext.utils import set_random_seed, setup_logger  # noqa: E402
-from dassl_ext.utils.distributed import init_distributed_from_env, is_main_process  # noqa: E402
+from dassl_ext.utils.distributed import (  # noqa: E402
+    destroy_distributed,
+    init_distributed_from_env,
+    is_main_process,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, RegistryKeyError) as e:  # bad input: a message, no traceback
         print(f"Error: {e}", file=sys.stderr)
         return 1
+    finally:
+        destroy_distributed()
     return 0
 
 

@@ -1,0 +1,113 @@
+"""Config: Dassl defaults, merge order, _BASE_ inheritance, extensions, unknown keys."""
+
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from yacs.config import CfgNode as CN
+
+from dassl_ext.config import (
+    get_cfg_default,
+    load_yaml_with_base,
+    register_config_extension,
+    setup_cfg,
+    write_config,
+)
+from dassl_ext.config import setup as config_setup
+from dassl_ext.errors import UserError
+
+
+def _yaml(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_dassl_defaults_and_new_keys():
+    cfg = get_cfg_default()
+    assert cfg.OPTIM.NAME == "adam" and cfg.OPTIM.LR == 0.0003 and cfg.OPTIM.MAX_EPOCH == 10
+    assert cfg.OPTIM.WARMUP_EPOCH == -1 and cfg.OPTIM.WARMUP_CONS_LR == 1e-5
+    assert cfg.DATALOADER.TRAIN_X.BATCH_SIZE == 32 and cfg.DATALOADER.NUM_WORKERS == 4
+    assert cfg.TEST.FINAL_MODEL == "last_step" and cfg.TRAIN.CHECKPOINT_FREQ == 0
+    assert cfg.INPUT.RRCROP_SCALE == (0.08, 1.0) and cfg.SEED == -1
+    assert cfg.DATASET.SUBSAMPLE_CLASSES == "all" and cfg.DATASET.NUM_SHOTS == -1
+    assert cfg.MODEL.CLIP_ROOT == "" and cfg.DATASET.PROTOCOL == "paper"
+    assert cfg.DATASET.EVAL_SPLITS == "standard" and cfg.TEST.SAVE_LOGITS is False
+    assert cfg.TRAIN.GRAD_CLIP_NORM == 0.0 and cfg.USE_CUDA is True
+    assert cfg.TRAINER.NAME == "" and cfg.TRAINER.MODAL == "base2novel"
+
+
+def test_merge_order_dataset_method_flags_opts(tmp_path):
+    ds = _yaml(tmp_path / "ds.yaml", {"DATASET": {"NAME": "A", "ROOT": "r1"}, "OPTIM": {"LR": 1.0}})
+    method = _yaml(tmp_path / "m.yaml", {"OPTIM": {"LR": 2.0, "MAX_EPOCH": 3}, "SEED": 5})
+    args = SimpleNamespace(
+        dataset_config_file=ds,
+        config_file=method,
+        root="r2",
+        seed=0,
+        output_dir="out",
+        trainer="T",
+        opts=["OPTIM.MAX_EPOCH", "7", "DATASET.NAME", "B"],
+    )
+    cfg = setup_cfg(args)
+    assert cfg.OPTIM.LR == 2.0  # method yaml over dataset yaml
+    assert cfg.DATASET.ROOT == "r2" and cfg.SEED == 0  # flags over yaml; seed 0 is honoured
+    assert cfg.OPTIM.MAX_EPOCH == 7 and cfg.DATASET.NAME == "B"  # opts last
+    assert cfg.TRAINER.NAME == "T" and cfg.OUTPUT_DIR == "out"
+    assert cfg.is_frozen()
+
+
+def test_base_inheritance_relative_and_nested(tmp_path):
+    (tmp_path / "sub").mkdir()
+    _yaml(tmp_path / "root.yaml", {"OPTIM": {"LR": 1.0, "MAX_EPOCH": 9}, "INPUT": {"SIZE": [8, 8]}})
+    _yaml(tmp_path / "sub" / "mid.yaml", {"_BASE_": "../root.yaml", "OPTIM": {"LR": 2.0}})
+    leaf = _yaml(tmp_path / "sub" / "leaf.yaml", {"_BASE_": "mid.yaml", "SEED": 3})
+    assert load_yaml_with_base(leaf) == {
+        "OPTIM": {"LR": 2.0, "MAX_EPOCH": 9},
+        "INPUT": {"SIZE": [8, 8]},
+        "SEED": 3,
+    }
+    cfg = setup_cfg(SimpleNamespace(config_file=leaf))
+    assert cfg.OPTIM.LR == 2.0 and cfg.OPTIM.MAX_EPOCH == 9 and cfg.INPUT.SIZE == (8, 8)
+
+
+def test_base_cycle_and_missing_file(tmp_path):
+    a = _yaml(tmp_path / "a.yaml", {"_BASE_": "b.yaml"})
+    _yaml(tmp_path / "b.yaml", {"_BASE_": "a.yaml"})
+    with pytest.raises(UserError, match="inherits from itself"):
+        load_yaml_with_base(a)
+    with pytest.raises(UserError, match="does not exist"):
+        setup_cfg(SimpleNamespace(config_file=str(tmp_path / "nope.yaml")))
+
+
+def test_unknown_keys_name_the_key(tmp_path):
+    bad = _yaml(tmp_path / "bad.yaml", {"OPTIM": {"LRR": 0.1}})
+    with pytest.raises(UserError, match=r"OPTIM\.LRR.*bad\.yaml.*did you mean OPTIM\.LR"):
+        setup_cfg(SimpleNamespace(config_file=bad))
+    with pytest.raises(UserError, match=r"TRAINER\.COOP"):
+        setup_cfg(SimpleNamespace(opts=["TRAINER.COOP.N_CTX", "4"]))
+    with pytest.raises(UserError, match="KEY VALUE pairs"):
+        setup_cfg(SimpleNamespace(opts=["OPTIM.LR"]))
+    with pytest.raises(UserError, match="OPTIM.MAX_EPOCH"):
+        setup_cfg(SimpleNamespace(opts=["OPTIM.MAX_EPOCH", "'ten'"]))
+
+
+def test_register_config_extension(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_setup, "_EXTENSIONS", list(config_setup._EXTENSIONS))
+
+    @register_config_extension
+    def add_tiny(cfg):
+        cfg.TRAINER.TINY = CN()
+        cfg.TRAINER.TINY.PREC = "fp16"  # the trainer's own section
+
+    register_config_extension(add_tiny)  # re-registration (module re-import) is harmless
+    y = _yaml(tmp_path / "t.yaml", {"TRAINER": {"TINY": {"PREC": "bf16"}}})
+    cfg = setup_cfg(SimpleNamespace(config_file=y))
+    assert cfg.TRAINER.TINY.PREC == "bf16"
+    assert sum(f.__name__ == "add_tiny" for f in config_setup._EXTENSIONS) == 1
+
+
+def test_write_config_round_trip(tmp_path):
+    cfg = setup_cfg(SimpleNamespace(opts=["OPTIM.LR", "0.5"]))
+    path = write_config(cfg, str(tmp_path / "out"))
+    with open(path) as f:
+        assert CN.load_cfg(f).OPTIM.LR == 0.5
