@@ -1,0 +1,172 @@
+"""What the CLIP prompt-learning trainers share: building, freezing, evaluation, loading.
+
+A method provides ``build_custom_clip(cfg, classnames, clip_model)`` returning an
+``nn.Module`` with
+
+* ``forward(images, class_ids=None) -> logits`` (B, C') and ``logit_scale`` (raw parameter);
+* ``trainable_parameters()``: the parameters the method learns (module membership);
+* ``text_features(class_ids=None)`` / ``image_features(images)`` (L2-normalised) unless its
+  text side depends on the image (CoCoOp);
+
+and ``registered_module(model)``: the part registered with the engine and saved (the
+whole CustomCLIP, or CoOp's ``prompt_learner``), whose state-dict keys are the official ones.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dassl_ext.engine import TrainerX
+from dassl_ext.errors import UserError
+from dassl_ext.modeling import cast_frozen_weights, clip_root_from_cfg, load_clip
+from dassl_ext.optim import build_lr_scheduler, build_optimizer
+from dassl_ext.utils.checkpoint import load_checkpoint, strip_module_prefix
+
+logger = logging.getLogger(__name__)
+
+# Rebuilt from the class names on load, so base-trained prompts evaluate on new classes.
+REBUILT_KEYS = ("token_prefix", "token_suffix")
+# PromptSRC's frozen zero-shot copy of the vision tower in official files: the same weights
+# as the (frozen) prompted image encoder, so it is not kept; ignored when present.
+IGNORED_PREFIXES = ("prompt_learner.ZS_image_encoder.", "ZS_image_encoder.")
+
+
+def drop_rebuilt_keys(state_dict: dict) -> dict:
+    """``state_dict`` without token prefix/suffix buffers and official ZS-encoder copies."""
+    return {
+        k: v
+        for k, v in state_dict.items()
+        if k.rsplit(".", 1)[-1] not in REBUILT_KEYS and not k.startswith(IGNORED_PREFIXES)
+    }
+
+
+def load_weights_checked(module: nn.Module, path: str) -> int | None:
+    """Load a Dassl checkpoint file into ``module`` with the trainers' key handling.
+
+    Prefix/suffix buffers and ZS-encoder keys are dropped; any other missing or unexpected
+    key, or a shape mismatch, is a UserError naming the file and the key. Returns the epoch.
+    """
+    checkpoint = load_checkpoint(path)
+    state_dict = drop_rebuilt_keys(strip_module_prefix(checkpoint["state_dict"]))
+    own = module.state_dict()
+    for key, value in state_dict.items():
+        if key not in own:
+            raise UserError(f"Checkpoint {path} has unexpected key {key!r} for this model.")
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise UserError(
+                f"Checkpoint {path}: key {key!r} has shape {tuple(value.shape)}, the model "
+                f"expects {tuple(own[key].shape)}; check the prompt length/depth and backbone."
+            )
+    missing = [k for k in own if k not in state_dict]
+    if missing:
+        raise UserError(
+            f"Checkpoint {path} lacks key {missing[0]!r} ({len(missing)} missing); it was "
+            "written for another model or prompt configuration."
+        )
+    module.load_state_dict(state_dict, strict=True)
+    return checkpoint.get("epoch")
+
+
+def set_trainable(model: nn.Module, params: list[nn.Parameter]) -> None:
+    """Freeze every parameter of ``model`` except ``params`` (chosen by module membership)."""
+    model.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """``x / ||x||`` along the last dimension (CLIP's feature normalisation)."""
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+class PromptTrainer(TrainerX):
+    """TrainerX with the shared build / CE step / cached-text evaluation / loading logic."""
+
+    model_name = "VLPromptLearner"  # registered name: the checkpoint folder
+
+    # ------------------------------------------------------------------ method hooks
+    @classmethod
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> nn.Module:
+        raise NotImplementedError
+
+    @staticmethod
+    def registered_module(model: nn.Module) -> nn.Module:
+        """The part of the CustomCLIP that is registered, optimised and saved."""
+        return model
+
+    def after_build(self, clip_model) -> None:
+        """Hook: runs on the device, before the frozen weights are cast (fp32)."""
+
+    # ------------------------------------------------------------------ building
+    def build_model(self) -> None:
+        cfg = self.cfg
+        logger.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, clip_root_from_cfg(cfg))
+        logger.info("Building custom CLIP")
+        self.model = self.build_custom_clip(cfg, list(self.classnames), clip_model)
+        params = self.model.trainable_parameters()
+        set_trainable(self.model, params)
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        logger.info(f"Parameters to be updated: {names}")
+        logger.info(f"Parameters count: {sum(p.numel() for p in params):,}")
+        if cfg.MODEL.INIT_WEIGHTS:
+            load_weights_checked(self.registered_module(self.model), cfg.MODEL.INIT_WEIGHTS)
+        self.model.to(self.device)
+        self.after_build(clip_model)
+        cast_frozen_weights(self.model, self.prec.weight_dtype)  # trainable stay fp32
+        self.model.logit_scale.data = self.model.logit_scale.data.float()  # fp32 as official
+        self.optim = build_optimizer(params, cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model(
+            self.model_name, self.registered_module(self.model), self.optim, self.sched
+        )
+        self._eval_text: torch.Tensor | None = None
+
+    @classmethod
+    def build_frozen_model(
+        cls, cfg, classnames: list[str], backbone: str, checkpoint: str | None
+    ) -> nn.Module:
+        """The CustomCLIP this trainer trains, with ``checkpoint`` loaded: frozen, eval, CPU,
+        fp32; ``text_features()``, ``image_features(images)`` and ``logit_scale``."""
+        clip_model = load_clip(backbone, clip_root_from_cfg(cfg))
+        model = cls.build_custom_clip(cfg, list(classnames), clip_model)
+        if checkpoint:
+            load_weights_checked(cls.registered_module(model), checkpoint)
+        return model.requires_grad_(False).eval()
+
+    # ------------------------------------------------------------------ training
+    def forward_backward(self, batch: dict) -> dict[str, float]:
+        images, labels = self.parse_batch_train(batch)
+        with self.prec.autocast():
+            logits = self.model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        self.model_backward_and_update(loss)
+        acc = (logits.argmax(dim=1) == labels).float().mean().item() * 100
+        return {"loss": loss.item(), "acc": acc}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_split(self, split: str):
+        """As the engine's, with the text features computed once per split, not per batch
+        (the prompts do not change during an evaluation)."""
+        self._eval_text = None
+        try:
+            return super().evaluate_split(split)
+        finally:
+            self._eval_text = None
+
+    @torch.no_grad()
+    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
+        with self.prec.autocast():
+            if self._eval_text is None:
+                self._eval_text = self.model.text_features(self.eval_class_ids)
+            image_features = self.model.image_features(images)
+            logits = self.model.logit_scale.exp() * image_features @ self._eval_text.t()
+        return logits.float()
+
+    # ------------------------------------------------------------------ loading
+    def filter_state_dict_on_load(self, name: str, state_dict: dict) -> dict:
+        return drop_rebuilt_keys(state_dict)

@@ -1,0 +1,136 @@
+"""IVLP: independent vision-language deep prompts (spec §1.2, §4); CE loss only.
+
+The model (``CustomCLIP`` with a ``VLPromptLearner``) is also PromptSRC's and the PromptKD
+teacher's, so its state-dict keys are the official ones: ``prompt_learner.ctx``,
+``image_encoder.*`` (incl. ``VPT`` and ``transformer.resblocks.{i}.VPT_shallow``),
+``text_encoder.*`` and ``logit_scale``. The token prefix/suffix buffers are not saved
+(non-persistent): they are rebuilt from the class names, so prompts trained on base classes
+evaluate on new ones.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from dassl_ext.config import register_config_extension
+from dassl_ext.engine import TRAINER_REGISTRY
+from dassl_ext.modeling import (
+    PromptedImageEncoder,
+    PromptedTextEncoder,
+    assemble_prompts,
+    build_prompt_buffers,
+    init_ctx_from_words,
+)
+from trainers.base import PromptTrainer, l2_normalize
+
+
+@register_config_extension
+def add_ivlp_config(cfg) -> None:
+    """``TRAINER.IVLP`` with the official code defaults (the shipped yaml uses 4+4)."""
+    cfg.TRAINER.IVLP = CN()
+    cfg.TRAINER.IVLP.N_CTX_VISION = 2
+    cfg.TRAINER.IVLP.N_CTX_TEXT = 2
+    cfg.TRAINER.IVLP.CTX_INIT = "a photo of a"
+    cfg.TRAINER.IVLP.PREC = "fp16"
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_VISION = 9
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_TEXT = 9
+
+
+class VLPromptLearner(nn.Module):
+    """Layer-0 text context ``ctx`` (n, D_text) and the per-class token buffers."""
+
+    def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str):
+        super().__init__()
+        ctx, prefix = init_ctx_from_words(clip_model, ctx_init, n_ctx, max_word_ctx=4)
+        self.ctx = nn.Parameter(ctx)  # fp32 master weights at every precision
+        self.prompt_prefix = prefix
+        self.set_classnames(clip_model, classnames)
+
+    def set_classnames(self, clip_model, classnames: list[str]) -> None:
+        """(Re)build the token buffers for ``classnames``."""
+        n_ctx = self.ctx.shape[0]
+        tokenized, prefix, suffix = build_prompt_buffers(
+            clip_model, classnames, self.prompt_prefix, n_ctx
+        )
+        self.register_buffer("tokenized_prompts", tokenized, persistent=False)  # (C, 77)
+        self.register_buffer("token_prefix", prefix, persistent=False)  # (C, 1, D) SOS
+        self.register_buffer("token_suffix", suffix, persistent=False)  # (C, 77-1-n, D)
+
+    def forward(self, class_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings (C', 77, D) and token ids (C', 77) of the selected classes."""
+        prefix, suffix, tokens = self.token_prefix, self.token_suffix, self.tokenized_prompts
+        if class_ids is not None:
+            prefix, suffix, tokens = prefix[class_ids], suffix[class_ids], tokens[class_ids]
+        return assemble_prompts(prefix, self.ctx, suffix), tokens
+
+
+class CustomCLIP(nn.Module):
+    """CLIP with independent deep prompts in both towers (IVLP, PromptSRC, PromptKD teacher)."""
+
+    def __init__(
+        self,
+        clip_model,
+        classnames: list[str],
+        n_ctx_vision: int,
+        n_ctx_text: int,
+        depth_vision: int,
+        depth_text: int,
+        ctx_init: str,
+    ):
+        super().__init__()
+        self.image_encoder = PromptedImageEncoder(clip_model.visual, n_ctx_vision, depth_vision)
+        self.text_encoder = PromptedTextEncoder(clip_model, n_ctx_text, depth_text)
+        self.prompt_learner = VLPromptLearner(clip_model, classnames, n_ctx_text, ctx_init)
+        self.logit_scale = clip_model.logit_scale
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """ctx, the layer-0 visual prompt and the deep prompts of both towers."""
+        params = [self.prompt_learner.ctx]
+        if hasattr(self.image_encoder, "VPT"):
+            params.append(self.image_encoder.VPT)
+        return params + self.image_encoder.deep_prompts() + self.text_encoder.deep_prompts()
+
+    def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised prompted text features (C', E)."""
+        prompts, tokens = self.prompt_learner(class_ids)
+        return l2_normalize(self.text_encoder(prompts, tokens))
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised prompted image features (B, E)."""
+        return l2_normalize(self.image_encoder(images))
+
+    def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, C') = exp(logit_scale) * img @ txt^T."""
+        text = self.text_features(class_ids)
+        return self.logit_scale.exp() * self.image_features(images) @ text.t()
+
+    def drop_text_tower(self) -> None:
+        """Free the text side (PromptKD keeps only the image side of a frozen teacher)."""
+        del self.text_encoder, self.prompt_learner
+
+
+def custom_clip_from_section(section, classnames: list[str], clip_model) -> CustomCLIP:
+    """The IVLP-style CustomCLIP configured by ``TRAINER.IVLP`` or ``TRAINER.PROMPTSRC``."""
+    return CustomCLIP(
+        clip_model,
+        classnames,
+        n_ctx_vision=section.N_CTX_VISION,
+        n_ctx_text=section.N_CTX_TEXT,
+        depth_vision=section.PROMPT_DEPTH_VISION,
+        depth_text=section.PROMPT_DEPTH_TEXT,
+        ctx_init=section.CTX_INIT,
+    )
+
+
+@TRAINER_REGISTRY.register()
+class IVLP(PromptTrainer):
+    """Independent V-L prompting: CE on the prompted logits; registered "VLPromptLearner"."""
+
+    prec_section = "IVLP"
+    model_name = "VLPromptLearner"
+
+    @classmethod
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
+        return custom_clip_from_section(cfg.TRAINER.IVLP, classnames, clip_model)

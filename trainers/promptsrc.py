@@ -1,0 +1,174 @@
+"""PromptSRC (spec §2): IVLP prompts regularised towards frozen zero-shot CLIP, plus GPA.
+
+Loss = CE + TEXT_LOSS_WEIGHT * L1(text) + IMAGE_LOSS_WEIGHT * L1(image) + KL(zs || prompted)
+(``trainers.losses.promptsrc_loss``). Differences from the official code, on purpose:
+
+* The zero-shot text features (mean of the UNnormalised features of the 60 ImageNet
+  templates, as official) are computed once at build time in fp32 on the device and kept
+  by the trainer, not recomputed and not saved.
+* The zero-shot image features come from the prompted image encoder with its prompts
+  switched off. Its frozen weights are CLIP's own, so this is exactly the official
+  ``ZS_image_encoder`` without a second copy of the tower; official files carrying
+  ``prompt_learner.ZS_image_encoder.*`` still load (those keys are ignored).
+* Gaussian Prompt Aggregation weights and sums only the trainable prompt parameters
+  (official bug 14: it summed the whole state dict, perturbing the frozen fp16 weights by
+  rounding). The aggregate is loaded after the last epoch, before that epoch's checkpoint
+  is written, so ``model.pth.tar-<MAX_EPOCH>`` holds the GPA prompts, as official. The
+  running sum is kept in ``<output>/gpa_state.pt`` so a resumed run aggregates correctly.
+* fp32 / bf16 / amp work (official fp32 and amp crash).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from dassl_ext.config import register_config_extension
+from dassl_ext.engine import TRAINER_REGISTRY
+from dassl_ext.modeling import IMAGENET_TEMPLATES, clip
+from dassl_ext.utils.distributed import is_main_process
+from trainers.base import PromptTrainer, l2_normalize
+from trainers.ivlp import CustomCLIP, custom_clip_from_section
+from trainers.losses import gpa_weights, promptsrc_loss
+
+logger = logging.getLogger(__name__)
+GPA_FILE = "gpa_state.pt"
+
+
+@register_config_extension
+def add_promptsrc_config(cfg) -> None:
+    """``TRAINER.PROMPTSRC`` with the official code defaults (spec §8)."""
+    cfg.TRAINER.PROMPTSRC = CN()
+    cfg.TRAINER.PROMPTSRC.N_CTX_VISION = 4
+    cfg.TRAINER.PROMPTSRC.N_CTX_TEXT = 4
+    cfg.TRAINER.PROMPTSRC.CTX_INIT = "a photo of a"
+    cfg.TRAINER.PROMPTSRC.PREC = "fp16"
+    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION = 9
+    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT = 9
+    cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25
+    cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10
+    cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15
+    cfg.TRAINER.PROMPTSRC.GPA_STD = 1
+
+
+@torch.no_grad()
+def zero_shot_text_features(
+    clip_model, text_encoder: nn.Module, classnames: list[str], templates: list[str]
+) -> torch.Tensor:
+    """Mean over templates of the UNnormalised frozen CLIP text features (C, E), as official.
+
+    ``text_encoder`` is a ``PromptedTextEncoder``; its deep prompts are switched off, so
+    this is ``clip_model.encode_text``. One template at a time keeps memory at (C, 77, D).
+    """
+    embedding = clip_model.token_embedding
+    device = embedding.weight.device
+    names = [c.replace("_", " ") for c in classnames]
+    total = None
+    for template in templates:
+        tokens = clip.tokenize([template.format(n) for n in names]).to(device)
+        feats = text_encoder(embedding(tokens), tokens, deep_prompts=[]).float()
+        total = feats if total is None else total + feats
+    return total / len(templates)
+
+
+def zero_shot_image_features(model: CustomCLIP, images: torch.Tensor) -> torch.Tensor:
+    """Normalised features of the frozen CLIP image tower: the prompted encoder, prompts off."""
+    encoder = model.image_encoder
+    no_prompt = images.new_zeros(0, encoder.conv1.out_channels)  # zero prompt tokens
+    return l2_normalize(encoder(images, first_prompt=no_prompt, deep_prompts=[]))
+
+
+@TRAINER_REGISTRY.register()
+class PromptSRC(PromptTrainer):
+    """PromptSRC; registered "VLPromptLearner" (same keys as IVLP, spec §2.6)."""
+
+    prec_section = "PROMPTSRC"
+    model_name = "VLPromptLearner"
+
+    @classmethod
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
+        return custom_clip_from_section(cfg.TRAINER.PROMPTSRC, classnames, clip_model)
+
+    def after_build(self, clip_model) -> None:
+        clip_model.token_embedding.to(self.device)
+        feats = zero_shot_text_features(
+            clip_model, self.model.text_encoder, list(self.classnames), IMAGENET_TEMPLATES
+        )
+        clip_model.token_embedding.to("cpu")
+        self.zs_text_features = l2_normalize(feats)  # (C, E) fp32, normalised once
+        src = self.cfg.TRAINER.PROMPTSRC
+        self.gpa_weights = gpa_weights(float(src.GPA_MEAN), float(src.GPA_STD), self.max_epoch)
+        self.gpa_sum: dict[int, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ training
+    def forward_backward(self, batch: dict) -> dict[str, float]:
+        images, labels = self.parse_batch_train(batch)
+        src = self.cfg.TRAINER.PROMPTSRC
+        model = self.model
+        with self.prec.autocast():
+            text = model.text_features()
+            image = model.image_features(images)
+            scale = model.logit_scale.exp()
+            logits = scale * image @ text.t()
+            with torch.no_grad():
+                zs_image = zero_shot_image_features(model, images)
+                zs_logits = scale * zs_image @ self.zs_text_features.to(zs_image.dtype).t()
+        loss, parts = promptsrc_loss(
+            logits.float(),
+            labels,
+            text.float(),
+            self.zs_text_features,
+            image.float(),
+            zs_image.float(),
+            zs_logits.float(),
+            text_weight=float(src.TEXT_LOSS_WEIGHT),
+            image_weight=float(src.IMAGE_LOSS_WEIGHT),
+        )
+        self.model_backward_and_update(loss)
+        summary = {"loss": loss.item()}
+        summary.update({k: v.item() for k, v in parts.items()})
+        summary["acc"] = (logits.argmax(dim=1) == labels).float().mean().item() * 100
+        return summary
+
+    # ------------------------------------------------------------------ GPA
+    def _prompts(self) -> list[nn.Parameter]:
+        return self.model.trainable_parameters()
+
+    def before_train(self) -> None:
+        super().before_train()
+        path = os.path.join(self.cfg.RESUME, GPA_FILE) if self.cfg.RESUME else ""
+        if self.start_epoch > 0 and os.path.isfile(path):
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            if state["epoch"] == self.start_epoch:
+                self.gpa_sum = dict(enumerate(state["sum"]))
+        if self.start_epoch > 0 and self.gpa_sum is None:
+            logger.warning(
+                f"No GPA state for epoch {self.start_epoch} in {path or 'the resumed run'}; "
+                "the aggregate covers only the epochs trained from now on."
+            )
+
+    def after_epoch(self) -> None:
+        """Add this epoch's weighted prompts to the GPA sum; after the last epoch load the
+        aggregate (before the engine evaluates / saves it)."""
+        w = self.gpa_weights[self.epoch]
+        prompts = self._prompts()
+        with torch.no_grad():
+            if self.gpa_sum is None:
+                self.gpa_sum = {i: w * p.detach().clone() for i, p in enumerate(prompts)}
+            else:
+                for i, p in enumerate(prompts):
+                    self.gpa_sum[i] += w * p.detach()
+            if self.epoch + 1 == self.max_epoch:
+                logger.info("Using GPA model for final inference...")
+                for i, p in enumerate(prompts):
+                    p.copy_(self.gpa_sum[i])
+        if is_main_process():
+            state = {"epoch": self.epoch + 1, "sum": [self.gpa_sum[i] for i in range(len(prompts))]}
+            tmp = os.path.join(self.output_dir, GPA_FILE + ".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, os.path.join(self.output_dir, GPA_FILE))
+        super().after_epoch()
