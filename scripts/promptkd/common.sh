@@ -1,0 +1,87 @@
+#!/bin/bash
+# Shared by base2new.sh and xd.sh (sourced): environment, helpers, teacher training.
+#   Env: DATA (./data), OUTPUT (./output), SEEDS ("1 2 3"), CLIP_ROOT (CLIP weights folder,
+#   see the README), TEACHER_BACKBONE (ViT-L/14), STUDENT_BACKBONE (ViT-B/16),
+#   TEACHER_CKPT (a teacher model file or folder; skips the teacher stage), TEACHER_SEED (1),
+#   PYTHON (python). Arguments after the dataset: seeds (numbers) then KEY VALUE pairs,
+#   which are passed to every train.py run (teacher and student).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+DATA=${DATA:-./data}
+OUTPUT=${OUTPUT:-./output}
+PYTHON=${PYTHON:-python}
+TEACHER_BACKBONE=${TEACHER_BACKBONE:-ViT-L/14}
+STUDENT_BACKBONE=${STUDENT_BACKBONE:-ViT-B/16}
+TEACHER_SEED=${TEACHER_SEED:-1}
+TEACHER_CFG=configs/trainers/PromptSRC/vit_l14_c2_ep20_batch8_4+4ctx.yaml
+if [ -n "${CLIP_ROOT:-}" ]; then export CLIP_ROOT; fi
+
+# parse_args DATASET [SEED ...] [KEY VALUE ...] -> DATASET, SEED_LIST, OPTS (array)
+parse_args() {
+  if [ $# -lt 1 ]; then
+    echo "Usage: bash $0 DATASET [SEED ...] [KEY VALUE ...]  (DATASET: a configs/datasets/ file stem)" >&2
+    exit 2
+  fi
+  DATASET=${1%.yaml}
+  shift
+  SEED_LIST=""
+  while [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; do SEED_LIST="$SEED_LIST $1"; shift; done
+  SEED_LIST=${SEED_LIST:-${SEEDS:-1 2 3}}
+  OPTS=("$@")
+  dataset_yaml "$DATASET" > /dev/null
+}
+
+dataset_yaml() {
+  local f=configs/datasets/$1.yaml
+  if [ ! -f "$f" ]; then
+    echo "Unknown dataset '$1': no $f; use one of: $(cd configs/datasets && ls | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
+    exit 2
+  fi
+  echo "$f"
+}
+
+# DATASET.NAME of a dataset config file (e.g. oxford_pets -> OxfordPets)
+dataset_name() {
+  "$PYTHON" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['DATASET']['NAME'])" "$(dataset_yaml "$1")"
+}
+
+# has_checkpoint FOLDER: model-best.pth.tar or model.pth.tar-<N> inside
+has_checkpoint() {
+  [ -f "$1/model-best.pth.tar" ] || compgen -G "$1/model.pth.tar-*" > /dev/null
+}
+
+# run_train DIR ARGS...: train.py into DIR unless DIR/results.json exists; resumes an
+# interrupted run that saved epoch checkpoints.
+run_train() {
+  local dir=$1
+  shift
+  if [ -f "$dir/results.json" ]; then
+    echo "Results are available in $dir. Skip this job"
+    return 0
+  fi
+  local resume=()
+  if compgen -G "$dir/*/model.pth.tar-*" > /dev/null; then resume=(--resume "$dir"); fi
+  "$PYTHON" train.py --root "$DATA" --output-dir "$dir" "${resume[@]}" "$@"
+}
+
+# train_teacher SOURCE_DATASET SUBSAMPLE DIR: PromptSRC teacher (16 shots) into DIR
+train_teacher() {
+  echo "== Teacher: PromptSRC on $TEACHER_BACKBONE, $1 ($2 classes, 16 shots) -> $3"
+  run_train "$3" --seed "$TEACHER_SEED" --trainer PromptSRC \
+    --dataset-config-file "$(dataset_yaml "$1")" --config-file "$TEACHER_CFG" \
+    DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES "$2" MODEL.BACKBONE.NAME "$TEACHER_BACKBONE" \
+    "${OPTS[@]}"
+}
+
+# train_students CONFIG OUT_ROOT TEACHER: one PromptKD run per seed
+train_students() {
+  local seed
+  for seed in $SEED_LIST; do
+    echo "== Student: PromptKD on $STUDENT_BACKBONE, $DATASET, seed $seed -> $2/seed$seed"
+    run_train "$2/seed$seed" --seed "$seed" --trainer PromptKD \
+      --dataset-config-file "$(dataset_yaml "$DATASET")" --config-file "$1" \
+      MODEL.BACKBONE.NAME "$STUDENT_BACKBONE" TRAINER.PROMPTKD.TEACHER_NAME "$TEACHER_BACKBONE" \
+      TRAINER.PROMPTKD.TEACHER_CKPT "$3" "${OPTS[@]}"
+  done
+}
