@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 # Teacher trainers whose checkpoints live in Dassl's "VLPromptLearner" model folder.
 VL_PROMPT_TEACHERS = ("PromptSRC", "IVLP")
-NO_CHECKPOINT_TEACHERS = ("ZeroshotCLIP",)
+NO_CHECKPOINT_TEACHERS = ("ZeroshotCLIP", "ZeroshotCLIP2")
 TEACHER_ROOT = "teacher_model"  # relative to the working directory, as the official code
 CROSS_TEACHER_DIR = os.path.join("ImageNet-xd", "VLPromptLearner_large")
 

@@ -1,0 +1,141 @@
+"""PromptKD pieces without training: KD loss, parameter set, official keys, slicing, paths."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import trainers  # noqa: F401  (registers the trainers and their config sections)
+from dassl_ext.config.setup import apply_config_extensions, get_cfg_default
+from dassl_ext.engine import resolve_precision
+from dassl_ext.errors import UserError
+from dassl_ext.modeling import PromptedImageEncoder, clip
+from trainers.losses import kd_loss
+from trainers.promptkd import PromptKD
+from trainers.promptkd_student import PromptKDStudent, prompt_parameters, set_trainable
+from trainers.promptkd_teacher import resolve_teacher_checkpoint
+
+
+def _cfg(**opts):
+    cfg = apply_config_extensions(get_cfg_default())
+    for key, value in opts.items():
+        node = cfg
+        *parents, last = key.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return cfg
+
+
+def _tiny_student(depth: int = 3, teacher_dim: int = 48) -> PromptKDStudent:
+    visual = clip.model.VisionTransformer(32, 8, 64, 4, 1, 32)
+    return PromptKDStudent(
+        PromptedImageEncoder(visual, 2, depth), torch.tensor(4.6), 32, teacher_dim
+    )
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_kd_loss_matches_formula(temperature):
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(4, 7, generator=g) * 5, torch.randn(4, 7, generator=g) * 5
+    t = temperature
+    p_t = F.softmax(zt / t, dim=1)
+    expected = (p_t * (p_t.log() - F.log_softmax(zs / t, dim=1))).sum() * t * t / (4 * 7)
+    assert torch.allclose(kd_loss(zs, zt, t), expected, atol=1e-6)
+    assert kd_loss(zt, zt, t).abs() < 1e-6  # zero when the student matches the teacher
+
+
+@pytest.mark.parametrize("depth, count", [(9, 1_013_760), (3, 995_328)])
+def test_trainable_parameters_at_real_size(depth, count):
+    """ViT-B/16 student, ViT-L/14 teacher width: shapes only (meta device), spec §3.3."""
+    with torch.device("meta"):
+        visual = clip.model.VisionTransformer(224, 16, 768, 12, 12, 512)
+        student = PromptKDStudent(
+            PromptedImageEncoder(visual, 4, depth), torch.tensor(4.6), 512, 768
+        )
+    names = set_trainable(student)
+    assert sum(p.numel() for p in student.parameters() if p.requires_grad) == count
+    assert len(prompt_parameters(student.image_encoder)) == depth
+    assert all(n.startswith("VPT_image_trans.") or "VPT" in n for n in names)
+    assert not student.logit_scale.requires_grad
+
+
+def test_state_dict_has_official_keys_and_loads_official_files():
+    student = _tiny_student(depth=3)
+    keys = set(student.state_dict())
+    projector = {
+        f"VPT_image_trans.conv1.{k}"
+        for k in ("0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+                  "1.num_batches_tracked", "3.weight", "3.bias")
+    }  # fmt: skip
+    assert projector <= keys
+    assert {"logit_scale", "image_encoder.VPT", "image_encoder.conv1.weight",
+            "image_encoder.transformer.resblocks.2.VPT_shallow"} <= keys  # fmt: skip
+    assert keys - projector - {"logit_scale", "class_text_features"} == {
+        k for k in keys if k.startswith("image_encoder.")
+    }
+    # An official student file has no class_text_features: it loads strictly, and the
+    # features already held are kept; ours carry them (any number of classes).
+    feats = F.normalize(torch.randn(5, 48), dim=-1)
+    student.set_class_text_features(feats)
+    official = {k: v for k, v in student.state_dict().items() if k != "class_text_features"}
+    other = _tiny_student(depth=3)
+    other.set_class_text_features(feats)
+    other.load_state_dict(official, strict=True)
+    assert torch.equal(other.class_text_features, feats)
+    ours = dict(student.state_dict(), class_text_features=torch.ones(7, 48))
+    other.load_state_dict(ours, strict=True)
+    assert other.class_text_features.shape == (7, 48)
+
+
+def test_eval_logits_are_sliced_per_split():
+    """base / new each get logits over their own classes only (own label space)."""
+    torch.manual_seed(0)
+    student = _tiny_student().eval()
+    student.set_class_text_features(F.normalize(torch.randn(10, 48), dim=-1))
+    images = torch.randn(3, 3, 32, 32)
+    fake = SimpleNamespace(model=student, prec=resolve_precision("fp32", "cpu"))
+    with torch.no_grad():
+        full = student(images, student.class_text_features)  # (3, 10)
+        for ids in ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9]):
+            fake.eval_class_ids = torch.tensor(ids)
+            logits = PromptKD.model_inference(fake, images)
+            assert logits.shape == (3, 5)
+            assert torch.allclose(logits, full[:, ids], atol=1e-5)
+
+
+def test_modal_and_eval_splits_must_agree():
+    trainer = object.__new__(PromptKD)
+    PromptKD.check_cfg(trainer, _cfg(TRAINER__MODAL="base2novel", DATASET__EVAL_SPLITS="base_new"))
+    PromptKD.check_cfg(trainer, _cfg(TRAINER__MODAL="cross", DATASET__EVAL_SPLITS="standard"))
+    for modal, splits in (("base2novel", "standard"), ("cross", "base_new"), ("novel", "standard")):
+        with pytest.raises(UserError, match="MODAL"):
+            PromptKD.check_cfg(trainer, _cfg(TRAINER__MODAL=modal, DATASET__EVAL_SPLITS=splits))
+
+
+def test_teacher_checkpoint_resolution(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(DATASET__NAME="OxfordPets")
+    assert resolve_teacher_checkpoint(cfg)[0] is None  # nothing there yet
+    folder = tmp_path / "teacher_model" / "OxfordPets" / "VLPromptLearner"
+    folder.mkdir(parents=True)
+    for name in ("model.pth.tar-5", "model.pth.tar-20"):
+        (folder / name).write_bytes(b"x")
+    assert resolve_teacher_checkpoint(cfg)[0].endswith("model.pth.tar-20")
+    (folder / "model-best.pth.tar").write_bytes(b"x")
+    assert resolve_teacher_checkpoint(cfg)[0].endswith("model-best.pth.tar")
+    cross = _cfg(TRAINER__MODAL="cross")
+    assert "ImageNet-xd" in resolve_teacher_checkpoint(cross)[1]
+    explicit = _cfg(TRAINER__PROMPTKD__TEACHER_CKPT=str(folder / "model.pth.tar-5"))
+    assert resolve_teacher_checkpoint(explicit)[0] == str(folder / "model.pth.tar-5")
+    assert (
+        resolve_teacher_checkpoint(_cfg(TRAINER__PROMPTKD__TEACHER_TRAINER="ZeroshotCLIP"))[0]
+        is None
+    )
+    with pytest.raises(UserError, match="TEACHER_CKPT"):
+        resolve_teacher_checkpoint(_cfg(TRAINER__PROMPTKD__TEACHER_TRAINER="CoOp"))
+    assert os.path.isdir(folder)
