@@ -325,3 +325,25 @@ def test_digits_written_once_in_coop_layout(digits_root):
     assert torch.is_tensor(
         build_transform(make_cfg(digits_root, "Digits"), False)(Image.open(d.impath))
     )
+
+
+def test_tensor_transforms(dtd_cfg):
+    from PIL import Image
+
+    cfg = dtd_cfg.clone()
+    cfg.INPUT.TRANSFORMS = ("random_crop", "cutout", "normalize", "gaussian_noise", "instance_norm")
+    cfg.INPUT.CUTOUT_LEN = 4
+    train = build_transform(cfg, is_train=True)
+    names = [type(t).__name__ for t in train.transforms]
+    assert names == [
+        "RandomCrop",
+        "ToTensor",
+        "Cutout",
+        "Normalize",
+        "GaussianNoise",
+        "InstanceNormalization",
+    ]
+    out = train(Image.new("RGB", (8, 8), (90, 20, 200)))
+    assert out.shape == (3, 8, 8) and torch.isfinite(out).all()
+    test = build_transform(cfg, is_train=False)
+    assert [type(t).__name__ for t in test.transforms][-1] == "InstanceNormalization"

@@ -6,6 +6,7 @@ Test: Resize(shorter side to max(INPUT.SIZE)) -> CenterCrop(INPUT.SIZE) -> ToTen
 
 from __future__ import annotations
 
+import torch
 import torchvision.transforms as T
 from torchvision.transforms import InterpolationMode
 
@@ -30,7 +31,10 @@ AVAILABLE_TRANSFORMS = (
     "colorjitter",
     "randomgrayscale",
     "gaussian_blur",
+    "cutout",
     "normalize",
+    "gaussian_noise",
+    "instance_norm",
 )
 
 
@@ -63,9 +67,52 @@ def build_transform(cfg, is_train: bool = True, choices: list[str] | None = None
         # Resize the shorter side, then crop, as Dassl and CLIP's own preprocessing do.
         tfms = [T.Resize(max(size), interpolation=interp), T.CenterCrop(size)]
     tfms.append(T.ToTensor())
+    if is_train and "cutout" in choices:
+        tfms.append(Cutout(cfg.INPUT.CUTOUT_N, cfg.INPUT.CUTOUT_LEN))
     if "normalize" in choices:
         tfms.append(T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD))
+    if is_train and "gaussian_noise" in choices:
+        tfms.append(GaussianNoise(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD))
+    if "instance_norm" in choices:
+        tfms.append(InstanceNormalization())
     return T.Compose(tfms)
+
+
+class Cutout:
+    """Zero `n_holes` random `length` x `length` squares of a (C, H, W) tensor (Dassl's)."""
+
+    def __init__(self, n_holes: int = 1, length: int = 16) -> None:
+        self.n_holes, self.length = n_holes, length
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        mask = torch.ones(h, w)
+        for _ in range(self.n_holes):
+            y, x = int(torch.randint(h, ())), int(torch.randint(w, ()))
+            half = self.length // 2
+            mask[max(y - half, 0) : y + half, max(x - half, 0) : x + half] = 0
+        return img * mask
+
+
+class GaussianNoise:
+    """Add N(mean, std) noise to half of the images (Dassl's GaussianNoise, p=0.5)."""
+
+    def __init__(self, mean: float = 0.0, std: float = 0.15, p: float = 0.5) -> None:
+        self.mean, self.std, self.p = mean, std, p
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) > self.p:
+            return img
+        return img + torch.randn_like(img) * self.std + self.mean
+
+
+class InstanceNormalization:
+    """Normalise each channel of one image to zero mean and unit std."""
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        flat = img.flatten(1)
+        mean, std = flat.mean(1), flat.std(1).clamp_min(1e-8)
+        return (img - mean[:, None, None]) / std[:, None, None]
 
 
 def _train_transforms(cfg, choices: list[str], size: tuple[int, int], interp) -> list:
