@@ -347,3 +347,18 @@ def test_tensor_transforms(dtd_cfg):
     assert out.shape == (3, 8, 8) and torch.isfinite(out).all()
     test = build_transform(cfg, is_train=False)
     assert [type(t).__name__ for t in test.transforms][-1] == "InstanceNormalization"
+
+
+def test_distributed_samplers(dtd_cfg, monkeypatch):
+    from torch.utils.data import DistributedSampler
+
+    from dassl_ext.data import data_manager
+
+    monkeypatch.setattr(data_manager, "_distributed", lambda: (1, 2))  # rank 1 of 2
+    dm = DataManager(dtd_cfg)
+    sampler = dm.train_loader_x.sampler
+    assert isinstance(sampler, DistributedSampler) and sampler.rank == 1
+    dm.set_epoch(4)
+    assert sampler.epoch == 4
+    assert list(dm.test_loader.sampler) == [1, 3, 5, 7]  # 9 test images, no padding
+    assert len(dm.train_loader_x) == 2  # 8 of 15 train images on this rank, batch 4

@@ -25,7 +25,7 @@ SPLIT_SEED = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Datum:
     """One labelled image: absolute path, label, domain and class name (Dassl's fields)."""
 
