@@ -83,8 +83,8 @@ def test_unknown_keys_name_the_key(tmp_path):
     bad = _yaml(tmp_path / "bad.yaml", {"OPTIM": {"LRR": 0.1}})
     with pytest.raises(UserError, match=r"OPTIM\.LRR.*bad\.yaml.*did you mean OPTIM\.LR"):
         setup_cfg(SimpleNamespace(config_file=bad))
-    with pytest.raises(UserError, match=r"TRAINER\.COOP"):
-        setup_cfg(SimpleNamespace(opts=["TRAINER.COOP.N_CTX", "4"]))
+    with pytest.raises(UserError, match=r"TRAINER\.NO_SUCH_METHOD"):
+        setup_cfg(SimpleNamespace(opts=["TRAINER.NO_SUCH_METHOD.N_CTX", "4"]))
     with pytest.raises(UserError, match="KEY VALUE pairs"):
         setup_cfg(SimpleNamespace(opts=["OPTIM.LR"]))
     with pytest.raises(UserError, match="OPTIM.MAX_EPOCH"):

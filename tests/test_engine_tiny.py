@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 import train
+from dassl_ext.config import setup as config_setup
 from dassl_ext.data import DatasetBase
 from dassl_ext.engine import TrainerX
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
@@ -41,8 +42,15 @@ class TinyNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 2).flatten(1))  # (B, 3*2*2) -> (B, C)
 
 
+def add_tiny_config(cfg) -> None:
+    cfg.TRAINER.TINY = type(cfg)()
+    cfg.TRAINER.TINY.PREC = "fp32"
+
+
 class TinyEngineTrainer(TrainerX):
     """Linear classifier on 2x2-pooled pixels."""
+
+    prec_section = "TINY"
 
     def build_model(self) -> None:
         self.model = TinyNet(self.num_classes).to(self.device)
@@ -65,6 +73,13 @@ def register_tiny() -> None:
     for reg, obj in ((DATASET_REGISTRY, TinyEngineSet), (TRAINER_REGISTRY, TinyEngineTrainer)):
         if obj.__name__ not in reg:
             reg.register(obj)
+    config_setup.register_config_extension(add_tiny_config)
+
+
+def unregister_tiny() -> None:
+    DATASET_REGISTRY.unregister("TinyEngineSet")
+    TRAINER_REGISTRY.unregister("TinyEngineTrainer")
+    config_setup._EXTENSIONS[:] = [f for f in config_setup._EXTENSIONS if f is not add_tiny_config]
 
 
 def write_tiny_dataset(root: str, per_split=(4, 2, 3), size: int = 8, seed: int = 0) -> str:
@@ -115,8 +130,7 @@ def tiny(tmp_path):
     """(data root, output dir) with the tiny dataset and trainer registered."""
     register_tiny()
     yield write_tiny_dataset(str(tmp_path / "data")), str(tmp_path / "out")
-    DATASET_REGISTRY.unregister("TinyEngineSet")
-    TRAINER_REGISTRY.unregister("TinyEngineTrainer")
+    unregister_tiny()
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -196,3 +210,27 @@ def test_existing_checkpoints_need_resume(tiny, capsys):
     assert train.main(tiny_argv(root, out, "TEST.NO_TEST", "True", epochs=1)) == 0
     assert train.main(tiny_argv(root, out, "TEST.NO_TEST", "True", epochs=1)) == 1
     assert "--resume" in capsys.readouterr().err
+
+
+def test_fp16_on_cpu_warns_and_trains_fp32(tiny, caplog, monkeypatch):
+    from dassl_ext.engine import precision
+
+    monkeypatch.setattr(precision, "_warned", set())
+    root, out = tiny
+    assert train.main(tiny_argv(root, out, "TRAINER.TINY.PREC", "fp16", epochs=1)) == 0
+    assert "Precision fp16 needs CUDA; running fp32 on cpu" in caplog.text
+    assert all(v.dtype == torch.float32 for v in final_weights(out, 1).values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("prec", ["amp", "fp16", "bf16", "fp32"])
+def test_cuda_precisions_train_fp32_master_weights(tiny, prec):
+    root, out = tiny
+    argv = tiny_argv(root, out, "USE_CUDA", "True", "TRAINER.TINY.PREC", prec, epochs=2)
+    assert train.main(argv) == 0
+    ckpt = torch.load(os.path.join(out, "TinyNet", "model.pth.tar-2"), weights_only=True)
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values())
+    assert (ckpt["scaler"] is not None) == (prec in ("amp", "fp16"))
+    assert "cuda" in ckpt["rng_state"]
+    with open(os.path.join(out, "results.json")) as f:
+        assert json.load(f)["splits"]["test"]["num_images"] == 12

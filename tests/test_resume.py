@@ -6,15 +6,26 @@ import json
 import os
 import shutil
 
+import pytest
 import torch
 from test_engine_tiny import final_weights, tiny, tiny_argv  # noqa: F401  (fixture)
 
 import train
 
+DEVICES = [
+    pytest.param((), id="cpu"),
+    pytest.param(
+        ("USE_CUDA", "True", "TRAINER.TINY.PREC", "amp"),
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        id="cuda-amp",
+    ),
+]
 
-def test_resume_matches_uninterrupted_run(tiny):  # noqa: F811
+
+@pytest.mark.parametrize("device_opts", DEVICES)
+def test_resume_matches_uninterrupted_run(tiny, device_opts):  # noqa: F811
     root, out = tiny
-    opts = ("TRAIN.CHECKPOINT_FREQ", "1", "TEST.FINAL_MODEL", "best_val")
+    opts = ("TRAIN.CHECKPOINT_FREQ", "1", "TEST.FINAL_MODEL", "best_val", *device_opts)
     assert train.main(tiny_argv(root, out, *opts, epochs=4)) == 0
     straight = final_weights(out, 4)
 

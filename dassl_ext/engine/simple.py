@@ -127,7 +127,7 @@ class SimpleTrainer(TrainerBase):
         last_epoch = (self.epoch + 1) == self.max_epoch
         freq = self.cfg.TRAIN.CHECKPOINT_FREQ
         meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
-        for model in self._models.values():  # e.g. BatchNorm statistics: rank 0's win
+        for model in self._models.values():  # BatchNorm statistics: rank 0's win, as in DDP
             broadcast_module(model)
         val_acc = None
         if not self.cfg.TEST.NO_TEST and self.cfg.TEST.FINAL_MODEL == "best_val":

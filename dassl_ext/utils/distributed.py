@@ -100,10 +100,18 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
             offset += g.numel()
 
 
-def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
-    """Copy parameters and buffers of ``module`` from rank ``src`` to all ranks."""
+def broadcast_module(module: torch.nn.Module, src: int = 0, trainable_only: bool = True) -> None:
+    """Copy ``module``'s trainable parameters (all with ``trainable_only=False``) and its
+    BatchNorm statistics from rank ``src`` to every rank, as DDP does when it wraps a model.
+
+    Frozen weights come from the same files on every rank and are not sent.
+    """
     if not is_distributed():
         return
+    tensors = [p for p in module.parameters() if p.requires_grad or not trainable_only]
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            tensors += [b for b in m.buffers()]
     with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
+        for t in tensors:
             dist.broadcast(t.data, src=src)
