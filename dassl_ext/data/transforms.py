@@ -18,10 +18,6 @@ INTERPOLATION_MODES = {
     "nearest": InterpolationMode.NEAREST,
 }
 
-# CLIP's preprocessing statistics (the shipped configs set these).
-CLIP_PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
-
 AVAILABLE_TRANSFORMS = (
     "random_flip",
     "random_resized_crop",
