@@ -184,12 +184,24 @@ class PromptedImageEncoder(nn.Module):
 
 
 def cast_frozen_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Cast the floating parameters that do not require grad (the frozen CLIP weights) and
-    the floating buffers to ``dtype``; trainable parameters stay fp32 master weights."""
-    for p in module.parameters():
-        if not p.requires_grad and p.is_floating_point():
-            p.data = p.data.to(dtype)
-    for b in module.buffers():
-        if b.is_floating_point():
-            b.data = b.data.to(dtype)
+    """Cast the frozen CLIP weights in ``module`` to ``dtype`` the way OpenAI's
+    ``convert_weights`` casts to fp16: conv/linear weights and biases, attention input
+    projections, ``proj`` and ``text_projection``. LayerNorms and embeddings stay fp32
+    (clip's LayerNorm computes in fp32 and rejects low-precision parameters on the CPU), and
+    parameters that require grad stay fp32 master weights. Returns ``module``."""
+
+    def cast(t: torch.Tensor | None) -> None:
+        if isinstance(t, nn.Parameter) and not t.requires_grad and t.is_floating_point():
+            t.data = t.data.to(dtype)
+
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            cast(m.weight)
+            cast(m.bias)
+        if isinstance(m, nn.MultiheadAttention):
+            for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+                         "in_proj_bias", "bias_k", "bias_v"):  # fmt: skip
+                cast(getattr(m, name, None))
+        for name in ("proj", "text_projection"):
+            cast(getattr(m, name, None))
     return module
