@@ -28,6 +28,10 @@ def read_class_folders(
         imnames = listdir_sorted(class_dir) if os.path.isdir(class_dir) else []
         if not imnames:
             raise UserError(f"Class folder {class_dir} is missing or empty; add its images.")
+        if folder not in classnames:
+            raise UserError(
+                f"Folder {class_dir} is not listed in classnames.txt; use ImageNet's own file."
+            )
         cname = classnames[folder]
         items.extend(Datum(os.path.join(class_dir, n), label, 0, cname) for n in imnames)
     return items
@@ -44,13 +48,6 @@ class ImageNetFolders(DatasetBase):
     def read_raw(self):
         classnames = read_classnames(self.require(os.path.join(self.dataset_dir, "classnames.txt")))
         folders = [f for f in listdir_sorted(self.require(self.image_dir)) if f not in self.ignored]
-        unknown = [f for f in folders if f not in classnames]
-        if unknown:
-            listing = os.path.join(self.dataset_dir, "classnames.txt")
-            raise UserError(
-                f"{self.name}: folder {os.path.join(self.image_dir, unknown[0])} is not listed in "
-                f"{listing}; use ImageNet's classnames.txt."
-            )
         data = read_class_folders(self.image_dir, folders, classnames)
         return data, [], data
 

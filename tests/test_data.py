@@ -362,3 +362,15 @@ def test_distributed_samplers(dtd_cfg, monkeypatch):
     assert sampler.epoch == 4
     assert list(dm.test_loader.sampler) == [1, 3, 5, 7]  # 9 test images, no padding
     assert len(dm.train_loader_x) == 2  # 8 of 15 train images on this rank, batch 4
+
+
+def test_annotation_with_unknown_class(tmp_path):
+    WRITERS["FGVCAircraft"](str(tmp_path))
+    with open(tmp_path / "fgvc_aircraft" / "images_variant_test.txt", "a") as f:
+        f.write("1000001 Concorde\n")
+    with pytest.raises(UserError, match="class 'Concorde'"):
+        build(tmp_path, "FGVCAircraft")
+    WRITERS["ImageNetR"](str(tmp_path))
+    write_image(str(tmp_path / "imagenet-rendition" / "imagenet-r" / "n99999999" / "0.jpg"))
+    with pytest.raises(UserError, match="n99999999 is not listed in classnames.txt"):
+        build(tmp_path, "ImageNetR")

@@ -115,7 +115,13 @@ class DatasetBase:
         if self.split_file and os.path.isfile(self.split_path):
             splits = read_split(self.split_path, self.image_dir)
             return splits["train"], splits["val"], splits["test"]
-        train, val, test = self.read_raw()
+        try:
+            train, val, test = self.read_raw()
+        except KeyError as e:  # an annotation names a class its class list lacks
+            raise UserError(
+                f"{self.name}: the annotation files in {self.dataset_dir} use class {e}, which "
+                f"their class list does not define; {self.fix_hint()}."
+            ) from None
         if self.split_file:
             try:
                 save_split(
