@@ -1,0 +1,187 @@
+"""PromptKD through train.py on Digits with tiny CLIPs: teacher -> student -> base/new/HM.
+
+One PromptSRC teacher is trained once for the module; the student runs check the text
+tower runs once, the teacher never runs at evaluation, eval-only needs no teacher, labels
+are never read, official-format teacher files load, and other teachers distil.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+import train
+from dassl_ext.config import setup_cfg
+from dassl_ext.engine import TRAINER_REGISTRY, build_trainer
+from dassl_ext.utils import set_random_seed
+from trainers.promptkd import PromptKD
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(REPO, "configs", "datasets", "digits.yaml")
+KD_CFG = os.path.join(REPO, "configs", "trainers", "PromptKD", "base2new", "digits.yaml")
+SRC_CFG = os.path.join(
+    REPO, "configs", "trainers", "PromptSRC", "vit_l14_c2_ep20_batch8_4+4ctx.yaml"
+)
+TINY = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "OPTIM.MAX_EPOCH", "1"]
+
+
+def read_json(path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_script(name: str):
+    """Import scripts/<name>.py as a module (the scripts folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def teacher_argv(root, clip_root, out, trainer="PromptSRC", config=SRC_CFG, *extra):
+    return [
+        "--root", str(root), "--seed", "1", "--trainer", trainer, "--dataset-config-file", DIGITS,
+        "--config-file", config, "--output-dir", str(out), "DATASET.NUM_SHOTS", "2",
+        "DATASET.SUBSAMPLE_CLASSES", "base", "MODEL.BACKBONE.NAME", "tiny-teacher",
+        "MODEL.CLIP_ROOT", clip_root, "TEST.NO_TEST", "True", *TINY, *extra,
+    ]  # fmt: skip
+
+
+def student_argv(root, clip_root, out, teacher, *extra, flags=()):
+    return [
+        *flags, "--root", str(root), "--seed", "1", "--trainer", "PromptKD",
+        "--dataset-config-file", DIGITS, "--config-file", KD_CFG, "--output-dir", str(out),
+        "MODEL.BACKBONE.NAME", "tiny-student", "TRAINER.PROMPTKD.TEACHER_NAME", "tiny-teacher",
+        "TRAINER.PROMPTKD.TEACHER_CKPT", str(teacher), "MODEL.CLIP_ROOT", clip_root,
+        "DATASET.NUM_SHOTS", "2", *TINY, *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, digits_root, tiny_clip_root):
+    out = tmp_path_factory.mktemp("teacher") / "promptsrc"
+    assert train.main(teacher_argv(digits_root, tiny_clip_root, out)) == 0
+    return out / "VLPromptLearner"
+
+
+class TeacherSpy:
+    """Counts the teacher's text / image forwards, and those made during evaluation."""
+
+    def __init__(self, monkeypatch, trainer_name="PromptSRC"):
+        self.built, self.text, self.image, self.during_eval = 0, 0, 0, 0
+        cls = TRAINER_REGISTRY.get(trainer_name)
+        build = cls.build_frozen_model
+        spy = self
+
+        def counting_build(*args, **kwargs):
+            model = build(*args, **kwargs)
+            text, image = model.text_features, model.image_features
+            spy.built += 1
+
+            def text_features(*a, **k):
+                spy.text += 1
+                return text(*a, **k)
+
+            def image_features(*a, **k):
+                spy.image += 1
+                return image(*a, **k)
+
+            model.text_features, model.image_features = text_features, image_features
+            return model
+
+        evaluate = PromptKD.evaluate_split
+
+        def watched_evaluate(trainer, split):
+            before = spy.text + spy.image
+            result = evaluate(trainer, split)
+            spy.during_eval += spy.text + spy.image - before
+            return result
+
+        monkeypatch.setattr(cls, "build_frozen_model", counting_build)
+        monkeypatch.setattr(PromptKD, "evaluate_split", watched_evaluate)
+
+
+@pytest.fixture(scope="module")
+def student_run(tmp_path_factory, digits_root, tiny_clip_root, teacher_dir):
+    """Two epochs of distillation with best_val selection; logits saved; spy counts."""
+    mp = pytest.MonkeyPatch()
+    spy = TeacherSpy(mp)
+    out = tmp_path_factory.mktemp("kd") / "digits" / "seed1"
+    argv = student_argv(digits_root, tiny_clip_root, out, teacher_dir, "OPTIM.MAX_EPOCH", "2",
+                        "TEST.SAVE_LOGITS", "True")  # fmt: skip
+    try:
+        assert train.main(argv) == 0
+    finally:
+        mp.undo()
+    return out, spy
+
+
+def test_pipeline_reports_base_new_and_teacher_runs_once(student_run, capsys):
+    out, spy = student_run
+    res = read_json(out / "results.json")
+    assert set(res["splits"]) == {"base", "new"} and res["eval_splits"] == "base_new"
+    assert res["selection"]["split"] == "val"
+    # text tower: once per run; image tower: once per training step (2 epochs x 2 batches);
+    # nothing of the teacher during the 2 val + base + new evaluations
+    assert (spy.built, spy.text, spy.image, spy.during_eval) == (1, 1, 4, 0)
+    for split, n_classes in (("base", 5), ("new", 5)):
+        logits = torch.load(out / f"logits_{split}.pt", weights_only=True)
+        assert logits["logits"].shape == (res["splits"][split]["num_images"], n_classes)
+        assert logits["labels"].max() < n_classes  # each split in its own label space
+    from dassl_ext.evaluation.aggregate import summarize
+
+    assert summarize(str(out.parent))  # the aggregation tool reads it (base / new / HM)
+    assert load_script("parse_results").main([str(out.parent)]) == 0
+    assert "HM" in capsys.readouterr().out
+
+
+def test_eval_only_needs_no_teacher(
+    student_run, digits_root, tiny_clip_root, tmp_path, monkeypatch
+):
+    out, _ = student_run
+    spy = TeacherSpy(monkeypatch)
+    argv = student_argv(digits_root, tiny_clip_root, tmp_path / "eval", tmp_path / "no-teacher",
+                        flags=["--eval-only", "--model-dir", str(out)])  # fmt: skip
+    assert train.main(argv) == 0
+    assert spy.built == 0  # the class text features came from the student checkpoint
+    trained = read_json(out / "results.json")["splits"]
+    again = read_json(tmp_path / "eval" / "results.json")["splits"]
+    assert set(again) == {"base", "new"}
+    for split in ("base", "new"):
+        assert again[split]["accuracy"] == pytest.approx(trained[split]["accuracy"])
+
+
+def _train_student(argv, shuffle_labels: bool):
+    cfg = setup_cfg(train.parse_args(argv))
+    set_random_seed(cfg.SEED)
+    trainer = build_trainer(cfg)
+    if shuffle_labels:
+        loader, g = trainer.train_loader_x, torch.Generator().manual_seed(123)
+
+        class Shuffled:
+            def __len__(self):
+                return len(loader)
+
+            def __iter__(self):
+                for batch in loader:
+                    yield dict(batch, label=torch.randint(0, 10, batch["label"].shape, generator=g))
+
+        trainer.train_loader_x = Shuffled()
+    trainer.train()
+    return trainer.model.state_dict()
+
+
+def test_student_never_reads_labels(digits_root, tiny_clip_root, teacher_dir, tmp_path):
+    extra = ("TEST.NO_TEST", "True")
+    a = _train_student(
+        student_argv(digits_root, tiny_clip_root, tmp_path / "a", teacher_dir, *extra), False
+    )
+    b = _train_student(
+        student_argv(digits_root, tiny_clip_root, tmp_path / "b", teacher_dir, *extra), True
+    )
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
