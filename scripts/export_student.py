@@ -33,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", help="PromptKD output folder (holds config.yaml)")
     p.add_argument("-o", "--output", default="", help="file to write (RUN_DIR/student.pt)")
     p.add_argument("--load-epoch", type=int, help="model.pth.tar-<N> instead of the best file")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = p.parse_args(argv)
+    args, opts = p.parse_known_args(argv)  # the rest: KEY VALUE config overrides
     import datasets  # noqa: F401  (registers the datasets)
     import trainers  # noqa: F401  (registers the trainers and their config sections)
     from trainers.promptkd_export import export_student
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = apply_config_extensions(get_cfg_default())
         merge_from_file(cfg, os.path.join(args.run_dir, "config.yaml"))
-        merge_from_list(cfg, args.opts)
+        merge_from_list(cfg, opts)
         if cfg.TRAINER.NAME != "PromptKD":
             raise UserError(f"{args.run_dir} is a {cfg.TRAINER.NAME} run, not a PromptKD one.")
         cfg.freeze()

@@ -185,3 +185,29 @@ def test_student_never_reads_labels(digits_root, tiny_clip_root, teacher_dir, tm
     )
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_export_then_predict_agrees_with_evaluation(student_run, tmp_path, capsys):
+    from PIL import Image
+
+    from trainers.promptkd_export import ExportedStudent
+
+    out, _ = student_run
+    path = tmp_path / "student.pt"
+    assert load_script("export_student").main([str(out), "-o", str(path)]) == 0
+    capsys.readouterr()
+    obj = torch.load(path, weights_only=True)  # tensors, strings and numbers only
+    assert obj["classnames"] == ["zero", "one", "two", "three", "four", "five", "six", "seven",
+                                 "eight", "nine"]  # fmt: skip
+    student = ExportedStudent(str(path))
+    saved = torch.load(out / "logits_new.pt", weights_only=True)  # the trainer's own test
+    paths = list(saved["impaths"][:16])
+    images = torch.stack([student.transform(Image.open(p).convert("RGB")) for p in paths])
+    logits = student.logits(images)  # (16, 10): all classes
+    assert torch.allclose(logits[:, 5:], saved["logits"][:16], atol=1e-4)  # new = labels 5..9
+    assert load_script("predict").main(["-m", str(path), "--json", "--topk", "3", *paths[:4]]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    assert [p["image"] for p in preds] == paths[:4]
+    for pred, row in zip(preds, logits[:4]):
+        assert len(pred["top"]) == 3 and pred["top"][0]["label"] == int(row.argmax())
+        assert pred["top"][0]["prob"] == pytest.approx(float(row.softmax(0).max()), abs=1e-5)
