@@ -1,3 +1,3 @@
 """Trainers: one module per method; importing this package registers them all."""
 
-from trainers import ivlp, promptkd, promptsrc  # noqa: F401
+from trainers import cocoop, coop, ivlp, maple, promptkd, promptsrc, zsclip  # noqa: F401

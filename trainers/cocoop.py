@@ -1,0 +1,124 @@
+"""CoCoOp (spec §4): CoOp's context shifted per image by a small meta-network; CE loss.
+
+Each image gets its own context ``ctx + meta_net(norm(img_feat))``, so the text encoder
+runs once per image over all classes (as official; this is what makes CoCoOp slow).
+Registered as "prompt_learner": keys ``ctx`` and ``meta_net.linear{1,2}.*``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from dassl_ext.config import register_config_extension
+from dassl_ext.engine import TRAINER_REGISTRY
+from dassl_ext.errors import UserError
+from dassl_ext.modeling import PromptedTextEncoder, assemble_prompts, build_prompt_buffers
+from trainers.base import PromptTrainer, l2_normalize
+from trainers.coop import image_dtype, word_ctx_or_random
+
+
+@register_config_extension
+def add_cocoop_config(cfg) -> None:
+    """``TRAINER.COCOOP`` with the official code defaults (spec §8)."""
+    cfg.TRAINER.COCOOP = CN()
+    cfg.TRAINER.COCOOP.N_CTX = 16  # number of context vectors
+    cfg.TRAINER.COCOOP.CTX_INIT = ""  # initialization words (n_ctx becomes their number)
+    cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16, fp32, bf16, amp
+
+
+class PromptLearner(nn.Module):
+    """Shared ``ctx`` (n, D), ``meta_net`` (E -> E/16 -> D) and the per-class token buffers."""
+
+    def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str):
+        super().__init__()
+        ctx, self.prompt_prefix = word_ctx_or_random(clip_model, ctx_init, n_ctx)
+        self.ctx = nn.Parameter(ctx)
+        vis_dim, ctx_dim = clip_model.visual.output_dim, ctx.shape[-1]
+        self.meta_net = nn.Sequential(
+            OrderedDict(
+                [
+                    ("linear1", nn.Linear(vis_dim, vis_dim // 16)),
+                    ("relu", nn.ReLU(inplace=True)),
+                    ("linear2", nn.Linear(vis_dim // 16, ctx_dim)),
+                ]
+            )
+        )
+        tokenized, prefix, suffix = build_prompt_buffers(
+            clip_model, classnames, self.prompt_prefix, ctx.shape[0]
+        )
+        self.register_buffer("tokenized_prompts", tokenized, persistent=False)  # (C, 77)
+        self.register_buffer("token_prefix", prefix, persistent=False)  # (C, 1, D)
+        self.register_buffer("token_suffix", suffix, persistent=False)  # (C, 77-1-n, D)
+
+    def forward(
+        self, image_features: torch.Tensor, class_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image prompt embeddings (B, C', 77, D) and token ids (C', 77)."""
+        prefix, suffix, tokens = self.token_prefix, self.token_suffix, self.tokenized_prompts
+        if class_ids is not None:
+            prefix, suffix, tokens = prefix[class_ids], suffix[class_ids], tokens[class_ids]
+        bias = self.meta_net(image_features)  # (B, D)
+        ctx_shifted = self.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, n, D)
+        prompts = torch.stack([assemble_prompts(prefix, c, suffix) for c in ctx_shifted])
+        return prompts, tokens
+
+
+class CustomCLIP(nn.Module):
+    """Frozen CLIP with a conditional prompt learner."""
+
+    def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str):
+        super().__init__()
+        self.prompt_learner = PromptLearner(clip_model, classnames, n_ctx, ctx_init)
+        self.image_encoder = clip_model.visual
+        self.text_encoder = PromptedTextEncoder(clip_model)
+        self.logit_scale = clip_model.logit_scale
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.prompt_learner.parameters())
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(self.image_encoder(images.to(image_dtype(self.image_encoder))))
+
+    def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, C'): image i against the class prompts built from its own context."""
+        image = self.image_features(images)  # (B, E)
+        prompts, tokens = self.prompt_learner(image, class_ids)
+        scale = self.logit_scale.exp()
+        logits = [
+            scale * img @ l2_normalize(self.text_encoder(p, tokens)).t()
+            for p, img in zip(prompts, image)
+        ]
+        return torch.stack(logits)  # (B, C')
+
+
+@TRAINER_REGISTRY.register()
+class CoCoOp(PromptTrainer):
+    """Conditional Context Optimization; registered "prompt_learner"."""
+
+    prec_section = "COCOOP"
+    model_name = "prompt_learner"
+
+    @classmethod
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
+        c = cfg.TRAINER.COCOOP
+        return CustomCLIP(clip_model, classnames, c.N_CTX, c.CTX_INIT)
+
+    @staticmethod
+    def registered_module(model: nn.Module) -> nn.Module:
+        return model.prompt_learner
+
+    @classmethod
+    def build_frozen_model(cls, cfg, classnames, backbone, checkpoint):
+        raise UserError(
+            "CoCoOp's class vectors depend on the image, so it cannot serve as a teacher with "
+            "fixed text features; use PromptSRC, IVLP, MaPLe, CoOp or ZeroshotCLIP."
+        )
+
+    @torch.no_grad()
+    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
+        with self.prec.autocast():
+            return self.model(images, self.eval_class_ids).float()

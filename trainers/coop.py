@@ -1,0 +1,171 @@
+"""CoOp (spec §4): learnable text context in front of (or around) the class name; CE loss.
+
+Registered as "prompt_learner" and only the prompt learner is saved (key ``ctx``), as the
+official code. The token prefix/suffix buffers are rebuilt from the class names (not saved;
+dropped from official files on load).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from dassl_ext.config import register_config_extension
+from dassl_ext.engine import TRAINER_REGISTRY
+from dassl_ext.errors import UserError
+from dassl_ext.modeling import (
+    PromptedTextEncoder,
+    assemble_prompts,
+    build_prompt_buffers,
+    clip,
+    init_ctx_from_words,
+)
+from dassl_ext.modeling.prompted import PROMPT_STD
+from trainers.base import PromptTrainer, l2_normalize
+
+POSITIONS = ("end", "middle", "front")
+
+
+@register_config_extension
+def add_coop_config(cfg) -> None:
+    """``TRAINER.COOP`` with the official code defaults (spec §8)."""
+    cfg.TRAINER.COOP = CN()
+    cfg.TRAINER.COOP.N_CTX = 16  # number of context vectors
+    cfg.TRAINER.COOP.CSC = False  # class-specific context
+    cfg.TRAINER.COOP.CTX_INIT = ""  # initialization words (n_ctx becomes their number)
+    cfg.TRAINER.COOP.PREC = "fp16"  # fp16, fp32, bf16, amp
+    cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end, middle or front
+
+
+def word_ctx_or_random(
+    clip_model, ctx_init: str, n_ctx: int, n_cls: int = 0
+) -> tuple[torch.Tensor, str]:
+    """CoOp/CoCoOp context: with ``ctx_init`` the embeddings of ALL its words (n_ctx = #words),
+    else N(0, 0.02²) of shape (n_ctx, D), or (n_cls, n_ctx, D) when ``n_cls`` (CSC)."""
+    ctx_init = ctx_init.replace("_", " ").strip()
+    if ctx_init:
+        return init_ctx_from_words(clip_model, ctx_init, len(ctx_init.split(" ")), None)
+    if n_cls:
+        width = clip_model.token_embedding.weight.shape[1]
+        ctx = nn.init.normal_(torch.empty(n_cls, n_ctx, width), std=PROMPT_STD)
+        return ctx, " ".join(["X"] * n_ctx)
+    return init_ctx_from_words(clip_model, "", n_ctx)
+
+
+class PromptLearner(nn.Module):
+    """``ctx`` (n, D) or class-specific (C, n, D) and the per-class token buffers."""
+
+    def __init__(
+        self,
+        clip_model,
+        classnames: list[str],
+        n_ctx: int,
+        ctx_init: str,
+        csc: bool = False,
+        class_token_position: str = "end",
+    ):
+        super().__init__()
+        if class_token_position not in POSITIONS:
+            raise UserError(
+                f"TRAINER.COOP.CLASS_TOKEN_POSITION is {class_token_position!r}; use one of "
+                f"{', '.join(POSITIONS)}."
+            )
+        ctx, self.prompt_prefix = word_ctx_or_random(
+            clip_model, ctx_init, n_ctx, len(classnames) if csc else 0
+        )
+        self.ctx = nn.Parameter(ctx)  # fp32 master weights at every precision
+        self.class_token_position = class_token_position
+        n_ctx = ctx.shape[-2]
+        tokenized, prefix, suffix = build_prompt_buffers(
+            clip_model, classnames, self.prompt_prefix, n_ctx
+        )
+        self.register_buffer("tokenized_prompts", tokenized, persistent=False)  # (C, 77)
+        self.register_buffer("token_prefix", prefix, persistent=False)  # (C, 1, D)
+        self.register_buffer("token_suffix", suffix, persistent=False)  # (C, 77-1-n, D)
+        tokenizer = clip.clip._tokenizer
+        self.name_lens = [len(tokenizer.encode(c.replace("_", " "))) for c in classnames]
+
+    def forward(self, class_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings (C', 77, D) and token ids (C', 77) of the selected classes."""
+        prefix, suffix, tokens, ctx = (
+            self.token_prefix,
+            self.token_suffix,
+            self.tokenized_prompts,
+            self.ctx,
+        )
+        name_lens = self.name_lens
+        if class_ids is not None:
+            prefix, suffix, tokens = prefix[class_ids], suffix[class_ids], tokens[class_ids]
+            ctx = ctx[class_ids] if ctx.dim() == 3 else ctx
+            name_lens = [name_lens[i] for i in class_ids.tolist()]
+        if self.class_token_position == "end":
+            return assemble_prompts(prefix, ctx, suffix), tokens
+        dtype = torch.promote_types(ctx.dtype, prefix.dtype)
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(prefix.shape[0], -1, -1)
+        prefix, ctx, suffix = prefix.to(dtype), ctx.to(dtype), suffix.to(dtype)
+        half = ctx.shape[1] // 2
+        prompts = []
+        for i, n in enumerate(name_lens):
+            name, rest = suffix[i : i + 1, :n], suffix[i : i + 1, n:]  # class tokens, ". EOT.."
+            c = ctx[i : i + 1]
+            if self.class_token_position == "middle":
+                parts = [prefix[i : i + 1], c[:, :half], name, c[:, half:], rest]
+            else:  # front
+                parts = [prefix[i : i + 1], name, c, rest]
+            prompts.append(torch.cat(parts, dim=1))
+        return torch.cat(prompts, dim=0), tokens
+
+
+def image_dtype(visual: nn.Module) -> torch.dtype:
+    """Dtype of a CLIP image tower's (possibly cast) frozen weights (ViT or ResNet)."""
+    return visual.conv1.weight.dtype
+
+
+class CustomCLIP(nn.Module):
+    """Frozen CLIP with a CoOp prompt learner on the text side."""
+
+    def __init__(self, clip_model, prompt_learner: nn.Module):
+        super().__init__()
+        self.prompt_learner = prompt_learner
+        self.image_encoder = clip_model.visual
+        self.text_encoder = PromptedTextEncoder(clip_model)
+        self.logit_scale = clip_model.logit_scale
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.prompt_learner.parameters())
+
+    def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        prompts, tokens = self.prompt_learner(class_ids)
+        return l2_normalize(self.text_encoder(prompts, tokens))
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(self.image_encoder(images.to(image_dtype(self.image_encoder))))
+
+    def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        text = self.text_features(class_ids)
+        return self.logit_scale.exp() * self.image_features(images) @ text.t()
+
+    def drop_text_tower(self) -> None:
+        del self.text_encoder, self.prompt_learner
+
+
+@TRAINER_REGISTRY.register()
+class CoOp(PromptTrainer):
+    """Context Optimization; registered "prompt_learner" (only it is optimised and saved)."""
+
+    prec_section = "COOP"
+    model_name = "prompt_learner"
+
+    @classmethod
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
+        c = cfg.TRAINER.COOP
+        learner = PromptLearner(
+            clip_model, classnames, c.N_CTX, c.CTX_INIT, c.CSC, c.CLASS_TOKEN_POSITION
+        )
+        return CustomCLIP(clip_model, learner)
+
+    @staticmethod
+    def registered_module(model: nn.Module) -> nn.Module:
+        return model.prompt_learner

@@ -1,0 +1,111 @@
+"""MaPLe (spec §1.3, §4): coupled prompts, the vision prompts projected from the text ones.
+
+Registered as "MultiModalPromptLearner"; state-dict keys as official: ``prompt_learner.{ctx,
+proj.*, compound_prompts_text.k, compound_prompt_projections.k.*}``, ``image_encoder.*``,
+``text_encoder.*``, ``logit_scale``. Differences from the official code: the projection
+widths come from the model (official: 512 -> 768 hard-coded, ViT-B/16 only) and every
+trainable parameter is fp32 (official ``proj.half()`` crashed PREC=fp32).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from dassl_ext.config import register_config_extension
+from dassl_ext.engine import TRAINER_REGISTRY
+from dassl_ext.errors import UserError
+from dassl_ext.modeling import (
+    CoupledDeepPrompts,
+    PromptedImageEncoder,
+    PromptedTextEncoder,
+    assemble_prompts,
+    build_prompt_buffers,
+    init_ctx_from_words,
+)
+from trainers.base import PromptTrainer, l2_normalize
+
+
+@register_config_extension
+def add_maple_config(cfg) -> None:
+    """``TRAINER.MAPLE`` with the official code defaults (spec §8)."""
+    cfg.TRAINER.MAPLE = CN()
+    cfg.TRAINER.MAPLE.N_CTX = 2
+    cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"
+    cfg.TRAINER.MAPLE.PREC = "fp16"
+    cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9  # max 12, min 1; 1 = shallow MaPLe (J=1)
+
+
+class MultiModalPromptLearner(CoupledDeepPrompts):
+    """Shared layer-0 ``ctx`` (n, D_text), its coupling to vision, and the token buffers."""
+
+    def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str, depth: int):
+        if depth < 1:
+            raise UserError(f"TRAINER.MAPLE.PROMPT_DEPTH must be >= 1, got {depth}.")
+        # ctx first, then the coupling layers: the official construction (and RNG) order.
+        ctx, prompt_prefix = init_ctx_from_words(clip_model, ctx_init, n_ctx, max_word_ctx=4)
+        text_width = clip_model.ln_final.weight.shape[0]
+        vision_width = clip_model.visual.conv1.out_channels
+        super().__init__(n_ctx, depth, text_width, vision_width)
+        self.ctx = nn.Parameter(ctx)
+        self.prompt_prefix = prompt_prefix
+        tokenized, prefix, suffix = build_prompt_buffers(
+            clip_model, classnames, prompt_prefix, n_ctx
+        )
+        self.register_buffer("tokenized_prompts", tokenized, persistent=False)  # (C, 77)
+        self.register_buffer("token_prefix", prefix, persistent=False)  # (C, 1, D)
+        self.register_buffer("token_suffix", suffix, persistent=False)  # (C, 77-1-n, D)
+
+    def forward(self, class_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text prompt embeddings (C', 77, D) and token ids (C', 77) of the selected classes."""
+        prefix, suffix, tokens = self.token_prefix, self.token_suffix, self.tokenized_prompts
+        if class_ids is not None:
+            prefix, suffix, tokens = prefix[class_ids], suffix[class_ids], tokens[class_ids]
+        return assemble_prompts(prefix, self.ctx, suffix), tokens
+
+
+class CustomCLIP(nn.Module):
+    """CLIP whose two towers are prompted by one ``MultiModalPromptLearner``."""
+
+    def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str, depth: int):
+        super().__init__()
+        self.prompt_learner = MultiModalPromptLearner(
+            clip_model, classnames, n_ctx, ctx_init, depth
+        )
+        self.image_encoder = PromptedImageEncoder(clip_model.visual)  # prompts come from above
+        self.text_encoder = PromptedTextEncoder(clip_model)
+        self.logit_scale = clip_model.logit_scale
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.prompt_learner.parameters())
+
+    def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        prompts, tokens = self.prompt_learner(class_ids)
+        deep_text = list(self.prompt_learner.compound_prompts_text)
+        return l2_normalize(self.text_encoder(prompts, tokens, deep_prompts=deep_text))
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        shared_ctx, _, deep_vision = self.prompt_learner.coupled_prompts(self.prompt_learner.ctx)
+        return l2_normalize(self.image_encoder(images, shared_ctx, deep_vision))
+
+    def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        text = self.text_features(class_ids)
+        return self.logit_scale.exp() * self.image_features(images) @ text.t()
+
+    def drop_text_tower(self) -> None:
+        """Free the text side; the prompt learner stays (the vision prompts come from it)."""
+        del self.text_encoder
+
+
+@TRAINER_REGISTRY.register()
+class MaPLe(PromptTrainer):
+    """Multi-modal prompt learning; CE loss; registered "MultiModalPromptLearner"."""
+
+    prec_section = "MAPLE"
+    model_name = "MultiModalPromptLearner"
+
+    @classmethod
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
+        m = cfg.TRAINER.MAPLE
+        return CustomCLIP(clip_model, classnames, m.N_CTX, m.CTX_INIT, m.PROMPT_DEPTH)

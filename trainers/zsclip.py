@@ -1,0 +1,125 @@
+"""Zero-shot CLIP (spec §4): no training; class vectors from hand-written templates.
+
+Run with ``--eval-only`` and a CoOp config (its ``TRAINER.COOP.PREC`` and backbone apply),
+as the official ``scripts/zsclip/zeroshot.sh``. The text features are computed once, on
+the device, when the trainer is built.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from dassl_ext.engine import TRAINER_REGISTRY, TrainerX
+from dassl_ext.errors import UserError
+from dassl_ext.modeling import (
+    CUSTOM_TEMPLATES,
+    IMAGENET_TEMPLATES_SELECT,
+    PromptedTextEncoder,
+    cast_frozen_weights,
+    clip,
+    clip_root_from_cfg,
+    load_clip,
+)
+from trainers.base import l2_normalize
+from trainers.coop import image_dtype
+
+logger = logging.getLogger(__name__)
+
+
+def custom_template(dataset_name: str) -> str:
+    """CoOp's template for a dataset; "a photo of a {}." for datasets it does not list."""
+    if dataset_name not in CUSTOM_TEMPLATES:
+        logger.warning(f"No CoOp template for dataset {dataset_name!r}; using 'a photo of a {{}}.'")
+    return CUSTOM_TEMPLATES.get(dataset_name, "a photo of a {}.")
+
+
+class ZeroshotModel(nn.Module):
+    """Frozen CLIP whose class vectors are the normalised mean of the normalised features of
+    ``templates`` (one template: plain zero-shot CLIP)."""
+
+    def __init__(self, clip_model, classnames: list[str], templates: list[str]):
+        super().__init__()
+        self.image_encoder = clip_model.visual
+        self.text_encoder = PromptedTextEncoder(clip_model)
+        self.token_embedding = clip_model.token_embedding
+        self.logit_scale = clip_model.logit_scale
+        self.classnames, self.templates = list(classnames), list(templates)
+        self._text: torch.Tensor | None = None  # cached on first use (on the model's device)
+
+    @torch.no_grad()
+    def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised class vectors (C', E), computed once."""
+        if self._text is None:
+            device = self.token_embedding.weight.device
+            names = [c.replace("_", " ") for c in self.classnames]
+            feats = []
+            for template in self.templates:
+                tokens = clip.tokenize([template.format(n) for n in names]).to(device)
+                feats.append(l2_normalize(self.text_encoder(self.token_embedding(tokens), tokens)))
+            self._text = l2_normalize(torch.stack(feats).float().mean(dim=0))
+        return self._text if class_ids is None else self._text[class_ids.to(self._text.device)]
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(self.image_encoder(images.to(image_dtype(self.image_encoder))))
+
+    def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        text = self.text_features(class_ids)
+        image = self.image_features(images)
+        return self.logit_scale.exp() * image @ text.to(image.dtype).t()
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP(TrainerX):
+    """Zero-shot CLIP with CoOp's per-dataset template; evaluation only."""
+
+    prec_section = "COOP"
+
+    @classmethod
+    def templates(cls, cfg) -> list[str]:
+        return [custom_template(cfg.DATASET.NAME)]
+
+    @classmethod
+    def build_frozen_model(
+        cls, cfg, classnames: list[str], backbone: str, checkpoint: str | None
+    ) -> ZeroshotModel:
+        """Zero-shot CLIP for ``classnames`` (frozen, eval, CPU fp32); nothing to load."""
+        if checkpoint:
+            raise UserError(f"{cls.__name__} has no weights to load; got checkpoint {checkpoint}.")
+        clip_model = load_clip(backbone, clip_root_from_cfg(cfg))
+        model = ZeroshotModel(clip_model, classnames, cls.templates(cfg))
+        return model.requires_grad_(False).eval()
+
+    def build_model(self) -> None:
+        cfg = self.cfg
+        logger.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        self.model = self.build_frozen_model(
+            cfg, list(self.classnames), cfg.MODEL.BACKBONE.NAME, None
+        ).to(self.device)
+        cast_frozen_weights(self.model, self.prec.weight_dtype)
+        with self.prec.autocast():
+            self.model.text_features()  # once, now
+
+    def forward_backward(self, batch: dict) -> dict[str, float]:
+        raise UserError(f"{type(self).__name__} has nothing to train; run it with --eval-only.")
+
+    @torch.no_grad()
+    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
+        with self.prec.autocast():
+            return self.model(images, self.eval_class_ids).float()
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP2(ZeroshotCLIP):
+    """Zero-shot CLIP with an ensemble: the 7 selected ImageNet templates plus the dataset's
+    own (except for ImageNet), averaged after normalisation. The shared template list is
+    not mutated (official bug 19)."""
+
+    @classmethod
+    def templates(cls, cfg) -> list[str]:
+        templates = list(IMAGENET_TEMPLATES_SELECT)
+        if cfg.DATASET.NAME != "ImageNet":
+            templates.append(custom_template(cfg.DATASET.NAME))
+        return templates
