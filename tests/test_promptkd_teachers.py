@@ -54,7 +54,8 @@ def test_official_format_teacher_loads_from_default_place(
     digits_root, tiny_clip_root, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)  # the official default is relative: ./teacher_model/...
-    argv = student_argv(digits_root, tiny_clip_root, tmp_path / "s", "", "TEST.NO_TEST", "True")
+    extra = ("TEST.NO_TEST", "True", "USE_CUDA", "False")  # compared with an fp32 CPU reference
+    argv = student_argv(digits_root, tiny_clip_root, tmp_path / "s", "", *extra)
     cfg = setup_cfg(train.parse_args(argv))
     path = os.path.join("teacher_model", "Digits", "VLPromptLearner", "model.pth.tar-20")
     fresh = _official_teacher_file(path, cfg)
