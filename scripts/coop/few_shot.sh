@@ -26,10 +26,12 @@ for SEED in $SEEDS; do
     echo "Results are available in $DIR. Skip this job"
     continue
   fi
+  RESUME=()  # an unfinished run with checkpoints continues where it stopped
+  if compgen -G "$DIR/*/model.pth.tar-*" >/dev/null; then RESUME=(--resume "$DIR"); fi
   "$PYTHON" train.py --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
     --dataset-config-file "configs/datasets/$DATASET.yaml" \
     --config-file "configs/trainers/$TRAINER/$CFG.yaml" \
-    --output-dir "$DIR" \
+    --output-dir "$DIR" "${RESUME[@]}" \
     TRAINER.COOP.N_CTX "$NCTX" TRAINER.COOP.CSC "$CSC" \
     TRAINER.COOP.CLASS_TOKEN_POSITION "$CTP" DATASET.NUM_SHOTS "$SHOTS" "$@"
 done

@@ -4,7 +4,7 @@
 #   DATASET: a file name under configs/datasets/ without .yaml (e.g. oxford_pets).
 #   Env: DATA (./data), OUTPUT (./output), SEEDS ("1 2 3"), CFG (vit_b16_c2_ep20_batch8_4+4ctx), SHOTS (16), PYTHON.
 #   Trailing KEY VALUE pairs go to train.py. Runs with results.json are skipped; an
-#   unfinished run resumes from its output folder.
+#   unfinished run with checkpoints is resumed (--resume).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -24,9 +24,11 @@ for SEED in $SEEDS; do
     echo "Results are available in $DIR. Skip this job"
     continue
   fi
+  RESUME=()  # an unfinished run with checkpoints continues where it stopped
+  if compgen -G "$DIR/*/model.pth.tar-*" >/dev/null; then RESUME=(--resume "$DIR"); fi
   "$PYTHON" train.py --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
     --dataset-config-file "configs/datasets/$DATASET.yaml" \
     --config-file "configs/trainers/$TRAINER/$CFG.yaml" \
-    --output-dir "$DIR" \
+    --output-dir "$DIR" "${RESUME[@]}" \
     DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base "$@"
 done

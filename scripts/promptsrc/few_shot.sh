@@ -23,9 +23,11 @@ for SEED in $SEEDS; do
     echo "Results are available in $DIR. Skip this job"
     continue
   fi
+  RESUME=()  # an unfinished run with checkpoints continues where it stopped
+  if compgen -G "$DIR/*/model.pth.tar-*" >/dev/null; then RESUME=(--resume "$DIR"); fi
   "$PYTHON" train.py --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
     --dataset-config-file "configs/datasets/$DATASET.yaml" \
     --config-file "configs/trainers/$TRAINER/$CFG.yaml" \
-    --output-dir "$DIR" \
+    --output-dir "$DIR" "${RESUME[@]}" \
     DATASET.NUM_SHOTS "$SHOTS" "$@"
 done
