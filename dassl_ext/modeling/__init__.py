@@ -1,4 +1,17 @@
-"""CLIP loading and prompted CLIP encoders shared by all trainers."""
+"""CLIP loading and prompted CLIP encoders shared by all trainers.
+
+Typical use (IVLP / PromptSRC; see each name's docstring)::
+
+    clip_model = load_clip("ViT-B/16", clip_root_from_cfg(cfg))  # fp32, eval, CPU
+    clip_model.requires_grad_(False)  # prompts created below stay trainable
+    ctx, prefix = init_ctx_from_words(clip_model, "a photo of a", n_ctx=4)
+    tokenized, sos, suffix = build_prompt_buffers(clip_model, classnames, prefix, 4)
+    text = PromptedTextEncoder(clip_model, n_ctx=4, depth=9)
+    image = PromptedImageEncoder(clip_model.visual, n_ctx=4, depth=9)
+    txt = text(assemble_prompts(sos, nn.Parameter(ctx), suffix), tokenized)  # (C, E)
+    img = image(images)  # (B, E)
+    cast_frozen_weights(model, prec.weight_dtype)  # optional: fp16/bf16 frozen weights
+"""
 
 from dassl_ext.modeling._clip import clip
 from dassl_ext.modeling.loading import (

@@ -14,7 +14,8 @@ deep prompts on the blocks as ``VPT_shallow``, so their state-dict keys are the 
 The submodules are shared with the CLIP model passed in, not copied.
 
 Prompts are fp32 parameters; they are cast to the activation dtype where they are
-inserted, so the frozen weights may be fp16/bf16 while the prompts stay fp32.
+inserted, so the frozen weights may be fp16/bf16 while the prompts stay fp32. (The official
+code hard-codes ``.half()`` there, rounding prompts to fp16 even in fp32 runs: spec §7.2.)
 """
 
 from collections.abc import Sequence
