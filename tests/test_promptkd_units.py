@@ -139,3 +139,13 @@ def test_teacher_checkpoint_resolution(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="TEACHER_CKPT"):
         resolve_teacher_checkpoint(_cfg(TRAINER__PROMPTKD__TEACHER_TRAINER="CoOp"))
     assert os.path.isdir(folder)
+
+
+@pytest.mark.parametrize("script", ["base2new.sh", "xd.sh"])
+def test_pipeline_scripts_parse_and_reject_unknown_datasets(script):
+    import subprocess
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "promptkd", script)
+    assert subprocess.run(["bash", "-n", path]).returncode == 0
+    run = subprocess.run(["bash", path, "no_such_dataset"], capture_output=True, text=True)
+    assert run.returncode == 2 and "configs/datasets/no_such_dataset.yaml" in run.stderr
