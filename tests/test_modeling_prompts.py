@@ -102,9 +102,14 @@ def test_bad_depths(frozen_teacher):
         PromptedTextEncoder(frozen_teacher, n_ctx=4, depth=13)
     with pytest.raises(UserError, match="ViT"):
         PromptedImageEncoder(torch.nn.Identity(), n_ctx=4, depth=9)
-    PromptedImageEncoder(frozen_teacher.visual, n_ctx=2, depth=3)
+    prompted = PromptedImageEncoder(frozen_teacher.visual, n_ctx=2, depth=3)
     with pytest.raises(ValueError, match="already carry prompts"):
         PromptedImageEncoder(frozen_teacher.visual, n_ctx=2, depth=3)
+    plain = PromptedImageEncoder(frozen_teacher.visual)  # shares the prompted blocks
+    assert plain.deep_prompts() == [] and len(prompted.deep_prompts()) == 2
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (plain(images) - frozen_teacher.encode_image(images)).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("depth", [1, 3, 9])

@@ -42,14 +42,10 @@ def add_deep_prompts(blocks: nn.Sequential, n_ctx: int, depth: int) -> None:
         block.register_parameter("VPT_shallow", nn.Parameter(prompt))
 
 
-def own_deep_prompts(blocks: nn.Sequential) -> list[torch.Tensor]:
-    """The ``VPT_shallow`` parameters of blocks 1, 2, ... (consecutive from block 1)."""
-    prompts = []
-    for block in list(blocks)[1:]:
-        if not hasattr(block, "VPT_shallow"):
-            break
-        prompts.append(block.VPT_shallow)
-    return prompts
+def own_deep_prompts(blocks: nn.Sequential, depth: int) -> list[torch.Tensor]:
+    """The ``VPT_shallow`` parameters of blocks 1..depth-1. By depth, not by presence: an
+    unprompted encoder sharing blocks with a prompted one must not pick up its prompts."""
+    return [block.VPT_shallow for block in list(blocks)[1:depth]]
 
 
 def run_blocks(
@@ -93,7 +89,7 @@ class PromptedTextEncoder(nn.Module):
 
     def deep_prompts(self) -> list[torch.Tensor]:
         """This encoder's own deep prompts, one (n_ctx, width) tensor per block 1..J-1."""
-        return own_deep_prompts(self.transformer.resblocks)
+        return own_deep_prompts(self.transformer.resblocks, self.depth)
 
     def forward(
         self,
@@ -154,7 +150,7 @@ class PromptedImageEncoder(nn.Module):
 
     def deep_prompts(self) -> list[torch.Tensor]:
         """This encoder's own deep prompts, one (n_ctx, width) tensor per block 1..J-1."""
-        return own_deep_prompts(self.transformer.resblocks)
+        return own_deep_prompts(self.transformer.resblocks, self.depth)
 
     def forward(
         self,
