@@ -103,7 +103,7 @@ def text_feature_key(cfg, classnames: list[str], checkpoint: str | None, compute
     """
     pk = cfg.TRAINER.PROMPTKD
     section = cfg.TRAINER.get(pk.TEACHER_TRAINER.upper())
-    clip_file = find_clip_file(pk.TEACHER_NAME, clip_root_from_cfg(cfg), download=False)
+    clip_file = find_clip_file(pk.TEACHER_NAME, clip_root_from_cfg(cfg))
     parts = {
         "trainer": pk.TEACHER_TRAINER,
         "section": section.dump() if section is not None else None,
