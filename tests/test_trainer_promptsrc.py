@@ -40,9 +40,10 @@ def test_zero_shot_targets_match_frozen_clip_and_are_not_recomputed(
         images = torch.randn(3, 3, 32, 32)
         expected_img = F.normalize(reference.encode_image(images), dim=-1)
     assert len(IMAGENET_TEMPLATES) == 60
-    torch.testing.assert_close(src_trainer.zs_text_features, expected, rtol=1e-4, atol=1e-5)
-    zs_img = promptsrc.zero_shot_image_features(src_trainer.model, images)
-    torch.testing.assert_close(zs_img, expected_img, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(src_trainer.zs_text_features.cpu(), expected, rtol=1e-4, atol=1e-5)
+    device, tol = src_trainer.device, 1e-4 if src_trainer.prec.effective == "fp32" else 2e-2
+    zs_img = promptsrc.zero_shot_image_features(src_trainer.model, images.to(device)).cpu()
+    torch.testing.assert_close(zs_img.float(), expected_img, rtol=tol, atol=tol)
 
     def boom(*args, **kwargs):
         raise AssertionError("zero-shot text features recomputed during a step")
@@ -91,17 +92,19 @@ def test_last_checkpoint_holds_gpa_prompts(tiny_clip_root, digits_root, tmp_path
     assert torch.equal(first["prompt_learner.ctx"], last["prompt_learner.ctx"])
     assert torch.equal(first["image_encoder.VPT"], last["image_encoder.VPT"])
     clip_sd = load_clip("tiny-teacher", tiny_clip_root).state_dict()
-    assert torch.equal(last["image_encoder.conv1.weight"], clip_sd["visual.conv1.weight"])
+    assert torch.equal(
+        last["image_encoder.conv1.weight"].float().cpu(), clip_sd["visual.conv1.weight"]
+    )
 
 
 def _official_style_checkpoint(trainer, path) -> dict:
     """Our state dict plus what official files add: token buffers and the ZS encoder copy."""
-    sd = dict(trainer.model.state_dict())
+    sd = {k: v.float().cpu() for k, v in trainer.model.state_dict().items()}
     sd["prompt_learner.token_prefix"] = torch.zeros(7, 1, 4)  # other classes: ignored
     sd["prompt_learner.token_suffix"] = torch.zeros(7, 72, 4)
     for k, v in trainer.model.image_encoder.state_dict().items():
         if "VPT" not in k:
-            sd[f"prompt_learner.ZS_image_encoder.{k}"] = v.clone()
+            sd[f"prompt_learner.ZS_image_encoder.{k}"] = v.cpu().clone()
     torch.save({"state_dict": sd, "epoch": 20, "val_result": None}, path)
     return sd
 
@@ -119,7 +122,7 @@ def test_checkpoint_loads_into_frozen_teacher(src_trainer, tmp_path):
     official = str(tmp_path / "official.pth.tar")
     _official_style_checkpoint(trainer, official)
     teacher2 = PromptSRC.build_frozen_model(trainer.cfg, classnames, "tiny-teacher", official)
-    torch.testing.assert_close(teacher2.text_features(), teacher.text_features())
+    torch.testing.assert_close(teacher2.text_features(), teacher.text_features(), atol=1e-3, rtol=0)
 
 
 def test_checkpoint_mismatch_is_a_user_error(src_trainer, tmp_path):
