@@ -41,8 +41,11 @@ class MultiModalPromptLearner(CoupledDeepPrompts):
     """Shared layer-0 ``ctx`` (n, D_text), its coupling to vision, and the token buffers."""
 
     def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str, depth: int):
-        if depth < 1:
-            raise UserError(f"TRAINER.MAPLE.PROMPT_DEPTH must be >= 1, got {depth}.")
+        layers = len(clip_model.transformer.resblocks)
+        if not 1 <= depth <= layers:
+            raise UserError(
+                f"TRAINER.MAPLE.PROMPT_DEPTH must be in 1..{layers} (the text layers), got {depth}."
+            )
         # ctx first, then the coupling layers: the official construction (and RNG) order.
         ctx, prompt_prefix = init_ctx_from_words(clip_model, ctx_init, n_ctx, max_word_ctx=4)
         text_width = clip_model.ln_final.weight.shape[0]

@@ -29,6 +29,7 @@ from yacs.config import CfgNode as CN
 
 from dassl_ext.config import register_config_extension
 from dassl_ext.engine import TRAINER_REGISTRY
+from dassl_ext.errors import UserError
 from dassl_ext.modeling import IMAGENET_TEMPLATES, clip
 from dassl_ext.utils.distributed import is_main_process
 from trainers.base import PromptTrainer, l2_normalize
@@ -101,7 +102,10 @@ class PromptSRC(PromptTrainer):
         clip_model.token_embedding.to("cpu")
         self.zs_text_features = l2_normalize(feats)  # (C, E) fp32, normalised once
         src = self.cfg.TRAINER.PROMPTSRC
-        self.gpa_weights = gpa_weights(float(src.GPA_MEAN), float(src.GPA_STD), self.max_epoch)
+        try:
+            self.gpa_weights = gpa_weights(float(src.GPA_MEAN), float(src.GPA_STD), self.max_epoch)
+        except ValueError as e:
+            raise UserError(f"TRAINER.PROMPTSRC.GPA_MEAN / GPA_STD: {e}") from None
         self.gpa_sum: dict[int, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ training
