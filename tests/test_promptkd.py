@@ -243,3 +243,30 @@ def test_precisions(prec, cuda, digits_root, tiny_clip_root, teacher_dir, tmp_pa
         if not torch.equal(before, trainer.model.image_encoder.VPT):
             break
     assert not torch.equal(before, trainer.model.image_encoder.VPT)
+
+
+def test_official_student_file_evaluates(student_run, digits_root, tiny_clip_root, teacher_dir,
+                                         tmp_path, monkeypatch):  # fmt: skip
+    """A student saved by the official code (no class vectors, fp16 projector convs, a
+    pickled scheduler) loads with --eval-only --model-dir; the teacher supplies the vectors."""
+    out, _ = student_run
+    ckpt = torch.load(out / "VLPromptLearner" / "model-best.pth.tar", weights_only=True)
+    sd = {k: v for k, v in ckpt["state_dict"].items() if k != "class_text_features"}
+    for k in ("VPT_image_trans.conv1.0.weight", "VPT_image_trans.conv1.3.weight"):
+        sd[k] = sd[k].half()
+    optim = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.005)
+    scheduler = {"successor": torch.optim.lr_scheduler.CosineAnnealingLR(optim, 20)}
+    official = tmp_path / "official" / "VLPromptLearner"
+    official.mkdir(parents=True)
+    state = {"state_dict": sd, "epoch": 1, "optimizer": optim.state_dict(),
+             "scheduler": scheduler, "val_result": None}  # fmt: skip
+    torch.save(state, official / "model-best.pth.tar")
+    spy = TeacherSpy(monkeypatch)
+    flags = ["--eval-only", "--model-dir", str(tmp_path / "official")]
+    argv = student_argv(digits_root, tiny_clip_root, tmp_path / "eval", teacher_dir, flags=flags)
+    assert train.main(argv) == 0
+    assert (spy.built, spy.text, spy.image) == (1, 1, 0)
+    trained = read_json(out / "results.json")["splits"]
+    again = read_json(tmp_path / "eval" / "results.json")["splits"]
+    for split in ("base", "new"):
+        assert again[split]["accuracy"] == pytest.approx(trained[split]["accuracy"], abs=1.0)
