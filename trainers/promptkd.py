@@ -174,6 +174,12 @@ class PromptKD(TrainerX):
                 self.cfg, list(self.classnames), pk.TEACHER_NAME, self.teacher_ckpt
             )
         teacher.eval().requires_grad_(False)  # frozen, never registered: never saved or synced
+        resolution = getattr(getattr(teacher, "image_encoder", None), "input_resolution", None)
+        if resolution is not None and (resolution,) * 2 != tuple(self.cfg.INPUT.SIZE):
+            raise UserError(
+                f"The teacher {pk.TEACHER_NAME} takes {resolution} px images but INPUT.SIZE is "
+                f"{tuple(self.cfg.INPUT.SIZE)}; teacher and student must share the input size."
+            )
         cast_frozen_weights(teacher, self.prec.weight_dtype)
         teacher.to(self.device)
         text_features = None
@@ -188,10 +194,8 @@ class PromptKD(TrainerX):
         return text_features
 
     def before_train(self) -> None:
-        if self.teacher is None:
+        if self.teacher is None:  # the text features came from the cache (or no teacher: error)
             self._build_teacher(compute_text=False)
-        if self.model.class_text_features.numel() == 0:  # no teacher, no cache: cannot happen
-            raise missing_teacher_error(self._teacher_where)
         super().before_train()
 
     # ------------------------------------------------------------------ training
