@@ -61,7 +61,7 @@ def test_gpa_aggregates_only_the_prompts(src_trainer, monkeypatch):
     frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     monkeypatch.setattr(trainer, "max_epoch", 2)
     monkeypatch.setattr(trainer, "gpa_weights", [0.25, 0.75])
-    trainer.gpa_sum = None
+    trainer.gpa_sum, trainer.gpa_history = None, {}
     values = []
     for epoch in range(2):
         with torch.no_grad():
@@ -77,7 +77,9 @@ def test_gpa_aggregates_only_the_prompts(src_trainer, monkeypatch):
         if id(p) not in prompt_ids:
             assert torch.equal(p, frozen[name]), name  # frozen weights untouched (bug 14)
     state = torch.load(os.path.join(trainer.output_dir, promptsrc.GPA_FILE), weights_only=True)
-    assert state["epoch"] == 2 and len(state["sum"]) == len(prompts)
+    assert sorted(state["sums"]) == [1, 2] and len(state["sums"][1]) == len(prompts)
+    for total, a in zip(state["sums"][1], values[0]):
+        torch.testing.assert_close(total, 0.25 * a.cpu())
 
 
 def test_last_checkpoint_holds_gpa_prompts(tiny_clip_root, digits_root, tmp_path, monkeypatch):
@@ -168,3 +170,21 @@ def test_precisions_on_cuda(prec, tiny_clip_root, digits_root, tmp_path):
         trainer.eval_class_ids = torch.arange(trainer.num_classes, device=trainer.device)
         logits = trainer.model_inference(batch["img"].to(trainer.device))
         assert logits.shape == (len(batch["img"]), trainer.num_classes)
+
+
+def test_resumed_run_keeps_the_gpa_sum(tiny_clip_root, digits_root, tmp_path):
+    from test_trainer_all import argv
+
+    opts = ["OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1", "TEST.NO_TEST", "True"]
+    opts += ["TRAINER.PROMPTSRC.GPA_MEAN", "1", "TRAINER.PROMPTSRC.GPA_STD", "1"]  # w = .62, .38
+    assert train.main(argv("PromptSRC", tmp_path, digits_root, tiny_clip_root, *opts)) == 0
+    final = tmp_path / "VLPromptLearner" / "model.pth.tar-2"
+    expected = load_checkpoint(str(final))["state_dict"]["prompt_learner.ctx"]
+    os.remove(final)  # as if the run had stopped after epoch 1
+    flags = ("--resume", str(tmp_path))
+    assert (
+        train.main(argv("PromptSRC", tmp_path, digits_root, tiny_clip_root, *opts, flags=flags))
+        == 0
+    )
+    resumed = load_checkpoint(str(final))["state_dict"]["prompt_learner.ctx"]
+    torch.testing.assert_close(resumed, expected)

@@ -14,7 +14,8 @@ Loss = CE + TEXT_LOSS_WEIGHT * L1(text) + IMAGE_LOSS_WEIGHT * L1(image) + KL(zs 
   (official bug 14: it summed the whole state dict, perturbing the frozen fp16 weights by
   rounding). The aggregate is loaded after the last epoch, before that epoch's checkpoint
   is written, so ``model.pth.tar-<MAX_EPOCH>`` holds the GPA prompts, as official. The
-  running sum is kept in ``<output>/gpa_state.pt`` so a resumed run aggregates correctly.
+  running sum after every epoch is kept in ``<output>/gpa_state.pt`` so a resumed run
+  aggregates correctly.
 * fp32 / bf16 / amp work (official fp32 and amp crash).
 """
 
@@ -106,7 +107,8 @@ class PromptSRC(PromptTrainer):
             self.gpa_weights = gpa_weights(float(src.GPA_MEAN), float(src.GPA_STD), self.max_epoch)
         except ValueError as e:
             raise UserError(f"TRAINER.PROMPTSRC.GPA_MEAN / GPA_STD: {e}") from None
-        self.gpa_sum: dict[int, torch.Tensor] | None = None
+        self.gpa_sum: list[torch.Tensor] | None = None  # running sum, one per prompt tensor
+        self.gpa_history: dict[int, list[torch.Tensor]] = {}  # epoch -> sum (for resume)
 
     # ------------------------------------------------------------------ training
     def forward_backward(self, batch: dict) -> dict[str, float]:
@@ -139,40 +141,42 @@ class PromptSRC(PromptTrainer):
         return summary
 
     # ------------------------------------------------------------------ GPA
-    def _prompts(self) -> list[nn.Parameter]:
-        return self.model.trainable_parameters()
-
     def before_train(self) -> None:
         super().before_train()
-        path = os.path.join(self.cfg.RESUME, GPA_FILE) if self.cfg.RESUME else ""
-        if self.start_epoch > 0 and os.path.isfile(path):
-            state = torch.load(path, map_location=self.device, weights_only=True)
-            if state["epoch"] == self.start_epoch:
-                self.gpa_sum = dict(enumerate(state["sum"]))
-        if self.start_epoch > 0 and self.gpa_sum is None:
+        if self.start_epoch == 0:
+            return
+        path = os.path.join(self.cfg.RESUME, GPA_FILE)
+        sums = {}
+        if os.path.isfile(path):
+            sums = torch.load(path, map_location=self.device, weights_only=True)["sums"]
+        if self.start_epoch in sums:  # the running sum after the resumed epoch
+            self.gpa_history = {e: v for e, v in sums.items() if e <= self.start_epoch}
+            self.gpa_sum = [t.clone() for t in sums[self.start_epoch]]
+        else:
             logger.warning(
-                f"No GPA state for epoch {self.start_epoch} in {path or 'the resumed run'}; "
-                "the aggregate covers only the epochs trained from now on."
+                f"No GPA state for epoch {self.start_epoch} in {path}; the aggregate covers "
+                "only the epochs trained from now on."
             )
 
     def after_epoch(self) -> None:
         """Add this epoch's weighted prompts to the GPA sum; after the last epoch load the
         aggregate (before the engine evaluates / saves it)."""
         w = self.gpa_weights[self.epoch]
-        prompts = self._prompts()
+        prompts = self.model.trainable_parameters()
         with torch.no_grad():
             if self.gpa_sum is None:
-                self.gpa_sum = {i: w * p.detach().clone() for i, p in enumerate(prompts)}
+                self.gpa_sum = [w * p.detach().clone() for p in prompts]
             else:
-                for i, p in enumerate(prompts):
-                    self.gpa_sum[i] += w * p.detach()
+                for total, p in zip(self.gpa_sum, prompts):
+                    total += w * p.detach()
             if self.epoch + 1 == self.max_epoch:
                 logger.info("Using GPA model for final inference...")
-                for i, p in enumerate(prompts):
-                    p.copy_(self.gpa_sum[i])
+                for total, p in zip(self.gpa_sum, prompts):
+                    p.copy_(total)
+        # every epoch's sum (prompts only: small), so a resume from any checkpoint continues
+        self.gpa_history[self.epoch + 1] = [t.detach().cpu().clone() for t in self.gpa_sum]
         if is_main_process():
-            state = {"epoch": self.epoch + 1, "sum": [self.gpa_sum[i] for i in range(len(prompts))]}
             tmp = os.path.join(self.output_dir, GPA_FILE + ".tmp")
-            torch.save(state, tmp)
+            torch.save({"sums": self.gpa_history}, tmp)
             os.replace(tmp, os.path.join(self.output_dir, GPA_FILE))
         super().after_epoch()
