@@ -53,7 +53,6 @@ class SimpleTrainer(TrainerBase):
         self.eval_split: str | None = None
         self.eval_class_ids: torch.Tensor | None = None
         self._model_epoch: int | None = None  # epoch of the weights being tested
-        self._loaded_val_result: float | None = None
 
         self.build_data_loader()
         self.build_model()
@@ -242,7 +241,7 @@ class SimpleTrainer(TrainerBase):
         from dassl_ext.evaluation import config_hash, write_results
 
         cfg = self.cfg
-        epoch = self._model_epoch if self._model_epoch is not None else self._loaded_epoch_or_none()
+        epoch = self._model_epoch if self._model_epoch is not None else self._loaded_epoch
         selection = None
         if self.best_epoch is not None and cfg.TEST.FINAL_MODEL == "best_val":
             selection = {"split": "val", "accuracy": self.best_result, "epoch": self.best_epoch}
@@ -269,9 +268,6 @@ class SimpleTrainer(TrainerBase):
             "selection": selection,
         }
         write_results(os.path.join(self.output_dir, "results.json"), record)
-
-    def _loaded_epoch_or_none(self) -> int | None:
-        return getattr(self, "_loaded_epoch", None)
 
     def parse_batch_test(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return batch["img"].to(self.device), batch["label"].to(self.device)

@@ -56,6 +56,8 @@ class TrainerBase:
         self.best_result = -float("inf")
         self.best_epoch: int | None = None
         self._resume_rng: dict | None = None
+        self._loaded_epoch: int | None = None  # set by load_model (reported in results.json)
+        self._loaded_val_result: float | None = None
 
     # ------------------------------------------------------------------ models
     def register_model(
