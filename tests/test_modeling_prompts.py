@@ -29,7 +29,7 @@ BLOCK_KEYS = [
 
 @pytest.fixture
 def frozen_teacher(tiny_clip_root):
-    """A fresh tiny teacher (text width 96, vision width 128), all CLIP weights frozen."""
+    """A fresh tiny teacher (text width 64, vision width 128), all CLIP weights frozen."""
     model = load_clip("tiny-teacher", tiny_clip_root)
     model.requires_grad_(False)
     return model
@@ -89,7 +89,7 @@ def test_depth_gives_prompt_sets(frozen_teacher, depth):
     deep_sets = max(depth - 1, 0)
     assert len(text.deep_prompts()) == len(image.deep_prompts()) == deep_sets
     assert hasattr(image, "VPT") == (depth >= 1) and not hasattr(text, "VPT")
-    for enc, width in ((text, 96), (image, 128)):
+    for enc, width in ((text, 64), (image, 128)):
         names = [n for n, _ in enc.named_parameters() if "VPT_shallow" in n]
         assert names == [f"transformer.resblocks.{i}.VPT_shallow" for i in range(1, depth)]
         assert all(p.shape == (4, width) and p.requires_grad for p in enc.deep_prompts())
@@ -131,7 +131,7 @@ def test_text_positions_replaced(frozen_teacher, depth):
     )
     for k in range(1, 12):
         x, prev = seen["in"][k], seen["out"][k - 1]
-        assert x.shape == (77, len(CLASSNAMES), 96)
+        assert x.shape == (77, len(CLASSNAMES), 64)
         if k < depth:  # SOS and 1+n onwards kept; 1..n replaced by block k's prompts
             assert torch.equal(x[1 : 1 + n], deep[k - 1].unsqueeze(1).expand(-1, 3, -1))
             assert torch.equal(x[:1], prev[:1]) and torch.equal(x[1 + n :], prev[1 + n :])
@@ -205,7 +205,7 @@ def test_maple_coupling(frozen_teacher):
 
     class PromptLearner(CoupledDeepPrompts):  # as a MaPLe trainer embeds it
         def __init__(self):
-            super().__init__(n, depth, text_width=96, vision_width=128)
+            super().__init__(n, depth, text_width=64, vision_width=128)
             self.ctx = ctx
 
     learner = PromptLearner()
@@ -220,7 +220,7 @@ def test_maple_coupling(frozen_teacher):
     assert shared.shape == (n, 128) and len(text_deep) == len(vision_deep) == depth - 1
     assert torch.allclose(shared, ctx @ learner.proj.weight.T + learner.proj.bias)
     for k in range(depth - 1):
-        assert text_deep[k].shape == (n, 96) and vision_deep[k].shape == (n, 128)
+        assert text_deep[k].shape == (n, 64) and vision_deep[k].shape == (n, 128)
         expected = text_deep[k] @ projections[k].weight.T + projections[k].bias
         assert torch.allclose(vision_deep[k], expected)
 
