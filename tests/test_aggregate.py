@@ -268,3 +268,12 @@ def test_cli_markdown_csv_paper(tmp_path, capsys):
     assert float(rows[1]["hm"]) == pytest.approx(hm(92.0, 70.0))
     assert float(rows[1]["base_std"]) == pytest.approx(2.0)
     assert mod.main([str(tmp_path / "empty_nonexistent")]) == 1
+
+
+def test_two_seeds_a_few_points_apart_are_not_a_collapse(tmp_path):
+    b2n_tree(tmp_path, {"EuroSAT": {1: (90.0, 70.0), 2: (85.0, 66.0)}})
+    (table,) = summarize(str(tmp_path))
+    assert not [w for w in table.warnings if "collapsed" in w]
+    b2n_tree(tmp_path, {"EuroSAT": {3: (90.0, 40.0)}})
+    (table,) = summarize(str(tmp_path))
+    assert any("seed 3: new 40.00" in w for w in table.warnings)

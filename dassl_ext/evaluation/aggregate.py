@@ -213,9 +213,14 @@ def _collapsed(name: str, values: dict, where: str) -> list[str]:
         if not others:
             continue
         med = statistics.median(others)
-        spread = statistics.stdev(others) if len(others) > 1 else 0.0
         gap = med - v
-        by_std = gap > COLLAPSE_MIN_POINTS and gap > COLLAPSE_STDS * spread
+        # The std rule needs a spread of the others: with one other seed only the
+        # absolute rule applies (two seeds a few points apart are not a collapse).
+        by_std = (
+            len(others) > 1
+            and gap > COLLAPSE_MIN_POINTS
+            and gap > COLLAPSE_STDS * statistics.stdev(others)
+        )
         if gap > COLLAPSE_POINTS or by_std:
             msgs.append(
                 f"{where} seed {seed}: {name} {v:.2f} is {gap:.2f} points below the "
