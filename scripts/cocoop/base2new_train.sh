@@ -5,30 +5,10 @@
 #   Env: DATA (./data), OUTPUT (./output), SEEDS ("1 2 3"), CFG (vit_b16_c4_ep10_batch1_ctxv1), SHOTS (16), PYTHON.
 #   Trailing KEY VALUE pairs go to train.py. Runs with results.json are skipped; an
 #   unfinished run with checkpoints is resumed (--resume).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../lib/experiments.sh"
 
-DATA=${DATA:-./data}
-OUTPUT=${OUTPUT:-./output}
-SEEDS=${SEEDS:-"1 2 3"}
-PYTHON=${PYTHON:-python}
 TRAINER=CoCoOp
 CFG=${CFG:-vit_b16_c4_ep10_batch1_ctxv1}
 SHOTS=${SHOTS:-16}
-DATASET=$1
-shift
 
-for SEED in $SEEDS; do
-  DIR=$OUTPUT/base2new/train_base/$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED
-  if [ -f "$DIR/results.json" ]; then
-    echo "Results are available in $DIR. Skip this job"
-    continue
-  fi
-  RESUME=()  # an unfinished run with checkpoints continues where it stopped
-  if compgen -G "$DIR/*/model.pth.tar-*" >/dev/null; then RESUME=(--resume "$DIR"); fi
-  "$PYTHON" train.py --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
-    --dataset-config-file "configs/datasets/$DATASET.yaml" \
-    --config-file "configs/trainers/$TRAINER/$CFG.yaml" \
-    --output-dir "$DIR" "${RESUME[@]}" \
-    DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base "$@"
-done
+b2n_train "$@"

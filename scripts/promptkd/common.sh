@@ -5,12 +5,10 @@
 #   TEACHER_CKPT (a teacher model file or folder; skips the teacher stage), TEACHER_SEED (1),
 #   PYTHON (python). Arguments after the dataset: seeds (numbers) then KEY VALUE pairs,
 #   which are passed to every train.py run (teacher and student).
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+# run_train (skip a finished run, resume an interrupted one) and the DATA / OUTPUT / SEEDS /
+# PYTHON defaults come from scripts/lib/experiments.sh.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/experiments.sh"
 
-DATA=${DATA:-./data}
-OUTPUT=${OUTPUT:-./output}
-PYTHON=${PYTHON:-python}
 TEACHER_BACKBONE=${TEACHER_BACKBONE:-ViT-L/14}
 STUDENT_BACKBONE=${STUDENT_BACKBONE:-ViT-B/16}
 TEACHER_SEED=${TEACHER_SEED:-1}
@@ -49,20 +47,6 @@ dataset_name() {
 # has_checkpoint FOLDER: model-best.pth.tar or model.pth.tar-<N> inside
 has_checkpoint() {
   [ -f "$1/model-best.pth.tar" ] || compgen -G "$1/model.pth.tar-*" > /dev/null
-}
-
-# run_train DIR ARGS...: train.py into DIR unless DIR/results.json exists; resumes an
-# interrupted run that saved epoch checkpoints.
-run_train() {
-  local dir=$1
-  shift
-  if [ -f "$dir/results.json" ]; then
-    echo "Results are available in $dir. Skip this job"
-    return 0
-  fi
-  local resume=()
-  if compgen -G "$dir/*/model.pth.tar-*" > /dev/null; then resume=(--resume "$dir"); fi
-  "$PYTHON" train.py --root "$DATA" --output-dir "$dir" "${resume[@]}" "$@"
 }
 
 # train_teacher SOURCE_DATASET SUBSAMPLE DIR: PromptSRC teacher (16 shots) into DIR

@@ -1,0 +1,101 @@
+#!/bin/bash
+# Shared by the experiment scripts (sourced): environment defaults, the skip / resume
+# logic and one function per protocol. The per-method scripts (scripts/<method>/*.sh) set
+# TRAINER and the default CFG, SHOTS, LOADEP ... and call one of these functions.
+#   Env: DATA (./data), OUTPUT (./output), SEEDS ("1 2 3"), PYTHON (python).
+# Every run goes into its own folder; a folder with results.json is skipped, and an
+# unfinished training run with epoch checkpoints is resumed (--resume).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+DATA=${DATA:-./data}
+OUTPUT=${OUTPUT:-./output}
+SEEDS=${SEEDS:-"1 2 3"}
+PYTHON=${PYTHON:-python}
+
+# is_finished DIR: true (and says so) when DIR/results.json exists
+is_finished() {
+  if [ -f "$1/results.json" ]; then
+    echo "Results are available in $1. Skip this job"
+    return 0
+  fi
+  return 1
+}
+
+# run_train DIR ARGS...: train.py into DIR unless DIR/results.json exists; resumes an
+# interrupted run that saved epoch checkpoints.
+run_train() {
+  local dir=$1
+  shift
+  if is_finished "$dir"; then return 0; fi
+  local resume=()
+  if compgen -G "$dir/*/model.pth.tar-*" > /dev/null; then resume=(--resume "$dir"); fi
+  "$PYTHON" train.py --root "$DATA" --output-dir "$dir" "${resume[@]}" "$@"
+}
+
+# run_eval DIR ARGS...: train.py --eval-only into DIR unless DIR/results.json exists
+run_eval() {
+  local dir=$1
+  shift
+  if is_finished "$dir"; then return 0; fi
+  "$PYTHON" train.py --root "$DATA" --output-dir "$dir" --eval-only "$@"
+}
+
+# run_method train|eval DIR SEED DATASET ARGS...: one run of $TRAINER with config $CFG
+run_method() {
+  local mode=$1 dir=$2 seed=$3 dataset=$4
+  shift 4
+  "run_$mode" "$dir" --seed "$seed" --trainer "$TRAINER" \
+    --dataset-config-file "configs/datasets/$dataset.yaml" \
+    --config-file "configs/trainers/$TRAINER/$CFG.yaml" "$@"
+}
+
+# b2n_train DATASET [KEY VALUE ...]: base-to-new step 1, train on the base classes
+b2n_train() {
+  local dataset=$1 seed
+  shift
+  for seed in $SEEDS; do
+    run_method train "$OUTPUT/base2new/train_base/$dataset/shots_$SHOTS/$TRAINER/$CFG/seed$seed" \
+      "$seed" "$dataset" DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base "$@"
+  done
+}
+
+# b2n_test DATASET [KEY VALUE ...]: base-to-new step 2, evaluate epoch LOADEP on SUB classes
+b2n_test() {
+  local dataset=$1 seed common
+  shift
+  for seed in $SEEDS; do
+    common=$dataset/shots_$SHOTS/$TRAINER/$CFG/seed$seed
+    run_method eval "$OUTPUT/base2new/test_$SUB/$common" "$seed" "$dataset" \
+      --model-dir "$OUTPUT/base2new/train_base/$common" --load-epoch "$LOADEP" \
+      DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES "$SUB" "$@"
+  done
+}
+
+# few_shot DATASET OUT_SUFFIX [KEY VALUE ...]: all classes, SHOTS shots, into
+# $OUTPUT/DATASET/TRAINER/CFG_SHOTSshots[/OUT_SUFFIX]/seedN
+few_shot() {
+  local dataset=$1 suffix=${2:+/$2} seed
+  shift 2
+  for seed in $SEEDS; do
+    run_method train "$OUTPUT/$dataset/$TRAINER/${CFG}_${SHOTS}shots$suffix/seed$seed" \
+      "$seed" "$dataset" DATASET.NUM_SHOTS "$SHOTS" "$@"
+  done
+}
+
+# xd_train [KEY VALUE ...]: cross-dataset step 1, train on ImageNet (all classes)
+xd_train() {
+  few_shot imagenet "" "$@"
+}
+
+# xd_test DATASET [KEY VALUE ...]: cross-dataset step 2, evaluate the ImageNet model (epoch
+# LOADEP) on DATASET
+xd_test() {
+  local dataset=$1 seed run
+  shift
+  for seed in $SEEDS; do
+    run=$TRAINER/${CFG}_${SHOTS}shots
+    run_method eval "$OUTPUT/evaluation/$run/$dataset/seed$seed" "$seed" "$dataset" \
+      --model-dir "$OUTPUT/imagenet/$run/seed$seed" --load-epoch "$LOADEP" "$@"
+  done
+}
