@@ -9,8 +9,6 @@ and the test-time preprocessing. The architecture is read back from the tensor s
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 
 import torch
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from dassl_ext.config import get_cfg_default
 from dassl_ext.data.transforms import build_transform
 from dassl_ext.modeling import PromptedImageEncoder, clip
+from dassl_ext.utils.checkpoint import atomic_save
 from trainers.promptkd_student import PromptKDStudent
 
 FORMAT = "promptkd-student/1"
@@ -46,17 +45,7 @@ def export_student(trainer, path: str) -> str:
             "output_dir": cfg.OUTPUT_DIR,
         },
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_save(obj, path)
 
 
 def _plain(value):

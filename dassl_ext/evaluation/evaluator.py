@@ -13,6 +13,7 @@ import torch.distributed as dist
 from sklearn.metrics import confusion_matrix, f1_score
 
 from dassl_ext.errors import UserError
+from dassl_ext.utils.checkpoint import atomic_save
 
 logger = logging.getLogger(__name__)
 
@@ -23,13 +24,6 @@ def _dist_ready() -> bool:
 
 def _is_main() -> bool:
     return not _dist_ready() or dist.get_rank() == 0
-
-
-def _atomic_torch_save(obj: Any, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class Classification:
@@ -157,7 +151,7 @@ class Classification:
             cmat = confusion_matrix(y_true, y_pred, normalize="true")
             name = "cmat.pt" if split is None else f"cmat_{split}.pt"
             path = os.path.join(self.output_dir, name)
-            _atomic_torch_save(torch.from_numpy(cmat), path)
+            atomic_save(torch.from_numpy(cmat), path)
             logger.info(f"Confusion matrix is saved to {path}")
         return results
 
@@ -178,7 +172,7 @@ class Classification:
         }
         if self.lab2cname and all(k in self.lab2cname for k in range(logits.shape[1])):
             obj["classnames"] = [str(self.lab2cname[k]) for k in range(logits.shape[1])]
-        _atomic_torch_save(obj, path)
+        atomic_save(obj, path)
 
 
 EVALUATORS = {"Classification": Classification}

@@ -5,14 +5,13 @@ and >= 12 layers per tower, so the official prompt depth 9 applies. They are sav
 the OpenAI state-dict format and read back by the same loader as the real weights.
 """
 
-import os
-import tempfile
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from dassl_ext.modeling._clip import clip
+from dassl_ext.utils.checkpoint import atomic_save
 
 
 @dataclass(frozen=True)
@@ -87,16 +86,5 @@ def _sharpen(model: nn.Module) -> None:
 
 def save_tiny_clip(path: str, spec: TinyClipSpec | str, seed: int | None = None) -> str:
     """Build a tiny CLIP and write its state dict to ``path`` atomically; return ``path``."""
-    state_dict = build_tiny_clip(spec, seed)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     # Atomic: concurrent processes (DDP ranks, parallel tests) may create the same file.
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state_dict, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_save(build_tiny_clip(spec, seed), path)

@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 import shutil
+import threading
 import types
 from collections import OrderedDict
 from typing import Any
@@ -34,14 +35,19 @@ def strip_module_prefix(state_dict: dict[str, Any]) -> OrderedDict:
     )
 
 
-def _atomic_torch_save(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
+def atomic_save(obj: Any, path: str) -> str:
+    """``torch.save(obj, path)`` through a temporary file in the same folder and
+    ``os.replace``, so readers (other ranks, parallel tests) never see a partial file.
+    Creates the folder; returns ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    return path
 
 
 def save_checkpoint(
@@ -60,7 +66,7 @@ def save_checkpoint(
         state = {**state, "state_dict": strip_module_prefix(state["state_dict"])}
     fname = model_name or f"model.pth.tar-{state['epoch']}"
     fpath = os.path.join(save_dir, fname)
-    _atomic_torch_save(state, fpath)
+    atomic_save(state, fpath)
     if is_best:
         best = os.path.join(save_dir, "model-best.pth.tar")
         shutil.copyfile(fpath, best + ".tmp")
