@@ -29,13 +29,20 @@ from trainers.base import PromptTrainer, l2_normalize
 @register_config_extension
 def add_ivlp_config(cfg) -> None:
     """``TRAINER.IVLP`` with the official code defaults (the shipped yaml uses 4+4)."""
-    cfg.TRAINER.IVLP = CN()
-    cfg.TRAINER.IVLP.N_CTX_VISION = 2
-    cfg.TRAINER.IVLP.N_CTX_TEXT = 2
-    cfg.TRAINER.IVLP.CTX_INIT = "a photo of a"
-    cfg.TRAINER.IVLP.PREC = "fp16"
-    cfg.TRAINER.IVLP.PROMPT_DEPTH_VISION = 9
-    cfg.TRAINER.IVLP.PROMPT_DEPTH_TEXT = 9
+    cfg.TRAINER.IVLP = vl_prompt_section(n_ctx=2)
+
+
+def vl_prompt_section(n_ctx: int) -> CN:
+    """The keys ``custom_clip_from_section`` reads (``TRAINER.IVLP`` / ``TRAINER.PROMPTSRC``),
+    with the official defaults: ``n_ctx`` vision and text prompts, depth 9 in both towers."""
+    section = CN()
+    section.N_CTX_VISION = n_ctx
+    section.N_CTX_TEXT = n_ctx
+    section.CTX_INIT = "a photo of a"
+    section.PREC = "fp16"
+    section.PROMPT_DEPTH_VISION = 9
+    section.PROMPT_DEPTH_TEXT = 9
+    return section
 
 
 class VLPromptLearner(nn.Module):

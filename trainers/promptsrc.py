@@ -26,7 +26,6 @@ import os
 
 import torch
 from torch import nn
-from yacs.config import CfgNode as CN
 
 from dassl_ext.config import register_config_extension
 from dassl_ext.engine import TRAINER_REGISTRY
@@ -34,7 +33,7 @@ from dassl_ext.errors import UserError
 from dassl_ext.modeling import IMAGENET_TEMPLATES, clip
 from dassl_ext.utils.distributed import is_main_process
 from trainers.base import PromptTrainer, l2_normalize
-from trainers.ivlp import CustomCLIP, custom_clip_from_section
+from trainers.ivlp import CustomCLIP, custom_clip_from_section, vl_prompt_section
 from trainers.losses import gpa_weights, promptsrc_loss
 
 logger = logging.getLogger(__name__)
@@ -44,13 +43,7 @@ GPA_FILE = "gpa_state.pt"
 @register_config_extension
 def add_promptsrc_config(cfg) -> None:
     """``TRAINER.PROMPTSRC`` with the official code defaults (spec §8)."""
-    cfg.TRAINER.PROMPTSRC = CN()
-    cfg.TRAINER.PROMPTSRC.N_CTX_VISION = 4
-    cfg.TRAINER.PROMPTSRC.N_CTX_TEXT = 4
-    cfg.TRAINER.PROMPTSRC.CTX_INIT = "a photo of a"
-    cfg.TRAINER.PROMPTSRC.PREC = "fp16"
-    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION = 9
-    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT = 9
+    cfg.TRAINER.PROMPTSRC = vl_prompt_section(n_ctx=4)
     cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25
     cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10
     cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15
