@@ -22,7 +22,12 @@ from torch import nn
 
 from dassl_ext.engine import TrainerX
 from dassl_ext.errors import UserError
-from dassl_ext.modeling import cast_frozen_weights, clip_root_from_cfg, load_clip
+from dassl_ext.modeling import (
+    build_prompt_buffers,
+    cast_frozen_weights,
+    clip_root_from_cfg,
+    load_clip,
+)
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
 from dassl_ext.utils.checkpoint import load_checkpoint, strip_module_prefix
 
@@ -69,6 +74,29 @@ def load_weights_checked(module: nn.Module, path: str) -> int | None:
         )
     module.load_state_dict(state_dict, strict=True)
     return checkpoint.get("epoch")
+
+
+def register_prompt_buffers(
+    learner: nn.Module, clip_model, classnames: list[str], prompt_prefix: str, n_ctx: int
+) -> None:
+    """(Re)build a prompt learner's class-name buffers (not saved: rebuilt from the class
+    names, so base-trained prompts evaluate on new classes): ``tokenized_prompts`` (C, 77),
+    ``token_prefix`` (C, 1, D) SOS, ``token_suffix`` (C, 77-1-n_ctx, D)."""
+    tokenized, prefix, suffix = build_prompt_buffers(clip_model, classnames, prompt_prefix, n_ctx)
+    learner.register_buffer("tokenized_prompts", tokenized, persistent=False)
+    learner.register_buffer("token_prefix", prefix, persistent=False)
+    learner.register_buffer("token_suffix", suffix, persistent=False)
+
+
+def select_prompt_buffers(
+    learner: nn.Module, class_ids: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``token_prefix``, ``token_suffix``, ``tokenized_prompts`` of the selected classes
+    (all when ``class_ids`` is None)."""
+    prefix, suffix, tokens = learner.token_prefix, learner.token_suffix, learner.tokenized_prompts
+    if class_ids is not None:
+        prefix, suffix, tokens = prefix[class_ids], suffix[class_ids], tokens[class_ids]
+    return prefix, suffix, tokens
 
 
 def set_trainable(model: nn.Module, params: list[nn.Parameter]) -> None:

@@ -16,8 +16,13 @@ from yacs.config import CfgNode as CN
 from dassl_ext.config import register_config_extension
 from dassl_ext.engine import TRAINER_REGISTRY
 from dassl_ext.errors import UserError
-from dassl_ext.modeling import PromptedTextEncoder, assemble_prompts, build_prompt_buffers
-from trainers.base import PromptTrainer, l2_normalize
+from dassl_ext.modeling import PromptedTextEncoder, assemble_prompts
+from trainers.base import (
+    PromptTrainer,
+    l2_normalize,
+    register_prompt_buffers,
+    select_prompt_buffers,
+)
 from trainers.coop import image_dtype, word_ctx_or_random
 
 
@@ -47,20 +52,13 @@ class PromptLearner(nn.Module):
                 ]
             )
         )
-        tokenized, prefix, suffix = build_prompt_buffers(
-            clip_model, classnames, self.prompt_prefix, ctx.shape[0]
-        )
-        self.register_buffer("tokenized_prompts", tokenized, persistent=False)  # (C, 77)
-        self.register_buffer("token_prefix", prefix, persistent=False)  # (C, 1, D)
-        self.register_buffer("token_suffix", suffix, persistent=False)  # (C, 77-1-n, D)
+        register_prompt_buffers(self, clip_model, classnames, self.prompt_prefix, ctx.shape[0])
 
     def forward(
         self, image_features: torch.Tensor, class_ids: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image prompt embeddings (B, C', 77, D) and token ids (C', 77)."""
-        prefix, suffix, tokens = self.token_prefix, self.token_suffix, self.tokenized_prompts
-        if class_ids is not None:
-            prefix, suffix, tokens = prefix[class_ids], suffix[class_ids], tokens[class_ids]
+        prefix, suffix, tokens = select_prompt_buffers(self, class_ids)
         bias = self.meta_net(image_features)  # (B, D)
         ctx_shifted = self.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, n, D)
         prompts = torch.stack([assemble_prompts(prefix, c, suffix) for c in ctx_shifted])

@@ -17,12 +17,11 @@ from dassl_ext.errors import UserError
 from dassl_ext.modeling import (
     PromptedTextEncoder,
     assemble_prompts,
-    build_prompt_buffers,
     clip,
     init_ctx_from_words,
 )
 from dassl_ext.modeling.prompted import PROMPT_STD
-from trainers.base import PromptTrainer, l2_normalize
+from trainers.base import PromptTrainer, l2_normalize, register_prompt_buffers
 
 POSITIONS = ("end", "middle", "front")
 
@@ -77,12 +76,7 @@ class PromptLearner(nn.Module):
         self.ctx = nn.Parameter(ctx)  # fp32 master weights at every precision
         self.class_token_position = class_token_position
         n_ctx = ctx.shape[-2]
-        tokenized, prefix, suffix = build_prompt_buffers(
-            clip_model, classnames, self.prompt_prefix, n_ctx
-        )
-        self.register_buffer("tokenized_prompts", tokenized, persistent=False)  # (C, 77)
-        self.register_buffer("token_prefix", prefix, persistent=False)  # (C, 1, D)
-        self.register_buffer("token_suffix", suffix, persistent=False)  # (C, 77-1-n, D)
+        register_prompt_buffers(self, clip_model, classnames, self.prompt_prefix, n_ctx)
         tokenizer = clip.clip._tokenizer
         self.name_lens = [len(tokenizer.encode(c.replace("_", " "))) for c in classnames]
 

@@ -21,10 +21,14 @@ from dassl_ext.modeling import (
     PromptedImageEncoder,
     PromptedTextEncoder,
     assemble_prompts,
-    build_prompt_buffers,
     init_ctx_from_words,
 )
-from trainers.base import PromptTrainer, l2_normalize
+from trainers.base import (
+    PromptTrainer,
+    l2_normalize,
+    register_prompt_buffers,
+    select_prompt_buffers,
+)
 
 
 @register_config_extension
@@ -53,18 +57,11 @@ class MultiModalPromptLearner(CoupledDeepPrompts):
         super().__init__(n_ctx, depth, text_width, vision_width)
         self.ctx = nn.Parameter(ctx)
         self.prompt_prefix = prompt_prefix
-        tokenized, prefix, suffix = build_prompt_buffers(
-            clip_model, classnames, prompt_prefix, n_ctx
-        )
-        self.register_buffer("tokenized_prompts", tokenized, persistent=False)  # (C, 77)
-        self.register_buffer("token_prefix", prefix, persistent=False)  # (C, 1, D)
-        self.register_buffer("token_suffix", suffix, persistent=False)  # (C, 77-1-n, D)
+        register_prompt_buffers(self, clip_model, classnames, prompt_prefix, n_ctx)
 
     def forward(self, class_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Text prompt embeddings (C', 77, D) and token ids (C', 77) of the selected classes."""
-        prefix, suffix, tokens = self.token_prefix, self.token_suffix, self.tokenized_prompts
-        if class_ids is not None:
-            prefix, suffix, tokens = prefix[class_ids], suffix[class_ids], tokens[class_ids]
+        prefix, suffix, tokens = select_prompt_buffers(self, class_ids)
         return assemble_prompts(prefix, self.ctx, suffix), tokens
 
 
