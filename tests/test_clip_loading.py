@@ -100,6 +100,19 @@ def test_tiny_written_when_missing(tmp_path, no_default_dirs):
     )
 
 
+def test_stale_tiny_file_is_rebuilt(tmp_path, no_default_dirs):
+    """A tiny file written by an older spec (other widths) is replaced, not used."""
+    from dassl_ext.modeling.tiny import TinyClipSpec, save_tiny_clip
+
+    path = tmp_path / "tiny-teacher.pt"
+    save_tiny_clip(str(path), TinyClipSpec(embed_dim=48, vision_width=128, text_width=128))
+    model = load_clip("tiny-teacher", str(tmp_path))
+    spec = TINY_SPECS["tiny-teacher"]
+    assert tuple(model.text_projection.shape) == (spec.text_width, spec.embed_dim)
+    reread = torch.load(path, weights_only=True)
+    assert tuple(reread["text_projection"].shape) == (spec.text_width, spec.embed_dim)
+
+
 def _torchscript_archive(state_dict_path: str, path: str) -> None:
     """An OpenAI-like TorchScript archive: a traced CLIP (fp32 here)."""
     model = clip.model.build_model(torch.load(state_dict_path, weights_only=True)).float()

@@ -17,7 +17,7 @@ import torch
 
 from dassl_ext.errors import UserError
 from dassl_ext.modeling._clip import clip
-from dassl_ext.modeling.tiny import TINY_SPECS, save_tiny_clip
+from dassl_ext.modeling.tiny import TINY_SPECS, save_tiny_clip, tiny_file_matches
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,12 @@ def find_clip_file(name: str, root: str | None = None, download: bool = True) ->
     filename = clip_filename(name)
     dirs = clip_search_dirs(root)
     for d in dirs:
-        if os.path.isfile(os.path.join(d, filename)):
-            return os.path.join(d, filename)
+        path = os.path.join(d, filename)
+        if os.path.isfile(path):
+            if name in TINY_SPECS and not tiny_file_matches(path, name):
+                logger.warning("%s does not match the tiny spec %r; rebuilding it", path, name)
+                return save_tiny_clip(path, name)
+            return path
     target = os.path.join(dirs[0], filename)
     if name in TINY_SPECS:
         logger.info("Writing tiny CLIP %r to %s", name, target)

@@ -84,6 +84,29 @@ def _sharpen(model: nn.Module) -> None:
     model.token_embedding.weight *= 10.0
 
 
+def tiny_file_matches(path: str, spec: TinyClipSpec | str) -> bool:
+    """Whether the weights at ``path`` have the shapes of ``spec`` (a file written by an
+    older version of a tiny spec must not be used silently)."""
+    if isinstance(spec, str):
+        spec = TINY_SPECS[spec]
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable or not a plain state dict: rebuild it
+        return False
+    grid = spec.image_resolution // spec.patch_size
+    expected = {
+        "visual.conv1.weight": (spec.vision_width, 3, spec.patch_size, spec.patch_size),
+        "visual.positional_embedding": (grid * grid + 1, spec.vision_width),
+        "text_projection": (spec.text_width, spec.embed_dim),
+        "token_embedding.weight": (spec.vocab_size, spec.text_width),
+    }
+    n_vision = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+    n_text = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+    return (n_vision, n_text) == (spec.vision_layers, spec.text_layers) and all(
+        k in sd and tuple(sd[k].shape) == shape for k, shape in expected.items()
+    )
+
+
 def save_tiny_clip(path: str, spec: TinyClipSpec | str, seed: int | None = None) -> str:
     """Build a tiny CLIP and write its state dict to ``path`` atomically; return ``path``."""
     # Atomic: concurrent processes (DDP ranks, parallel tests) may create the same file.
