@@ -270,3 +270,26 @@ def test_official_student_file_evaluates(student_run, digits_root, tiny_clip_roo
     again = read_json(tmp_path / "eval" / "results.json")["splits"]
     for split in ("base", "new"):
         assert again[split]["accuracy"] == pytest.approx(trained[split]["accuracy"], abs=1.0)
+
+
+XD_CFG = os.path.join(REPO, "configs", "trainers", "PromptKD", "xd.yaml")
+
+
+def test_cross_mode_distils_onto_all_target_classes(
+    teacher_dir, digits_root, tiny_clip_root, tmp_path, monkeypatch
+):
+    """MODAL cross (xd.yaml): the teacher's text features cover every class of the target,
+    the student keeps its own prompt depth (3) under a depth-9 teacher, one split 'test'."""
+    spy = TeacherSpy(monkeypatch)
+    out = tmp_path / "xd"
+    argv = student_argv(digits_root, tiny_clip_root, out, teacher_dir)
+    argv[argv.index(KD_CFG)] = XD_CFG
+    assert train.main(argv) == 0
+    res = read_json(out / "results.json")
+    assert res["eval_splits"] == "standard" and set(res["splits"]) == {"test"}
+    assert (spy.built, spy.text, spy.during_eval) == (1, 1, 0)
+    ckpt = torch.load(out / "VLPromptLearner" / "model.pth.tar-1", weights_only=True)
+    sd = ckpt["state_dict"]
+    assert sd["class_text_features"].shape[0] == 10  # all digits, not only the base half
+    deep = sorted(int(k.split(".")[3]) for k in sd if k.endswith("VPT_shallow"))
+    assert deep == [1, 2]  # depth 3 -> two deep prompt sets
