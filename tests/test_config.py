@@ -111,3 +111,17 @@ def test_write_config_round_trip(tmp_path):
     path = write_config(cfg, str(tmp_path / "out"))
     with open(path) as f:
         assert CN.load_cfg(f).OPTIM.LR == 0.5
+
+
+def test_ints_widen_to_float_keys_but_not_the_reverse(tmp_path):
+    """Official files and scripts write ``KD_WEIGHT 1000`` / ``LR: 1`` for float keys."""
+    method = _yaml(tmp_path / "m.yaml", {"OPTIM": {"LR": 1, "MAX_EPOCH": 3}})
+    args = SimpleNamespace(config_file=method, opts=["OPTIM.WARMUP_CONS_LR", "0"])
+    cfg = setup_cfg(args)
+    assert cfg.OPTIM.LR == 1.0 and isinstance(cfg.OPTIM.LR, float)
+    assert cfg.OPTIM.WARMUP_CONS_LR == 0.0 and isinstance(cfg.OPTIM.WARMUP_CONS_LR, float)
+    with pytest.raises(UserError, match="OPTIM.MAX_EPOCH"):
+        setup_cfg(SimpleNamespace(opts=["OPTIM.MAX_EPOCH", "2.5"]))
+    bad = _yaml(tmp_path / "bad.yaml", {"OPTIM": {"MAX_EPOCH": 2.5}})
+    with pytest.raises(UserError, match="bad.yaml"):
+        setup_cfg(SimpleNamespace(config_file=bad))

@@ -44,10 +44,10 @@ GPA_FILE = "gpa_state.pt"
 def add_promptsrc_config(cfg) -> None:
     """``TRAINER.PROMPTSRC`` with the official code defaults (spec §8)."""
     cfg.TRAINER.PROMPTSRC = vl_prompt_section(n_ctx=4)
-    cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25
-    cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10
-    cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15
-    cfg.TRAINER.PROMPTSRC.GPA_STD = 1
+    cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25.0
+    cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10.0
+    cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15.0
+    cfg.TRAINER.PROMPTSRC.GPA_STD = 1.0
 
 
 @torch.no_grad()

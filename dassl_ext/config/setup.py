@@ -97,10 +97,27 @@ def _check_keys(data: dict, node: CfgNode, source: str, prefix: str = "") -> Non
             _check_keys(v, node[k], source, full_key + ".")
 
 
+def _widen(current: Any, value: Any) -> Any:
+    """An int where the default is a float becomes that float (yacs refuses the int, yet
+    official files and scripts write ``KD_WEIGHT 1000`` or ``GPA_MEAN: 15``)."""
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _widen_tree(data: dict, node: CfgNode) -> None:
+    for k, v in data.items():
+        if isinstance(v, dict) and isinstance(node.get(k), CfgNode):
+            _widen_tree(v, node[k])
+        else:
+            data[k] = _widen(node.get(k), v)
+
+
 def merge_from_file(cfg: CfgNode, path: str) -> CfgNode:
     """Merge a yaml file (with ``_BASE_`` inheritance) into ``cfg``; unknown keys -> UserError."""
     data = load_yaml_with_base(path)
     _check_keys(data, cfg, path)
+    _widen_tree(data, cfg)
     try:
         cfg.merge_from_other_cfg(CfgNode(data))
     except (ValueError, KeyError, AssertionError) as e:
@@ -121,8 +138,10 @@ def merge_from_list(cfg: CfgNode, opts: Sequence[str]) -> CfgNode:
                 parent = node if isinstance(node, CfgNode) else CfgNode()
                 raise _unknown_key_error(".".join(parts[: i + 1]), parent, "the command line")
             node = node[part]
+        if isinstance(value, str):
+            value = CfgNode._decode_cfg_value(value)
         try:
-            cfg.merge_from_list([key, value])
+            cfg.merge_from_list([key, _widen(node, value)])
         except (ValueError, KeyError, AssertionError) as e:
             raise UserError(f"Command-line option {key} {value}: {e}") from None
     return cfg
