@@ -14,6 +14,8 @@ setup(
     description="Dassl-style framework for CLIP prompt learning and PromptKD distillation",
     python_requires=">=3.10",
     packages=find_packages(include=["dassl_ext", "dassl_ext.*"]),
+    # The pretrained CLIP stand-ins (dassl_ext/modeling/standins.py) and their manifests.
+    package_data={"dassl_ext.modeling": ["weights/*.pt", "weights/*.json"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

@@ -3,7 +3,8 @@
 Folders searched, in order: the ``root`` argument (config ``MODEL.CLIP_ROOT``), the
 environment variable ``CLIP_ROOT``, OpenAI's cache folder ``~/.cache/clip``. A missing
 OpenAI model is downloaded into the first of them (checksum verified) when the network
-allows; a missing tiny model is built and written there.
+allows; a missing tiny model is built and written there; the pretrained stand-ins
+(``digits-teacher``, ``digits-student``) are read from the repository's own copy.
 """
 
 import logging
@@ -17,6 +18,7 @@ import torch
 
 from dassl_ext.errors import UserError
 from dassl_ext.modeling._clip import clip
+from dassl_ext.modeling.standins import STANDIN_NAMES, standin_path
 from dassl_ext.modeling.tiny import TINY_SPECS, save_tiny_clip, tiny_file_matches
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ def find_clip_file(name: str, root: str | None = None, download: bool = True) ->
                 logger.warning("%s does not match the tiny spec %r; rebuilding it", path, name)
                 return save_tiny_clip(path, name)
             return path
+    if name in STANDIN_NAMES and os.path.isfile(standin_path(name)):
+        return standin_path(name)
     target = os.path.join(dirs[0], filename)
     if name in TINY_SPECS:
         logger.info("Writing tiny CLIP %r to %s", name, target)

@@ -48,6 +48,16 @@ def build_tiny_clip(spec: TinyClipSpec | str, seed: int | None = None) -> dict[s
     like OpenAI's released files (fp16 linear/conv/projection weights, fp32 embeddings
     and LayerNorms).
     """
+    model = build_clip_module(spec, seed)
+    with torch.no_grad():
+        _sharpen(model)
+    clip.model.convert_weights(model)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def build_clip_module(spec: TinyClipSpec | str, seed: int | None = None) -> nn.Module:
+    """OpenAI's ``clip.model.CLIP`` of ``spec``'s sizes with CLIP's own initialisation, in
+    fp32, deterministic in ``seed`` (default: ``spec.seed``) without touching the global RNG."""
     if isinstance(spec, str):
         spec = TINY_SPECS[spec]
     for name in ("vision_width", "text_width"):
@@ -55,7 +65,7 @@ def build_tiny_clip(spec: TinyClipSpec | str, seed: int | None = None) -> dict[s
             raise ValueError(f"{name} must be >= 64: clip derives attention heads as width // 64")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed if seed is None else seed)
-        model = clip.model.CLIP(
+        return clip.model.CLIP(
             embed_dim=spec.embed_dim,
             image_resolution=spec.image_resolution,
             vision_layers=spec.vision_layers,
@@ -67,9 +77,6 @@ def build_tiny_clip(spec: TinyClipSpec | str, seed: int | None = None) -> dict[s
             transformer_heads=spec.text_width // 64,
             transformer_layers=spec.text_layers,
         )
-        _sharpen(model)
-    clip.model.convert_weights(model)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @torch.no_grad()

@@ -1,0 +1,69 @@
+"""Print the demo's table: zero-shot and trained teacher, zero-shot and distilled student.
+
+Each row reads the ``results.json`` files under one folder (one per seed; zero-shot
+runs have no seed) that report the ``base`` and ``new`` splits, and prints base / new /
+HM as mean ± std over the runs found, with the number of runs.
+
+Usage: python scripts/demo_table.py LABEL=FOLDER [LABEL=FOLDER ...] [--markdown FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+from tabulate import tabulate
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dassl_ext.evaluation.aggregate import collect_runs, hm  # noqa: E402
+
+
+def row(label: str, folder: str) -> list[str]:
+    """One table row over the base/new runs under ``folder``."""
+    runs = [r for r in collect_runs(folder) if {"base", "new"} <= set(r.accuracy)]
+    if not runs:
+        raise SystemExit(f"No results.json with base and new splits under {folder}.")
+    base = [r.accuracy["base"] for r in runs]
+    new = [r.accuracy["new"] for r in runs]
+
+    def fmt(values: list[float]) -> str:
+        mean = statistics.fmean(values)
+        return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+    seeds = sorted({r.seed for r in runs if r.seed is not None and r.seed >= 0})
+    backbone = runs[0].backbone
+    return [
+        label,
+        backbone,
+        fmt(base),
+        fmt(new),
+        f"{hm(statistics.fmean(base), statistics.fmean(new)):.2f}",
+        ", ".join(map(str, seeds)) or "-",
+    ]
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("rows", nargs="+", metavar="LABEL=FOLDER")
+    parser.add_argument("--markdown", help="also write the table as Markdown to this file")
+    args = parser.parse_args(argv)
+    rows = []
+    for item in args.rows:
+        label, sep, folder = item.partition("=")
+        if not sep:
+            parser.error(f"'{item}' is not LABEL=FOLDER")
+        rows.append(row(label, folder))
+    headers = ["model", "CLIP", "base", "new", "HM", "seeds"]
+    text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    main()

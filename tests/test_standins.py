@@ -1,0 +1,144 @@
+"""The pretrained CLIP stand-ins: files, manifests, every trainer, and PromptKD's claim.
+
+The method-level test checks the paper's central claim on them: a small student distilled
+WITHOUT labels gains clearly on the new classes over its own zero-shot accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+import torch
+
+import train
+from dassl_ext.config import setup_cfg
+from dassl_ext.engine import build_trainer
+from dassl_ext.modeling import find_clip_file, load_clip
+from dassl_ext.modeling.standins import STANDIN_NAMES, standin_path
+from dassl_ext.utils.tools import set_random_seed
+from tests.test_trainer_all import CONFIGS, ZS_CONFIG, argv, read_results
+
+# As scripts/demo.sh: 4 layers (prompt depth 4), 32 px, shifts instead of flips.
+STANDIN = [
+    "INPUT.TRANSFORMS", "['random_crop', 'normalize']", "INPUT.CROP_PADDING", "2",
+    "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "4", "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "4",
+    "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "4", "TRAINER.PROMPTKD.PROMPT_DEPTH_TEXT", "4",
+    "TRAINER.IVLP.PROMPT_DEPTH_VISION", "4", "TRAINER.IVLP.PROMPT_DEPTH_TEXT", "4",
+    "TRAINER.MAPLE.PROMPT_DEPTH", "4",
+]  # fmt: skip
+KD = [
+    "TRAINER.PROMPTKD.TEACHER_TRAINER", "ZeroshotCLIP",
+    "TRAINER.PROMPTKD.TEACHER_NAME", "digits-teacher",
+    "MODEL.BACKBONE.NAME", "digits-student",
+]  # fmt: skip
+KD_CONFIG = "PromptKD/base2new/digits.yaml"
+
+
+def manifest(name: str) -> dict:
+    with open(os.path.splitext(standin_path(name))[0] + ".json") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name", STANDIN_NAMES)
+def test_standin_file_matches_its_manifest(name, tmp_path):
+    path = find_clip_file(name, str(tmp_path))  # nothing in tmp_path: the shipped copy
+    assert path == standin_path(name)
+    with open(path, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == manifest(name)["sha256"]
+    sd = torch.load(path, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in sd.values() if v.is_floating_point())
+    model = load_clip(name, str(tmp_path))
+    arch = manifest(name)["architecture"]
+    assert model.visual.conv1.weight.shape[-1] == arch["patch_size"]
+    assert len(model.visual.transformer.resblocks) == arch["vision_layers"]
+    assert model.text_projection.shape == (arch["text_width"], arch["embed_dim"])
+
+
+def test_standins_are_small_and_ordered():
+    assert sum(os.path.getsize(standin_path(n)) for n in STANDIN_NAMES) <= 25e6
+    teacher = manifest("digits-teacher")["zeroshot_accuracy"]["test"]["all"]
+    student = manifest("digits-student")["zeroshot_accuracy"]["test"]["all"]
+    assert teacher >= 80.0 and student <= teacher - 15.0
+
+
+def _zeroshot(model: str, out, data) -> dict:
+    args = argv(
+        "ZeroshotCLIP",
+        out,
+        data,
+        out / "clip",
+        *STANDIN,
+        "MODEL.BACKBONE.NAME",
+        model,
+        "DATASET.EVAL_SPLITS",
+        "base_new",
+        config=ZS_CONFIG,
+        flags=("--eval-only",),
+    )
+    assert train.main(args) == 0
+    return {s: v["accuracy"] for s, v in read_results(out)["splits"].items()}
+
+
+def test_framework_zero_shot_matches_the_manifest(digits_root, tmp_path):
+    """ZeroshotCLIP through train.py (PNG -> test transform) sees what pretraining measured."""
+    acc = _zeroshot("digits-teacher", tmp_path / "zs", digits_root)
+    expected = manifest("digits-teacher")["zeroshot_accuracy"]["test"]
+    assert acc["base"] == pytest.approx(expected["base"], abs=0.5)
+    assert acc["new"] == pytest.approx(expected["new"], abs=0.5)
+
+
+@pytest.mark.parametrize("name", ["ZeroshotCLIP", "ZeroshotCLIP2", *CONFIGS, "PromptKD"])
+def test_every_trainer_runs_on_the_standins(name, digits_root, tmp_path):
+    opts = [*STANDIN, "MODEL.BACKBONE.NAME", "digits-teacher", "DATASET.SUBSAMPLE_CLASSES", "base"]
+    flags, config = (), ""
+    if name.startswith("ZeroshotCLIP"):
+        flags, config = ("--eval-only",), ZS_CONFIG
+    elif name == "PromptKD":
+        opts, config = [*STANDIN, *KD, "DATASET.NUM_SHOTS", "1"], KD_CONFIG
+    assert train.main(argv(name, tmp_path, digits_root, tmp_path / "clip", *opts,
+                           config=config, flags=flags)) == 0  # fmt: skip
+    splits = read_results(tmp_path)["splits"]
+    assert splits and all(s["num_images"] > 0 for s in splits.values())
+
+
+def _distil(out, data, *opts: str) -> dict:
+    """A short PromptKD run from the zero-shot digits-teacher with shuffled labels."""
+    args = argv("PromptKD", out, data, out / "clip", *STANDIN, *KD, *opts, config=KD_CONFIG)
+    args += [
+        "DATASET.NUM_SHOTS",
+        "0",
+        "OPTIM.MAX_EPOCH",
+        "3",
+        "TEST.FINAL_MODEL",
+        "last_step",
+        "DATALOADER.TRAIN_X.BATCH_SIZE",
+        "8",
+        "TRAINER.PROMPTKD.KD_WEIGHT",
+        "100.0",
+    ]
+    cfg = setup_cfg(train.parse_args(args))
+    set_random_seed(cfg.SEED)
+    trainer = build_trainer(cfg)
+    loader, g = trainer.train_loader_x, torch.Generator().manual_seed(0)
+
+    class ShuffledLabels:  # the student must not need them: give it wrong ones
+        def __len__(self):
+            return len(loader)
+
+        def __iter__(self):
+            for batch in loader:
+                yield dict(batch, label=torch.randint(0, 10, batch["label"].shape, generator=g))
+
+    trainer.train_loader_x = ShuffledLabels()
+    trainer.train()
+    return {s: v["accuracy"] for s, v in read_results(out)["splits"].items()}
+
+
+def test_promptkd_student_beats_its_zero_shot_without_labels(digits_root, tmp_path):
+    zero_shot = _zeroshot("digits-student", tmp_path / "zs", digits_root)
+    distilled = _distil(tmp_path / "kd", digits_root)
+    assert distilled["new"] >= zero_shot["new"] + 10.0, (zero_shot, distilled)
+    assert distilled["base"] >= zero_shot["base"], (zero_shot, distilled)
