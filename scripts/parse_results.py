@@ -18,6 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dassl_ext.evaluation.aggregate import summarize, to_markdown, write_csv  # noqa: E402
+from dassl_ext.utils.atomic import write_text_atomic  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     text = to_markdown(tables, ci=args.ci, paper=args.paper)
     print(text, end="")
     if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(text)
+        write_text_atomic(args.markdown, text)
     if args.csv:
         write_csv(tables, args.csv)
     return 0

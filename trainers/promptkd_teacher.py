@@ -8,19 +8,18 @@ everything they depend on, and the text tower is then dropped (spec §3.4 step 1
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
 import os
-import re
-import tempfile
 
 import torch
 from torch import nn
 
 from dassl_ext.errors import UserError
 from dassl_ext.modeling.loading import clip_root_from_cfg, find_clip_file
+from dassl_ext.utils.atomic import write_torch_atomic
+from dassl_ext.utils.checkpoint import BEST_FILE, find_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -42,26 +41,14 @@ def default_teacher_dir(cfg) -> str:
     return os.path.join(TEACHER_ROOT, cfg.DATASET.NAME, "VLPromptLearner")
 
 
-def checkpoint_in_dir(folder: str) -> str | None:
-    """``model-best.pth.tar`` in ``folder``, else the ``model.pth.tar-<N>`` with the largest N."""
-    best = os.path.join(folder, "model-best.pth.tar")
-    if os.path.isfile(best):
-        return best
-    epochs = []
-    for path in glob.glob(os.path.join(folder, "model.pth.tar-*")):
-        m = re.fullmatch(r"model\.pth\.tar-(\d+)", os.path.basename(path))
-        if m:
-            epochs.append((int(m.group(1)), path))
-    return max(epochs)[1] if epochs else None
-
-
 def resolve_teacher_checkpoint(cfg) -> tuple[str | None, str]:
     """``(path or None, description)`` of the teacher checkpoint the config asks for.
 
-    ``TRAINER.PROMPTKD.TEACHER_CKPT`` is a file, or a folder searched by
-    :func:`checkpoint_in_dir`; empty means the official default folder (PromptSRC / IVLP
-    teachers only). The zero-shot teacher has no checkpoint. ``path`` is None when the
-    file does not exist; ``description`` then says where it was looked for.
+    ``TRAINER.PROMPTKD.TEACHER_CKPT`` is a file, or a folder (its best checkpoint, else the
+    newest epoch: :func:`~dassl_ext.utils.checkpoint.find_checkpoint`); empty means the
+    official default folder (PromptSRC / IVLP teachers only). The zero-shot teacher has no
+    checkpoint. ``path`` is None when the file does not exist; ``description`` then says
+    where it was looked for.
     """
     pk = cfg.TRAINER.PROMPTKD
     if pk.TEACHER_TRAINER in NO_CHECKPOINT_TEACHERS:
@@ -74,10 +61,11 @@ def resolve_teacher_checkpoint(cfg) -> tuple[str | None, str]:
                 "no default location; set it to the teacher's model file or model folder."
             )
         where = default_teacher_dir(cfg)
+    description = where
     if os.path.isdir(where):
-        found = checkpoint_in_dir(where)
-        return found, f"{where}/model-best.pth.tar or model.pth.tar-<N>"
-    return (where if os.path.isfile(where) else None), where
+        where = find_checkpoint(where)
+        description = f"{description}/{BEST_FILE} or model.pth.tar-<N>"
+    return (where if os.path.isfile(where) else None), description
 
 
 def missing_teacher_error(description: str) -> UserError:
@@ -140,17 +128,8 @@ def load_cached_text_features(folder: str, key: str) -> torch.Tensor | None:
 
 def save_cached_text_features(folder: str, key: str, feats: torch.Tensor, meta: dict) -> str:
     """Write the cache entry atomically (parallel seeds or ranks may race)."""
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{key}.pt")
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"text_features": feats.detach().float().cpu(), "meta": meta}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    entry = {"text_features": feats.detach().float().cpu(), "meta": meta}
+    return write_torch_atomic(os.path.join(folder, f"{key}.pt"), entry)
 
 
 def drop_text_tower(teacher: nn.Module) -> None:

@@ -31,6 +31,7 @@ from dassl_ext.config import register_config_extension
 from dassl_ext.engine import TRAINER_REGISTRY
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import IMAGENET_TEMPLATES, clip
+from dassl_ext.utils.atomic import write_torch_atomic
 from dassl_ext.utils.distributed import is_main_process
 from trainers.base import PromptTrainer, l2_normalize
 from trainers.ivlp import CustomCLIP, custom_clip_from_section, vl_prompt_section
@@ -169,7 +170,5 @@ class PromptSRC(PromptTrainer):
         # every epoch's sum (prompts only: small), so a resume from any checkpoint continues
         self.gpa_history[self.epoch + 1] = [t.detach().cpu().clone() for t in self.gpa_sum]
         if is_main_process():
-            tmp = os.path.join(self.output_dir, GPA_FILE + ".tmp")
-            torch.save({"sums": self.gpa_history}, tmp)
-            os.replace(tmp, os.path.join(self.output_dir, GPA_FILE))
+            write_torch_atomic(os.path.join(self.output_dir, GPA_FILE), {"sums": self.gpa_history})
         super().after_epoch()

@@ -19,14 +19,22 @@ import torch
 from tqdm import tqdm
 
 from dassl_ext.engine.precision import resolve_precision
-from dassl_ext.engine.trainer import TrainerBase, checkpoint_epochs
+from dassl_ext.engine.trainer import TrainerBase
 from dassl_ext.errors import UserError
+from dassl_ext.utils.atomic import write_text_atomic
+from dassl_ext.utils.checkpoint import checkpoint_epochs
 from dassl_ext.utils.distributed import broadcast_module, get_local_rank, is_main_process
 from dassl_ext.utils.tools import AverageMeter, MetricMeter
 
 logger = logging.getLogger(__name__)
 
 FINAL_MODELS = ("last_step", "best_val")
+
+
+def _read_lines(path: str) -> list[str]:
+    """The non-empty lines of a text file, each ending with a newline."""
+    with open(path) as f:
+        return [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
 
 
 def _tqdm_off() -> bool | None:
@@ -169,18 +177,17 @@ class SimpleTrainer(TrainerBase):
             "loss": {k: m.avg for k, m in meters.meters.items()} if meters else {},
             "val_accuracy": val_acc,
         }
-        with open(self._metrics_path(), "a") as f:
-            f.write(json.dumps(row) + "\n")
+        path = self._metrics_path()
+        rows = _read_lines(path) if os.path.exists(path) else []
+        write_text_atomic(path, "".join(rows) + json.dumps(row) + "\n")
 
     def _truncate_metrics(self, epoch: int) -> None:
         """Drop rows of epochs after ``epoch`` (they are trained again after a resume)."""
         path = self._metrics_path()
         if not is_main_process() or not os.path.exists(path):
             return
-        with open(path) as f:
-            rows = [r for r in f if r.strip() and json.loads(r)["epoch"] <= epoch]
-        with open(path, "w") as f:
-            f.writelines(rows)
+        rows = [r for r in _read_lines(path) if json.loads(r)["epoch"] <= epoch]
+        write_text_atomic(path, "".join(rows))
 
     # ------------------------------------------------------------------ evaluation
     def _split_loader(self, split: str):

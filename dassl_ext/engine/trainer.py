@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections import OrderedDict
 from typing import Any
 
@@ -17,7 +16,14 @@ import torch
 from torch import nn
 
 from dassl_ext.errors import UserError
-from dassl_ext.utils.checkpoint import load_checkpoint, save_checkpoint, strip_module_prefix
+from dassl_ext.utils.checkpoint import (
+    checkpoint_epochs,
+    epoch_file,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    strip_module_prefix,
+)
 from dassl_ext.utils.distributed import (
     average_gradients,
     barrier,
@@ -29,18 +35,9 @@ from dassl_ext.utils.tools import get_rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 
-_EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
-
 
 def _as_list(names: str | list[str] | None) -> list[str] | None:
     return [names] if isinstance(names, str) else names
-
-
-def checkpoint_epochs(directory: str) -> list[int]:
-    """Epochs of the ``model.pth.tar-<epoch>`` files in ``directory`` (sorted)."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(m.group(1)) for f in os.listdir(directory) if (m := _EPOCH_FILE.match(f)))
 
 
 class TrainerBase:
@@ -204,12 +201,7 @@ class TrainerBase:
         barrier()  # rank 0 may just have written the file
         loaded_epoch = None
         for name in self.get_model_names():
-            folder = os.path.join(directory, name)
-            fname = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-            if epoch is None and not os.path.exists(os.path.join(folder, fname)):
-                epochs = checkpoint_epochs(folder)
-                fname = f"model.pth.tar-{epochs[-1]}" if epochs else fname
-            path = os.path.join(folder, fname)
+            path = find_checkpoint(os.path.join(directory, name), epoch)
             checkpoint = load_checkpoint(path)
             self._load_weights(name, path, checkpoint)
             loaded_epoch = checkpoint.get("epoch")
@@ -234,7 +226,7 @@ class TrainerBase:
             )
         epoch = max(common)
         for name in names:
-            path = os.path.join(directory, name, f"model.pth.tar-{epoch}")
+            path = os.path.join(directory, name, epoch_file(epoch))
             ckpt = load_checkpoint(path)
             self._load_weights(name, path, ckpt)
             if self._optims[name] is not None and ckpt.get("optimizer") is not None:

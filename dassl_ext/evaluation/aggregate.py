@@ -13,6 +13,7 @@ averaged new (not the mean of the per-dataset HMs). Std is the sample std (n - 1
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ from tabulate import tabulate
 from dassl_ext.evaluation.dassl_log import parse_dassl_log
 from dassl_ext.evaluation.paper import DATASETS, paper_numbers
 from dassl_ext.evaluation.results import read_results
+from dassl_ext.utils.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -424,11 +426,11 @@ def write_csv(tables: list[Table], path: str) -> None:
                 line.update(hm_seed_mean=row.hm_seeds.mean, hm_seed_std=row.hm_seeds.std)
             fields += [k for k in line if k not in fields]
             lines.append(line)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(lines)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(lines)
+    write_text_atomic(path, text.getvalue())
 
 
 def summarize(root: str) -> list[Table]:

@@ -6,6 +6,7 @@ backend switch), so this works headless and inside other programs.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -16,13 +17,14 @@ from matplotlib.ticker import MaxNLocator
 
 from dassl_ext.errors import UserError
 from dassl_ext.evaluation.aggregate import Table, hm
+from dassl_ext.utils.atomic import write_bytes_atomic
 
 
 def _save(fig: Figure, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120)
-    return path
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    return write_bytes_atomic(path, png.getvalue())
 
 
 def read_metrics(run_dir: str) -> list[dict]:

@@ -22,6 +22,13 @@ is_finished() {
   return 1
 }
 
+# checkpoint_lookup find FOLDER | resumable RUN_DIR: the engine's own checkpoint lookup
+# (dassl_ext/utils/checkpoint.py, which loads no torch for it). find prints the file to use
+# (model-best.pth.tar, else the newest model.pth.tar-<N>); both fail when there is none.
+checkpoint_lookup() {
+  "$PYTHON" -m dassl_ext.utils.checkpoint "$@"
+}
+
 # run_train DIR ARGS...: train.py into DIR unless DIR/results.json exists; resumes an
 # interrupted run that saved epoch checkpoints.
 run_train() {
@@ -29,7 +36,7 @@ run_train() {
   shift
   if is_finished "$dir"; then return 0; fi
   local resume=()
-  if compgen -G "$dir/*/model.pth.tar-*" > /dev/null; then resume=(--resume "$dir"); fi
+  if checkpoint_lookup resumable "$dir"; then resume=(--resume "$dir"); fi
   "$PYTHON" train.py --root "$DATA" --output-dir "$dir" "${resume[@]}" "$@"
 }
 
