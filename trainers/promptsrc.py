@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from dassl_ext.config import register_config_extension
-from dassl_ext.engine import TRAINER_REGISTRY
+from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import IMAGENET_TEMPLATES, clip
 from dassl_ext.utils.atomic import write_torch_atomic
@@ -84,6 +84,7 @@ class PromptSRC(PromptTrainer):
 
     prec_section = "PROMPTSRC"
     model_name = "VLPromptLearner"
+    frozen_teacher = TeacherSupport(default_model_name="VLPromptLearner")  # the paper's teacher
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from dassl_ext.engine.teacher import TeacherSupport
 from dassl_ext.errors import UserError
 from dassl_ext.utils.checkpoint import (
     checkpoint_epochs,
@@ -42,6 +43,10 @@ def _as_list(names: str | list[str] | None) -> list[str] | None:
 
 class TrainerBase:
     """Base class: holds registered models / optimizers / schedulers and runs the loop."""
+
+    # Set by a trainer whose trained model can serve as a frozen teacher; it then also
+    # implements build_frozen_model (see dassl_ext.engine.teacher).
+    frozen_teacher: ClassVar[TeacherSupport | None] = None
 
     def __init__(self) -> None:
         self._models: OrderedDict[str, nn.Module] = OrderedDict()
