@@ -19,6 +19,7 @@ from yacs.config import CfgNode as CN
 
 from dassl_ext.config import register_config_extension
 from dassl_ext.engine import TRAINER_REGISTRY, FrozenTeacher, TrainerX
+from dassl_ext.engine.hooks import CallbackHook, HookBase
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import (
     PromptedImageEncoder,
@@ -195,10 +196,14 @@ class PromptKD(TrainerX):
         self.teacher = teacher
         return text_features
 
-    def before_train(self) -> None:
-        if self.teacher is None:  # the text features came from the cache (or no teacher: error)
+    def build_hooks(self) -> list[HookBase]:
+        """First: the teacher, unless building the model built it (its text features came
+        from the cache, or there is no teacher: then this is the error)."""
+        return [CallbackHook(before_train=PromptKD._ensure_teacher), *super().build_hooks()]
+
+    def _ensure_teacher(self) -> None:
+        if self.teacher is None:
             self._build_teacher(compute_text=False)
-        super().before_train()
 
     # ------------------------------------------------------------------ training
     def forward_backward(self, batch: dict) -> dict[str, float]:

@@ -2,19 +2,21 @@
 
 Method-specific trainers subclass :class:`~dassl_ext.engine.simple.TrainerX`; the
 cross-cutting work (precision scaler, gradient clipping and averaging across ranks, LR
-stepping once per epoch, checkpoint IO) lives here once.
+stepping once per epoch, checkpoint IO, running the hooks in order) lives here once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections import OrderedDict
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from dassl_ext.engine.hooks import HookBase
 from dassl_ext.engine.teacher import TeacherSupport
 from dassl_ext.errors import UserError
 from dassl_ext.utils.checkpoint import (
@@ -57,6 +59,7 @@ class TrainerBase:
         self.grad_clip_norm = 0.0
         self.best_result = -float("inf")
         self.best_epoch: int | None = None
+        self.hooks: list[HookBase] = []
         self._resume_rng: dict | None = None
         self._loaded_epoch: int | None = None  # set by load_model (reported in results.json)
         self._loaded_val_result: float | None = None
@@ -80,6 +83,16 @@ class TrainerBase:
         self._scheds[name] = sched
         if is_distributed() and model is not None:
             broadcast_module(model)
+
+    def registered_models(self) -> list[nn.Module]:
+        """The registered models, in registration order."""
+        return list(self._models.values())
+
+    def register_hooks(self, hooks: list[HookBase]) -> None:
+        """Append ``hooks`` (run in list order around each epoch; see ``engine.hooks``)."""
+        for hook in hooks:
+            hook.trainer = weakref.proxy(self)  # no reference cycle trainer <-> hook
+        self.hooks.extend(hooks)
 
     def get_model_names(self, names: str | list[str] | None = None) -> list[str]:
         names_real = list(self._models.keys())
@@ -286,16 +299,20 @@ class TrainerBase:
         self.after_train()
 
     def before_train(self) -> None:
-        pass
+        for hook in self.hooks:
+            hook.before_train()
 
     def after_train(self) -> None:
-        pass
+        for hook in self.hooks:
+            hook.after_train()
 
     def before_epoch(self) -> None:
-        pass
+        for hook in self.hooks:
+            hook.before_epoch()
 
     def after_epoch(self) -> None:
-        pass
+        for hook in self.hooks:
+            hook.after_epoch()
 
     def run_epoch(self) -> None:
         raise NotImplementedError
