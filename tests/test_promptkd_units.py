@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import trainers  # noqa: F401  (registers the trainers and their config sections)
-from dassl_ext.config.setup import apply_config_extensions, get_cfg_default
+from dassl_ext.config.setup import apply_config_extensions, get_cfg_default, setup_cfg
 from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport, TrainerX, resolve_precision
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import PromptedImageEncoder, clip
@@ -111,6 +111,12 @@ def test_eval_logits_are_sliced_per_split():
             logits = PromptKD.model_inference(fake, images)
             assert logits.shape == (3, 5)
             assert torch.allclose(logits, full[:, ids], atol=1e-5)
+
+
+def test_modal_is_promptkds_key_where_the_official_scripts_set_it(tmp_path):
+    assert _cfg().TRAINER.MODAL == "base2novel"  # added with TRAINER.PROMPTKD
+    args = SimpleNamespace(opts=["TRAINER.MODAL", "cross"], trainer="PromptKD")
+    assert setup_cfg(args).TRAINER.MODAL == "cross"  # as scripts/promptkd/*.sh pass it
 
 
 def test_modal_and_eval_splits_must_agree():

@@ -52,7 +52,9 @@ MODAL_EVAL_SPLITS = {"base2novel": "base_new", "cross": "standard"}
 
 @register_config_extension
 def add_promptkd_config(cfg: CN) -> None:
-    """``cfg.TRAINER.PROMPTKD`` with the official keys and defaults (spec §3.1)."""
+    """``cfg.TRAINER.PROMPTKD`` with the official keys and defaults (spec §3.1), and the
+    official ``TRAINER.MODAL`` (outside the section, where the official scripts set it)."""
+    cfg.TRAINER.MODAL = "base2novel"  # base2novel or cross (spec §3.5)
     cfg.TRAINER.PROMPTKD = pk = CN()
     pk.N_CTX_VISION = 4
     pk.PROMPT_DEPTH_VISION = 9
