@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dassl_ext.utils.atomic import atomic_write, write_text_atomic  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Fetch:
@@ -126,8 +128,8 @@ class DownloadError(RuntimeError):
 
 def download(url: str, dest: str) -> None:
     """Fetch `url` (or "gdrive:<id>") to `dest` through a temporary file."""
-    tmp = dest + ".part"
-    try:
+
+    def fetch(tmp: str) -> None:
         if url.startswith("gdrive:"):
             import gdown
 
@@ -136,11 +138,13 @@ def download(url: str, dest: str) -> None:
         else:
             with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
                 shutil.copyfileobj(r, f)
+
+    try:
+        atomic_write(dest, fetch)
     except DownloadError:
         raise
     except Exception as e:  # network errors come in many types (URLError, gdown, OSError)
         raise DownloadError(f"could not reach {gdrive_url(url)} ({e})") from None
-    os.replace(tmp, dest)
 
 
 def gdrive_url(url: str) -> str:
@@ -185,7 +189,7 @@ def fetch_dataset(name: str, root: str, keep_archives: bool = False) -> None:
                 move(os.path.join(out, src), os.path.normpath(os.path.join(out, dst)))
             if not keep_archives:
                 os.remove(dest)
-        open(done, "w").close()
+        write_text_atomic(done, "")
 
 
 def is_archive(path: str) -> bool:

@@ -2,10 +2,12 @@
 """Average runs over seeds: per-dataset base / new / HM tables from an output tree.
 
     python scripts/parse_results.py output/base2new [--ci] [--paper]
-        [--markdown results.md] [--csv results.csv]
+        [--markdown results.md] [--csv results.csv] [--reference FILE]
 
 Reads every results.json under ROOT (and Dassl log.txt files of runs made with the
-official code). Replaces Dassl's parse_test_res.py.
+official code). Replaces Dassl's parse_test_res.py. The paper's numbers, the row order
+and how official logs report come from the reference file
+(configs/reporting/promptkd.yaml by default).
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
-from dassl_ext.evaluation.aggregate import summarize, to_markdown, write_csv  # noqa: E402
+from dassl_ext.errors import UserError  # noqa: E402
+from dassl_ext.reporting.aggregate import summarize  # noqa: E402
+from dassl_ext.reporting.reference import load_reference  # noqa: E402
+from dassl_ext.reporting.tables import to_markdown, write_csv  # noqa: E402
+from dassl_ext.utils.atomic import write_text_atomic  # noqa: E402
+
+DEFAULT_REFERENCE = os.path.join(REPO, "configs", "reporting", "promptkd.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,21 +36,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper", action="store_true", help="add the paper's numbers")
     parser.add_argument("--markdown", metavar="FILE", help="also write the tables as Markdown")
     parser.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
+    parser.add_argument(
+        "--reference", default=DEFAULT_REFERENCE, help="published numbers and log rules (yaml)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     if not os.path.isdir(args.root):
         print(f"error: {args.root} is not a folder; pass the output folder of your runs.")
         return 1
-    tables = summarize(args.root)
+    try:
+        reference = load_reference(args.reference)
+    except UserError as e:
+        print(f"error: {e}")
+        return 1
+    tables = summarize(args.root, reference)
     if not tables:
         print(f"error: no results.json or Dassl log.txt with results under {args.root}.")
         return 1
-    text = to_markdown(tables, ci=args.ci, paper=args.paper)
+    text = to_markdown(tables, ci=args.ci, paper=reference if args.paper else None)
     print(text, end="")
     if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(text)
+        write_text_atomic(args.markdown, text)
     if args.csv:
         write_csv(tables, args.csv)
     return 0

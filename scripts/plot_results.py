@@ -2,10 +2,12 @@
 """Plots for an output tree: base / new / HM bars per table, training curves per run.
 
     python scripts/plot_results.py output/base2new [--paper] [--no-curves] [--out-dir DIR]
+        [--reference FILE]
 
 Writes <out-dir>/bars_<trainer>_<protocol>.png (out-dir defaults to ROOT) and
 <run>/training_curves.png next to every run that has a metrics.jsonl. ROOT may also
-be a single run folder.
+be a single run folder. The paper's numbers come from the reference file
+(configs/reporting/promptkd.yaml by default).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import os
 import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from dassl_ext.errors import UserError  # noqa: E402
-from dassl_ext.evaluation.aggregate import summarize  # noqa: E402
-from dassl_ext.evaluation.paper import paper_numbers  # noqa: E402
-from dassl_ext.evaluation.plots import plot_base_new_bars, plot_training_curves  # noqa: E402
+from dassl_ext.reporting.aggregate import summarize  # noqa: E402
+from dassl_ext.reporting.plots import plot_base_new_bars, plot_training_curves  # noqa: E402
+from dassl_ext.reporting.reference import load_reference  # noqa: E402
+
+DEFAULT_REFERENCE = os.path.join(REPO, "configs", "reporting", "promptkd.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,17 +34,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper", action="store_true", help="draw the paper's bars beside ours")
     parser.add_argument("--no-curves", action="store_true", help="skip per-run training curves")
     parser.add_argument("--out-dir", help="folder for the bar charts (default: ROOT)")
+    parser.add_argument(
+        "--reference", default=DEFAULT_REFERENCE, help="published numbers and log rules (yaml)"
+    )
     args = parser.parse_args(argv)
     if not os.path.isdir(args.root):
         print(f"error: {args.root} is not a folder; pass the output folder of your runs.")
         return 1
     written = []
     try:
-        for table in summarize(args.root):
+        reference = load_reference(args.reference)
+        for table in summarize(args.root, reference):
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"bars_{table.trainer}_{table.protocol}")
             out = os.path.join(args.out_dir or args.root, f"{name}.png")
-            paper = paper_numbers(table.trainer)[1] if args.paper else None
-            written.append(plot_base_new_bars(table, out, paper=paper))
+            published = reference.numbers_for(table.trainer) if args.paper else None
+            written.append(plot_base_new_bars(table, out, paper=published and published[1]))
         if not args.no_curves:
             for folder, dirs, files in os.walk(args.root):
                 dirs.sort()

@@ -8,19 +8,15 @@ import statistics
 
 import pytest
 
+from dassl_ext.errors import UserError
 from dassl_ext.evaluation import write_results
-from dassl_ext.evaluation.aggregate import (
-    Stat,
-    aggregate,
-    collect_runs,
-    hm,
-    summarize,
-    table_rows,
-    to_markdown,
-)
-from dassl_ext.evaluation.dassl_log import parse_dassl_log
+from dassl_ext.reporting.aggregate import Stat, aggregate, collect_runs, hm, summarize
+from dassl_ext.reporting.dassl_log import parse_dassl_log
+from dassl_ext.reporting.reference import load_reference
+from dassl_ext.reporting.tables import table_rows, to_markdown
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER = load_reference(os.path.join(REPO, "configs", "reporting", "promptkd.yaml"))
 
 # dataset -> seed -> (base, new)
 B2N = {
@@ -58,8 +54,10 @@ def b2n_tree(root, data=B2N, **kw):
 
 def test_mean_std_and_hm_convention(tmp_path):
     b2n_tree(tmp_path)
-    (table,) = summarize(str(tmp_path))
+    (table,) = summarize(str(tmp_path), PAPER)
     assert [r.dataset for r in table.rows] == ["OxfordPets", "EuroSAT"]  # paper order
+    (by_name,) = summarize(str(tmp_path))  # no reference: by name
+    assert [r.dataset for r in by_name.rows] == ["EuroSAT", "OxfordPets"]
     euro = table.rows[1]
     assert euro.seeds == [1, 2, 3]
     assert euro.stats["base"].mean == pytest.approx(92.0)
@@ -217,14 +215,16 @@ def write_log(path, trainer, seed, val_accs, final_acc, subsample="all", shots=0
 def test_official_promptkd_log(tmp_path):
     path = tmp_path / "dtd" / "seed1" / "log.txt"
     write_log(str(path), "PromptKD", 1, [80.1, 85.8, 84.0], 71.4)
-    rec = parse_dassl_log(str(path))
+    rec = parse_dassl_log(str(path), PAPER)
     assert rec["splits"] == {"base": {"accuracy": 85.8}, "new": {"accuracy": 71.4}}
     assert (rec["trainer"], rec["dataset"], rec["seed"]) == ("PromptKD", "DescribableTextures", 1)
     assert rec["protocol"] == "official" and rec["backbone"] == "ViT-B/16"
     # An unfinished training has no new-class result yet.
     text = path.read_text().split("Finish training")[0]
     (tmp_path / "partial.txt").write_text(text)
-    assert parse_dassl_log(str(tmp_path / "partial.txt")) is None
+    assert parse_dassl_log(str(tmp_path / "partial.txt"), PAPER) is None
+    # Without the reference's rule the log is an ordinary one: its last accuracy, "test".
+    assert parse_dassl_log(str(path))["splits"] == {"test": {"accuracy": 71.4}}
 
 
 def test_official_logs_aggregate_with_baseline_join(tmp_path):
@@ -236,9 +236,9 @@ def test_official_logs_aggregate_with_baseline_join(tmp_path):
         write_log(str(new_dir / "log.txt"), "PromptSRC", seed, [], 63.0, "new", 16, True)
     # Dassl names a second log of the same folder log.txt-<time>; the newest one wins.
     write_log(str(tmp_path / "kd/dtd/seed3/log.txt-2024-01-01-10-00-00"), "PromptKD", 3, [87], 70)
-    runs = collect_runs(str(tmp_path))
+    runs = collect_runs(str(tmp_path), PAPER)
     assert len(runs) == 9
-    tables = {t.trainer: t for t in aggregate(runs)}
+    tables = {t.trainer: t for t in aggregate(runs, PAPER)}
     kd = tables["PromptKD"].rows[0]
     assert kd.stats["base"].values == [85.0, 86.0, 87.0]
     assert kd.stats["new"].values == [71.0, 72.0, 70.0]
@@ -277,3 +277,17 @@ def test_two_seeds_a_few_points_apart_are_not_a_collapse(tmp_path):
     b2n_tree(tmp_path, {"EuroSAT": {3: (90.0, 40.0)}})
     (table,) = summarize(str(tmp_path))
     assert any("seed 3: new 40.00" in w for w in table.warnings)
+
+
+def test_reference_file_errors_and_defaults(tmp_path):
+    assert PAPER.numbers_for("PromptKD")[1]["OxfordPets"] == (96.30, 98.01, 97.15)
+    assert PAPER.numbers_for("MyNewMethod")[0] == "PromptKD"  # the default comparison
+    bad = tmp_path / "ref.yaml"
+    bad.write_text("PUBLISHD: {}\n")
+    with pytest.raises(UserError, match="unknown keys \\['PUBLISHD'\\]"):
+        load_reference(str(bad))
+    bad.write_text("PUBLISHED: {X: {Pets: [1.0, 2.0]}}\n")
+    with pytest.raises(UserError, match="malformed"):
+        load_reference(str(bad))
+    bad.write_text("DATASETS: [B, A]\n")
+    assert load_reference(str(bad)).numbers_for("PromptKD") is None

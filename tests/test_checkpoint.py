@@ -1,13 +1,25 @@
 """Checkpoint IO: Dassl layout, atomic writes, safe loading of foreign (pickled-object) files."""
 
+import json
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from dassl_ext.errors import UserError
-from dassl_ext.utils.checkpoint import Placeholder, load_checkpoint, save_checkpoint
+from dassl_ext.utils.atomic import atomic_write, write_json_atomic
+from dassl_ext.utils.checkpoint import (
+    Placeholder,
+    find_checkpoint,
+    load_checkpoint,
+    resumable_models,
+    save_checkpoint,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _state(epoch=3):
@@ -106,3 +118,66 @@ def test_code_payload_executes_nothing(tmp_path):
 def test_missing_file_is_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_checkpoint(str(tmp_path / "nope"))
+
+
+def test_find_checkpoint_best_else_newest(tmp_path):
+    folder = tmp_path / "VLPromptLearner"
+    assert find_checkpoint(str(folder)) == str(folder / "model-best.pth.tar")  # nothing: best
+    folder.mkdir()
+    for name in ("model.pth.tar-3", "model.pth.tar-12", "model.pth.tar-7.tmp"):
+        (folder / name).write_bytes(b"x")
+    assert find_checkpoint(str(folder)) == str(folder / "model.pth.tar-12")  # 12 > 3, not "3"
+    assert find_checkpoint(str(folder), epoch=3) == str(folder / "model.pth.tar-3")
+    (folder / "model-best.pth.tar").write_bytes(b"x")
+    assert find_checkpoint(str(folder)) == str(folder / "model-best.pth.tar")
+    assert resumable_models(str(tmp_path)) == ["VLPromptLearner"]
+
+
+def test_lookup_entry_point_for_the_scripts(tmp_path):
+    """`python -m dassl_ext.utils.checkpoint` answers the shell scripts without torch."""
+    folder = tmp_path / "run" / "prompt_learner"
+    folder.mkdir(parents=True)
+    (folder / "model.pth.tar-2").write_bytes(b"x")
+    probe = (
+        "import runpy, sys; sys.argv = ['x'] + sys.argv[1:]\n"
+        "try:\n    runpy.run_module('dassl_ext.utils.checkpoint', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert 'torch' not in sys.modules; raise\n"
+    )
+
+    def lookup(*args):
+        cmd = [sys.executable, "-c", probe, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+
+    found = lookup("find", str(folder))
+    assert (found.returncode, found.stdout.strip()) == (0, str(folder / "model.pth.tar-2"))
+    assert lookup("find", str(tmp_path)).returncode == 1
+    assert lookup("resumable", str(tmp_path / "run")).returncode == 0
+    assert lookup("resumable", str(tmp_path)).returncode == 1
+    assert lookup("bogus", str(tmp_path)).returncode == 2
+
+
+def test_atomic_write_syncs_file_and_folder(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "sub" / "results.json"
+    write_json_atomic(str(path), {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1} and path.read_text().endswith("\n")
+    # the temporary file (renamed since) and the folder holding the new name
+    assert len(synced) == 2 and synced[1] == str(tmp_path / "sub")
+    assert os.path.dirname(synced[0]) == str(tmp_path / "sub") and synced[0].endswith(".tmp")
+
+    def failing(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(str(path), failing)
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert os.listdir(tmp_path / "sub") == ["results.json"]  # no temporary file left

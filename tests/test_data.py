@@ -354,7 +354,8 @@ def test_distributed_samplers(dtd_cfg, monkeypatch):
 
     from dassl_ext.data import data_manager
 
-    monkeypatch.setattr(data_manager, "_distributed", lambda: (1, 2))  # rank 1 of 2
+    monkeypatch.setattr(data_manager, "get_rank", lambda: 1)  # rank 1 of 2
+    monkeypatch.setattr(data_manager, "get_world_size", lambda: 2)
     dm = DataManager(dtd_cfg)
     sampler = dm.train_loader_x.sampler
     assert isinstance(sampler, DistributedSampler) and sampler.rank == 1

@@ -20,6 +20,7 @@ import train
 from dassl_ext.config import setup as config_setup
 from dassl_ext.data import DatasetBase
 from dassl_ext.engine import TrainerX
+from dassl_ext.engine.hooks import HookBase, ModelSelection, insert_before
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
 from dassl_ext.registry import DATASET_REGISTRY, TRAINER_REGISTRY
 
@@ -234,3 +235,60 @@ def test_cuda_precisions_train_fp32_master_weights(tiny, prec):
     assert "cuda" in ckpt["rng_state"]
     with open(os.path.join(out, "results.json")) as f:
         assert json.load(f)["splits"]["test"]["num_images"] == 12
+
+
+class Recorder(HookBase):
+    """Logs each stage it is called in, with what the hooks before it have done."""
+
+    def __init__(self, name: str, log: list) -> None:
+        self.name, self.log = name, log
+
+    def before_train(self) -> None:
+        self.log.append((self.name, "before_train", self.trainer.start_epoch))
+
+    def before_epoch(self) -> None:
+        self.log.append((self.name, "before_epoch", self.trainer.epoch))
+
+    def after_epoch(self) -> None:
+        folder = os.path.join(self.trainer.output_dir, "TinyNet")
+        files = os.listdir(folder) if os.path.isdir(folder) else []
+        saved = sorted(f for f in files if f.startswith("model"))
+        self.log.append((self.name, "after_epoch", self.trainer.epoch, saved))
+
+    def after_train(self) -> None:
+        self.log.append((self.name, "after_train"))
+
+
+class HookedTrainer(TinyEngineTrainer):
+    log: list = []
+
+    def build_hooks(self):
+        early = Recorder("early", self.log)
+        hooks = insert_before(super().build_hooks(), ModelSelection, early)
+        return [*hooks, Recorder("late", self.log)]
+
+
+def test_hooks_run_in_list_order(tiny):
+    root, out = tiny
+    TRAINER_REGISTRY.register(HookedTrainer)
+    try:
+        argv = tiny_argv(root, out, "TEST.FINAL_MODEL", "best_val", epochs=2)
+        argv[argv.index("TinyEngineTrainer")] = "HookedTrainer"
+        assert train.main(argv) == 0
+    finally:
+        TRAINER_REGISTRY.unregister("HookedTrainer")
+    best, last = "model-best.pth.tar", "model.pth.tar-2"
+    assert HookedTrainer.log == [
+        ("early", "before_train", 0),
+        ("late", "before_train", 0),
+        ("early", "before_epoch", 0),
+        ("late", "before_epoch", 0),
+        ("early", "after_epoch", 0, []),  # before selection: nothing saved yet
+        ("late", "after_epoch", 0, [best]),  # after selection and checkpointing
+        ("early", "before_epoch", 1),
+        ("late", "before_epoch", 1),
+        ("early", "after_epoch", 1, [best]),
+        ("late", "after_epoch", 1, [best, last]),
+        ("early", "after_train"),
+        ("late", "after_train"),
+    ]

@@ -7,9 +7,9 @@ import os
 import pytest
 
 from dassl_ext.errors import UserError
-from dassl_ext.evaluation.aggregate import summarize
-from dassl_ext.evaluation.paper import paper_numbers
-from dassl_ext.evaluation.plots import plot_base_new_bars, plot_training_curves, read_metrics
+from dassl_ext.reporting.aggregate import summarize
+from dassl_ext.reporting.plots import plot_base_new_bars, plot_training_curves, read_metrics
+from dassl_ext.reporting.reference import load_reference
 from tests.test_aggregate import b2n_tree, write_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +48,8 @@ def test_training_curves(tmp_path):
 def test_base_new_bars_with_paper_and_standard(tmp_path):
     b2n_tree(tmp_path / "b2n")
     (table,) = summarize(str(tmp_path / "b2n"))
-    out = plot_base_new_bars(table, str(tmp_path / "bars.png"), paper=paper_numbers("PromptKD")[1])
+    paper = load_reference(os.path.join(REPO, "configs", "reporting", "promptkd.yaml"))
+    out = plot_base_new_bars(table, str(tmp_path / "bars.png"), paper=paper.published["PromptKD"])
     assert png_ok(out)
     for seed in (1, 2):
         write_run(tmp_path / "std", "CoOp", "Food101", seed, {"test": 80.0 + seed})

@@ -132,7 +132,7 @@ def test_pipeline_reports_base_new_and_teacher_runs_once(student_run, capsys):
         logits = torch.load(out / f"logits_{split}.pt", weights_only=True)
         assert logits["logits"].shape == (res["splits"][split]["num_images"], n_classes)
         assert logits["labels"].max() < n_classes  # each split in its own label space
-    from dassl_ext.evaluation.aggregate import summarize
+    from dassl_ext.reporting.aggregate import summarize
 
     assert summarize(str(out.parent))  # the aggregation tool reads it (base / new / HM)
     assert load_script("parse_results").main([str(out.parent)]) == 0

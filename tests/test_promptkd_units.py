@@ -10,14 +10,19 @@ import torch
 import torch.nn.functional as F
 
 import trainers  # noqa: F401  (registers the trainers and their config sections)
-from dassl_ext.config.setup import apply_config_extensions, get_cfg_default
-from dassl_ext.engine import resolve_precision
+from dassl_ext.config.setup import apply_config_extensions, get_cfg_default, setup_cfg
+from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport, TrainerX, resolve_precision
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import PromptedImageEncoder, clip
 from trainers.losses import kd_loss
 from trainers.promptkd import PromptKD
 from trainers.promptkd_student import PromptKDStudent, prompt_parameters, set_trainable
-from trainers.promptkd_teacher import resolve_teacher_checkpoint
+from trainers.promptkd_teacher import (
+    file_identity,
+    resolve_teacher_checkpoint,
+    teacher_trainer,
+    text_feature_key,
+)
 
 
 def _cfg(**opts):
@@ -108,6 +113,12 @@ def test_eval_logits_are_sliced_per_split():
             assert torch.allclose(logits, full[:, ids], atol=1e-5)
 
 
+def test_modal_is_promptkds_key_where_the_official_scripts_set_it(tmp_path):
+    assert _cfg().TRAINER.MODAL == "base2novel"  # added with TRAINER.PROMPTKD
+    args = SimpleNamespace(opts=["TRAINER.MODAL", "cross"], trainer="PromptKD")
+    assert setup_cfg(args).TRAINER.MODAL == "cross"  # as scripts/promptkd/*.sh pass it
+
+
 def test_modal_and_eval_splits_must_agree():
     trainer = object.__new__(PromptKD)
     PromptKD.check_cfg(trainer, _cfg(TRAINER__MODAL="base2novel", DATASET__EVAL_SPLITS="base_new"))
@@ -149,3 +160,53 @@ def test_pipeline_scripts_parse_and_reject_unknown_datasets(script):
     assert subprocess.run(["bash", "-n", path]).returncode == 0
     run = subprocess.run(["bash", path, "no_such_dataset"], capture_output=True, text=True)
     assert run.returncode == 2 and "configs/datasets/no_such_dataset.yaml" in run.stderr
+
+
+def test_teacher_is_what_its_trainer_class_declares(tmp_path, monkeypatch):
+    """No list of trainer names: a new trainer that declares TeacherSupport teaches."""
+
+    class ShapeLearner(TrainerX):
+        frozen_teacher = TeacherSupport(default_model_name="ShapePrompts")
+
+    TRAINER_REGISTRY.register(ShapeLearner)
+    try:
+        monkeypatch.chdir(tmp_path)
+        cfg = _cfg(DATASET__NAME="Shapes", TRAINER__PROMPTKD__TEACHER_TRAINER="ShapeLearner")
+        assert teacher_trainer(cfg) == (ShapeLearner, ShapeLearner.frozen_teacher)
+        path, where = resolve_teacher_checkpoint(cfg)
+        assert path is None and where.startswith(os.path.join("teacher_model", "Shapes"))
+        folder = tmp_path / "teacher_model" / "Shapes" / "ShapePrompts"
+        folder.mkdir(parents=True)
+        (folder / "model.pth.tar-3").write_bytes(b"x")
+        assert resolve_teacher_checkpoint(cfg)[0].endswith("model.pth.tar-3")
+    finally:
+        TRAINER_REGISTRY.unregister("ShapeLearner")
+    with pytest.raises(UserError, match="CoCoOp cannot serve.*IVLP, MaPLe, PromptSRC"):
+        teacher_trainer(_cfg(TRAINER__PROMPTKD__TEACHER_TRAINER="CoCoOp"))
+
+
+def test_text_feature_key_is_a_pure_function(tmp_path, monkeypatch):
+    """The key reads only its arguments (no file lookup); file_identity reads the files."""
+    weights = tmp_path / "teacher.pt"
+    weights.write_bytes(b"x")
+    clip_id, ckpt_id = file_identity(str(weights)), file_identity(None)
+    assert clip_id == [str(weights), 1, os.stat(weights).st_mtime_ns] and ckpt_id == [None]
+    names, cfg = ["cat", "dog"], _cfg()
+
+    def no_files(*args, **kwargs):
+        raise AssertionError("the key touched the file system")
+
+    monkeypatch.setattr(os, "stat", no_files)
+    monkeypatch.setattr("dassl_ext.modeling.loading.find_clip_file", no_files)
+    key = text_feature_key(cfg, names, clip_id, ckpt_id, "cpu-fp32")
+    assert key == text_feature_key(cfg, list(names), list(clip_id), ckpt_id, "cpu-fp32")
+    others = [
+        text_feature_key(cfg, names[::-1], clip_id, ckpt_id, "cpu-fp32"),
+        text_feature_key(cfg, names, clip_id[:2] + [0], ckpt_id, "cpu-fp32"),
+        text_feature_key(cfg, names, clip_id, clip_id, "cpu-fp32"),
+        text_feature_key(cfg, names, clip_id, ckpt_id, "cuda-fp16"),
+        text_feature_key(
+            _cfg(TRAINER__PROMPTSRC__N_CTX_TEXT=2), names, clip_id, ckpt_id, "cpu-fp32"
+        ),
+    ]
+    assert len({key, *others}) == 6

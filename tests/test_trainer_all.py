@@ -14,7 +14,7 @@ import torch
 
 import train
 from dassl_ext.config import setup_cfg
-from dassl_ext.engine import build_trainer
+from dassl_ext.engine import FrozenTeacher, build_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_CFG = os.path.join(REPO, "configs", "datasets", "digits.yaml")
@@ -113,11 +113,13 @@ def test_loss_falls_and_reload_is_identical(name, tiny_clip_root, digits_root, t
     other.eval_class_ids = trainer.eval_class_ids
     assert torch.equal(other.model_inference(images), before)
 
+    assert (type(trainer).frozen_teacher is None) == (name == "CoCoOp")
     if name != "CoCoOp":  # the teacher interface: same logits from the frozen model
         ckpt = tmp_path / CONFIGS[name][1] / "model.pth.tar-1"
         frozen = type(trainer).build_frozen_model(
             cfg, list(trainer.classnames), "tiny-teacher", str(ckpt)
         )
+        assert isinstance(frozen, FrozenTeacher) and frozen.input_resolution == 32
         assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.training
         with torch.no_grad():
             text, image = frozen.text_features(), frozen.image_features(images.cpu())
@@ -145,6 +147,7 @@ def test_zero_shot_frozen_model_matches_trainer(tiny_clip_root, digits_root, tmp
     images = _fixed_batch(trainer)["img"]
     trainer.eval_class_ids = torch.arange(trainer.num_classes, device=trainer.device)
     frozen = ZeroshotCLIP.build_frozen_model(cfg, trainer.classnames, "tiny-teacher", None)
+    assert isinstance(frozen, FrozenTeacher) and not ZeroshotCLIP.frozen_teacher.needs_checkpoint
     with torch.no_grad():
         image, text = frozen.image_features(images), frozen.text_features()
         logits = frozen.logit_scale.exp() * image @ text.t()

@@ -12,7 +12,7 @@ from test_trainer_all import CONFIGS, make_cfg
 
 import train
 from dassl_ext.engine import build_trainer
-from dassl_ext.engine.simple import SimpleTrainer
+from dassl_ext.engine.hooks import ModelSelection, ParameterAveraging, PeriodicCheckpointer
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import IMAGENET_TEMPLATES, clip, load_clip
 from dassl_ext.utils.checkpoint import load_checkpoint
@@ -56,12 +56,15 @@ def test_zero_shot_targets_match_frozen_clip_and_are_not_recomputed(
 
 
 def test_gpa_aggregates_only_the_prompts(src_trainer, monkeypatch):
-    monkeypatch.setattr(SimpleTrainer, "after_epoch", lambda self: None)  # no eval / saving
     trainer, prompts = src_trainer, src_trainer.model.trainable_parameters()
+    kinds = [type(h) for h in trainer.hooks]  # GPA first, so selection / saving see the average
+    assert kinds.index(ParameterAveraging) < kinds.index(ModelSelection)
+    assert kinds.index(ModelSelection) < kinds.index(PeriodicCheckpointer)
+    (gpa,) = [h for h in trainer.hooks if isinstance(h, ParameterAveraging)]
     frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     monkeypatch.setattr(trainer, "max_epoch", 2)
-    monkeypatch.setattr(trainer, "gpa_weights", [0.25, 0.75])
-    trainer.gpa_sum, trainer.gpa_history = None, {}
+    monkeypatch.setattr(gpa, "weights", [0.25, 0.75])
+    gpa.sum, gpa.history = None, {}
     values = []
     for epoch in range(2):
         with torch.no_grad():
@@ -69,7 +72,7 @@ def test_gpa_aggregates_only_the_prompts(src_trainer, monkeypatch):
                 p.add_(torch.randn_like(p))
         values.append([p.detach().clone() for p in prompts])
         trainer.epoch = epoch
-        trainer.after_epoch()
+        gpa.after_epoch()  # the GPA hook alone: no evaluation, no saving
     for p, a, b in zip(prompts, *values):
         torch.testing.assert_close(p.detach(), 0.25 * a + 0.75 * b)
     prompt_ids = {id(p) for p in prompts}

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dassl_ext.engine import TrainerX
+from dassl_ext.engine import TeacherSupport, TrainerX
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import (
     build_prompt_buffers,
@@ -111,10 +111,53 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
 
+def image_dtype(visual: nn.Module) -> torch.dtype:
+    """Dtype of a CLIP image tower's (possibly cast) frozen weights (ViT or ResNet)."""
+    return visual.conv1.weight.dtype
+
+
+class CLIPClassifier(nn.Module):
+    """Base of the trainers' CLIP models, which are also frozen teachers
+    (:class:`~dassl_ext.engine.teacher.FrozenTeacher`).
+
+    A subclass sets ``image_encoder``, ``text_encoder`` and ``logit_scale`` (raw) and
+    implements ``text_features(class_ids)``; logits are
+    ``exp(logit_scale) * image_features @ text_features.T``.
+    """
+
+    image_encoder: nn.Module
+    text_encoder: nn.Module
+    logit_scale: nn.Parameter
+    text_side: tuple[str, ...] = ("text_encoder",)  # what drop_text_tower frees
+
+    @property
+    def input_resolution(self) -> int:
+        return self.image_encoder.input_resolution
+
+    def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised class vectors (C', E) of the selected classes (all when None)."""
+        raise NotImplementedError
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised image features (B, E)."""
+        return l2_normalize(self.image_encoder(images.to(image_dtype(self.image_encoder))))
+
+    def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, C') = exp(logit_scale) * img @ txt^T."""
+        text = self.text_features(class_ids)
+        return self.logit_scale.exp() * self.image_features(images) @ text.t()
+
+    def drop_text_tower(self) -> None:
+        """Free the text side (PromptKD keeps only the image side of a frozen teacher)."""
+        for name in self.text_side:
+            delattr(self, name)
+
+
 class PromptTrainer(TrainerX):
     """TrainerX with the shared build / CE step / cached-text evaluation / loading logic."""
 
     model_name = "VLPromptLearner"  # registered name: the checkpoint folder
+    frozen_teacher = TeacherSupport()  # a trained checkpoint teaches (PromptKD)
 
     # ------------------------------------------------------------------ method hooks
     @classmethod

@@ -15,15 +15,15 @@ from yacs.config import CfgNode as CN
 
 from dassl_ext.config import register_config_extension
 from dassl_ext.engine import TRAINER_REGISTRY
-from dassl_ext.errors import UserError
 from dassl_ext.modeling import PromptedTextEncoder, assemble_prompts
 from trainers.base import (
+    CLIPClassifier,
     PromptTrainer,
     l2_normalize,
     register_prompt_buffers,
     select_prompt_buffers,
 )
-from trainers.coop import image_dtype, word_ctx_or_random
+from trainers.coop import word_ctx_or_random
 
 
 @register_config_extension
@@ -65,8 +65,8 @@ class PromptLearner(nn.Module):
         return prompts, tokens
 
 
-class CustomCLIP(nn.Module):
-    """Frozen CLIP with a conditional prompt learner."""
+class CustomCLIP(CLIPClassifier):
+    """Frozen CLIP with a conditional prompt learner (its text side depends on the image)."""
 
     def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str):
         super().__init__()
@@ -77,9 +77,6 @@ class CustomCLIP(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.prompt_learner.parameters())
-
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return l2_normalize(self.image_encoder(images.to(image_dtype(self.image_encoder))))
 
     def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, C'): image i against the class prompts built from its own context."""
@@ -99,6 +96,7 @@ class CoCoOp(PromptTrainer):
 
     prec_section = "COCOOP"
     model_name = "prompt_learner"
+    frozen_teacher = None  # its class vectors depend on the image: no fixed ones to distil
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
@@ -108,13 +106,6 @@ class CoCoOp(PromptTrainer):
     @staticmethod
     def registered_module(model: nn.Module) -> nn.Module:
         return model.prompt_learner
-
-    @classmethod
-    def build_frozen_model(cls, cfg, classnames, backbone, checkpoint):
-        raise UserError(
-            "CoCoOp's class vectors depend on the image, so it cannot serve as a teacher with "
-            "fixed text features; use PromptSRC, IVLP, MaPLe, CoOp or ZeroshotCLIP."
-        )
 
     @torch.no_grad()
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:

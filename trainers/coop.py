@@ -21,7 +21,7 @@ from dassl_ext.modeling import (
     init_ctx_from_words,
 )
 from dassl_ext.modeling.prompted import PROMPT_STD
-from trainers.base import PromptTrainer, l2_normalize, register_prompt_buffers
+from trainers.base import CLIPClassifier, PromptTrainer, l2_normalize, register_prompt_buffers
 
 POSITIONS = ("end", "middle", "front")
 
@@ -112,13 +112,10 @@ class PromptLearner(nn.Module):
         return torch.cat(prompts, dim=0), tokens
 
 
-def image_dtype(visual: nn.Module) -> torch.dtype:
-    """Dtype of a CLIP image tower's (possibly cast) frozen weights (ViT or ResNet)."""
-    return visual.conv1.weight.dtype
-
-
-class CustomCLIP(nn.Module):
+class CustomCLIP(CLIPClassifier):
     """Frozen CLIP with a CoOp prompt learner on the text side."""
+
+    text_side = ("text_encoder", "prompt_learner")
 
     def __init__(self, clip_model, prompt_learner: nn.Module):
         super().__init__()
@@ -133,16 +130,6 @@ class CustomCLIP(nn.Module):
     def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
         prompts, tokens = self.prompt_learner(class_ids)
         return l2_normalize(self.text_encoder(prompts, tokens))
-
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return l2_normalize(self.image_encoder(images.to(image_dtype(self.image_encoder))))
-
-    def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
-        text = self.text_features(class_ids)
-        return self.logit_scale.exp() * self.image_features(images) @ text.t()
-
-    def drop_text_tower(self) -> None:
-        del self.text_encoder, self.prompt_learner
 
 
 @TRAINER_REGISTRY.register()

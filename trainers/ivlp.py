@@ -15,7 +15,7 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from dassl_ext.config import register_config_extension
-from dassl_ext.engine import TRAINER_REGISTRY
+from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
 from dassl_ext.modeling import (
     PromptedImageEncoder,
     PromptedTextEncoder,
@@ -23,6 +23,7 @@ from dassl_ext.modeling import (
     init_ctx_from_words,
 )
 from trainers.base import (
+    CLIPClassifier,
     PromptTrainer,
     l2_normalize,
     register_prompt_buffers,
@@ -70,8 +71,10 @@ class VLPromptLearner(nn.Module):
         return assemble_prompts(prefix, self.ctx, suffix), tokens
 
 
-class CustomCLIP(nn.Module):
+class CustomCLIP(CLIPClassifier):
     """CLIP with independent deep prompts in both towers (IVLP, PromptSRC, PromptKD teacher)."""
+
+    text_side = ("text_encoder", "prompt_learner")
 
     def __init__(
         self,
@@ -101,19 +104,6 @@ class CustomCLIP(nn.Module):
         prompts, tokens = self.prompt_learner(class_ids)
         return l2_normalize(self.text_encoder(prompts, tokens))
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised prompted image features (B, E)."""
-        return l2_normalize(self.image_encoder(images))
-
-    def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, C') = exp(logit_scale) * img @ txt^T."""
-        text = self.text_features(class_ids)
-        return self.logit_scale.exp() * self.image_features(images) @ text.t()
-
-    def drop_text_tower(self) -> None:
-        """Free the text side (PromptKD keeps only the image side of a frozen teacher)."""
-        del self.text_encoder, self.prompt_learner
-
 
 def custom_clip_from_section(section, classnames: list[str], clip_model) -> CustomCLIP:
     """The IVLP-style CustomCLIP configured by ``TRAINER.IVLP`` or ``TRAINER.PROMPTSRC``."""
@@ -134,6 +124,7 @@ class IVLP(PromptTrainer):
 
     prec_section = "IVLP"
     model_name = "VLPromptLearner"
+    frozen_teacher = TeacherSupport(default_model_name="VLPromptLearner")
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:

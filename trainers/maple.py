@@ -24,6 +24,7 @@ from dassl_ext.modeling import (
     init_ctx_from_words,
 )
 from trainers.base import (
+    CLIPClassifier,
     PromptTrainer,
     l2_normalize,
     register_prompt_buffers,
@@ -65,7 +66,7 @@ class MultiModalPromptLearner(CoupledDeepPrompts):
         return assemble_prompts(prefix, self.ctx, suffix), tokens
 
 
-class CustomCLIP(nn.Module):
+class CustomCLIP(CLIPClassifier):
     """CLIP whose two towers are prompted by one ``MultiModalPromptLearner``."""
 
     def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str, depth: int):
@@ -88,14 +89,6 @@ class CustomCLIP(nn.Module):
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         shared_ctx, _, deep_vision = self.prompt_learner.coupled_prompts(self.prompt_learner.ctx)
         return l2_normalize(self.image_encoder(images, shared_ctx, deep_vision))
-
-    def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
-        text = self.text_features(class_ids)
-        return self.logit_scale.exp() * self.image_features(images) @ text.t()
-
-    def drop_text_tower(self) -> None:
-        """Free the text side; the prompt learner stays (the vision prompts come from it)."""
-        del self.text_encoder
 
 
 @TRAINER_REGISTRY.register()

@@ -18,7 +18,8 @@ import torch
 from yacs.config import CfgNode as CN
 
 from dassl_ext.config import register_config_extension
-from dassl_ext.engine import TRAINER_REGISTRY, TrainerX
+from dassl_ext.engine import TRAINER_REGISTRY, FrozenTeacher, TrainerX
+from dassl_ext.engine.hooks import CallbackHook, HookBase
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import (
     PromptedImageEncoder,
@@ -33,12 +34,12 @@ from dassl_ext.utils.distributed import is_main_process
 from trainers.losses import kd_loss
 from trainers.promptkd_student import PromptKDStudent, set_trainable
 from trainers.promptkd_teacher import (
-    NO_CHECKPOINT_TEACHERS,
-    drop_text_tower,
+    file_identity,
     load_cached_text_features,
     missing_teacher_error,
     resolve_teacher_checkpoint,
     save_cached_text_features,
+    teacher_trainer,
     text_cache_dir,
     text_feature_key,
 )
@@ -51,7 +52,9 @@ MODAL_EVAL_SPLITS = {"base2novel": "base_new", "cross": "standard"}
 
 @register_config_extension
 def add_promptkd_config(cfg: CN) -> None:
-    """``cfg.TRAINER.PROMPTKD`` with the official keys and defaults (spec §3.1)."""
+    """``cfg.TRAINER.PROMPTKD`` with the official keys and defaults (spec §3.1), and the
+    official ``TRAINER.MODAL`` (outside the section, where the official scripts set it)."""
+    cfg.TRAINER.MODAL = "base2novel"  # base2novel or cross (spec §3.5)
     cfg.TRAINER.PROMPTKD = pk = CN()
     pk.N_CTX_VISION = 4
     pk.PROMPT_DEPTH_VISION = 9
@@ -99,14 +102,17 @@ class PromptKD(TrainerX):
     # ------------------------------------------------------------------ building
     def build_model(self) -> None:
         cfg, pk = self.cfg, self.cfg.TRAINER.PROMPTKD
-        self.teacher = None
+        self.teacher: FrozenTeacher | None = None
+        self.teacher_cls, self.teacher_support = teacher_trainer(cfg)
         self.teacher_ckpt, self._teacher_where = resolve_teacher_checkpoint(cfg)
         self._cache_dir = text_cache_dir(cfg)
         self._cache_key = None
         text_features = None
         if self._teacher_available():
             compute = f"{self.device.type}-{self.prec.effective}"
-            self._cache_key = text_feature_key(cfg, self.classnames, self.teacher_ckpt, compute)
+            clip_file = find_clip_file(pk.TEACHER_NAME, clip_root_from_cfg(cfg))  # built if tiny
+            files = file_identity(clip_file), file_identity(self.teacher_ckpt)
+            self._cache_key = text_feature_key(cfg, self.classnames, *files, compute)
             text_features = load_cached_text_features(self._cache_dir, self._cache_key)
             if text_features is not None:
                 logger.info(f"Teacher text features from the cache {self._cache_dir}")
@@ -146,9 +152,7 @@ class PromptKD(TrainerX):
         self.register_model("VLPromptLearner", self.model, self.optim, self.sched)
 
     def _teacher_available(self) -> bool:
-        return self.teacher_ckpt is not None or (
-            self.cfg.TRAINER.PROMPTKD.TEACHER_TRAINER in NO_CHECKPOINT_TEACHERS
-        )
+        return self.teacher_ckpt is not None or not self.teacher_support.needs_checkpoint
 
     def _teacher_embed_dim(self) -> int:
         """The teacher's embedding width read from its CLIP weights (no teacher built)."""
@@ -162,7 +166,6 @@ class PromptKD(TrainerX):
         pk = self.cfg.TRAINER.PROMPTKD
         if not self._teacher_available():
             raise missing_teacher_error(self._teacher_where)
-        teacher_cls = TRAINER_REGISTRY.get(pk.TEACHER_TRAINER)
         logger.info(
             f"Building the teacher: {pk.TEACHER_TRAINER} on {pk.TEACHER_NAME} from "
             f"{self.teacher_ckpt or 'no checkpoint'}"
@@ -170,12 +173,14 @@ class PromptKD(TrainerX):
         # The teacher's own prompt initialisation must not shift the student's random
         # stream: a cache hit (no teacher built here) must give the same student.
         with torch.random.fork_rng(devices=[]):
-            teacher = teacher_cls.build_frozen_model(
+            teacher = self.teacher_cls.build_frozen_model(
                 self.cfg, list(self.classnames), pk.TEACHER_NAME, self.teacher_ckpt
             )
+        if not isinstance(teacher, FrozenTeacher):
+            raise TypeError(f"{pk.TEACHER_TRAINER}.build_frozen_model returned no FrozenTeacher.")
         teacher.eval().requires_grad_(False)  # frozen, never registered: never saved or synced
-        resolution = getattr(getattr(teacher, "image_encoder", None), "input_resolution", None)
-        if resolution is not None and (resolution,) * 2 != tuple(self.cfg.INPUT.SIZE):
+        resolution = teacher.input_resolution
+        if (resolution,) * 2 != tuple(self.cfg.INPUT.SIZE):
             raise UserError(
                 f"The teacher {pk.TEACHER_NAME} takes {resolution} px images but INPUT.SIZE is "
                 f"{tuple(self.cfg.INPUT.SIZE)}; teacher and student must share the input size."
@@ -189,14 +194,18 @@ class PromptKD(TrainerX):
             if is_main_process():
                 meta = {"classnames": list(self.classnames), "teacher": pk.TEACHER_TRAINER}
                 save_cached_text_features(self._cache_dir, self._cache_key, text_features, meta)
-        drop_text_tower(teacher)
+        teacher.drop_text_tower()
         self.teacher = teacher
         return text_features
 
-    def before_train(self) -> None:
-        if self.teacher is None:  # the text features came from the cache (or no teacher: error)
+    def build_hooks(self) -> list[HookBase]:
+        """First: the teacher, unless building the model built it (its text features came
+        from the cache, or there is no teacher: then this is the error)."""
+        return [CallbackHook(before_train=PromptKD._ensure_teacher), *super().build_hooks()]
+
+    def _ensure_teacher(self) -> None:
+        if self.teacher is None:
             self._build_teacher(compute_text=False)
-        super().before_train()
 
     # ------------------------------------------------------------------ training
     def forward_backward(self, batch: dict) -> dict[str, float]:

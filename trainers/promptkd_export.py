@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from dassl_ext.config import get_cfg_default
 from dassl_ext.data.transforms import build_transform
 from dassl_ext.modeling import PromptedImageEncoder, clip
-from dassl_ext.utils.checkpoint import atomic_save
+from dassl_ext.utils.atomic import write_torch_atomic
 from trainers.promptkd_student import PromptKDStudent
 
 FORMAT = "promptkd-student/1"
@@ -45,7 +45,7 @@ def export_student(trainer, path: str) -> str:
             "output_dir": cfg.OUTPUT_DIR,
         },
     }
-    return atomic_save(obj, path)
+    return write_torch_atomic(path, obj)
 
 
 def _plain(value):

@@ -1,83 +1,84 @@
-"""PromptKD's teacher: where its checkpoint is, and its text features computed once.
+"""PromptKD's teacher: which trainer builds it, where its checkpoint is, and its text
+features computed once.
 
-The teacher is built by the trainer that trained it (``build_frozen_model`` of
-``TRAINER.PROMPTKD.TEACHER_TRAINER``). Its text features for all classes are constant once
-the checkpoint is loaded, so they are computed once, cached on disk under a key of
-everything they depend on, and the text tower is then dropped (spec §3.4 step 1, §7.10).
+The teacher is built by the trainer that trained it (``TRAINER.PROMPTKD.TEACHER_TRAINER``),
+which declares how it teaches (:class:`~dassl_ext.engine.teacher.TeacherSupport`) and builds
+the frozen model (``build_frozen_model``). The teacher's text features for all classes are
+constant once the checkpoint is loaded, so they are computed once, cached on disk under a
+key of everything they depend on, and the text tower is then dropped (spec §3.4 step 1,
+§7.10).
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
 import os
-import re
-import tempfile
 
 import torch
-from torch import nn
 
+from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
 from dassl_ext.errors import UserError
-from dassl_ext.modeling.loading import clip_root_from_cfg, find_clip_file
+from dassl_ext.utils.atomic import write_torch_atomic
+from dassl_ext.utils.checkpoint import BEST_FILE, find_checkpoint
 
 logger = logging.getLogger(__name__)
 
-# Teacher trainers whose checkpoints live in Dassl's "VLPromptLearner" model folder.
-VL_PROMPT_TEACHERS = ("PromptSRC", "IVLP")
-NO_CHECKPOINT_TEACHERS = ("ZeroshotCLIP", "ZeroshotCLIP2")
 TEACHER_ROOT = "teacher_model"  # relative to the working directory, as the official code
-CROSS_TEACHER_DIR = os.path.join("ImageNet-xd", "VLPromptLearner_large")
+CROSS_TEACHER_DATASET = "ImageNet-xd"  # cross mode: teacher_model/ImageNet-xd/<model>_large/
 
 
-def default_teacher_dir(cfg) -> str:
+def teacher_trainer(cfg) -> tuple[type, TeacherSupport]:
+    """The trainer class named by ``TRAINER.PROMPTKD.TEACHER_TRAINER`` and how it teaches."""
+    name = cfg.TRAINER.PROMPTKD.TEACHER_TRAINER
+    cls = TRAINER_REGISTRY.get(name)
+    if cls.frozen_teacher is None:
+        teachers = [n for n, c in TRAINER_REGISTRY if c.frozen_teacher is not None]
+        raise UserError(
+            f"TRAINER.PROMPTKD.TEACHER_TRAINER {name} cannot serve as a frozen teacher (it has "
+            f"no fixed class text features); use one of {', '.join(teachers)}."
+        )
+    return cls, cls.frozen_teacher
+
+
+def default_teacher_dir(cfg, model_name: str) -> str:
     """Official default location (promptkd.py:314-317) of the teacher checkpoint folder.
 
-    base2novel: ``teacher_model/<DATASET.NAME>/VLPromptLearner/``; cross:
-    ``teacher_model/ImageNet-xd/VLPromptLearner_large/``.
+    base2novel: ``teacher_model/<DATASET.NAME>/<model_name>/``; cross:
+    ``teacher_model/ImageNet-xd/<model_name>_large/`` (model_name: VLPromptLearner).
     """
     if cfg.TRAINER.MODAL == "cross":
-        return os.path.join(TEACHER_ROOT, CROSS_TEACHER_DIR)
-    return os.path.join(TEACHER_ROOT, cfg.DATASET.NAME, "VLPromptLearner")
-
-
-def checkpoint_in_dir(folder: str) -> str | None:
-    """``model-best.pth.tar`` in ``folder``, else the ``model.pth.tar-<N>`` with the largest N."""
-    best = os.path.join(folder, "model-best.pth.tar")
-    if os.path.isfile(best):
-        return best
-    epochs = []
-    for path in glob.glob(os.path.join(folder, "model.pth.tar-*")):
-        m = re.fullmatch(r"model\.pth\.tar-(\d+)", os.path.basename(path))
-        if m:
-            epochs.append((int(m.group(1)), path))
-    return max(epochs)[1] if epochs else None
+        return os.path.join(TEACHER_ROOT, CROSS_TEACHER_DATASET, f"{model_name}_large")
+    return os.path.join(TEACHER_ROOT, cfg.DATASET.NAME, model_name)
 
 
 def resolve_teacher_checkpoint(cfg) -> tuple[str | None, str]:
     """``(path or None, description)`` of the teacher checkpoint the config asks for.
 
-    ``TRAINER.PROMPTKD.TEACHER_CKPT`` is a file, or a folder searched by
-    :func:`checkpoint_in_dir`; empty means the official default folder (PromptSRC / IVLP
-    teachers only). The zero-shot teacher has no checkpoint. ``path`` is None when the
-    file does not exist; ``description`` then says where it was looked for.
+    ``TRAINER.PROMPTKD.TEACHER_CKPT`` is a file, or a folder (its best checkpoint, else the
+    newest epoch: :func:`~dassl_ext.utils.checkpoint.find_checkpoint`); empty means the
+    official default folder of teachers that have one (PromptSRC / IVLP). A zero-shot
+    teacher has no checkpoint. ``path`` is None when the file does not exist;
+    ``description`` then says where it was looked for.
     """
     pk = cfg.TRAINER.PROMPTKD
-    if pk.TEACHER_TRAINER in NO_CHECKPOINT_TEACHERS:
+    _, support = teacher_trainer(cfg)
+    if not support.needs_checkpoint:
         return None, "none (zero-shot teacher)"
     where = pk.TEACHER_CKPT
     if not where:
-        if pk.TEACHER_TRAINER not in VL_PROMPT_TEACHERS:
+        if support.default_model_name is None:
             raise UserError(
                 f"TRAINER.PROMPTKD.TEACHER_CKPT is empty, and a {pk.TEACHER_TRAINER} teacher has "
                 "no default location; set it to the teacher's model file or model folder."
             )
-        where = default_teacher_dir(cfg)
+        where = default_teacher_dir(cfg, support.default_model_name)
+    description = where
     if os.path.isdir(where):
-        found = checkpoint_in_dir(where)
-        return found, f"{where}/model-best.pth.tar or model.pth.tar-<N>"
-    return (where if os.path.isfile(where) else None), where
+        where = find_checkpoint(where)
+        description = f"{description}/{BEST_FILE} or model.pth.tar-<N>"
+    return (where if os.path.isfile(where) else None), description
 
 
 def missing_teacher_error(description: str) -> UserError:
@@ -87,29 +88,32 @@ def missing_teacher_error(description: str) -> UserError:
     )
 
 
-def _file_identity(path: str | None) -> list:
+def file_identity(path: str | None) -> list:
+    """What identifies a weights file in the cache key: its absolute path, size and mtime
+    (``[None]`` for no file). The one place to change for content digests."""
     if path is None:
         return [None]
     st = os.stat(path)
     return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
 
 
-def text_feature_key(cfg, classnames: list[str], checkpoint: str | None, compute: str) -> str:
-    """Hash of everything the teacher's text features depend on.
+def text_feature_key(
+    cfg, classnames: list[str], clip_file: list, checkpoint: list, compute: str
+) -> str:
+    """Hash of everything the teacher's text features depend on (a pure function).
 
     The teacher trainer and its config section (prompt length/depth, templates ...), the
-    teacher CLIP weights file and the teacher checkpoint (path, size, mtime), the class
-    names in label order, and ``compute`` (device type + precision they are computed in).
+    teacher CLIP weights file and the teacher checkpoint (their :func:`file_identity`), the
+    class names in label order, and ``compute`` (device type + precision they are computed in).
     """
     pk = cfg.TRAINER.PROMPTKD
     section = cfg.TRAINER.get(pk.TEACHER_TRAINER.upper())
-    clip_file = find_clip_file(pk.TEACHER_NAME, clip_root_from_cfg(cfg))
     parts = {
         "trainer": pk.TEACHER_TRAINER,
         "section": section.dump() if section is not None else None,
         "backbone": pk.TEACHER_NAME,
-        "clip_file": _file_identity(clip_file),
-        "checkpoint": _file_identity(checkpoint),
+        "clip_file": clip_file,
+        "checkpoint": checkpoint,
         "classnames": list(classnames),
         "compute": compute,
     }
@@ -140,28 +144,5 @@ def load_cached_text_features(folder: str, key: str) -> torch.Tensor | None:
 
 def save_cached_text_features(folder: str, key: str, feats: torch.Tensor, meta: dict) -> str:
     """Write the cache entry atomically (parallel seeds or ranks may race)."""
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{key}.pt")
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"text_features": feats.detach().float().cpu(), "meta": meta}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def drop_text_tower(teacher: nn.Module) -> None:
-    """Free the teacher's text side once its features are stored.
-
-    A teacher may define ``drop_text_tower()``; otherwise the usual text-side attributes
-    (``text_encoder``, ``token_embedding``) are removed when present.
-    """
-    if hasattr(teacher, "drop_text_tower"):
-        teacher.drop_text_tower()
-        return
-    for name in ("text_encoder", "token_embedding"):
-        if isinstance(getattr(teacher, name, None), nn.Module):
-            delattr(teacher, name)
+    entry = {"text_features": feats.detach().float().cpu(), "meta": meta}
+    return write_torch_atomic(os.path.join(folder, f"{key}.pt"), entry)

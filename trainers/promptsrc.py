@@ -21,22 +21,18 @@ Loss = CE + TEXT_LOSS_WEIGHT * L1(text) + IMAGE_LOSS_WEIGHT * L1(image) + KL(zs 
 
 from __future__ import annotations
 
-import logging
-import os
-
 import torch
 from torch import nn
 
 from dassl_ext.config import register_config_extension
-from dassl_ext.engine import TRAINER_REGISTRY
+from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
+from dassl_ext.engine.hooks import HookBase, ModelSelection, ParameterAveraging, insert_before
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import IMAGENET_TEMPLATES, clip
-from dassl_ext.utils.distributed import is_main_process
 from trainers.base import PromptTrainer, l2_normalize
 from trainers.ivlp import CustomCLIP, custom_clip_from_section, vl_prompt_section
 from trainers.losses import gpa_weights, promptsrc_loss
 
-logger = logging.getLogger(__name__)
 GPA_FILE = "gpa_state.pt"
 
 
@@ -83,6 +79,7 @@ class PromptSRC(PromptTrainer):
 
     prec_section = "PROMPTSRC"
     model_name = "VLPromptLearner"
+    frozen_teacher = TeacherSupport(default_model_name="VLPromptLearner")  # the paper's teacher
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
@@ -100,8 +97,6 @@ class PromptSRC(PromptTrainer):
             self.gpa_weights = gpa_weights(float(src.GPA_MEAN), float(src.GPA_STD), self.max_epoch)
         except ValueError as e:
             raise UserError(f"TRAINER.PROMPTSRC.GPA_MEAN / GPA_STD: {e}") from None
-        self.gpa_sum: list[torch.Tensor] | None = None  # running sum, one per prompt tensor
-        self.gpa_history: dict[int, list[torch.Tensor]] = {}  # epoch -> sum (for resume)
 
     # ------------------------------------------------------------------ training
     def forward_backward(self, batch: dict) -> dict[str, float]:
@@ -134,42 +129,10 @@ class PromptSRC(PromptTrainer):
         return summary
 
     # ------------------------------------------------------------------ GPA
-    def before_train(self) -> None:
-        super().before_train()
-        if self.start_epoch == 0:
-            return
-        path = os.path.join(self.cfg.RESUME, GPA_FILE)
-        sums = {}
-        if os.path.isfile(path):
-            sums = torch.load(path, map_location=self.device, weights_only=True)["sums"]
-        if self.start_epoch in sums:  # the running sum after the resumed epoch
-            self.gpa_history = {e: v for e, v in sums.items() if e <= self.start_epoch}
-            self.gpa_sum = [t.clone() for t in sums[self.start_epoch]]
-        else:
-            logger.warning(
-                f"No GPA state for epoch {self.start_epoch} in {path}; the aggregate covers "
-                "only the epochs trained from now on."
-            )
-
-    def after_epoch(self) -> None:
-        """Add this epoch's weighted prompts to the GPA sum; after the last epoch load the
-        aggregate (before the engine evaluates / saves it)."""
-        w = self.gpa_weights[self.epoch]
-        prompts = self.model.trainable_parameters()
-        with torch.no_grad():
-            if self.gpa_sum is None:
-                self.gpa_sum = [w * p.detach().clone() for p in prompts]
-            else:
-                for total, p in zip(self.gpa_sum, prompts):
-                    total += w * p.detach()
-            if self.epoch + 1 == self.max_epoch:
-                logger.info("Using GPA model for final inference...")
-                for total, p in zip(self.gpa_sum, prompts):
-                    p.copy_(total)
-        # every epoch's sum (prompts only: small), so a resume from any checkpoint continues
-        self.gpa_history[self.epoch + 1] = [t.detach().cpu().clone() for t in self.gpa_sum]
-        if is_main_process():
-            tmp = os.path.join(self.output_dir, GPA_FILE + ".tmp")
-            torch.save({"sums": self.gpa_history}, tmp)
-            os.replace(tmp, os.path.join(self.output_dir, GPA_FILE))
-        super().after_epoch()
+    def build_hooks(self) -> list[HookBase]:
+        """GPA runs after each epoch before model selection and checkpointing, so those see
+        (and ``model.pth.tar-<MAX_EPOCH>`` holds) the aggregated prompts, as official."""
+        gpa = ParameterAveraging(
+            self.gpa_weights, self.model.trainable_parameters(), GPA_FILE, name="GPA"
+        )
+        return insert_before(super().build_hooks(), ModelSelection, gpa)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch import nn
 
-from dassl_ext.engine import TRAINER_REGISTRY, TrainerX
+from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport, TrainerX
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import (
     CUSTOM_TEMPLATES,
@@ -23,8 +22,7 @@ from dassl_ext.modeling import (
     clip_root_from_cfg,
     load_clip,
 )
-from trainers.base import l2_normalize
-from trainers.coop import image_dtype
+from trainers.base import CLIPClassifier, l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +34,11 @@ def custom_template(dataset_name: str) -> str:
     return CUSTOM_TEMPLATES.get(dataset_name, "a photo of a {}.")
 
 
-class ZeroshotModel(nn.Module):
+class ZeroshotModel(CLIPClassifier):
     """Frozen CLIP whose class vectors are the normalised mean of the normalised features of
     ``templates`` (one template: plain zero-shot CLIP)."""
+
+    text_side = ("text_encoder", "token_embedding")
 
     def __init__(self, clip_model, classnames: list[str], templates: list[str]):
         super().__init__()
@@ -62,9 +62,6 @@ class ZeroshotModel(nn.Module):
             self._text = l2_normalize(torch.stack(feats).float().mean(dim=0))
         return self._text if class_ids is None else self._text[class_ids.to(self._text.device)]
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return l2_normalize(self.image_encoder(images.to(image_dtype(self.image_encoder))))
-
     def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
         text = self.text_features(class_ids)
         image = self.image_features(images)
@@ -76,6 +73,7 @@ class ZeroshotCLIP(TrainerX):
     """Zero-shot CLIP with CoOp's per-dataset template; evaluation only."""
 
     prec_section = "COOP"
+    frozen_teacher = TeacherSupport(needs_checkpoint=False)  # CLIP itself teaches
 
     @classmethod
     def templates(cls, cfg) -> list[str]:

@@ -151,4 +151,3 @@ _C.TEST.SAVE_LOGITS = False
 ###########################
 _C.TRAINER = CN()
 _C.TRAINER.NAME = ""
-_C.TRAINER.MODAL = "base2novel"  # PromptKD: "base2novel" or "cross"

@@ -17,6 +17,7 @@ from yacs.config import CfgNode
 
 from dassl_ext.config.defaults import _C
 from dassl_ext.errors import UserError
+from dassl_ext.utils.atomic import write_text_atomic
 
 BASE_KEY = "_BASE_"
 _EXTENSIONS: list[Callable[[CfgNode], None]] = []
@@ -187,9 +188,4 @@ def setup_cfg(args: Any) -> CfgNode:
 
 def write_config(cfg: CfgNode, output_dir: str) -> str:
     """Write ``cfg`` as ``<output_dir>/config.yaml`` (atomically) and return the path."""
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, "config.yaml")
-    with open(path + ".tmp", "w") as f:
-        f.write(cfg.dump())
-    os.replace(path + ".tmp", path)
-    return path
+    return write_text_atomic(os.path.join(output_dir, "config.yaml"), cfg.dump())

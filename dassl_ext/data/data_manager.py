@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import (
     DataLoader,
@@ -22,6 +21,7 @@ from dassl_ext.data.splits import Datum
 from dassl_ext.data.transforms import build_transform
 from dassl_ext.errors import UserError
 from dassl_ext.registry import DATASET_REGISTRY
+from dassl_ext.utils.distributed import get_rank, get_world_size
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +106,6 @@ class Loader(DataLoader):
         return _CleanErrorIter(super().__iter__())
 
 
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class DataManager:
     """Builds the dataset (unless given) and its train, val and evaluation loaders.
 
@@ -132,7 +126,7 @@ class DataManager:
         self.dataset = dataset if dataset is not None else build_dataset(cfg)
         self.tfm_train = custom_tfm_train or build_transform(cfg, is_train=True)
         self.tfm_test = custom_tfm_test or build_transform(cfg, is_train=False)
-        self.rank, self.world_size = _distributed()
+        self.rank, self.world_size = get_rank(), get_world_size()
         self.seed = cfg.SEED
         # Seeded per epoch by set_epoch, so a resumed run sees the same order.
         self.generator = torch.Generator()

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dassl_ext.errors import UserError
+from dassl_ext.utils.atomic import write_json_atomic
 
 # Seed of the random split made from raw annotations. The split file is written once
 # and shared by all runs, so it must not depend on the seed of whichever run came
@@ -44,15 +45,6 @@ def listdir_sorted(path: str, images_only: bool = False) -> list[str]:
 
 
 # ----------------------------------------------------------------- split-file IO
-
-
-def write_json_atomic(obj: object, path: str) -> None:
-    """Write `obj` as indented JSON through a temporary file, so readers never see half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=4)
-    os.replace(tmp, path)
 
 
 def read_json(path: str) -> dict:
@@ -86,7 +78,8 @@ def save_split(splits: dict[str, list[Datum]], path: str, prefix: str) -> None:
 
     Paths are stored relative to `prefix` (normally the dataset's image folder).
     """
-    write_json_atomic({name: _encode(items, prefix) for name, items in splits.items()}, path)
+    obj = {name: _encode(items, prefix) for name, items in splits.items()}
+    write_json_atomic(path, obj, indent=4)
 
 
 def read_split(path: str, prefix: str, names: Sequence[str] = ("train", "val", "test")) -> dict:

@@ -3,13 +3,16 @@
 from dassl_ext.engine.build import build_trainer
 from dassl_ext.engine.precision import Precision, resolve_precision
 from dassl_ext.engine.simple import SimpleTrainer, TrainerX
+from dassl_ext.engine.teacher import FrozenTeacher, TeacherSupport
 from dassl_ext.engine.trainer import TrainerBase
 from dassl_ext.registry import TRAINER_REGISTRY
 
 __all__ = [
     "TRAINER_REGISTRY",
+    "FrozenTeacher",
     "Precision",
     "SimpleTrainer",
+    "TeacherSupport",
     "TrainerBase",
     "TrainerX",
     "build_trainer",

@@ -3,12 +3,13 @@
 A method subclasses :class:`TrainerX` and implements ``build_model`` (calling
 ``register_model``) and ``forward_backward`` (calling ``model_backward_and_update``);
 ``model_inference`` must return logits over ``self.eval_class_ids`` during ``test``.
+Work around the epoch loop (selection, metrics, checkpoints ...) is an ordered list of
+hooks (:mod:`dassl_ext.engine.hooks`); a method adds its own by overriding ``build_hooks``.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import time
@@ -18,10 +19,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from dassl_ext.engine.hooks import (
+    BroadcastBuffers,
+    HookBase,
+    MetricsWriter,
+    ModelSelection,
+    PeriodicCheckpointer,
+)
 from dassl_ext.engine.precision import resolve_precision
-from dassl_ext.engine.trainer import TrainerBase, checkpoint_epochs
+from dassl_ext.engine.trainer import TrainerBase
 from dassl_ext.errors import UserError
-from dassl_ext.utils.distributed import broadcast_module, get_local_rank, is_main_process
+from dassl_ext.utils.checkpoint import checkpoint_epochs
+from dassl_ext.utils.distributed import get_local_rank, is_main_process
 from dassl_ext.utils.tools import AverageMeter, MetricMeter
 
 logger = logging.getLogger(__name__)
@@ -59,6 +68,7 @@ class SimpleTrainer(TrainerBase):
         from dassl_ext.evaluation import build_evaluator
 
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+        self.register_hooks(self.build_hooks())
 
     def check_cfg(self, cfg) -> None:
         """Hook: reject configs the trainer cannot run (raise UserError)."""
@@ -97,6 +107,10 @@ class SimpleTrainer(TrainerBase):
     def build_model(self) -> None:
         raise NotImplementedError("A trainer builds its model(s) and calls register_model().")
 
+    def build_hooks(self) -> list[HookBase]:
+        """The hooks run around each epoch, in order (see :mod:`dassl_ext.engine.hooks`)."""
+        return [BroadcastBuffers(), ModelSelection(), MetricsWriter(), PeriodicCheckpointer()]
+
     # ------------------------------------------------------------------ training
     def train(self) -> None:  # type: ignore[override]
         super().train(self.start_epoch, self.max_epoch)
@@ -104,7 +118,6 @@ class SimpleTrainer(TrainerBase):
     def before_train(self) -> None:
         if self.cfg.RESUME:
             self.start_epoch = self.resume_model_if_exist(self.cfg.RESUME)
-            self._truncate_metrics(self.start_epoch)
         else:
             for name in self.get_model_names():
                 if checkpoint_epochs(os.path.join(self.output_dir, name)):
@@ -114,6 +127,7 @@ class SimpleTrainer(TrainerBase):
                     )
         self.init_writer(os.path.join(self.output_dir, "tensorboard"))
         self.time_start = time.time()
+        super().before_train()  # the hooks
         self.restore_resumed_rng()  # last: nothing may draw random numbers after it
 
     def before_epoch(self) -> None:
@@ -121,24 +135,7 @@ class SimpleTrainer(TrainerBase):
             self.dm.set_epoch(self.epoch)
         elif hasattr(getattr(self.train_loader_x, "sampler", None), "set_epoch"):
             self.train_loader_x.sampler.set_epoch(self.epoch)
-
-    def after_epoch(self) -> None:
-        last_epoch = (self.epoch + 1) == self.max_epoch
-        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
-        meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
-        for model in self._models.values():  # BatchNorm statistics: rank 0's win, as in DDP
-            broadcast_module(model)
-        val_acc = None
-        if not self.cfg.TEST.NO_TEST and self.cfg.TEST.FINAL_MODEL == "best_val":
-            val_acc = self.test(split="val")
-            if val_acc > self.best_result:  # strictly greater: the earliest best wins
-                self.best_result, self.best_epoch = val_acc, self.epoch + 1
-                self.save_model(
-                    self.epoch, self.output_dir, val_result=val_acc, model_name="model-best.pth.tar"
-                )
-        self._write_metrics(val_acc)
-        if meet_checkpoint_freq or last_epoch:
-            self.save_model(self.epoch, self.output_dir)
+        super().before_epoch()
 
     def after_train(self) -> None:
         logger.info("Finish training")
@@ -151,36 +148,10 @@ class SimpleTrainer(TrainerBase):
             else:
                 logger.info("Deploy the last-epoch model")
             self.test()
+        super().after_train()  # the hooks
         elapsed = datetime.timedelta(seconds=round(time.time() - self.time_start))
         logger.info(f"Elapsed: {elapsed}")
         self.close_writer()
-
-    # ------------------------------------------------------------------ metrics.jsonl
-    def _metrics_path(self) -> str:
-        return os.path.join(self.output_dir, "metrics.jsonl")
-
-    def _write_metrics(self, val_acc: float | None) -> None:
-        if not is_main_process():
-            return
-        meters = getattr(self, "_epoch_losses", None)
-        row = {
-            "epoch": self.epoch + 1,
-            "lr": getattr(self, "_epoch_lr", None),
-            "loss": {k: m.avg for k, m in meters.meters.items()} if meters else {},
-            "val_accuracy": val_acc,
-        }
-        with open(self._metrics_path(), "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-    def _truncate_metrics(self, epoch: int) -> None:
-        """Drop rows of epochs after ``epoch`` (they are trained again after a resume)."""
-        path = self._metrics_path()
-        if not is_main_process() or not os.path.exists(path):
-            return
-        with open(path) as f:
-            rows = [r for r in f if r.strip() and json.loads(r)["epoch"] <= epoch]
-        with open(path, "w") as f:
-            f.writelines(rows)
 
     # ------------------------------------------------------------------ evaluation
     def _split_loader(self, split: str):
@@ -284,7 +255,7 @@ class TrainerX(SimpleTrainer):
         losses = MetricMeter()
         batch_time, data_time = AverageMeter(), AverageMeter()
         self.num_batches = len(self.train_loader_x)
-        self._epoch_losses, self._epoch_lr = losses, self.get_current_lr()
+        self.epoch_losses, self.epoch_lr = losses, self.get_current_lr()  # for MetricsWriter
         print_freq = self.cfg.TRAIN.PRINT_FREQ
         end = time.time()
         bar = tqdm(

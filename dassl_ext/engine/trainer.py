@@ -2,22 +2,31 @@
 
 Method-specific trainers subclass :class:`~dassl_ext.engine.simple.TrainerX`; the
 cross-cutting work (precision scaler, gradient clipping and averaging across ranks, LR
-stepping once per epoch, checkpoint IO) lives here once.
+stepping once per epoch, checkpoint IO, running the hooks in order) lives here once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
+import weakref
 from collections import OrderedDict
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from dassl_ext.engine.hooks import HookBase
+from dassl_ext.engine.teacher import TeacherSupport
 from dassl_ext.errors import UserError
-from dassl_ext.utils.checkpoint import load_checkpoint, save_checkpoint, strip_module_prefix
+from dassl_ext.utils.checkpoint import (
+    checkpoint_epochs,
+    epoch_file,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    strip_module_prefix,
+)
 from dassl_ext.utils.distributed import (
     average_gradients,
     barrier,
@@ -29,22 +38,17 @@ from dassl_ext.utils.tools import get_rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 
-_EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
-
 
 def _as_list(names: str | list[str] | None) -> list[str] | None:
     return [names] if isinstance(names, str) else names
 
 
-def checkpoint_epochs(directory: str) -> list[int]:
-    """Epochs of the ``model.pth.tar-<epoch>`` files in ``directory`` (sorted)."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(m.group(1)) for f in os.listdir(directory) if (m := _EPOCH_FILE.match(f)))
-
-
 class TrainerBase:
     """Base class: holds registered models / optimizers / schedulers and runs the loop."""
+
+    # Set by a trainer whose trained model can serve as a frozen teacher; it then also
+    # implements build_frozen_model (see dassl_ext.engine.teacher).
+    frozen_teacher: ClassVar[TeacherSupport | None] = None
 
     def __init__(self) -> None:
         self._models: OrderedDict[str, nn.Module] = OrderedDict()
@@ -55,6 +59,7 @@ class TrainerBase:
         self.grad_clip_norm = 0.0
         self.best_result = -float("inf")
         self.best_epoch: int | None = None
+        self.hooks: list[HookBase] = []
         self._resume_rng: dict | None = None
         self._loaded_epoch: int | None = None  # set by load_model (reported in results.json)
         self._loaded_val_result: float | None = None
@@ -78,6 +83,16 @@ class TrainerBase:
         self._scheds[name] = sched
         if is_distributed() and model is not None:
             broadcast_module(model)
+
+    def registered_models(self) -> list[nn.Module]:
+        """The registered models, in registration order."""
+        return list(self._models.values())
+
+    def register_hooks(self, hooks: list[HookBase]) -> None:
+        """Append ``hooks`` (run in list order around each epoch; see ``engine.hooks``)."""
+        for hook in hooks:
+            hook.trainer = weakref.proxy(self)  # no reference cycle trainer <-> hook
+        self.hooks.extend(hooks)
 
     def get_model_names(self, names: str | list[str] | None = None) -> list[str]:
         names_real = list(self._models.keys())
@@ -204,12 +219,7 @@ class TrainerBase:
         barrier()  # rank 0 may just have written the file
         loaded_epoch = None
         for name in self.get_model_names():
-            folder = os.path.join(directory, name)
-            fname = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-            if epoch is None and not os.path.exists(os.path.join(folder, fname)):
-                epochs = checkpoint_epochs(folder)
-                fname = f"model.pth.tar-{epochs[-1]}" if epochs else fname
-            path = os.path.join(folder, fname)
+            path = find_checkpoint(os.path.join(directory, name), epoch)
             checkpoint = load_checkpoint(path)
             self._load_weights(name, path, checkpoint)
             loaded_epoch = checkpoint.get("epoch")
@@ -234,7 +244,7 @@ class TrainerBase:
             )
         epoch = max(common)
         for name in names:
-            path = os.path.join(directory, name, f"model.pth.tar-{epoch}")
+            path = os.path.join(directory, name, epoch_file(epoch))
             ckpt = load_checkpoint(path)
             self._load_weights(name, path, ckpt)
             if self._optims[name] is not None and ckpt.get("optimizer") is not None:
@@ -289,16 +299,20 @@ class TrainerBase:
         self.after_train()
 
     def before_train(self) -> None:
-        pass
+        for hook in self.hooks:
+            hook.before_train()
 
     def after_train(self) -> None:
-        pass
+        for hook in self.hooks:
+            hook.after_train()
 
     def before_epoch(self) -> None:
-        pass
+        for hook in self.hooks:
+            hook.before_epoch()
 
     def after_epoch(self) -> None:
-        pass
+        for hook in self.hooks:
+            hook.after_epoch()
 
     def run_epoch(self) -> None:
         raise NotImplementedError

@@ -1,6 +1,7 @@
-"""Evaluation: the classification evaluator, results.json, and seed aggregation.
+"""Evaluation during a run: the classification evaluator and results.json.
 
-Names are imported on first use, so the aggregation scripts start without torch.
+Names are imported on first use, so reading results.json (dassl_ext.reporting) needs no
+torch.
 """
 
 from importlib import import_module

@@ -9,21 +9,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from sklearn.metrics import confusion_matrix, f1_score
 
 from dassl_ext.errors import UserError
-from dassl_ext.utils.checkpoint import atomic_save
+from dassl_ext.utils.atomic import write_torch_atomic
+from dassl_ext.utils.distributed import all_gather_object, is_distributed, is_main_process
 
 logger = logging.getLogger(__name__)
-
-
-def _dist_ready() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _is_main() -> bool:
-    return not _dist_ready() or dist.get_rank() == 0
 
 
 class Classification:
@@ -83,12 +75,11 @@ class Classification:
         With ``indices`` given to ``process``, the result is in dataset order and samples
         seen twice (padding samplers) are counted once; otherwise ranks are concatenated.
         """
-        if not _dist_ready():
+        if not is_distributed():
             return
         logits = torch.cat(self._logits) if self._logits else None
         mine = (self._y_true, self._y_pred, self._impaths, self._indices, logits)
-        parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, mine)
+        parts: list[Any] = all_gather_object(mine)
         y_true = [v for p in parts for v in p[0]]
         y_pred = [v for p in parts for v in p[1]]
         impaths = [v for p in parts for v in p[2]]
@@ -147,11 +138,11 @@ class Classification:
             results["perclass_accuracy"] = float(np.mean(accs))
             logger.info(f"* average: {results['perclass_accuracy']:.1f}%")
 
-        if self.compute_cmat and _is_main():
+        if self.compute_cmat and is_main_process():
             cmat = confusion_matrix(y_true, y_pred, normalize="true")
             name = "cmat.pt" if split is None else f"cmat_{split}.pt"
             path = os.path.join(self.output_dir, name)
-            atomic_save(torch.from_numpy(cmat), path)
+            write_torch_atomic(path, torch.from_numpy(cmat))
             logger.info(f"Confusion matrix is saved to {path}")
         return results
 
@@ -172,7 +163,7 @@ class Classification:
         }
         if self.lab2cname and all(k in self.lab2cname for k in range(logits.shape[1])):
             obj["classnames"] = [str(self.lab2cname[k]) for k in range(logits.shape[1])]
-        atomic_save(obj, path)
+        write_torch_atomic(path, obj)
 
 
 EVALUATORS = {"Classification": Classification}

@@ -6,10 +6,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Any
 
 import yaml
+
+from dassl_ext.utils.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -57,23 +58,6 @@ def read_results(path: str) -> dict:
         return json.load(f)
 
 
-def _atomic_write_json(obj: dict, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_results(path: str, record: dict) -> dict:
     """Merge ``record`` into the results.json at ``path`` (atomic) and return the result.
 
@@ -99,5 +83,5 @@ def write_results(path: str, record: dict) -> dict:
     merged.update({k: v for k, v in record.items() if k != "splits"})
     merged["splits"] = splits
     merged.setdefault("selection", None)
-    _atomic_write_json(merged, path)
+    write_json_atomic(path, merged)
     return merged

@@ -20,6 +20,7 @@ from dassl_ext.errors import UserError
 from dassl_ext.modeling._clip import clip
 from dassl_ext.modeling.standins import STANDIN_NAMES, standin_path
 from dassl_ext.modeling.tiny import TINY_SPECS, save_tiny_clip, tiny_file_matches
+from dassl_ext.utils.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +96,18 @@ def _download(url: str, target: str) -> str:
     folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
     logger.info("Downloading %s to %s", url, target)
-    old_timeout = socket.getdefaulttimeout()
-    # A temp folder on the same file system: an interrupted download never looks complete.
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # no network should fail, not hang
-        try:
-            path = clip.clip._download(url, tmp)
-        finally:
-            socket.setdefaulttimeout(old_timeout)
-        os.replace(path, target)
-    return target
+
+    def download(tmp_file: str) -> None:
+        # OpenAI's downloader names the file itself: into a private folder, then moved
+        old_timeout = socket.getdefaulttimeout()
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # no network should fail, not hang
+            try:
+                os.replace(clip.clip._download(url, tmp), tmp_file)
+            finally:
+                socket.setdefaulttimeout(old_timeout)
+
+    return atomic_write(target, download)
 
 
 def _is_torchscript(path: str) -> bool:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dassl_ext.modeling._clip import clip
-from dassl_ext.utils.checkpoint import atomic_save
+from dassl_ext.utils.atomic import write_torch_atomic
 
 
 @dataclass(frozen=True)
@@ -117,4 +117,4 @@ def tiny_file_matches(path: str, spec: TinyClipSpec | str) -> bool:
 def save_tiny_clip(path: str, spec: TinyClipSpec | str, seed: int | None = None) -> str:
     """Build a tiny CLIP and write its state dict to ``path`` atomically; return ``path``."""
     # Atomic: concurrent processes (DDP ranks, parallel tests) may create the same file.
-    return atomic_save(build_tiny_clip(spec, seed), path)
+    return write_torch_atomic(path, build_tiny_clip(spec, seed))

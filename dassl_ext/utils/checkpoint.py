@@ -1,13 +1,20 @@
-"""Dassl-format checkpoints: atomic writes, safe reads.
+"""Dassl-format checkpoints: file names, the best-else-newest lookup, atomic saving, safe loading.
 
 Layout: ``<dir>/model.pth.tar-<epoch>`` (or ``model_name``), ``model-best.pth.tar`` when
 ``is_best``, and a ``checkpoint`` text file naming the last file written. Keys:
 ``state_dict, epoch, optimizer, scheduler, val_result`` (+ ours, e.g. ``rng_state``).
+Every file is written by :mod:`dassl_ext.utils.atomic` (temporary file, fsync, rename).
 
 Our files hold only tensors and plain containers and load with ``weights_only=True``.
 Files from Dassl / the official code pickle scheduler objects; they are read with a
 restricted unpickler that keeps tensors and plain containers and replaces every other
 object by an inert :class:`Placeholder`, so no pickled code ever runs.
+
+The names and the lookup need no torch (it is imported where tensors are handled), so the
+experiment scripts ask this module which file to use without loading torch::
+
+    python -m dassl_ext.utils.checkpoint find FOLDER      # prints the file; exit 1: none
+    python -m dassl_ext.utils.checkpoint resumable RUN_DIR  # exit 0: epoch files to resume
 """
 
 from __future__ import annotations
@@ -15,17 +22,57 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import shutil
-import threading
+import sys
 import types
 from collections import OrderedDict
 from typing import Any
 
-import torch
-
 from dassl_ext.errors import UserError
+from dassl_ext.utils.atomic import atomic_write, write_text_atomic, write_torch_atomic
 
 logger = logging.getLogger(__name__)
+
+BEST_FILE = "model-best.pth.tar"
+LAST_FILE = "checkpoint"  # Dassl's text file naming the last checkpoint written
+_EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
+
+
+def epoch_file(epoch: int) -> str:
+    """``model.pth.tar-<epoch>``: the file of one epoch (epochs count from 1)."""
+    return f"model.pth.tar-{epoch}"
+
+
+def checkpoint_epochs(folder: str) -> list[int]:
+    """Epochs of the ``model.pth.tar-<epoch>`` files in ``folder`` (sorted; [] if none)."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(m.group(1)) for f in os.listdir(folder) if (m := _EPOCH_FILE.match(f)))
+
+
+def find_checkpoint(folder: str, epoch: int | None = None) -> str:
+    """The file to load from a model folder: ``model.pth.tar-<epoch>`` when ``epoch`` is
+    given, else ``model-best.pth.tar``, else the newest ``model.pth.tar-<N>``.
+
+    The path may not exist (nothing in ``folder``: the best file's path); callers check.
+    """
+    if epoch is not None:
+        return os.path.join(folder, epoch_file(epoch))
+    best = os.path.join(folder, BEST_FILE)
+    epochs = checkpoint_epochs(folder)
+    if os.path.isfile(best) or not epochs:
+        return best
+    return os.path.join(folder, epoch_file(epochs[-1]))
+
+
+def resumable_models(run_dir: str) -> list[str]:
+    """Model folders of ``run_dir`` that hold epoch files (a run that can be resumed)."""
+    if not os.path.isdir(run_dir):
+        return []
+    return sorted(
+        name for name in os.listdir(run_dir) if checkpoint_epochs(os.path.join(run_dir, name))
+    )
 
 
 def strip_module_prefix(state_dict: dict[str, Any]) -> OrderedDict:
@@ -33,21 +80,6 @@ def strip_module_prefix(state_dict: dict[str, Any]) -> OrderedDict:
     return OrderedDict(
         (k[len("module.") :] if k.startswith("module.") else k, v) for k, v in state_dict.items()
     )
-
-
-def atomic_save(obj: Any, path: str) -> str:
-    """``torch.save(obj, path)`` through a temporary file in the same folder and
-    ``os.replace``, so readers (other ranks, parallel tests) never see a partial file.
-    Creates the folder; returns ``path``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def save_checkpoint(
@@ -61,20 +93,13 @@ def save_checkpoint(
 
     ``is_best`` also writes ``model-best.pth.tar``. The ``checkpoint`` file is updated.
     """
-    os.makedirs(save_dir, exist_ok=True)
     if remove_module_from_keys and "state_dict" in state:
         state = {**state, "state_dict": strip_module_prefix(state["state_dict"])}
-    fname = model_name or f"model.pth.tar-{state['epoch']}"
-    fpath = os.path.join(save_dir, fname)
-    atomic_save(state, fpath)
+    fname = model_name or epoch_file(state["epoch"])
+    fpath = write_torch_atomic(os.path.join(save_dir, fname), state)
     if is_best:
-        best = os.path.join(save_dir, "model-best.pth.tar")
-        shutil.copyfile(fpath, best + ".tmp")
-        os.replace(best + ".tmp", best)
-    ckpt_file = os.path.join(save_dir, "checkpoint")
-    with open(ckpt_file + ".tmp", "w") as f:
-        f.write(f"{fname}\n")
-    os.replace(ckpt_file + ".tmp", ckpt_file)
+        atomic_write(os.path.join(save_dir, BEST_FILE), lambda tmp: shutil.copyfile(fpath, tmp))
+    write_text_atomic(os.path.join(save_dir, LAST_FILE), f"{fname}\n")
     logger.info(f"Checkpoint saved to {fpath}")
     return fpath
 
@@ -116,6 +141,8 @@ def _placeholder(module: str, name: str) -> type:
 
 def _allowed(module: str, name: str) -> Any | None:
     """The real object for safe globals (tensor rebuilding, dtypes, containers), else None."""
+    import torch
+
     safe = {
         ("collections", "OrderedDict"): OrderedDict,
         ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
@@ -157,6 +184,8 @@ restricted_pickle = types.SimpleNamespace(
 
 def load_checkpoint(fpath: str) -> dict[str, Any]:
     """Load a checkpoint on CPU: ``weights_only=True`` first, else the restricted unpickler."""
+    import torch
+
     if not os.path.isfile(fpath):
         raise UserError(f"Checkpoint {fpath} does not exist; check --model-dir / --load-epoch.")
     try:
@@ -178,3 +207,22 @@ def load_checkpoint(fpath: str) -> dict[str, Any]:
         )
     except Exception as e:
         raise UserError(f"Cannot read checkpoint {fpath}: {e}") from None
+
+
+def main(argv: list[str]) -> int:
+    """The scripts' entry point: ``find FOLDER`` / ``resumable RUN_DIR`` (see the docstring)."""
+    if len(argv) != 2 or argv[0] not in ("find", "resumable"):
+        print("usage: python -m dassl_ext.utils.checkpoint find|resumable FOLDER", file=sys.stderr)
+        return 2
+    command, folder = argv
+    if command == "resumable":
+        return 0 if resumable_models(folder) else 1
+    path = find_checkpoint(folder)
+    if not os.path.isfile(path):
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -2,7 +2,8 @@
 # Shared by the experiment scripts (sourced): environment defaults, the skip / resume
 # logic and one function per protocol. The per-method scripts (scripts/<method>/*.sh) set
 # TRAINER and the default CFG, SHOTS, LOADEP ... and call one of these functions.
-#   Env: DATA (./data), OUTPUT (./output), SEEDS ("1 2 3"), PYTHON (python).
+#   Env: DATA (./data), OUTPUT (./output), SEEDS ("1 2 3"), PYTHON (python), LOOKUP_PYTHON
+#   (python3: the checkpoint lookup).
 # Every run goes into its own folder; a folder with results.json is skipped, and an
 # unfinished training run with epoch checkpoints is resumed (--resume).
 set -euo pipefail
@@ -22,6 +23,16 @@ is_finished() {
   return 1
 }
 
+# checkpoint_lookup find FOLDER | resumable RUN_DIR: the engine's own checkpoint lookup
+# (dassl_ext/utils/checkpoint.py, which loads no torch for it). find prints the file to use
+# (model-best.pth.tar, else the newest model.pth.tar-<N>); both fail when there is none.
+# It needs only the standard library, so it runs on LOOKUP_PYTHON (python3), also when
+# PYTHON is replaced (PYTHON=echo prints the train.py commands instead of running them).
+LOOKUP_PYTHON=${LOOKUP_PYTHON:-python3}
+checkpoint_lookup() {
+  "$LOOKUP_PYTHON" -m dassl_ext.utils.checkpoint "$@"
+}
+
 # run_train DIR ARGS...: train.py into DIR unless DIR/results.json exists; resumes an
 # interrupted run that saved epoch checkpoints.
 run_train() {
@@ -29,7 +40,7 @@ run_train() {
   shift
   if is_finished "$dir"; then return 0; fi
   local resume=()
-  if compgen -G "$dir/*/model.pth.tar-*" > /dev/null; then resume=(--resume "$dir"); fi
+  if checkpoint_lookup resumable "$dir"; then resume=(--resume "$dir"); fi
   "$PYTHON" train.py --root "$DATA" --output-dir "$dir" "${resume[@]}" "$@"
 }
 

@@ -46,7 +46,7 @@ dataset_name() {
 
 # has_checkpoint FOLDER: model-best.pth.tar or model.pth.tar-<N> inside
 has_checkpoint() {
-  [ -f "$1/model-best.pth.tar" ] || compgen -G "$1/model.pth.tar-*" > /dev/null
+  checkpoint_lookup find "$1" > /dev/null
 }
 
 # train_teacher SOURCE_DATASET SUBSAMPLE DIR: PromptSRC teacher (16 shots) into DIR

@@ -6,6 +6,7 @@ backend switch), so this works headless and inside other programs.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -15,14 +16,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from dassl_ext.errors import UserError
-from dassl_ext.evaluation.aggregate import Table, hm
+from dassl_ext.reporting.aggregate import Table, published_average
+from dassl_ext.reporting.reference import Numbers
+from dassl_ext.utils.atomic import write_bytes_atomic
 
 
 def _save(fig: Figure, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120)
-    return path
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    return write_bytes_atomic(path, png.getvalue())
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -76,9 +79,7 @@ def plot_training_curves(run_dir: str, out_png: str | None = None) -> str:
     return _save(fig, out_png or os.path.join(run_dir, "training_curves.png"))
 
 
-def plot_base_new_bars(
-    table: Table, out_png: str, paper: dict[str, tuple[float, float, float]] | None = None
-) -> str:
+def plot_base_new_bars(table: Table, out_png: str, paper: Numbers | None = None) -> str:
     """Base / new / HM bars (std as error bars) per dataset plus Average.
 
     ``paper`` (dataset -> (base, new, HM)) adds hatched bars beside ours. A table
@@ -90,10 +91,9 @@ def plot_base_new_bars(
     metrics = ["base", "new", "HM"] if b2n else table.split_names[:1]
     colors = {"base": "tab:blue", "new": "tab:orange", "HM": "tab:green"}
     paper = dict(paper or {})
-    if paper and table.average and all(r.dataset in paper for r in table.rows):
-        b = sum(paper[r.dataset][0] for r in table.rows) / len(table.rows)
-        n = sum(paper[r.dataset][1] for r in table.rows) / len(table.rows)
-        paper["Average"] = (b, n, hm(b, n))
+    average = published_average(paper, table) if table.average else None
+    if average:
+        paper["Average"] = average
     show_paper = b2n and any(r.dataset in paper for r in rows)
     per_group = len(metrics) * (2 if show_paper else 1)
     width = 0.8 / per_group

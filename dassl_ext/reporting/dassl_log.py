@@ -3,14 +3,15 @@
 Dassl logs the CLI arguments (``** Arguments **``), the full config (``** Config **``),
 then ``* accuracy: X%`` after every evaluation. What a log reports:
 
-* official PromptKD, ``TRAINER.MODAL base2novel``: the val split is the base test
-  split, evaluated after every epoch; base = the best of those accuracies (printed
-  before ``Finish training``); new = the accuracy printed after ``Finish training``
-  (the best-val checkpoint on the new-class test split). ``cross``: that last one.
-* any other trainer: the last accuracy; ``DATASET.SUBSAMPLE_CLASSES`` base / new /
-  all names the split ("base" / "new" / "test"). Dassl's base-to-new scripts write
-  base and new into two logs (``train_base/...`` and ``test_new/...``); the
-  aggregator joins them by trainer, config file, dataset and seed.
+* runs the :class:`~dassl_ext.reporting.reference.Reference` names as logging base and new
+  in one log (official PromptKD with ``TRAINER.MODAL base2novel``): the val split is the
+  base test split, evaluated after every epoch; base = the best of those accuracies
+  (printed before ``Finish training``); new = the accuracy printed after it (the best-val
+  checkpoint on the new-class test split).
+* any other run: the last accuracy; ``DATASET.SUBSAMPLE_CLASSES`` base / new / all names
+  the split ("base" / "new" / "test"). Dassl's base-to-new scripts write base and new into
+  two logs (``train_base/...`` and ``test_new/...``); the aggregator joins them by trainer,
+  config file, dataset and seed.
 """
 
 from __future__ import annotations
@@ -18,25 +19,12 @@ from __future__ import annotations
 import os
 import re
 
+from dassl_ext.reporting.reference import Reference
+
 ACC_RE = re.compile(r"\* accuracy: ([0-9.]+)%")
 CFG_RE = re.compile(r"^( *)([A-Z][A-Z0-9_]*):(?: (.*))?$")
 ARG_RE = re.compile(r"^([a-z_]+): ?(.*)$")
 FINISH_MARKERS = ("Finish training", "Deploy the model with the best val performance")
-
-# Folder names of the official scripts -> registered dataset names.
-OFFICIAL_DATASET_DIRS = {
-    "imagenet": "ImageNet",
-    "caltech101": "Caltech101",
-    "oxford_pets": "OxfordPets",
-    "stanford_cars": "StanfordCars",
-    "oxford_flowers": "OxfordFlowers",
-    "food101": "Food101",
-    "fgvc_aircraft": "FGVCAircraft",
-    "sun397": "SUN397",
-    "dtd": "DescribableTextures",
-    "eurosat": "EuroSAT",
-    "ucf101": "UCF101",
-}
 
 
 def _blocks(lines: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -75,15 +63,15 @@ def _blocks(lines: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     return args, cfg
 
 
-def _from_path(path: str) -> tuple[str, int | None]:
+def _from_path(path: str, dataset_dirs: dict[str, str]) -> tuple[str, int | None]:
     """Dataset and seed from an official output path (``.../<dataset>/.../seed<N>/``)."""
     parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
-    dataset = next((OFFICIAL_DATASET_DIRS[p] for p in parts if p in OFFICIAL_DATASET_DIRS), "")
+    dataset = next((dataset_dirs[p] for p in parts if p in dataset_dirs), "")
     seeds = [int(m.group(1)) for p in parts if (m := re.fullmatch(r"seed(\d+)", p))]
     return dataset, (seeds[-1] if seeds else None)
 
 
-def parse_dassl_log(path: str) -> dict | None:
+def parse_dassl_log(path: str, reference: Reference | None = None) -> dict | None:
     """A results.json-like record for one Dassl log, or None when it holds no result.
 
     Keys: trainer, dataset, seed, protocol ("official"), eval_splits, backbone,
@@ -104,15 +92,15 @@ def parse_dassl_log(path: str) -> dict | None:
     if not before and not after:
         return None
 
-    path_dataset, path_seed = _from_path(path)
+    reference = reference or Reference()
+    path_dataset, path_seed = _from_path(path, reference.dataset_dirs)
     trainer = cfg.get("TRAINER.NAME") or args.get("trainer", "")
     dataset = cfg.get("DATASET.NAME") or path_dataset
     seed_text = cfg.get("SEED") or args.get("seed", "")
     seed = int(seed_text) if re.fullmatch(r"-?\d+", seed_text or "") else path_seed
-    modal = cfg.get("TRAINER.MODAL", "")
     subsample = cfg.get("DATASET.SUBSAMPLE_CLASSES", "all")
 
-    if trainer == "PromptKD" and modal == "base2novel":
+    if reference.logs_base_and_new({**cfg, "TRAINER.NAME": trainer}):
         if not after or not before:
             return None  # training did not finish: no new-class result yet
         splits = {"base": max(before), "new": after[-1]}

@@ -4,6 +4,8 @@ Inputs are the ``results.json`` files under an output tree (one per run) and, in
 folders without one, Dassl ``log.txt`` files of runs made with the official code.
 Runs form one table per (trainer, protocol, eval_splits, backbone); a row per
 dataset (and per config, if a dataset was run with several); seeds are averaged.
+A :class:`~dassl_ext.reporting.reference.Reference` orders the rows and tells how
+official logs report; formatting is in :mod:`dassl_ext.reporting.tables`.
 
 Conventions (../shared/reference/paper-numbers.md): a row's HM is the HM of its mean
 base and mean new accuracy; the Average row's HM is the HM of the averaged base and
@@ -12,7 +14,6 @@ averaged new (not the mean of the per-dataset HMs). Std is the sample std (n - 1
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -20,11 +21,9 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tabulate import tabulate
-
-from dassl_ext.evaluation.dassl_log import parse_dassl_log
-from dassl_ext.evaluation.paper import DATASETS, paper_numbers
 from dassl_ext.evaluation.results import read_results
+from dassl_ext.reporting.dassl_log import parse_dassl_log
+from dassl_ext.reporting.reference import Numbers, Reference
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +162,9 @@ def run_from_record(record: dict, path: str) -> Run | None:
     )
 
 
-def collect_runs(root: str) -> list[Run]:
-    """Every run under ``root``: results.json, else the newest parsable Dassl log."""
+def collect_runs(root: str, reference: Reference | None = None) -> list[Run]:
+    """Every run under ``root``: results.json, else the newest parsable Dassl log (read as
+    ``reference`` says)."""
     runs: list[Run] = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
@@ -179,7 +179,7 @@ def collect_runs(root: str) -> list[Run]:
             logs = sorted(f for f in files if f == "log.txt" or f.startswith("log.txt-"))
             for name in reversed(logs):  # Dassl names a newer log log.txt-<time>
                 path = os.path.join(folder, name)
-                record = parse_dassl_log(path)
+                record = parse_dassl_log(path, reference)
                 if record:
                     break
         run = run_from_record(record, path) if record else None
@@ -289,15 +289,13 @@ def _average(rows: list[Row], names: list[str]) -> Row | None:
     return avg
 
 
-def _dataset_order(name: str) -> tuple:
-    return (DATASETS.index(name) if name in DATASETS else len(DATASETS), name)
-
-
-def aggregate(runs: list[Run]) -> list[Table]:
-    """Tables of per-dataset mean / std over seeds, with Average rows and warnings."""
+def aggregate(runs: list[Run], reference: Reference | None = None) -> list[Table]:
+    """Tables of per-dataset mean / std over seeds, with Average rows and warnings; rows in
+    the ``reference``'s dataset order, then by name."""
+    order = (reference or Reference()).dataset_order
     tables: dict[tuple, Table] = {}
     merged, duplicates = _merge_seeds(runs)
-    for key in sorted(merged, key=lambda k: (k[:4], _dataset_order(k[4]), k[5])):
+    for key in sorted(merged, key=lambda k: (k[:4], order(k[4]), k[5])):
         trainer, protocol, eval_splits, backbone, dataset, config = key
         tkey = (trainer, protocol, eval_splits, backbone)
         table = tables.setdefault(tkey, Table(trainer, protocol, eval_splits, backbone, []))
@@ -322,115 +320,17 @@ def aggregate(runs: list[Run]) -> list[Table]:
     return list(tables.values())
 
 
-def _cell(stat: Stat | None) -> str:
-    if stat is None or not stat.values:
-        return "-"
-    return f"{stat.mean:.2f}" if stat.n < 2 else f"{stat.mean:.2f} ± {stat.std:.2f}"
+def published_average(numbers: Numbers, table: Table) -> tuple[float, float, float] | None:
+    """The Average row of published numbers over the table's datasets (mean base, mean
+    new, their HM: the paper's convention); None unless all its datasets are published."""
+    known = [numbers[r.dataset] for r in table.rows if r.dataset in numbers]
+    if not known or len(known) != len(table.rows):
+        return None
+    base = statistics.fmean(k[0] for k in known)
+    new = statistics.fmean(k[1] for k in known)
+    return base, new, hm(base, new)
 
 
-def _paper_cells(table: Table, row: Row) -> list[str]:
-    method, numbers = paper_numbers(table.trainer)
-    if row is table.average:
-        known = [numbers[r.dataset] for r in table.rows if r.dataset in numbers]
-        if len(known) != len(table.rows):
-            return ["-", "-"]
-        b = statistics.fmean(k[0] for k in known)
-        n = statistics.fmean(k[1] for k in known)
-        ref = (b, n, hm(b, n))
-    elif row.dataset in numbers:
-        ref = numbers[row.dataset]
-    else:
-        return ["-", "-"]
-    delta = f"{row.hm - ref[2]:+.2f}" if row.hm is not None else "-"
-    return [f"{ref[0]:.2f} / {ref[1]:.2f} / {ref[2]:.2f}", delta]
-
-
-def table_rows(table: Table, ci: bool = False, paper: bool = False) -> tuple[list, list]:
-    """(headers, rows of strings) for one table."""
-    names = table.split_names
-    b2n = "base" in names and "new" in names
-    headers = ["Dataset", "Seeds"] + [n.capitalize() if n != "test" else "Accuracy" for n in names]
-    if b2n:
-        headers += ["HM", "HM (per-seed)"]
-    if ci:
-        headers += [f"{h} 95% CI" for h in headers[2 : 2 + len(names)]]
-    if paper and b2n:
-        method, _ = paper_numbers(table.trainer)
-        headers += [f"Paper {method} B / N / HM", "Δ HM"]
-    out = []
-    for row in table.rows + ([table.average] if table.average else []):
-        if row is table.average:
-            name, seeds = "Average", f"{len(table.rows)} datasets"
-        else:
-            name, seeds = row.label or row.dataset, ",".join(str(s) for s in row.seeds)
-        cells = [name, seeds] + [_cell(row.stats.get(n)) for n in names]
-        if b2n:
-            cells += [f"{row.hm:.2f}" if row.hm is not None else "-", _cell(row.hm_seeds)]
-        if ci:
-            cells += [
-                f"± {row.stats[n].ci95:.2f}" if n in row.stats and row.stats[n].n > 1 else "-"
-                for n in names
-            ]
-        if paper and b2n:
-            cells += _paper_cells(table, row)
-        out.append(cells)
-    return headers, out
-
-
-def to_markdown(tables: list[Table], ci: bool = False, paper: bool = False) -> str:
-    """All tables as Markdown: title, protocol, table, conventions, warnings."""
-    parts = []
-    for t in tables:
-        headers, rows = table_rows(t, ci=ci, paper=paper)
-        parts.append(f"### {t.title}\n")
-        parts.append(f"Protocol: {t.protocol_text}\n")
-        parts.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
-        note = "\nMean ± sample std over seeds."
-        if "HM" in headers:
-            note += (
-                " HM = harmonic mean of the mean base and mean new accuracy; HM (per-seed)"
-                " averages each seed's HM; the Average row's HM is the HM of the averaged"
-                " base and new (the paper's convention)."
-            )
-        else:
-            note += " The Average row is the mean over datasets."
-        parts.append(note + "\n")
-        parts.extend(f"- WARNING: {w}" for w in t.warnings)
-        parts.append("")
-    return "\n".join(parts).rstrip() + "\n"
-
-
-def write_csv(tables: list[Table], path: str) -> None:
-    """One CSV line per row (Average included), numbers unformatted."""
-    fields = ["trainer", "protocol", "eval_splits", "backbone", "dataset", "config", "seeds"]
-    lines = []
-    for t in tables:
-        for row in t.rows + ([t.average] if t.average else []):
-            line = {
-                "trainer": t.trainer,
-                "protocol": t.protocol,
-                "eval_splits": t.eval_splits,
-                "backbone": t.backbone,
-                "dataset": row.dataset,
-                "config": row.config,
-                "seeds": " ".join(str(s) for s in row.seeds),
-            }
-            for n, s in row.stats.items():
-                line.update({f"{n}_mean": s.mean, f"{n}_std": s.std, f"{n}_ci95": s.ci95})
-                line[f"{n}_n"] = s.n
-            if row.hm is not None:
-                line["hm"] = row.hm
-            if row.hm_seeds is not None:
-                line.update(hm_seed_mean=row.hm_seeds.mean, hm_seed_std=row.hm_seeds.std)
-            fields += [k for k in line if k not in fields]
-            lines.append(line)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(lines)
-
-
-def summarize(root: str) -> list[Table]:
+def summarize(root: str, reference: Reference | None = None) -> list[Table]:
     """collect_runs + aggregate."""
-    return aggregate(collect_runs(root))
+    return aggregate(collect_runs(root, reference), reference)

@@ -1,0 +1,192 @@
+"""Work around the epoch loop as an ordered list of hooks (as detectron2's ``HookBase``).
+
+The trainer calls ``before_train``, ``before_epoch``, ``after_epoch`` and ``after_train`` of
+each hook in list order, so the order of the epoch-end work is the order of the list that
+``SimpleTrainer.build_hooks`` returns, not the order of ``super()`` calls. The default list:
+
+1. :class:`BroadcastBuffers`: rank 0's BatchNorm statistics on every rank (as DDP does);
+2. hooks that change the weights to be evaluated and saved (PromptSRC inserts
+   :class:`ParameterAveraging` here: before selection, with :func:`insert_before`);
+3. :class:`ModelSelection`: evaluate on val, keep the best as ``model-best.pth.tar``;
+4. :class:`MetricsWriter`: one ``metrics.jsonl`` row per epoch;
+5. :class:`PeriodicCheckpointer`: ``model.pth.tar-<epoch>`` every ``CHECKPOINT_FREQ`` and last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from dassl_ext.utils.atomic import write_text_atomic, write_torch_atomic
+from dassl_ext.utils.checkpoint import BEST_FILE
+from dassl_ext.utils.distributed import broadcast_module, is_main_process
+
+logger = logging.getLogger(__name__)
+
+
+class HookBase:
+    """A hook; ``trainer`` is set when the trainer registers it."""
+
+    trainer: Any = None
+
+    def before_train(self) -> None:
+        """After resuming (``trainer.start_epoch`` is known), before the first epoch."""
+
+    def before_epoch(self) -> None:
+        """Before ``trainer.epoch`` runs."""
+
+    def after_epoch(self) -> None:
+        """After ``trainer.epoch`` ran and its LR step was taken."""
+
+    def after_train(self) -> None:
+        """After the final evaluation."""
+
+
+class CallbackHook(HookBase):
+    """A hook made of functions of the trainer, e.g. ``CallbackHook(before_train=fn)``."""
+
+    def __init__(self, **callbacks: Callable[[Any], None]) -> None:
+        unknown = set(callbacks) - {"before_train", "before_epoch", "after_epoch", "after_train"}
+        if unknown:
+            raise TypeError(f"CallbackHook has no stage {sorted(unknown)}")
+        for stage, fn in callbacks.items():
+            setattr(self, stage, lambda fn=fn: fn(self.trainer))
+
+
+def insert_before(hooks: list[HookBase], kind: type, hook: HookBase) -> list[HookBase]:
+    """``hooks`` with ``hook`` in front of the first hook of type ``kind``."""
+    index = next(i for i, h in enumerate(hooks) if isinstance(h, kind))
+    return [*hooks[:index], hook, *hooks[index:]]
+
+
+class BroadcastBuffers(HookBase):
+    """Copy BatchNorm statistics from rank 0 to every rank after each epoch (a no-op in one
+    process): the saved and evaluated model is rank 0's, as under DDP."""
+
+    def after_epoch(self) -> None:
+        for model in self.trainer.registered_models():
+            broadcast_module(model)
+
+
+class ModelSelection(HookBase):
+    """With ``TEST.FINAL_MODEL best_val``: evaluate on val after each epoch and save
+    ``model-best.pth.tar`` when the accuracy is strictly higher (the earliest best wins).
+
+    Sets ``trainer.epoch_val_accuracy`` (None when not selecting) for the hooks after it.
+    """
+
+    def after_epoch(self) -> None:
+        trainer, cfg = self.trainer, self.trainer.cfg
+        trainer.epoch_val_accuracy = None
+        if cfg.TEST.NO_TEST or cfg.TEST.FINAL_MODEL != "best_val":
+            return
+        val_acc = trainer.epoch_val_accuracy = trainer.test(split="val")
+        if val_acc > trainer.best_result:
+            trainer.best_result, trainer.best_epoch = val_acc, trainer.epoch + 1
+            out = trainer.output_dir
+            trainer.save_model(trainer.epoch, out, val_result=val_acc, model_name=BEST_FILE)
+
+
+class MetricsWriter(HookBase):
+    """``<output>/metrics.jsonl``: epoch, LR, mean losses and val accuracy, one row per epoch
+    (rank 0). A resumed run first drops the rows of the epochs it trains again."""
+
+    def path(self) -> str:
+        return os.path.join(self.trainer.output_dir, "metrics.jsonl")
+
+    def _rows(self) -> list[str]:
+        if not os.path.exists(self.path()):
+            return []
+        with open(self.path()) as f:
+            return [r if r.endswith("\n") else r + "\n" for r in f if r.strip()]
+
+    def before_train(self) -> None:
+        start = self.trainer.start_epoch
+        if start > 0 and is_main_process() and os.path.exists(self.path()):
+            rows = [r for r in self._rows() if json.loads(r)["epoch"] <= start]
+            write_text_atomic(self.path(), "".join(rows))
+
+    def after_epoch(self) -> None:
+        if not is_main_process():
+            return
+        trainer = self.trainer
+        meters = getattr(trainer, "epoch_losses", None)
+        row = {
+            "epoch": trainer.epoch + 1,
+            "lr": getattr(trainer, "epoch_lr", None),
+            "loss": {k: m.avg for k, m in meters.meters.items()} if meters else {},
+            "val_accuracy": getattr(trainer, "epoch_val_accuracy", None),
+        }
+        write_text_atomic(self.path(), "".join(self._rows()) + json.dumps(row) + "\n")
+
+
+class PeriodicCheckpointer(HookBase):
+    """Save every registered model as ``model.pth.tar-<epoch>`` every
+    ``TRAIN.CHECKPOINT_FREQ`` epochs (0: never) and after the last epoch."""
+
+    def after_epoch(self) -> None:
+        trainer = self.trainer
+        freq = trainer.cfg.TRAIN.CHECKPOINT_FREQ
+        last_epoch = trainer.epoch + 1 == trainer.max_epoch
+        if (freq > 0 and (trainer.epoch + 1) % freq == 0) or last_epoch:
+            trainer.save_model(trainer.epoch, trainer.output_dir)
+
+
+class ParameterAveraging(HookBase):
+    """A weighted average of parameters over the epochs (PromptSRC's Gaussian Prompt
+    Aggregation): after epoch e, ``weights[e] * p`` is added to a running sum; after the last
+    epoch the sum is loaded into the parameters, so the hooks after this one evaluate and
+    save the average.
+
+    The running sum after every epoch is kept in ``<output>/<state_file>`` (parameters only:
+    small), so that a run resumed from any checkpoint continues the same average.
+    """
+
+    def __init__(
+        self, weights: list[float], params: list[nn.Parameter], state_file: str, name: str
+    ) -> None:
+        self.weights, self.params = weights, params
+        self.state_file, self.name = state_file, name
+        self.sum: list[torch.Tensor] | None = None  # one running sum per parameter
+        self.history: dict[int, list[torch.Tensor]] = {}  # epoch -> sum after it
+
+    def before_train(self) -> None:
+        trainer = self.trainer
+        if trainer.start_epoch == 0:
+            return
+        path = os.path.join(trainer.cfg.RESUME, self.state_file)
+        sums = {}
+        if os.path.isfile(path):
+            sums = torch.load(path, map_location=trainer.device, weights_only=True)["sums"]
+        if trainer.start_epoch in sums:  # the running sum after the resumed epoch
+            self.history = {e: v for e, v in sums.items() if e <= trainer.start_epoch}
+            self.sum = [t.clone() for t in sums[trainer.start_epoch]]
+        else:
+            logger.warning(
+                f"No {self.name} state for epoch {trainer.start_epoch} in {path}; the aggregate "
+                "covers only the epochs trained from now on."
+            )
+
+    @torch.no_grad()
+    def after_epoch(self) -> None:
+        trainer = self.trainer
+        w = self.weights[trainer.epoch]
+        if self.sum is None:
+            self.sum = [w * p.detach().clone() for p in self.params]
+        else:
+            for total, p in zip(self.sum, self.params):
+                total += w * p.detach()
+        if trainer.epoch + 1 == trainer.max_epoch:
+            logger.info(f"Using {self.name} model for final inference...")
+            for total, p in zip(self.sum, self.params):
+                p.copy_(total)
+        self.history[trainer.epoch + 1] = [t.detach().cpu().clone() for t in self.sum]
+        if is_main_process():
+            state = os.path.join(trainer.output_dir, self.state_file)
+            write_torch_atomic(state, {"sums": self.history})
