@@ -18,7 +18,8 @@ from tabulate import tabulate
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dassl_ext.evaluation.aggregate import collect_runs, hm  # noqa: E402
+from dassl_ext.reporting.aggregate import collect_runs, hm  # noqa: E402
+from dassl_ext.utils.atomic import write_text_atomic  # noqa: E402
 
 
 def row(label: str, folder: str) -> list[str]:
@@ -60,8 +61,7 @@ def main(argv: list[str] | None = None) -> str:
     text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
     print(text)
     if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        write_text_atomic(args.markdown, text + "\n")
     return text
 
 

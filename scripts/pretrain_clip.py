@@ -34,6 +34,7 @@ from dassl_ext.modeling._clip import clip  # noqa: E402
 from dassl_ext.modeling.standins import standin_path  # noqa: E402
 from dassl_ext.modeling.templates import CUSTOM_TEMPLATES  # noqa: E402
 from dassl_ext.modeling.tiny import TinyClipSpec, build_clip_module  # noqa: E402
+from dassl_ext.utils.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
 
 # The stand-ins, shaped like the paper's pair: the teacher sees finer patches (4 px, as
 # ViT-L/14 against ViT-B/16), is wider and is trained longer.
@@ -321,10 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(path + ".tmp", path)
+    write_bytes_atomic(path, data)
     digest = hashlib.sha256(data).hexdigest()
 
     # Accuracies of the saved (fp16) weights, read back as users will.
@@ -349,10 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         "zeroshot_accuracy": accs,
         "curve": curve,
     }
-    manifest_path = os.path.splitext(path)[0] + ".json"
-    with open(manifest_path + ".tmp", "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(manifest_path + ".tmp", manifest_path)
+    manifest_path = write_json_atomic(os.path.splitext(path)[0] + ".json", manifest)
     print(f"Wrote {path} ({manifest['bytes'] / 1e6:.1f} MB) and {manifest_path}")
     print(f"Zero-shot accuracy: {json.dumps(accs)}")
 
