@@ -109,9 +109,20 @@ def run_variant(args: argparse.Namespace) -> dict:
         "images_per_sec": batch / sec,
         "build_sec": build_sec,
         "build_cpu_sec": build_cpu,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0,
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: ``VmHWM`` where Linux has it (``ru_maxrss`` keeps
+    the parent's resident size at the fork, which would hide a smaller child), else
+    ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _sync(device: torch.device) -> None:
@@ -199,6 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child process
     p.add_argument("--teacher-prec", default="", help=argparse.SUPPRESS)  # child process
+    p.add_argument("--make-files", action="store_true", help=argparse.SUPPRESS)  # child process
     args = p.parse_args(argv)
     args.eval_batch = args.eval_batch or args.batch
     if args.teacher_precs is None:
@@ -218,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.variant:
         print(json.dumps(run_variant(args)))
         return 0
-    make_files(args.files, PAIRS[args.pair])
+    if args.make_files:
+        make_files(args.files, PAIRS[args.pair])
+        return 0
+    # in a child too: this process stays small, so it cannot inflate the children's peaks
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--make-files", "--pair",
+                    args.pair, "--files", args.files], check=True)  # fmt: skip
     results = []
     for variant, teacher_prec in plan(args):
         cmd = child_argv(args, variant, teacher_prec)
