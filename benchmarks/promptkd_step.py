@@ -1,18 +1,21 @@
-"""PromptKD step time, peak memory and evaluation speed: stored vs recomputed teacher text.
+"""PromptKD step time, peak memory and evaluation speed: this project against the official code.
 
-At real sizes (ViT-B/16 student, ViT-L/14 teacher, both with 4-token prompts of depth 9,
-random weights with the shapes of ``clip.model.CLIP``, nothing downloaded), compares
+At real sizes (ViT-B/16 student, ViT-L/14 teacher, 4-token prompts of depth 9, random
+weights with the real shapes, nothing downloaded), each variant builds its models from
+weight files (see ``promptkd_models.py``) and times training steps or test batches:
 
-* a training step with the teacher's text features stored once (this project) against the
-  same step re-running the teacher text tower for all classes (the official code), and
-* evaluation with the student and the stored features only against running the whole
-  teacher for every test batch as well (the official ``PromptKD.test``).
+* ``train-ours``: teacher in ``--teacher-precs`` (each one a run), text features stored;
+* ``train-official``: the teacher text tower re-run on every step;
+* ``eval-ours``: the student and the stored class features only;
+* ``eval-official``: the teacher (text and image) run for every test batch as well.
 
-Each variant runs in its own process so that its peak resident memory (``ru_maxrss``) is
-its own. Usage::
+Each variant runs in its own process, so its peak resident memory (``ru_maxrss``, which
+includes loading) is its own. Times are per step after one warm-up; on a shared CPU the
+CPU time per step is the robust figure. Usage::
 
-    python benchmarks/promptkd_step.py [--steps 3] [--classes 100] [--batch 8]
-                                       [--teacher-bf16] [--device cpu]
+    python benchmarks/promptkd_step.py [--steps 2] [--classes 100] [--batch 8]
+        [--eval-batch 8] [--device cpu] [--prec fp32] [--teacher-precs fp32,bf16]
+        [--variants train-ours,train-official,eval-ours,eval-official] [--json out.json]
 """
 
 from __future__ import annotations
@@ -23,189 +26,231 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dassl_ext.modeling import PromptedImageEncoder, PromptedTextEncoder, clip  # noqa: E402
+from benchmarks.promptkd_models import PAIRS, build_official, build_ours, make_files  # noqa: E402
+from dassl_ext.engine import resolve_frozen_precision, resolve_precision  # noqa: E402
 from trainers.losses import kd_loss  # noqa: E402
-from trainers.promptkd_student import PromptKDStudent, set_trainable  # noqa: E402
+from trainers.promptkd_frozen import teacher_text_features  # noqa: E402
 
-# clip.model.CLIP(embed_dim, image_resolution, vision_layers, vision_width, patch_size,
-#                 context_length, vocab_size, text_width, text_heads, text_layers)
-SHAPES = {
-    "ViT-L/14": (768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
-    "ViT-B/16": (512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
+VARIANTS = ("train-ours", "train-official", "eval-ours", "eval-official")
+NAMES = {
+    "train-ours": "train step, stored text features",
+    "train-official": "train step, teacher text every step (official)",
+    "eval-ours": "eval, student + stored features",
+    "eval-official": "eval, + teacher forward (official)",
 }
-VARIANTS = ("train-stored", "train-official", "eval-student", "eval-official")
-
-
-def build(args: argparse.Namespace, with_text: bool) -> dict:
-    """Teacher and student with random weights; the teacher text tower only if ``with_text``.
-
-    Without it, the teacher's text features come "from the cache" (a random (C, 768) tensor
-    here), as in any run after the first one; the first run computes them once, then
-    drops the tower as well.
-    """
-    torch.manual_seed(0)
-    dev = torch.device(args.device)
-    t_dtype = torch.bfloat16 if args.teacher_bf16 else torch.float32
-    m = {"dev": dev, "t_dtype": t_dtype, "t_scale": torch.tensor(4.6052, device=dev)}
-    if with_text:
-        t_clip = clip.model.CLIP(*SHAPES["ViT-L/14"]).eval().requires_grad_(False)
-        t_visual = t_clip.visual
-        m["t_text"] = PromptedTextEncoder(t_clip, 4, 9).requires_grad_(False).to(dev, t_dtype)
-        tokenized = clip.tokenize([f"X X X X class {i}." for i in range(args.classes)])
-        with torch.no_grad():
-            prompts = t_clip.token_embedding(tokenized)  # (C, 77, 768)
-        m["prompts"], m["tokenized"] = prompts.to(dev), tokenized.to(dev)
-        del t_clip  # token_embedding is only needed to build the prompts
-    else:
-        t_visual = clip.model.VisionTransformer(224, 14, 1024, 24, 16, 768)
-        m["stored"] = F.normalize(torch.randn(args.classes, 768, device=dev), dim=-1)
-    m["t_image"] = PromptedImageEncoder(t_visual, 4, 9).eval().requires_grad_(False)
-    m["t_image"].to(dev, t_dtype)
-    s_visual = clip.model.VisionTransformer(224, 16, 768, 12, 12, 512)
-    student = PromptKDStudent(PromptedImageEncoder(s_visual, 4, 9), torch.tensor(4.6052), 512, 768)
-    set_trainable(student)
-    m["student"] = student.to(dev)
-    return m
-
-
-def teacher_autocast(m: dict):
-    if m["t_dtype"] == torch.float32:
-        return torch.autocast(m["dev"].type, enabled=False)
-    return torch.autocast(m["dev"].type, dtype=m["t_dtype"])
-
-
-@torch.no_grad()
-def teacher_text(m: dict) -> torch.Tensor:
-    with teacher_autocast(m):
-        return F.normalize(m["t_text"](m["prompts"], m["tokenized"]).float(), dim=-1)
-
-
-@torch.no_grad()
-def teacher_logits(m: dict, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    with teacher_autocast(m):
-        img = F.normalize(m["t_image"](images).float(), dim=-1)
-    return m["t_scale"].exp() * img @ text.t()
 
 
 def run_variant(args: argparse.Namespace) -> dict:
-    """Run one variant in this process; returns seconds per step / images per second, memory."""
+    """Build and time one variant in this process; seconds per step, memory."""
     torch.set_num_threads(os.cpu_count() or 1)
-    m = build(args, with_text=args.variant.endswith("official"))
-    student, variant = m["student"], args.variant
-    stored = m["stored"] if "stored" in m else teacher_text(m)
-    opt = torch.optim.SGD(
-        [p for p in student.parameters() if p.requires_grad], lr=0.005, momentum=0.9
-    )
-    images = torch.randn(args.batch, 3, 224, 224, device=m["dev"])
+    device, pair = torch.device(args.device), PAIRS[args.pair]
+    prec = resolve_precision(args.prec, device)
+    t_prec = resolve_frozen_precision(args.teacher_prec or args.prec, device)
+    training = args.variant.startswith("train")
+    t0, c0 = time.perf_counter(), time.process_time()
+    if args.variant.endswith("official"):
+        m = build_official(args.files, pair, args.classes, prec)
+    else:
+        m = build_ours(args.files, pair, args.classes, prec, t_prec, with_teacher=training)
+    build_sec, build_cpu = time.perf_counter() - t0, time.process_time() - c0
+    student, teacher, feats = m.student, m.teacher, m.class_features
+    opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.005)
+    scaler = torch.amp.GradScaler(device.type, enabled=prec.use_scaler)
+    batch = args.batch if training else args.eval_batch
+    images = torch.randn(batch, 3, pair.size, pair.size, device=device)
+
+    def teacher_logits() -> torch.Tensor:
+        text = feats
+        if m.recompute_text:
+            text = teacher_text_features(teacher, args.classes, m.teacher_prec, args.classes)
+        with torch.no_grad(), m.teacher_prec.autocast():
+            img = teacher.image_features(images).float()
+        return teacher.logit_scale.float().exp() * img @ text.t()
 
     def step() -> None:
-        if variant.startswith("train"):
+        if training:
             student.train()
-            text = teacher_text(m) if variant == "train-official" else stored
-            t_logits = teacher_logits(m, images, text)
-            loss = 1000.0 * kd_loss(student(images, stored), t_logits)
+            t_logits = teacher_logits()
+            with prec.autocast():
+                s_logits = student(images, feats)
+            loss = 1000.0 * kd_loss(s_logits.float(), t_logits)
             opt.zero_grad()
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         else:
             student.eval()
             with torch.no_grad():
-                if variant == "eval-official":  # the official test runs the teacher as well
-                    teacher_logits(m, images, teacher_text(m))
-                student(images, stored).argmax(dim=1)
+                if teacher is not None:  # the official test runs the teacher as well
+                    teacher_logits()
+                with prec.autocast():
+                    student(images, feats).argmax(dim=1)
 
     step()  # warm-up
-    if m["dev"].type == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         step()
-    if m["dev"].type == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     sec = (time.perf_counter() - t0) / args.steps
-    cpu_sec = (time.process_time() - c0) / args.steps  # CPU time: robust to a busy machine
     return {
-        "variant": variant,
+        "variant": args.variant,
+        "teacher_prec": m.teacher_prec.effective if teacher is not None else "",
+        "batch": batch,
         "sec_per_step": sec,
-        "cpu_sec_per_step": cpu_sec,
-        "images_per_sec": args.batch / sec,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if m["dev"].type == "cuda" else 0,
+        "cpu_sec_per_step": (time.process_time() - c0) / args.steps,
+        "images_per_sec": batch / sec,
+        "build_sec": build_sec,
+        "build_cpu_sec": build_cpu,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0,
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=3, help="timed steps per variant (after 1 warm-up)")
-    p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--teacher-bf16", action="store_true", help="teacher in bf16 under autocast")
-    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child process
-    args = p.parse_args()
-    if args.variant:
-        print(json.dumps(run_variant(args)))
-        return
-    res = {}
-    for variant in VARIANTS:
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--variant",
-            variant,
-            "--steps",
-            str(args.steps),
-            "--classes",
-            str(args.classes),
-            "--batch",
-            str(args.batch),
-            "--device",
-            args.device,
-        ] + (["--teacher-bf16"] if args.teacher_bf16 else [])
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        res[variant] = json.loads(out.strip().splitlines()[-1])
-        print(f"done: {variant}", file=sys.stderr)
-    _print_table(res, args)
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: ``VmHWM`` where Linux has it (``ru_maxrss`` keeps
+    the parent's resident size at the fork, which would hide a smaller child), else
+    ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _print_table(res: dict, args: argparse.Namespace) -> None:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def child_argv(args: argparse.Namespace, variant: str, teacher_prec: str) -> list[str]:
+    """The command line of one variant's process."""
+    return [
+        sys.executable, os.path.abspath(__file__), "--variant", variant, "--steps",
+        str(args.steps), "--classes", str(args.classes), "--batch", str(args.batch),
+        "--eval-batch", str(args.eval_batch), "--device", args.device, "--prec", args.prec,
+        "--teacher-prec", teacher_prec, "--pair", args.pair, "--files", args.files,
+    ]  # fmt: skip
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(variant, teacher precision) per process: train-ours once per teacher precision."""
+    runs = []
+    for variant in args.variants:
+        precs = args.teacher_precs if variant == "train-ours" else [""]
+        runs += [(variant, p) for p in precs]
+    return runs
+
+
+def format_table(results: list[dict], args: argparse.Namespace) -> str:
+    """The results as a table, then the ratios between variants (CPU time on a CPU)."""
     from tabulate import tabulate
 
-    ts, to = res["train-stored"], res["train-official"]
-    es, eo = res["eval-student"], res["eval-official"]
     mem = "peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"
-    names = {
-        "train-stored": "train step: stored text features",
-        "train-official": "train step: teacher text every step",
-        "eval-student": "eval: student + stored features",
-        "eval-official": "eval: + teacher forward (official)",
-    }
+    key = "sec_per_step" if args.device.startswith("cuda") else "cpu_sec_per_step"
     rows = [
-        [names[k], f"{r['sec_per_step']:.3f}", f"{r['cpu_sec_per_step']:.3f}", f"{r[mem]:.0f}",
-         f"{r['images_per_sec']:.1f}" if k.startswith("eval") else ""]
-        for k, r in res.items()
+        [NAMES[r["variant"]], r["teacher_prec"] or "-", r["batch"], f"{r['sec_per_step']:.3f}",
+         f"{r['cpu_sec_per_step']:.3f}", f"{r['images_per_sec']:.1f}", f"{r[mem]:.0f}",
+         f"{r['build_sec']:.1f}"]
+        for r in results
     ]  # fmt: skip
-    print(
-        f"PromptKD, ViT-B/16 student <- ViT-L/14 teacher, {args.classes} classes, batch "
-        f"{args.batch}, {args.device}, teacher {'bf16' if args.teacher_bf16 else 'fp32'}, "
-        f"{args.steps} timed steps"
+    head = ["variant", "teacher", "batch", "s/step", "CPU s/step", "images/s", mem[:-3], "build s"]
+    lines = [
+        f"PromptKD {PAIRS[args.pair].student} <- {PAIRS[args.pair].teacher}, {args.classes} "
+        f"classes, {args.device}, student {args.prec}, {args.steps} timed steps",
+        tabulate(rows, headers=head),
+    ]
+    by = {(r["variant"], r["teacher_prec"]): r for r in results}
+    official = next((r for r in results if r["variant"] == "train-official"), None)
+    ours = [r for r in results if r["variant"] == "train-ours"]
+    what = "time" if key == "sec_per_step" else "CPU time"
+    for r in ours:
+        if official:
+            lines.append(
+                f"train step {what}, ours (teacher {r['teacher_prec']}) / official: "
+                f"{r[key] / official[key]:.3f}x; peak memory {r[mem] / official[mem]:.2f}x"
+            )
+    if ("train-ours", "fp32") in by and ("train-ours", "bf16") in by:
+        ratio = by[("train-ours", "fp32")][key] / by[("train-ours", "bf16")][key]
+        lines.append(f"train step {what}, teacher fp32 / teacher bf16: {ratio:.2f}x")
+    es, eo = (
+        by.get(("eval-ours", "")),
+        next((r for r in results if r["variant"] == "eval-official"), None),
     )
-    headers = ["variant", "s / batch", "CPU s / batch", f"peak {mem[5:]}", "images / s"]
-    print(tabulate(rows, headers=headers))
-    for label, key in (("wall", "sec_per_step"), ("CPU-time", "cpu_sec_per_step")):
-        print(
-            f"{label}: step time stored / official {ts[key] / to[key]:.2f}x; "
-            f"eval speed student-only / official {eo[key] / es[key]:.1f}x"
+    if es and eo:
+        lines.append(
+            f"eval speed, student-only / official: {eo[key] / es[key]:.1f}x; "
+            f"peak memory {es[mem] / eo[mem]:.2f}x"
         )
-    print(f"peak memory of a training step, stored / official: {ts[mem] / to[mem]:.2f}x")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=2, help="timed steps per variant (after 1 warm-up)")
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--batch", type=int, default=8, help="training batch")
+    p.add_argument("--eval-batch", type=int, default=None, help="test batch (default: --batch)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--prec", default="fp32", help="the student's precision (PREC)")
+    p.add_argument("--teacher-precs", default=None, type=_names,
+                   help='teacher precisions of train-ours, one run each (default: "fp32,bf16" '
+                        'with an fp32 student, else the student\'s)')  # fmt: skip
+    p.add_argument("--variants", default=list(VARIANTS), type=_names)
+    p.add_argument("--pair", default="real", choices=sorted(PAIRS))
+    p.add_argument("--files", default=os.path.join(tempfile.gettempdir(), "promptkd_bench"),
+                   help="folder of the weight files (written once)")  # fmt: skip
+    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child process
+    p.add_argument("--teacher-prec", default="", help=argparse.SUPPRESS)  # child process
+    p.add_argument("--make-files", action="store_true", help=argparse.SUPPRESS)  # child process
+    args = p.parse_args(argv)
+    args.eval_batch = args.eval_batch or args.batch
+    if args.teacher_precs is None:
+        args.teacher_precs = ["fp32", "bf16"] if args.prec == "fp32" else [args.prec]
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad:
+        p.error(f"unknown variant {bad[0]!r}; choose from {', '.join(VARIANTS)}")
+    return args
+
+
+def _names(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return 0
+    if args.make_files:
+        make_files(args.files, PAIRS[args.pair])
+        return 0
+    # in a child too: this process stays small, so it cannot inflate the children's peaks
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--make-files", "--pair",
+                    args.pair, "--files", args.files], check=True)  # fmt: skip
+    results = []
+    for variant, teacher_prec in plan(args):
+        cmd = child_argv(args, variant, teacher_prec)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.stderr.write(done.stderr)
+            raise SystemExit(f"variant {variant} failed (exit {done.returncode})")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"done: {variant} {teacher_prec}", file=sys.stderr, flush=True)
+    print(format_table(results, args))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": {k: v for k, v in vars(args).items()}, "results": results}, f)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -230,7 +230,7 @@ def test_precisions(prec, cuda, digits_root, tiny_clip_root, teacher_dir, tmp_pa
     )
     trainer = build_trainer(cfg)
     dtype = trainer.prec.weight_dtype
-    assert trainer.teacher.image_encoder.conv1.weight.dtype == dtype
+    assert trainer.teacher.image_encoder.conv1.weight.dtype == trainer.teacher_prec.weight_dtype
     assert trainer.model.image_encoder.conv1.weight.dtype == dtype
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
     assert trainer.model.class_text_features.dtype == torch.float32

@@ -55,7 +55,7 @@ def load_weights_checked(module: nn.Module, path: str) -> int | None:
     Prefix/suffix buffers and ZS-encoder keys are dropped; any other missing or unexpected
     key, or a shape mismatch, is a UserError naming the file and the key. Returns the epoch.
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, mmap=True)  # copied below: no second full copy
     state_dict = drop_rebuilt_keys(strip_module_prefix(checkpoint["state_dict"]))
     own = module.state_dict()
     for key, value in state_dict.items():

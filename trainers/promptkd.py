@@ -28,10 +28,17 @@ from dassl_ext.modeling import (
     load_clip,
     read_clip_state_dict,
 )
+from dassl_ext.modeling.lean import use_lean_quick_gelu
+from dassl_ext.modeling.loading import clip_weight_dtype
 from dassl_ext.modeling.prompted import cast_frozen_weights
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
 from dassl_ext.utils.distributed import is_main_process
 from trainers.losses import kd_loss
+from trainers.promptkd_frozen import (
+    prepare_frozen_teacher,
+    teacher_precision,
+    teacher_text_features,
+)
 from trainers.promptkd_student import PromptKDStudent, set_trainable
 from trainers.promptkd_teacher import (
     file_identity,
@@ -59,6 +66,8 @@ def add_promptkd_config(cfg: CN) -> None:
     pk.N_CTX_VISION = 4
     pk.PROMPT_DEPTH_VISION = 9
     pk.PREC = "fp16"
+    # new: precision of the frozen teacher (fp32, fp16, bf16, amp); "" -> PREC
+    pk.TEACHER_PREC = ""
     pk.TEACHER_NAME = "ViT-L/14"  # the official code default "ViT/L-14" is a typo (§7.5)
     pk.KD_WEIGHT = 1.0
     pk.TEMPERATURE = 1.0
@@ -104,12 +113,13 @@ class PromptKD(TrainerX):
         cfg, pk = self.cfg, self.cfg.TRAINER.PROMPTKD
         self.teacher: FrozenTeacher | None = None
         self.teacher_cls, self.teacher_support = teacher_trainer(cfg)
+        self.teacher_prec = teacher_precision(cfg, self.device)
         self.teacher_ckpt, self._teacher_where = resolve_teacher_checkpoint(cfg)
         self._cache_dir = text_cache_dir(cfg)
         self._cache_key = None
         text_features = None
         if self._teacher_available():
-            compute = f"{self.device.type}-{self.prec.effective}"
+            compute = f"{self.device.type}-{self.teacher_prec.effective}"
             clip_file = find_clip_file(pk.TEACHER_NAME, clip_root_from_cfg(cfg))  # built if tiny
             files = file_identity(clip_file), file_identity(self.teacher_ckpt)
             self._cache_key = text_feature_key(cfg, self.classnames, *files, compute)
@@ -146,6 +156,7 @@ class PromptKD(TrainerX):
         n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         logger.info(f"Trainable: {len(names)} tensors, {n:,} parameters (prompts + projector)")
         cast_frozen_weights(self.model.image_encoder, self.prec.weight_dtype)
+        use_lean_quick_gelu(self.model.image_encoder)  # same values, less kept for backward
         self.model.to(self.device)
         self.optim = build_optimizer(self.model, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
@@ -172,7 +183,7 @@ class PromptKD(TrainerX):
         )
         # The teacher's own prompt initialisation must not shift the student's random
         # stream: a cache hit (no teacher built here) must give the same student.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), clip_weight_dtype(self.teacher_prec.weight_dtype):
             teacher = self.teacher_cls.build_frozen_model(
                 self.cfg, list(self.classnames), pk.TEACHER_NAME, self.teacher_ckpt
             )
@@ -185,12 +196,10 @@ class PromptKD(TrainerX):
                 f"The teacher {pk.TEACHER_NAME} takes {resolution} px images but INPUT.SIZE is "
                 f"{tuple(self.cfg.INPUT.SIZE)}; teacher and student must share the input size."
             )
-        cast_frozen_weights(teacher, self.prec.weight_dtype)
-        teacher.to(self.device)
+        prepare_frozen_teacher(teacher, self.teacher_prec)
         text_features = None
         if compute_text:
-            with torch.no_grad(), self.prec.autocast():
-                text_features = teacher.text_features().float()  # (C, E), normalised
+            text_features = teacher_text_features(teacher, len(self.classnames), self.teacher_prec)
             if is_main_process():
                 meta = {"classnames": list(self.classnames), "teacher": pk.TEACHER_TRAINER}
                 save_cached_text_features(self._cache_dir, self._cache_key, text_features, meta)
@@ -213,7 +222,7 @@ class PromptKD(TrainerX):
         pk = self.cfg.TRAINER.PROMPTKD
         images = batch["img"].to(self.device)
         class_features = self.model.class_text_features  # (C, E_t), all classes
-        with torch.no_grad(), self.prec.autocast():
+        with torch.no_grad(), self.teacher_prec.autocast():
             t_feats = self.teacher.image_features(images).float()  # (B, E_t)
         t_logits = self.teacher.logit_scale.float().exp() * t_feats @ class_features.t()
         with self.prec.autocast():

@@ -22,6 +22,8 @@ _C.INPUT.SIZE = (224, 224)
 _C.INPUT.INTERPOLATION = "bilinear"
 _C.INPUT.TRANSFORMS = ()
 _C.INPUT.NO_TRANSFORM = False
+# new: image decoding and transforms: "pil" (Dassl's) or "tensor" (torchvision.io + v2, faster)
+_C.INPUT.BACKEND = "pil"
 _C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
 _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
 _C.INPUT.CROP_PADDING = 4

@@ -18,6 +18,7 @@ from torch.utils.data import (
 
 from dassl_ext.data.base_dataset import DatasetBase
 from dassl_ext.data.splits import Datum
+from dassl_ext.data.tensor_transforms import read_image_tensor
 from dassl_ext.data.transforms import build_transform
 from dassl_ext.errors import UserError
 from dassl_ext.registry import DATASET_REGISTRY
@@ -42,12 +43,20 @@ def read_image(path: str) -> Image.Image:
         ) from None
 
 
+def image_reader(cfg) -> Callable[[str], Image.Image | torch.Tensor]:
+    """How ``INPUT.BACKEND`` reads an image file: a PIL image, or a uint8 (3, H, W) tensor."""
+    return read_image_tensor if cfg.INPUT.BACKEND == "tensor" else read_image
+
+
 class DatasetWrapper(Dataset):
     """Items as Dassl batch dicts: ``img, label, impath, index, domain``."""
 
-    def __init__(self, data: list[Datum], transform: Callable) -> None:
+    def __init__(
+        self, data: list[Datum], transform: Callable, reader: Callable = read_image
+    ) -> None:
         self.data = data
         self.transform = transform
+        self.reader = reader
 
     def __len__(self) -> int:
         return len(self.data)
@@ -55,7 +64,7 @@ class DatasetWrapper(Dataset):
     def __getitem__(self, idx: int) -> dict:
         item = self.data[idx]
         return {
-            "img": self.transform(read_image(item.impath)),
+            "img": self.transform(self.reader(item.impath)),
             "label": item.label,
             "impath": item.impath,
             "index": idx,
@@ -178,7 +187,7 @@ class DataManager:
             generator = self.generator if self.seed >= 0 else None
             sampler = RandomSampler(data, generator=generator)
         return Loader(
-            DatasetWrapper(data, self.tfm_train),
+            DatasetWrapper(data, self.tfm_train, image_reader(self.cfg)),
             batch_size=batch_size,
             sampler=sampler,
             generator=generator,  # also seeds the workers' base seed
@@ -192,7 +201,7 @@ class DataManager:
         else:
             sampler = SequentialSampler(data)
         return Loader(
-            DatasetWrapper(data, self.tfm_test),
+            DatasetWrapper(data, self.tfm_test, image_reader(self.cfg)),
             batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE,
             sampler=sampler,
             **self._loader_kwargs(),

@@ -2,6 +2,7 @@
 
 Train: the listed augmentations, then ToTensor and (if listed) Normalize.
 Test: Resize(shorter side to max(INPUT.SIZE)) -> CenterCrop(INPUT.SIZE) -> ToTensor -> Normalize.
+``INPUT.BACKEND tensor`` builds the same on uint8 tensors (``tensor_transforms``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch
 import torchvision.transforms as T
 from torchvision.transforms import InterpolationMode
 
+from dassl_ext.data.tensor_transforms import build_tensor_transform
 from dassl_ext.errors import UserError
 
 INTERPOLATION_MODES = {
@@ -40,7 +42,8 @@ def _size(cfg) -> tuple[int, int]:
 
 
 def build_transform(cfg, is_train: bool = True, choices: list[str] | None = None) -> T.Compose:
-    """The train or test transform of Dassl for `cfg.INPUT` (names in INPUT.TRANSFORMS)."""
+    """The train or test transform of Dassl for `cfg.INPUT` (names in INPUT.TRANSFORMS); it
+    takes what ``image_reader(cfg)`` returns (a PIL image, or a uint8 tensor)."""
     choices = list(cfg.INPUT.TRANSFORMS if choices is None else choices)
     unknown = [c for c in choices if c not in AVAILABLE_TRANSFORMS]
     if unknown:
@@ -55,6 +58,10 @@ def build_transform(cfg, is_train: bool = True, choices: list[str] | None = None
         )
     interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
     size = _size(cfg)
+    if cfg.INPUT.BACKEND == "tensor":
+        return build_tensor_transform(cfg, is_train, choices, size, interp)
+    if cfg.INPUT.BACKEND != "pil":
+        raise UserError(f"INPUT.BACKEND is '{cfg.INPUT.BACKEND}'; use pil or tensor.")
     if cfg.INPUT.NO_TRANSFORM:
         tfms = [T.Resize(size, interpolation=interp)]
     elif is_train:

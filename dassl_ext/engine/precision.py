@@ -1,13 +1,15 @@
 """Precision names (fp32 / fp16 / bf16 / amp) mapped to dtypes and a ``torch.amp`` autocast.
 
 Trainable parameters always stay fp32 (master weights); ``weight_dtype`` is for frozen
-weights only. fp16 and amp need CUDA: on a CPU they warn once and run fp32.
+weights only. fp16 and amp need CUDA: on a CPU they warn once and run fp32. A frozen model
+(``resolve_frozen_precision``) also runs fp32 where bf16 would only be emulated.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -59,3 +61,32 @@ def resolve_precision(name: str, device: torch.device | str) -> Precision:
     if name == "fp16":
         return Precision(name, "fp16", device, torch.float16, torch.float16, True)
     return Precision(name, "amp", device, torch.float32, torch.float16, True)
+
+
+def has_fast_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes in bf16 natively (CUDA compute capability >= 8, a CPU with
+    AVX512-BF16 / AMX or an ARM CPU with bf16), so that bf16 is faster, not only smaller."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return True  # other backends: trust that bf16 is supported where it is asked for
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        # oneDNN also "supports" bf16 on plain AVX512 by emulation, which is slower than fp32
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_frozen_precision(name: str, device: torch.device | str) -> Precision:
+    """``resolve_precision`` for a frozen model (no gradients, so no master weights): bf16 on
+    a device without native bf16 warns once and runs fp32, where bf16 would only be slower."""
+    prec = resolve_precision(name, device)
+    if prec.effective != "bf16" or has_fast_bf16(prec.device):
+        return prec
+    if ("bf16-frozen", prec.device.type) not in _warned:
+        _warned.add(("bf16-frozen", prec.device.type))
+        logger.warning(
+            f"This {prec.device.type} has no native bf16; running the frozen model in fp32 "
+            "instead of bf16."
+        )
+    return Precision(prec.name, "fp32", prec.device, torch.float32, None, False)

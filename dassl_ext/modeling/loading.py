@@ -7,6 +7,8 @@ allows; a missing tiny model is built and written there; the pretrained stand-in
 (``digits-teacher``, ``digits-student``) are read from the repository's own copy.
 """
 
+import contextlib
+import contextvars
 import logging
 import os
 import socket
@@ -18,6 +20,7 @@ import torch
 
 from dassl_ext.errors import UserError
 from dassl_ext.modeling._clip import clip
+from dassl_ext.modeling.prompted import clip_weight_tensors
 from dassl_ext.modeling.standins import STANDIN_NAMES, standin_path
 from dassl_ext.modeling.tiny import TINY_SPECS, save_tiny_clip, tiny_file_matches
 from dassl_ext.utils.atomic import atomic_write
@@ -120,7 +123,8 @@ def _is_torchscript(path: str) -> bool:
 def read_clip_state_dict(path: str) -> dict[str, torch.Tensor]:
     """State dict of an OpenAI TorchScript archive or of a plain (``torch.save``) state dict.
 
-    Plain files are read with ``weights_only=True``: no pickled code runs.
+    Plain files are read with ``weights_only=True``: no pickled code runs. They are
+    memory-mapped, so loading makes no second copy (TorchScript archives cannot be).
     """
     try:
         if _is_torchscript(path):
@@ -128,7 +132,8 @@ def read_clip_state_dict(path: str) -> dict[str, torch.Tensor]:
                 # OpenAI ships TorchScript; torch's "use torch.export" advice is not for users.
                 warnings.simplefilter("ignore", FutureWarning)
                 return dict(torch.jit.load(path, map_location="cpu").state_dict())
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        mmap = zipfile.is_zipfile(path)  # files in torch's legacy format cannot be mapped
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise UserError(f"Cannot read CLIP weights '{path}' ({e}); delete or replace it.") from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -138,8 +143,26 @@ def read_clip_state_dict(path: str) -> dict[str, torch.Tensor]:
     return obj
 
 
+_WEIGHT_DTYPE: contextvars.ContextVar[torch.dtype] = contextvars.ContextVar(
+    "clip_weight_dtype", default=torch.float32
+)
+
+
+@contextlib.contextmanager
+def clip_weight_dtype(dtype: torch.dtype):
+    """Within this context ``load_clip`` returns the CLIP weights that ``cast_frozen_weights``
+    casts (conv / linear / projections) in ``dtype``, converted straight from the file, so a
+    frozen model in bf16 or fp16 never exists in fp32 (half the peak memory of loading)."""
+    token = _WEIGHT_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _WEIGHT_DTYPE.reset(token)
+
+
 def load_clip(name: str, root: str | None = None, download: bool = True) -> "clip.model.CLIP":
-    """Load CLIP ``name`` (OpenAI name, tiny name or file path): fp32, eval mode, on the CPU.
+    """Load CLIP ``name`` (OpenAI name, tiny name or file path): fp32, eval mode, on the CPU
+    (conv / linear weights in another dtype inside ``clip_weight_dtype``).
 
     The architecture is read from the weights by ``clip.model.build_model``, so any
     CLIP-shaped state dict works. Missing files: see ``find_clip_file``.
@@ -147,10 +170,30 @@ def load_clip(name: str, root: str | None = None, download: bool = True) -> "cli
     path = find_clip_file(name, root, download)
     state_dict = read_clip_state_dict(path)
     try:
-        model = clip.model.build_model(state_dict)
+        model = build_clip_from_state_dict(state_dict)
     except (KeyError, RuntimeError, ValueError, AssertionError) as e:
         raise UserError(
             f"'{path}' is not a CLIP checkpoint that clip.model.build_model can read "
             f"({type(e).__name__}: {e}); replace it with OpenAI's file."
         ) from e
-    return model.float().eval()
+    del state_dict  # the model now holds the only references: each cast below frees its source
+    weights = {id(t) for t in clip_weight_tensors(model)}
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.is_floating_point():
+            t.data = t.data.to(_WEIGHT_DTYPE.get() if id(t) in weights else torch.float32)
+    return model.eval()
+
+
+def build_clip_from_state_dict(state_dict: dict[str, torch.Tensor]) -> "clip.model.CLIP":
+    """``clip.model.build_model(state_dict)`` without its random initialisation and copy: the
+    model is built on the meta device and takes the tensors of ``state_dict`` as its weights
+    (their dtypes; memory-mapped ones stay mapped until cast)."""
+    with torch.device("meta"), warnings.catch_warnings():
+        # build_model copies the weights into the meta model: a no-op that warns per tensor
+        warnings.simplefilter("ignore", UserWarning)
+        model = clip.model.build_model(state_dict)  # also drops its non-weight keys
+    model.load_state_dict(state_dict, assign=True)
+    mask = model.build_attention_mask()  # the text tower's causal mask, built on meta above
+    for block in model.transformer.resblocks:
+        block.attn_mask = mask
+    return model.eval()

@@ -180,25 +180,35 @@ class PromptedImageEncoder(nn.Module):
         return self.ln_post(x[0]) @ self.proj  # CLS token
 
 
-def cast_frozen_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Cast the frozen CLIP weights in ``module`` to ``dtype`` the way OpenAI's
-    ``convert_weights`` casts to fp16: conv/linear weights and biases, attention input
-    projections, ``proj`` and ``text_projection``. LayerNorms and embeddings stay fp32
-    (clip's LayerNorm computes in fp32 and rejects low-precision parameters on the CPU), and
-    parameters that require grad stay fp32 master weights. Returns ``module``."""
+def clip_weight_tensors(module: nn.Module) -> list[nn.Parameter]:
+    """The CLIP weights OpenAI's ``convert_weights`` casts to fp16: conv/linear weights and
+    biases, attention input projections, ``proj`` and ``text_projection`` (not LayerNorms,
+    embeddings or the logit scale: clip's LayerNorm computes in fp32 and rejects
+    low-precision parameters on the CPU)."""
+    found: dict[int, nn.Parameter] = {}
 
-    def cast(t: torch.Tensor | None) -> None:
-        if isinstance(t, nn.Parameter) and not t.requires_grad and t.is_floating_point():
-            t.data = t.data.to(dtype)
+    def add(t: torch.Tensor | None) -> None:
+        if isinstance(t, nn.Parameter) and t.is_floating_point():
+            found.setdefault(id(t), t)
 
     for m in module.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-            cast(m.weight)
-            cast(m.bias)
+            add(m.weight)
+            add(m.bias)
         if isinstance(m, nn.MultiheadAttention):
             for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
                          "in_proj_bias", "bias_k", "bias_v"):  # fmt: skip
-                cast(getattr(m, name, None))
+                add(getattr(m, name, None))
         for name in ("proj", "text_projection"):
-            cast(getattr(m, name, None))
+            add(getattr(m, name, None))
+    return list(found.values())
+
+
+def cast_frozen_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast the frozen CLIP weights in ``module`` (``clip_weight_tensors``) to ``dtype`` the
+    way OpenAI's ``convert_weights`` casts to fp16; LayerNorms and embeddings stay fp32, and
+    parameters that require grad stay fp32 master weights. Returns ``module``."""
+    for t in clip_weight_tensors(module):
+        if not t.requires_grad:
+            t.data = t.data.to(dtype)
     return module

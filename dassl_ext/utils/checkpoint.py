@@ -26,6 +26,7 @@ import re
 import shutil
 import sys
 import types
+import zipfile
 from collections import OrderedDict
 from typing import Any
 
@@ -182,20 +183,30 @@ restricted_pickle = types.SimpleNamespace(
 )
 
 
-def load_checkpoint(fpath: str) -> dict[str, Any]:
-    """Load a checkpoint on CPU: ``weights_only=True`` first, else the restricted unpickler."""
+def load_checkpoint(fpath: str, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint on CPU: ``weights_only=True`` first, else the restricted unpickler.
+
+    ``mmap``: map the file instead of reading it (zip-format files; others are read), for
+    weights that are copied into a model at once: tensors never copied are never read, and
+    there is no second full copy in memory.
+    """
     import torch
 
     if not os.path.isfile(fpath):
         raise UserError(f"Checkpoint {fpath} does not exist; check --model-dir / --load-epoch.")
+    mmap = mmap and zipfile.is_zipfile(fpath)
     try:
-        return torch.load(fpath, map_location="cpu", weights_only=True)
+        return torch.load(fpath, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         pass  # foreign objects inside (Dassl pickles its scheduler): read without running them
     logger.info(f"{fpath} holds non-tensor objects; loading it with a restricted unpickler")
     try:
         return torch.load(
-            fpath, map_location="cpu", pickle_module=restricted_pickle, weights_only=False
+            fpath,
+            map_location="cpu",
+            pickle_module=restricted_pickle,
+            weights_only=False,
+            mmap=mmap,
         )
     except UnicodeDecodeError:  # files pickled by Python 2 (as Dassl retries)
         return torch.load(

@@ -1,0 +1,165 @@
+"""The models of ``promptkd_step.py``: weight files, and PromptKD built ours and officially.
+
+Files (written once into a folder): the student and teacher CLIPs as plain state dicts
+with OpenAI's dtypes (random weights, real shapes), and a PromptSRC teacher checkpoint in
+the official format (fp16, with the zero-shot image-encoder copy). OpenAI's TorchScript
+archives load the same way, only without the memory mapping.
+
+* ours: the teacher read into its own precision, its text features computed once in
+  chunks, its text tower dropped; checkpoints memory-mapped; the student with the lean
+  QuickGELU; evaluation runs the student only.
+* official (spec §3.2): both CLIPs read whole and built by ``clip.model.build_model``
+  (random init, then a copy), the checkpoint read whole, the teacher in fp16 (fp32 off
+  CUDA) with its text tower kept and run on every step and every test batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dassl_ext.config import apply_config_extensions, get_cfg_default, merge_from_file
+from dassl_ext.engine import TRAINER_REGISTRY, Precision, resolve_frozen_precision
+from dassl_ext.modeling import PromptedImageEncoder, cast_frozen_weights, clip, load_clip
+from dassl_ext.modeling.lean import use_lean_quick_gelu
+from dassl_ext.modeling.loading import clip_filename, clip_weight_dtype, read_clip_state_dict
+from dassl_ext.modeling.tiny import build_tiny_clip
+from trainers.base import drop_rebuilt_keys
+from trainers.promptkd_frozen import prepare_frozen_teacher, teacher_text_features
+from trainers.promptkd_student import PromptKDStudent, set_trainable
+from trainers.promptkd_teacher import drop_text_tower
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC_CFG = os.path.join(
+    REPO, "configs", "trainers", "PromptSRC", "vit_l14_c2_ep20_batch8_4+4ctx.yaml"
+)
+TEACHER_CKPT = "teacher-promptsrc.pth.tar"
+# clip.model.CLIP(embed_dim, image_resolution, vision_layers, vision_width, patch_size,
+#                 context_length, vocab_size, text_width, text_heads, text_layers)
+SHAPES = {
+    "ViT-L/14": (768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
+    "ViT-B/16": (512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
+}
+
+
+@dataclass(frozen=True)
+class Pair:
+    student: str
+    teacher: str
+    size: int  # input resolution
+
+
+PAIRS = {
+    "real": Pair("ViT-B/16", "ViT-L/14", 224),
+    "tiny": Pair("tiny-student", "tiny-teacher", 32),
+}
+
+
+def random_clip_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """Random weights of CLIP ``name`` in OpenAI's dtypes (fp16 conv / linear / projections)."""
+    if name not in SHAPES:
+        return build_tiny_clip(name)
+    torch.manual_seed(0)
+    model = clip.model.CLIP(*SHAPES[name])
+    clip.model.convert_weights(model)
+    return model.state_dict()
+
+
+def make_files(folder: str, pair: Pair) -> None:
+    """Write the two CLIP files and the official-format teacher checkpoint (if missing)."""
+    os.makedirs(folder, exist_ok=True)
+    for name in (pair.student, pair.teacher):
+        path = os.path.join(folder, clip_filename(name))
+        if not os.path.isfile(path):
+            torch.save(random_clip_state_dict(name), path + ".tmp")
+            os.replace(path + ".tmp", path)
+    path = os.path.join(folder, TEACHER_CKPT)
+    if os.path.isfile(path):
+        return
+    teacher = TRAINER_REGISTRY.get("PromptSRC").build_frozen_model(
+        benchmark_cfg(folder), ["class 0"], pair.teacher, None
+    )
+    sd = {
+        k: v.half() if v.ndim >= 2 and "VPT" not in k else v
+        for k, v in teacher.state_dict().items()
+    }
+    for k in [k for k in sd if k.startswith("image_encoder.") and "VPT" not in k]:
+        sd["prompt_learner.ZS_image_encoder." + k[len("image_encoder.") :]] = sd[k].clone()
+    torch.save({"state_dict": sd, "epoch": 20}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def benchmark_cfg(folder: str):
+    """Default config with the PromptSRC ViT-L/14 teacher section; CLIP files in ``folder``."""
+    cfg = apply_config_extensions(get_cfg_default())
+    merge_from_file(cfg, SRC_CFG)
+    cfg.MODEL.CLIP_ROOT = folder
+    return cfg
+
+
+@dataclass
+class Built:
+    """What one variant runs: the student, the teacher (None: student only) and how."""
+
+    student: nn.Module
+    teacher: nn.Module | None
+    class_features: torch.Tensor  # (C, E_t), normalised
+    teacher_prec: Precision
+    recompute_text: bool  # official: the teacher's text tower runs on every step
+
+
+def _student(clip_model, teacher_dim: int, prec: Precision, lean: bool) -> nn.Module:
+    encoder = PromptedImageEncoder(clip_model.visual, 4, 9)
+    student = PromptKDStudent(encoder, clip_model.logit_scale, encoder.output_dim, teacher_dim)
+    set_trainable(student)
+    cast_frozen_weights(student.image_encoder, prec.weight_dtype)
+    if lean:
+        use_lean_quick_gelu(student.image_encoder)
+    return student.to(prec.device)
+
+
+def build_ours(folder: str, pair: Pair, classes: int, prec: Precision, t_prec: Precision,
+               with_teacher: bool) -> Built:  # fmt: skip
+    """As ``PromptKD.build_model``: the teacher (if ``with_teacher``), then the student."""
+    cfg, names = benchmark_cfg(folder), [f"class {i}" for i in range(classes)]
+    teacher, feats = None, None
+    if with_teacher:
+        with clip_weight_dtype(t_prec.weight_dtype):
+            teacher = TRAINER_REGISTRY.get("PromptSRC").build_frozen_model(
+                cfg, names, pair.teacher, os.path.join(folder, TEACHER_CKPT)
+            )
+        prepare_frozen_teacher(teacher, t_prec)
+        feats = teacher_text_features(teacher, classes, t_prec)
+        drop_text_tower(teacher)
+    else:  # evaluation: the class features come with the student checkpoint
+        dim = read_clip_state_dict(os.path.join(folder, clip_filename(pair.teacher)))[
+            "text_projection"
+        ].shape[1]
+        feats = nn.functional.normalize(torch.randn(classes, dim), dim=-1).to(prec.device)
+    student = _student(load_clip(pair.student, folder), feats.shape[1], prec, lean=True)
+    return Built(student, teacher, feats, t_prec, recompute_text=False)
+
+
+def _official_clip(path: str, prec: Precision):
+    clip_model = clip.model.build_model(torch.load(path, map_location="cpu", weights_only=True))
+    return clip_model.float() if prec.weight_dtype == torch.float32 else clip_model
+
+
+def build_official(folder: str, pair: Pair, classes: int, prec: Precision) -> Built:
+    """As the official ``PromptKD.build_model``: teacher always fp16 (fp32 off CUDA)."""
+    t_prec = resolve_frozen_precision("fp16", prec.device)
+    cfg, names = benchmark_cfg(folder), [f"class {i}" for i in range(classes)]
+    src = TRAINER_REGISTRY.get("PromptSRC")
+    teacher = src.build_custom_clip(cfg, names, _official_clip(
+        os.path.join(folder, clip_filename(pair.teacher)), t_prec))  # fmt: skip
+    ckpt = torch.load(os.path.join(folder, TEACHER_CKPT), map_location="cpu", weights_only=True)
+    teacher.load_state_dict(drop_rebuilt_keys(ckpt["state_dict"]), strict=False)
+    del ckpt
+    prepare_frozen_teacher(teacher, t_prec)
+    feats = teacher_text_features(teacher, classes, t_prec, chunk=classes)
+    s_clip = _official_clip(os.path.join(folder, clip_filename(pair.student)), prec)
+    student = _student(s_clip, feats.shape[1], prec, lean=False)
+    return Built(student, teacher, feats, t_prec, recompute_text=True)

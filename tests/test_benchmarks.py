@@ -1,0 +1,205 @@
+"""The benchmarks' CPU-side parts: promptkd_step on the tiny pair, the GPU check's fail-fast
+and table, the data-loading benchmark, and INPUT.BACKEND tensor against the PIL path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dassl_ext.config import get_cfg_default, merge_from_file
+from dassl_ext.data.data_manager import DatasetWrapper, image_reader
+from dassl_ext.data.splits import Datum
+from dassl_ext.data.transforms import build_transform
+from dassl_ext.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the input settings of every prompt-learning config (PromptKD included)
+INPUT_CFG = os.path.join(REPO, "configs", "trainers", "_base_", "prompt_sgd.yaml")
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO, "benchmarks", f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def step_bench():
+    return _bench("promptkd_step")
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory, step_bench):
+    folder = str(tmp_path_factory.mktemp("bench_files"))
+    from benchmarks.promptkd_models import PAIRS, make_files
+
+    make_files(folder, PAIRS["tiny"])
+    return folder
+
+
+def _args(step_bench, files, *extra):
+    return step_bench.parse_args(["--pair", "tiny", "--files", files, "--classes", "10",
+                                  "--steps", "1", *extra])  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["train-ours", "train-official", "eval-ours", "eval-official"])
+def test_every_variant_runs_on_the_tiny_pair(step_bench, tiny_files, variant):
+    args = _args(step_bench, tiny_files, "--variant", variant, "--teacher-prec", "fp32")
+    r = step_bench.run_variant(args)
+    assert r["variant"] == variant and r["batch"] == 8
+    assert r["sec_per_step"] > 0 and r["cpu_sec_per_step"] > 0 and r["peak_rss_mb"] > 0
+    assert r["teacher_prec"] == ("" if variant == "eval-ours" else "fp32")
+
+
+def test_plan_and_table(step_bench, tiny_files):
+    args = _args(step_bench, tiny_files, "--eval-batch", "32")
+    assert args.teacher_precs == ["fp32", "bf16"] and args.eval_batch == 32
+    assert step_bench.plan(args) == [
+        ("train-ours", "fp32"), ("train-ours", "bf16"), ("train-official", ""),
+        ("eval-ours", ""), ("eval-official", ""),
+    ]  # fmt: skip
+    assert _args(step_bench, tiny_files, "--prec", "bf16").teacher_precs == ["bf16"]
+    row = {"sec_per_step": 2.0, "cpu_sec_per_step": 4.0, "images_per_sec": 4.0,
+           "peak_rss_mb": 1000.0, "peak_cuda_mb": 0, "build_sec": 1.0, "batch": 8}  # fmt: skip
+    results = [
+        {**row, "variant": "train-ours", "teacher_prec": "fp32"},
+        {**row, "variant": "train-ours", "teacher_prec": "bf16", "cpu_sec_per_step": 2.0,
+         "peak_rss_mb": 600.0},
+        {**row, "variant": "train-official", "teacher_prec": "fp32", "cpu_sec_per_step": 8.0},
+        {**row, "variant": "eval-ours", "teacher_prec": "", "cpu_sec_per_step": 0.5},
+        {**row, "variant": "eval-official", "teacher_prec": "fp32", "cpu_sec_per_step": 5.0},
+    ]  # fmt: skip
+    table = step_bench.format_table(results, args)
+    assert "ours (teacher bf16) / official: 0.250x; peak memory 0.60x" in table
+    assert "teacher fp32 / teacher bf16: 2.00x" in table
+    assert "eval speed, student-only / official: 10.0x" in table
+    with pytest.raises(SystemExit):
+        _args(step_bench, tiny_files, "--variants", "train-ours,nonsense")
+
+
+def test_main_runs_variants_in_their_own_processes(step_bench, tiny_files, tmp_path, capsys):
+    out = tmp_path / "step.json"
+    argv = ["--pair", "tiny", "--files", tiny_files, "--classes", "10", "--steps", "1",
+            "--variants", "train-ours", "--teacher-precs", "fp32", "--json", str(out)]  # fmt: skip
+    assert step_bench.main(argv) == 0
+    assert "train step, stored text features" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert [r["variant"] for r in saved["results"]] == ["train-ours"]
+    assert saved["args"]["classes"] == 10
+
+
+def test_gpu_check_fails_fast_without_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the check would run")
+    env = {**os.environ, "PYTHON": sys.executable}
+    script = os.path.join(REPO, "benchmarks", "gpu_check.sh")
+    done = subprocess.run(
+        ["bash", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 2
+    assert "no CUDA GPU visible" in done.stderr
+    assert not list(tmp_path.iterdir())  # nothing ran
+
+
+def test_gpu_check_report_table(tmp_path):
+    gpu = _bench("gpu_check")
+    row = {"teacher_prec": "fp16", "batch": 8, "sec_per_step": 0.05, "cpu_sec_per_step": 0.05,
+           "images_per_sec": 160.0, "peak_cuda_mb": 3000.0}  # fmt: skip
+    runs = {
+        "step_fp16_b8.json": [{**row, "variant": "train-ours"},
+                              {**row, "variant": "train-official", "sec_per_step": 0.1,
+                               "peak_cuda_mb": 6000.0}],
+        "step_bf16_b256.json": [{**row, "variant": "eval-ours", "batch": 256, "teacher_prec": ""}],
+    }  # fmt: skip
+    for name, results in runs.items():
+        prec = name.split("_")[1]
+        (tmp_path / name).write_text(
+            json.dumps({"args": {"prec": prec, "classes": 100}, "results": results})
+        )
+    (tmp_path / "pytest.txt").write_text("....\n12 passed, 3 skipped in 80.1s\n")
+    (tmp_path / "data_loading.txt").write_text("train | tensor | 400.0 | 160.0 | 1\n")
+    report = gpu.format_report(gpu.load_results(str(tmp_path)), str(tmp_path))
+    lines = report.splitlines()
+    assert lines[0].startswith("prec | variant") and len(lines) == 8
+    assert "bf16 | eval, student only | - | 256 | 50.0 | 160 | 3000" in report
+    assert "fp16, batch 8: step time ours / official 0.50x, peak CUDA memory 0.50x" in report
+    assert "pytest: 12 passed, 3 skipped in 80.1s" in report
+    assert gpu.main(["report", str(tmp_path / "empty")]) == 1
+
+
+# ---------------------------------------------------------------------------- data loading
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory):
+    return _bench("data_loading").write_jpegs(str(tmp_path_factory.mktemp("jpegs")), 12)
+
+
+def _kd_cfg(backend: str):
+    cfg = get_cfg_default()
+    merge_from_file(cfg, INPUT_CFG)
+    cfg.INPUT.BACKEND = backend
+    return cfg
+
+
+def _crops(paths, backend: str, is_train: bool, repeats: int) -> torch.Tensor:
+    cfg = _kd_cfg(backend)
+    data = [Datum(impath=p, label=0) for p in paths] * repeats
+    wrapper = DatasetWrapper(data, build_transform(cfg, is_train), image_reader(cfg))
+    torch.manual_seed(0)
+    return torch.stack([wrapper[i]["img"] for i in range(len(wrapper))])
+
+
+@pytest.mark.parametrize("is_train", [True, False], ids=["train", "test"])
+def test_tensor_backend_crops_have_the_pil_statistics(jpegs, is_train):
+    pil, fast = (_crops(jpegs, b, is_train, 4 if is_train else 1) for b in ("pil", "tensor"))
+    assert pil.shape == fast.shape == (len(pil), 3, 224, 224) and fast.dtype == torch.float32
+    cfg = _kd_cfg("pil")
+    mean, std = torch.tensor(cfg.INPUT.PIXEL_MEAN), torch.tensor(cfg.INPUT.PIXEL_STD)
+    low, high = (-mean / std).view(1, 3, 1, 1), ((1 - mean) / std).view(1, 3, 1, 1)
+    for x in (pil, fast):  # normalised [0, 1] pixels (bicubic may overshoot a little)
+        assert (x >= low - 0.1).all() and (x <= high + 0.1).all()
+    assert torch.allclose(fast.mean((0, 2, 3)), pil.mean((0, 2, 3)), atol=0.05)
+    assert torch.allclose(fast.std((0, 2, 3)), pil.std((0, 2, 3)), rtol=0.05)
+    if not is_train:  # the same deterministic crop: equal up to resampling rounding
+        assert (fast - pil).abs().mean() < 0.02
+
+
+def test_tensor_backend_rejects_what_it_lacks():
+    cfg = _kd_cfg("tensor")
+    cfg.INPUT.TRANSFORMS = ("random_resized_crop", "colorjitter")
+    with pytest.raises(UserError, match="INPUT.BACKEND tensor does not implement.*colorjitter"):
+        build_transform(cfg, is_train=True)
+    cfg.INPUT.BACKEND = "opencv"
+    with pytest.raises(UserError, match="INPUT.BACKEND is 'opencv'"):
+        build_transform(cfg, is_train=True)
+
+
+def test_tensor_backend_unreadable_file_is_user_error(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(UserError, match="bad.jpg"):
+        image_reader(_kd_cfg("tensor"))(str(bad))
+
+
+def test_data_loading_benchmark_prints_workers_needed(tmp_path, capsys):
+    bench = _bench("data_loading")
+    step = tmp_path / "step.json"
+    step.write_text(json.dumps({"results": [
+        {"variant": "train-ours", "images_per_sec": 300.0},
+        {"variant": "eval-ours", "images_per_sec": 3000.0},
+    ]}))  # fmt: skip
+    assert bench.main(["--images", "3", "--step-json", str(step)]) == 0
+    out = capsys.readouterr().out
+    for split in ("train", "test"):
+        for backend in ("pil", "tensor"):
+            assert out.count(f"{split} | {backend} | ") == 1
+        assert f"{split}: tensor / pil images/s per worker" in out
+    assert "| 3000.0 |" in out and "| 300.0 |" in out

@@ -1,0 +1,159 @@
+"""The frozen PromptKD teacher in its own precision (TRAINER.PROMPTKD.TEACHER_PREC).
+
+bf16 logits close to fp32 on a tiny CLIP, half the weight memory, text features in chunks
+equal to all at once, the fallback without native bf16, and distillation runs with the
+teacher in fp32 and bf16 through benchmarks/teacher_precision.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+import pytest
+import torch
+from test_promptkd import DIGITS, KD_CFG, REPO
+
+from dassl_ext.config import apply_config_extensions, get_cfg_default
+from dassl_ext.engine import TRAINER_REGISTRY
+from dassl_ext.engine import precision as precision_mod
+from dassl_ext.errors import UserError
+from dassl_ext.modeling.loading import clip_weight_dtype
+from trainers.promptkd_frozen import (
+    prepare_frozen_teacher,
+    teacher_precision,
+    teacher_text_features,
+)
+from trainers.promptkd_teacher import drop_text_tower
+
+CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+needs_bf16 = pytest.mark.skipif(
+    not precision_mod.has_fast_bf16("cpu"), reason="this CPU has no native bf16"
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings(monkeypatch):
+    monkeypatch.setattr(precision_mod, "_warned", set())
+
+
+def _cfg(clip_root: str, teacher_prec: str = "", prec: str = "fp32"):
+    cfg = apply_config_extensions(get_cfg_default())
+    cfg.MODEL.CLIP_ROOT = clip_root
+    cfg.TRAINER.PROMPTKD.PREC = prec
+    cfg.TRAINER.PROMPTKD.TEACHER_PREC = teacher_prec
+    return cfg
+
+
+def _teacher(clip_root: str, teacher_prec: str) -> tuple[torch.nn.Module, object]:
+    """A PromptSRC teacher on tiny-teacher, built as PromptKD builds it."""
+    cfg = _cfg(clip_root, teacher_prec)
+    prec = teacher_precision(cfg, torch.device("cpu"))
+    with torch.random.fork_rng(devices=[]), clip_weight_dtype(prec.weight_dtype):
+        torch.manual_seed(0)  # the same prompts in both precisions
+        teacher = TRAINER_REGISTRY.get("PromptSRC").build_frozen_model(
+            cfg, CLASSES, "tiny-teacher", None
+        )
+    return prepare_frozen_teacher(teacher, prec), prec
+
+
+def _logits(teacher, prec, images: torch.Tensor) -> torch.Tensor:
+    text = teacher_text_features(teacher, len(CLASSES), prec)
+    with torch.no_grad(), prec.autocast():
+        feats = teacher.image_features(images).float()
+    return teacher.logit_scale.float().exp() * feats @ text.t()
+
+
+@needs_bf16
+def test_bf16_teacher_logits_close_to_fp32(tiny_clip_root):
+    t32, p32 = _teacher(tiny_clip_root, "fp32")
+    t16, p16 = _teacher(tiny_clip_root, "bf16")
+    assert (p32.effective, p16.effective) == ("fp32", "bf16")
+    assert t16.image_encoder.conv1.weight.dtype == torch.bfloat16  # LayerNorms stay fp32:
+    assert t16.image_encoder.ln_pre.weight.dtype == torch.float32  # they run on the CPU too
+    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ref, low = _logits(t32, p32, images), _logits(t16, p16, images)
+    # logits are 14.3 * cos (|logit| < 4 here); bf16 keeps 2-3 digits through 12 blocks
+    assert (low - ref).abs().max() < 0.6 and (low - ref).abs().mean() < 0.1
+    kl = torch.nn.functional.kl_div(
+        low.log_softmax(1), ref.log_softmax(1), reduction="batchmean", log_target=True
+    )
+    assert kl < 0.01  # what the KD loss sees (0.003 here)
+    assert (low.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+
+
+@needs_bf16
+def test_bf16_teacher_weights_take_half_the_memory(tiny_clip_root):
+    def weight_bytes(model) -> int:
+        return sum(p.numel() * p.element_size() for p in model.parameters())
+
+    sizes = {}
+    for prec in ("fp32", "bf16"):
+        teacher, _ = _teacher(tiny_clip_root, prec)
+        drop_text_tower(teacher)  # what PromptKD keeps while training
+        sizes[prec] = weight_bytes(teacher)
+    assert sizes["bf16"] <= 0.52 * sizes["fp32"]
+
+
+def test_text_features_in_chunks_equal_all_at_once(tiny_clip_root):
+    teacher, prec = _teacher(tiny_clip_root, "fp32")
+    whole = teacher_text_features(teacher, len(CLASSES), prec)
+    chunks = teacher_text_features(teacher, len(CLASSES), prec, chunk=3)
+    assert whole.shape == (10, 48) and whole.dtype == torch.float32
+    assert torch.allclose(chunks, whole, atol=1e-6)
+
+
+def test_teacher_prec_empty_follows_prec_and_bad_name_is_user_error(tiny_clip_root):
+    cpu = torch.device("cpu")
+    assert teacher_precision(_cfg(tiny_clip_root, "", prec="fp32"), cpu).name == "fp32"
+    assert teacher_precision(_cfg(tiny_clip_root, "", prec="amp"), cpu).effective == "fp32"
+    with pytest.raises(UserError, match="TRAINER.PROMPTKD.TEACHER_PREC is 'fp64'"):
+        teacher_precision(_cfg(tiny_clip_root, "fp64"), cpu)
+
+
+def test_bf16_without_native_support_runs_fp32_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(precision_mod, "has_fast_bf16", lambda device: False)
+    with caplog.at_level(logging.WARNING):
+        first = precision_mod.resolve_frozen_precision("bf16", "cpu")
+        second = precision_mod.resolve_frozen_precision("bf16", "cpu")
+    assert first == second and first.effective == "fp32" and first.autocast_dtype is None
+    assert first.weight_dtype == torch.float32
+    assert sum("no native bf16" in r.getMessage() for r in caplog.records) == 1
+    # the trainer's own precision is unaffected: bf16 training still runs bf16
+    assert precision_mod.resolve_precision("bf16", "cpu").effective == "bf16"
+
+
+def test_fast_bf16_on_cuda_needs_a_gpu():
+    assert precision_mod.has_fast_bf16("cuda") == (
+        torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    )
+
+
+def _load_benchmark(name: str):
+    path = os.path.join(REPO, "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_bf16
+def test_distillation_trains_with_a_bf16_teacher(digits_root, tiny_clip_root, tmp_path, capsys):
+    """The accuracy check of benchmarks/teacher_precision.py on tiny stand-ins: a zero-shot
+    teacher in fp32 and in bf16, one epoch each; both train and report base / new / HM."""
+    bench = _load_benchmark("teacher_precision")
+    args = bench.parse_args([
+        "--root", str(digits_root), "--clip-root", tiny_clip_root, "--student", "tiny-student",
+        "--teacher", "tiny-teacher", "--teacher-trainer", "ZeroshotCLIP",
+        "--dataset-config", DIGITS, "--config-file", KD_CFG, "--output-dir", str(tmp_path),
+        "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "OPTIM.MAX_EPOCH", "1",
+        "DATASET.NUM_SHOTS", "2", "TRAINER.PROMPTKD.PREC", "fp32",
+    ])  # fmt: skip
+    results = bench.run_teacher_precisions(args)
+    assert list(results) == ["fp32", "bf16"]
+    for r in results.values():
+        assert 0 <= r["base"] <= 100 and 0 <= r["new"] <= 100
+    assert "Building the teacher" in (tmp_path / "teacher_bf16" / "log.txt").read_text()
+    table = bench.format_table(results)
+    assert table.splitlines()[1].split("|")[0].strip() == "fp32" and "ΔHM" in table
