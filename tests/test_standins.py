@@ -116,8 +116,8 @@ def _distil(out, data, *opts: str) -> dict:
         "last_step",
         "DATALOADER.TRAIN_X.BATCH_SIZE",
         "8",
-        "TRAINER.PROMPTKD.KD_WEIGHT",
-        "100.0",
+        "OPTIM.WARMUP_EPOCH",
+        "0",
     ]
     cfg = setup_cfg(train.parse_args(args))
     set_random_seed(cfg.SEED)
@@ -138,7 +138,12 @@ def _distil(out, data, *opts: str) -> dict:
 
 
 def test_promptkd_student_beats_its_zero_shot_without_labels(digits_root, tmp_path):
+    """PromptKD's claim on the stand-ins, and the same run with the teacher in bf16 (fp32
+    with a warning where the CPU lacks bf16) ends within 1 point."""
     zero_shot = _zeroshot("digits-student", tmp_path / "zs", digits_root)
-    distilled = _distil(tmp_path / "kd", digits_root)
-    assert distilled["new"] >= zero_shot["new"] + 10.0, (zero_shot, distilled)
+    distilled = _distil(tmp_path / "kd", digits_root, "TRAINER.PROMPTKD.TEACHER_PREC", "fp32")
+    assert distilled["new"] >= zero_shot["new"] + 5.0, (zero_shot, distilled)
     assert distilled["base"] >= zero_shot["base"], (zero_shot, distilled)
+    bf16 = _distil(tmp_path / "kd_bf16", digits_root, "TRAINER.PROMPTKD.TEACHER_PREC", "bf16")
+    for split in ("base", "new"):
+        assert bf16[split] == pytest.approx(distilled[split], abs=1.0), (distilled, bf16)
