@@ -20,6 +20,7 @@ from dassl_ext.config import (
     Range,
     apply_config_extensions,
     check_rules,
+    config_rules,
     get_cfg_default,
     setup_cfg,
     validate_config,
@@ -111,6 +112,11 @@ def test_bad_value_is_one_sentence_before_any_work(
     assert code == 1
     err = assert_one_clear_error(capsys, tmp_path, f"{key} is ", shown, allowed)
     assert err.count("\n") == 1  # one sentence: only this value is wrong
+
+
+def test_unknown_trainer_is_caught_before_any_work(tmp_path, tiny_clip_root, capsys):
+    assert run_main(tmp_path, tiny_clip_root, "CoOpp", COOP_CFG, *TINY) == 1
+    assert_one_clear_error(capsys, tmp_path, "No object named 'CoOpp'", "Did you mean 'CoOp'?")
 
 
 def test_several_bad_values_are_all_named(tmp_path, tiny_clip_root, capsys):
@@ -208,8 +214,7 @@ CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), r
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: os.path.relpath(p, REPO))
 def test_every_shipped_config_file_passes(path):
-    args = train.parse_args(["--config-file", path])  # no trainer: the rules of all keys
-    validate_config(setup_cfg(args))
+    check_rules(setup_cfg(train.parse_args(["--config-file", path])), config_rules())
 
 
 def test_rule_sentences():

@@ -6,6 +6,7 @@ from dassl_ext.config.rules import (
     Range,
     Rule,
     check_rules,
+    config_rules,
     register_config_rules,
     validate_config,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "Rule",
     "apply_config_extensions",
     "check_rules",
+    "config_rules",
     "get_cfg_default",
     "load_yaml_with_base",
     "merge_from_file",

@@ -184,15 +184,20 @@ def check_rules(cfg: CfgNode, rules: Sequence[Rule]) -> None:
         raise UserError("\n".join(problems))
 
 
-def validate_config(cfg: CfgNode) -> None:
-    """Check ``cfg`` before any work: the engine's rules and every registered trainer's
-    rules, then the chosen trainer's own checks (its ``check_config(cfg)``, if any)."""
+def config_rules() -> list[Rule]:
+    """The engine's rules and every registered trainer's rules."""
     # Imported here: the engine's choices live in modules that import torch, and building
     # a config (``dassl_ext.config``) should not need it.
     from dassl_ext.config.default_rules import DEFAULT_RULES
 
-    check_rules(cfg, [*DEFAULT_RULES, *registered_rules()])
-    if cfg.TRAINER.NAME in TRAINER_REGISTRY:  # an unknown name is the registry's error
-        trainer_checks = getattr(TRAINER_REGISTRY.get(cfg.TRAINER.NAME), "check_config", None)
-        if trainer_checks is not None:
-            trainer_checks(cfg)
+    return [*DEFAULT_RULES, *registered_rules()]
+
+
+def validate_config(cfg: CfgNode) -> None:
+    """Check the config of a run before any work: :func:`config_rules`, then the trainer
+    it names (unknown: the registry's error, which lists the names) and that trainer's own
+    checks (its classmethod ``check_config(cfg)``, if any)."""
+    check_rules(cfg, config_rules())
+    trainer_checks = getattr(TRAINER_REGISTRY.get(cfg.TRAINER.NAME), "check_config", None)
+    if trainer_checks is not None:
+        trainer_checks(cfg)
