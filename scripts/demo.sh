@@ -14,6 +14,7 @@ export DATA=${DATA:-./data}
 export OUTPUT=${OUTPUT:-./output/demo}
 export CLIP_ROOT=${CLIP_ROOT:-$DATA/clip}
 export TEACHER_BACKBONE=tiny-teacher STUDENT_BACKBONE=tiny-student
+export TRAIN_TEACHER=1  # no released teacher for Digits: train one (a minute on a CPU)
 export SEEDS=${SEEDS:-1 2}
 PYTHON=${PYTHON:-python}
 EPOCHS=${EPOCHS:-5}

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import trainers  # noqa: F401  (registers the trainers and their config sections)
+from dassl_ext.config import validate_config
 from dassl_ext.config.setup import apply_config_extensions, get_cfg_default
 from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport, TrainerX, resolve_precision
 from dassl_ext.errors import UserError
@@ -113,13 +114,19 @@ def test_eval_logits_are_sliced_per_split():
             assert torch.allclose(logits, full[:, ids], atol=1e-5)
 
 
-def test_modal_and_eval_splits_must_agree():
-    trainer = object.__new__(PromptKD)
-    PromptKD.check_cfg(trainer, _cfg(TRAINER__MODAL="base2novel", DATASET__EVAL_SPLITS="base_new"))
-    PromptKD.check_cfg(trainer, _cfg(TRAINER__MODAL="cross", DATASET__EVAL_SPLITS="standard"))
+def test_modal_and_eval_splits_must_agree(tiny_clip_root):
+    def cfg(modal, splits):
+        return _cfg(
+            TRAINER__NAME="PromptKD", TRAINER__MODAL=modal, DATASET__EVAL_SPLITS=splits,
+            MODEL__CLIP_ROOT=tiny_clip_root, MODEL__BACKBONE__NAME="tiny-student",
+            TRAINER__PROMPTKD__TEACHER_NAME="tiny-teacher", INPUT__SIZE=(32, 32),
+        )  # fmt: skip
+
+    validate_config(cfg("base2novel", "base_new"))
+    validate_config(cfg("cross", "standard"))
     for modal, splits in (("base2novel", "standard"), ("cross", "base_new"), ("novel", "standard")):
         with pytest.raises(UserError, match="MODAL"):
-            PromptKD.check_cfg(trainer, _cfg(TRAINER__MODAL=modal, DATASET__EVAL_SPLITS=splits))
+            validate_config(cfg(modal, splits))
 
 
 def test_teacher_checkpoint_resolution(tmp_path, monkeypatch):
