@@ -13,6 +13,7 @@ trained it, through its ``build_frozen_model``.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from yacs.config import CfgNode as CN
@@ -35,7 +36,7 @@ from trainers.base import check_clip_model
 from trainers.losses import kd_loss
 from trainers.promptkd_student import PromptKDStudent, set_trainable
 from trainers.promptkd_teacher import (
-    file_identity,
+    file_digests,
     load_cached_text_features,
     missing_teacher_error,
     resolve_teacher_checkpoint,
@@ -47,6 +48,7 @@ from trainers.promptkd_teacher import (
 
 logger = logging.getLogger(__name__)
 
+DIGEST_STORE = "file_digests.json"  # in the text-feature cache folder: digests across runs
 # TRAINER.MODAL -> the DATASET.EVAL_SPLITS it needs (spec §3.5)
 MODAL_EVAL_SPLITS = {"base2novel": "base_new", "cross": "standard"}
 
@@ -87,7 +89,11 @@ register_config_rules(
     Range("TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", 0, integer=True, note="0: no visual prompts"),
     Range("TRAINER.PROMPTKD.KD_WEIGHT", 0),
     Range("TRAINER.PROMPTKD.TEMPERATURE", 0, low_open=True, note="the KD softmax temperature"),
-    OneOf("TRAINER.PROMPTKD.TEACHER_TRAINER", _teacher_trainers),
+    OneOf(
+        "TRAINER.PROMPTKD.TEACHER_TRAINER",
+        _teacher_trainers,
+        note="a trainer whose model has fixed class text features to distil",
+    ),
     OneOf(
         "TRAINER.PROMPTKD.CE_WEIGHT",
         (0.0,),
@@ -136,12 +142,26 @@ class PromptKD(TrainerX):
         self.teacher_ckpt, self._teacher_where = resolve_teacher_checkpoint(cfg)
         self._cache_dir = text_cache_dir(cfg)
         self._cache_key = None
+        self.teacher_files: dict = {}  # the teacher's files and digests (log, results.json)
         text_features = None
         if self._teacher_available():
             compute = f"{self.device.type}-{self.prec.effective}"
             clip_file = find_clip_file(pk.TEACHER_NAME, clip_root_from_cfg(cfg))  # built if tiny
-            files = file_identity(clip_file), file_identity(self.teacher_ckpt)
-            self._cache_key = text_feature_key(cfg, self.classnames, *files, compute)
+            store = os.path.join(self._cache_dir, DIGEST_STORE)
+            digests = file_digests(clip_file, self.teacher_ckpt, store)
+            self.teacher_files = {
+                "trainer": pk.TEACHER_TRAINER,
+                "checkpoint": self.teacher_ckpt and os.path.abspath(self.teacher_ckpt),
+                "checkpoint_sha256": digests["checkpoint_sha256"],
+                "clip_file": os.path.abspath(clip_file),
+                "clip_sha256": digests["clip_sha256"],
+            }
+            logger.info(
+                f"Teacher: {pk.TEACHER_TRAINER}, checkpoint {self.teacher_ckpt or 'none'} "
+                f"(sha256 {digests['checkpoint_sha256']}), CLIP {clip_file} "
+                f"(sha256 {digests['clip_sha256']})"
+            )
+            self._cache_key = text_feature_key(cfg, self.classnames, digests, compute)
             text_features = load_cached_text_features(self._cache_dir, self._cache_key)
             if text_features is not None:
                 logger.info(f"Teacher text features from the cache {self._cache_dir}")
@@ -172,6 +192,10 @@ class PromptKD(TrainerX):
         self.optim = build_optimizer(self.model, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("VLPromptLearner", self.model, self.optim, self.sched)
+
+    def results_provenance(self) -> dict:
+        """results.json names the teacher: trainer, files and their sha256 digests."""
+        return {"teacher": self.teacher_files} if self.teacher_files else {}
 
     def _teacher_available(self) -> bool:
         return self.teacher_ckpt is not None or not self.teacher_support.needs_checkpoint

@@ -13,6 +13,7 @@ Stdlib only, so that the shell scripts can run it by path without importing the 
 prints ``TEACHER_DIRS`` (a bash array of the folders, in search order),
 ``TEACHER_RELEASED`` (where the released teachers are) and ``TEACHER_SELF_TRAINED``
 (1 for a built-in demo dataset, which has no released teacher and trains its own).
+PromptKD (``trainers/promptkd_teacher.py``) searches the same folders.
 """
 
 from __future__ import annotations
@@ -24,22 +25,26 @@ import shlex
 TEACHER_ROOTS = ("teacher_model", "teacher_models")  # the official code's, its README's
 # DATASET.NAME -> the folder names of its released teacher other than DATASET.NAME itself
 RELEASED_FOLDER_NAMES = {"FGVCAircraft": ("FGVCaircraft",), "StanfordCars": ("StandfordCars",)}
-BASE2NOVEL_DIR = "VLPromptLearner"
-CROSS_DIR = os.path.join("ImageNet-xd", "VLPromptLearner_large")
+MODEL_DIR = "VLPromptLearner"  # the model folder of PromptSRC / IVLP teachers
+CROSS_DATASET = "ImageNet-xd"  # cross mode: <root>/ImageNet-xd/<model folder>_large/
 RELEASED_TEACHERS = "links in https://github.com/zhengli97/PromptKD#preliminary"
 # Built-in datasets without a released teacher: a script may train theirs unasked.
 SELF_TRAINED_DATASETS = ("Digits",)
 
 
 def teacher_dirs(
-    modal: str, dataset_name: str, roots: tuple[str, ...] = TEACHER_ROOTS
+    modal: str,
+    dataset_name: str,
+    roots: tuple[str, ...] = TEACHER_ROOTS,
+    model_dir: str = MODEL_DIR,
 ) -> list[str]:
     """The folders that may hold the teacher checkpoint, in search order: per root,
-    ``DATASET.NAME`` first, then the released spellings (``modal``: base2novel or cross)."""
+    ``DATASET.NAME`` first, then the released spellings (``modal``: base2novel or cross;
+    ``model_dir``: the teacher trainer's model folder)."""
     if modal == "cross":
-        return [os.path.join(root, CROSS_DIR) for root in roots]
+        return [os.path.join(root, CROSS_DATASET, f"{model_dir}_large") for root in roots]
     names = (dataset_name, *RELEASED_FOLDER_NAMES.get(dataset_name, ()))
-    return [os.path.join(root, name, BASE2NOVEL_DIR) for root in roots for name in names]
+    return [os.path.join(root, name, model_dir) for root in roots for name in names]
 
 
 def main(argv: list[str] | None = None) -> None:
