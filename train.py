@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # our `datasets` wins
 
-from dassl_ext.config import setup_cfg, write_config  # noqa: E402
+from dassl_ext.config import setup_cfg, validate_config, write_config  # noqa: E402
 from dassl_ext.engine import build_trainer  # noqa: E402
 from dassl_ext.errors import UserError  # noqa: E402
 from dassl_ext.registry import RegistryKeyError  # noqa: E402
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import_plugins()
         cfg = setup_cfg(args)
+        validate_config(cfg)  # every value in range before anything is written or loaded
         init_distributed_from_env(use_cuda=cfg.USE_CUDA)
         setup_logger(cfg.OUTPUT_DIR)
         if cfg.SEED >= 0:

@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 export DATA=${DATA:-./data}
 export OUTPUT=${OUTPUT:-./output/demo}
 export TEACHER_BACKBONE=digits-teacher STUDENT_BACKBONE=digits-student
+export TRAIN_TEACHER=1  # no released teacher for Digits: train one (a minute on a CPU)
 export SEEDS=${SEEDS:-1 2}
 PYTHON=${PYTHON:-python}
 

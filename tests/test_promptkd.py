@@ -7,6 +7,7 @@ are never read, official-format teacher files load, and other teachers distil.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -27,6 +28,11 @@ SRC_CFG = os.path.join(
     REPO, "configs", "trainers", "PromptSRC", "vit_l14_c2_ep20_batch8_4+4ctx.yaml"
 )
 TINY = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "OPTIM.MAX_EPOCH", "1"]
+
+
+def _sha256(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def read_json(path) -> dict:
@@ -120,7 +126,7 @@ def student_run(tmp_path_factory, digits_root, tiny_clip_root, teacher_dir):
     return out, spy
 
 
-def test_pipeline_reports_base_new_and_teacher_runs_once(student_run, capsys):
+def test_pipeline_reports_base_new_and_teacher_runs_once(student_run, teacher_dir, capsys):
     out, spy = student_run
     res = read_json(out / "results.json")
     assert set(res["splits"]) == {"base", "new"} and res["eval_splits"] == "base_new"
@@ -128,6 +134,11 @@ def test_pipeline_reports_base_new_and_teacher_runs_once(student_run, capsys):
     # text tower: once per run; image tower: once per training step (2 epochs x 2 batches);
     # nothing of the teacher during the 2 val + base + new evaluations
     assert (spy.built, spy.text, spy.image, spy.during_eval) == (1, 1, 4, 0)
+    teacher = res["teacher"]  # the teacher file and its digest, in results.json and the log
+    assert os.path.dirname(teacher["checkpoint"]) == os.path.abspath(teacher_dir)
+    assert teacher["checkpoint_sha256"] == _sha256(teacher["checkpoint"])
+    assert teacher["clip_sha256"] == _sha256(teacher["clip_file"])
+    assert f"{teacher['checkpoint_sha256']})" in (out / "log.txt").read_text()
     for split, n_classes in (("base", 5), ("new", 5)):
         logits = torch.load(out / f"logits_{split}.pt", weights_only=True)
         assert logits["logits"].shape == (res["splits"][split]["num_images"], n_classes)
@@ -137,6 +148,41 @@ def test_pipeline_reports_base_new_and_teacher_runs_once(student_run, capsys):
     assert summarize(str(out.parent))  # the aggregation tool reads it (base / new / HM)
     assert load_script("parse_results").main([str(out.parent)]) == 0
     assert "HM" in capsys.readouterr().out
+
+
+def test_replaced_teacher_gets_new_text_features(
+    digits_root, tiny_clip_root, teacher_dir, tmp_path
+):
+    """The text-feature cache is keyed by content: another teacher file of the same size and
+    mtime (cp -p) is a miss, the same content again a hit."""
+    ckpt, cache = tmp_path / "teacher.pth.tar", tmp_path / "cache"
+    teacher = torch.load(teacher_dir / "model.pth.tar-1", weights_only=True)
+    torch.save(teacher, ckpt)
+
+    def build(name: str) -> str:
+        opts = ("TRAINER.PROMPTKD.TEXT_CACHE_DIR", str(cache))
+        argv = student_argv(digits_root, tiny_clip_root, tmp_path / name, ckpt, *opts,
+                            flags=["--no-train"])  # fmt: skip
+        assert train.main(argv) == 0
+        return (tmp_path / name / "log.txt").read_text()
+
+    assert "from the cache" not in build("first")
+    teacher["state_dict"]["prompt_learner.ctx"] += 0.5  # other prompts, same shapes
+    other = tmp_path / "new" / ckpt.name  # the name goes into the archive: keep it
+    other.parent.mkdir()
+    torch.save(teacher, other)
+    st = os.stat(ckpt)
+    assert os.path.getsize(other) == st.st_size
+    with open(ckpt, "r+b") as f:  # cp -p: the same file, rewritten, its mtime put back
+        f.write(other.read_bytes())
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(ckpt).st_size, os.stat(ckpt).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+    assert "from the cache" not in build("replaced")
+    first, second = (torch.load(p, weights_only=True)["text_features"]
+                     for p in sorted(cache.glob("*.pt"), key=os.path.getmtime))  # fmt: skip
+    assert not torch.allclose(first, second)
+    assert "Teacher text features from the cache" in build("again")  # same content: a hit
 
 
 def test_eval_only_needs_no_teacher(

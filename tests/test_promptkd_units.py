@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from types import SimpleNamespace
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import trainers  # noqa: F401  (registers the trainers and their config sections)
+from dassl_ext.config import validate_config
 from dassl_ext.config.setup import apply_config_extensions, get_cfg_default, setup_cfg
 from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport, TrainerX, resolve_precision
 from dassl_ext.errors import UserError
@@ -18,7 +20,8 @@ from trainers.losses import kd_loss
 from trainers.promptkd import PromptKD
 from trainers.promptkd_student import PromptKDStudent, prompt_parameters, set_trainable
 from trainers.promptkd_teacher import (
-    file_identity,
+    file_digests,
+    missing_teacher_error,
     resolve_teacher_checkpoint,
     teacher_trainer,
     text_feature_key,
@@ -119,13 +122,19 @@ def test_modal_is_promptkds_key_where_the_official_scripts_set_it(tmp_path):
     assert setup_cfg(args).TRAINER.MODAL == "cross"  # as scripts/promptkd/*.sh pass it
 
 
-def test_modal_and_eval_splits_must_agree():
-    trainer = object.__new__(PromptKD)
-    PromptKD.check_cfg(trainer, _cfg(TRAINER__MODAL="base2novel", DATASET__EVAL_SPLITS="base_new"))
-    PromptKD.check_cfg(trainer, _cfg(TRAINER__MODAL="cross", DATASET__EVAL_SPLITS="standard"))
+def test_modal_and_eval_splits_must_agree(tiny_clip_root):
+    def cfg(modal, splits):
+        return _cfg(
+            TRAINER__NAME="PromptKD", TRAINER__MODAL=modal, DATASET__EVAL_SPLITS=splits,
+            MODEL__CLIP_ROOT=tiny_clip_root, MODEL__BACKBONE__NAME="tiny-student",
+            TRAINER__PROMPTKD__TEACHER_NAME="tiny-teacher", INPUT__SIZE=(32, 32),
+        )  # fmt: skip
+
+    validate_config(cfg("base2novel", "base_new"))
+    validate_config(cfg("cross", "standard"))
     for modal, splits in (("base2novel", "standard"), ("cross", "base_new"), ("novel", "standard")):
         with pytest.raises(UserError, match="MODAL"):
-            PromptKD.check_cfg(trainer, _cfg(TRAINER__MODAL=modal, DATASET__EVAL_SPLITS=splits))
+            validate_config(cfg(modal, splits))
 
 
 def test_teacher_checkpoint_resolution(tmp_path, monkeypatch):
@@ -152,6 +161,32 @@ def test_teacher_checkpoint_resolution(tmp_path, monkeypatch):
     assert os.path.isdir(folder)
 
 
+@pytest.mark.parametrize(
+    "name,folder",
+    [
+        ("FGVCAircraft", os.path.join("teacher_model", "FGVCaircraft")),
+        ("StanfordCars", os.path.join("teacher_models", "StandfordCars")),
+        ("OxfordPets", os.path.join("teacher_models", "OxfordPets")),
+    ],
+)
+def test_train_py_finds_released_teacher_folders(name, folder, tmp_path, monkeypatch):
+    """The released teachers' spellings and roots, as the scripts accept them."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(DATASET__NAME=name)
+    path, where = resolve_teacher_checkpoint(cfg)
+    assert path is None
+    message = str(missing_teacher_error(where))
+    for looked in ("teacher_model", "teacher_models", name):
+        assert os.path.join(looked, "") in message or f"{looked}/" in message, looked
+    if name != "OxfordPets":  # the released spelling is listed too
+        assert f"{os.path.basename(folder)}/VLPromptLearner/" in message
+    assert "TRAIN_TEACHER=1" in message and "github.com/zhengli97/PromptKD" in message
+    (tmp_path / folder / "VLPromptLearner").mkdir(parents=True)
+    (tmp_path / folder / "VLPromptLearner" / "model.pth.tar-20").write_bytes(b"x")
+    path, where = resolve_teacher_checkpoint(cfg)
+    assert path == os.path.join(folder, "VLPromptLearner", "model.pth.tar-20")
+
+
 @pytest.mark.parametrize("script", ["base2new.sh", "xd.sh"])
 def test_pipeline_scripts_parse_and_reject_unknown_datasets(script):
     import subprocess
@@ -174,7 +209,7 @@ def test_teacher_is_what_its_trainer_class_declares(tmp_path, monkeypatch):
         cfg = _cfg(DATASET__NAME="Shapes", TRAINER__PROMPTKD__TEACHER_TRAINER="ShapeLearner")
         assert teacher_trainer(cfg) == (ShapeLearner, ShapeLearner.frozen_teacher)
         path, where = resolve_teacher_checkpoint(cfg)
-        assert path is None and where.startswith(os.path.join("teacher_model", "Shapes"))
+        assert path is None and os.path.join("teacher_model", "Shapes", "ShapePrompts") in where
         folder = tmp_path / "teacher_model" / "Shapes" / "ShapePrompts"
         folder.mkdir(parents=True)
         (folder / "model.pth.tar-3").write_bytes(b"x")
@@ -186,11 +221,16 @@ def test_teacher_is_what_its_trainer_class_declares(tmp_path, monkeypatch):
 
 
 def test_text_feature_key_is_a_pure_function(tmp_path, monkeypatch):
-    """The key reads only its arguments (no file lookup); file_identity reads the files."""
-    weights = tmp_path / "teacher.pt"
+    """The key reads only its arguments (no file lookup); file_digests reads the files."""
+    weights, other = tmp_path / "teacher.pt", tmp_path / "other.pt"
     weights.write_bytes(b"x")
-    clip_id, ckpt_id = file_identity(str(weights)), file_identity(None)
-    assert clip_id == [str(weights), 1, os.stat(weights).st_mtime_ns] and ckpt_id == [None]
+    other.write_bytes(b"y")
+    digests = file_digests(str(weights), None, None)
+    assert digests == {
+        "clip_sha256": hashlib.sha256(b"x").hexdigest(),
+        "checkpoint_sha256": None,
+    }
+    with_ckpt = file_digests(str(weights), str(other), None)
     names, cfg = ["cat", "dog"], _cfg()
 
     def no_files(*args, **kwargs):
@@ -198,15 +238,13 @@ def test_text_feature_key_is_a_pure_function(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "stat", no_files)
     monkeypatch.setattr("dassl_ext.modeling.loading.find_clip_file", no_files)
-    key = text_feature_key(cfg, names, clip_id, ckpt_id, "cpu-fp32")
-    assert key == text_feature_key(cfg, list(names), list(clip_id), ckpt_id, "cpu-fp32")
+    key = text_feature_key(cfg, names, digests, "cpu-fp32")
+    assert key == text_feature_key(cfg, list(names), dict(digests), "cpu-fp32")
     others = [
-        text_feature_key(cfg, names[::-1], clip_id, ckpt_id, "cpu-fp32"),
-        text_feature_key(cfg, names, clip_id[:2] + [0], ckpt_id, "cpu-fp32"),
-        text_feature_key(cfg, names, clip_id, clip_id, "cpu-fp32"),
-        text_feature_key(cfg, names, clip_id, ckpt_id, "cuda-fp16"),
-        text_feature_key(
-            _cfg(TRAINER__PROMPTSRC__N_CTX_TEXT=2), names, clip_id, ckpt_id, "cpu-fp32"
-        ),
+        text_feature_key(cfg, names[::-1], digests, "cpu-fp32"),
+        text_feature_key(cfg, names, {**digests, "clip_sha256": "0" * 64}, "cpu-fp32"),
+        text_feature_key(cfg, names, with_ckpt, "cpu-fp32"),
+        text_feature_key(cfg, names, digests, "cuda-fp16"),
+        text_feature_key(_cfg(TRAINER__PROMPTSRC__N_CTX_TEXT=2), names, digests, "cpu-fp32"),
     ]
     assert len({key, *others}) == 6

@@ -14,18 +14,22 @@ whole CustomCLIP, or CoOp's ``prompt_learner``), whose state-dict keys are the o
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dassl_ext.config import Check, Rule, check_rules
 from dassl_ext.engine import TeacherSupport, TrainerX
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import (
+    ClipSizes,
     build_prompt_buffers,
     cast_frozen_weights,
     clip_root_from_cfg,
+    clip_sizes,
     load_clip,
 )
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
@@ -38,6 +42,22 @@ REBUILT_KEYS = ("token_prefix", "token_suffix")
 # PromptSRC's frozen zero-shot copy of the vision tower in official files: the same weights
 # as the (frozen) prompted image encoder, so it is not kept; ignored when present.
 IGNORED_PREFIXES = ("prompt_learner.ZS_image_encoder.", "ZS_image_encoder.")
+
+
+def check_clip_model(cfg, key: str, trainer_cls: type | None = None) -> None:
+    """Before any work: INPUT.SIZE, and ``trainer_cls.model_rules`` (prompt depths ...),
+    against the sizes of the CLIP that config ``key`` names (read from its weights file)."""
+    name = functools.reduce(getattr, key.split("."), cfg)
+    sizes = clip_sizes(name, clip_root_from_cfg(cfg))
+    res = sizes.input_resolution
+    size_rule = Check(
+        "INPUT.SIZE",
+        lambda v: ((v, v) if isinstance(v, int) else tuple(v)) == (res, res),
+        f"use ({res}, {res})",
+        note=f"the input resolution of {key} {name}",
+    )
+    model_rules = getattr(trainer_cls, "model_rules", None)
+    check_rules(cfg, [size_rule, *(model_rules(cfg, sizes) if model_rules else [])])
 
 
 def drop_rebuilt_keys(state_dict: dict) -> dict:
@@ -164,6 +184,12 @@ class PromptTrainer(TrainerX):
     def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> nn.Module:
         raise NotImplementedError
 
+    @classmethod
+    def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:
+        """Rules the method's config must meet on a CLIP of these sizes (prompt depth <=
+        layers ...); checked before any work, for the backbone and when it is a teacher."""
+        return []
+
     @staticmethod
     def registered_module(model: nn.Module) -> nn.Module:
         """The part of the CustomCLIP that is registered, optimised and saved."""
@@ -173,6 +199,12 @@ class PromptTrainer(TrainerX):
         """Hook: runs on the device, before the frozen weights are cast (fp32)."""
 
     # ------------------------------------------------------------------ building
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Before any work (called by ``validate_config``): the config against the sizes of
+        the CLIP it will load, read from its weights (no model is built)."""
+        check_clip_model(cfg, "MODEL.BACKBONE.NAME", cls)
+
     def build_model(self) -> None:
         cfg = self.cfg
         logger.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from dassl_ext.config import register_config_extension
+from dassl_ext.config import Range, register_config_extension, register_config_rules
 from dassl_ext.engine import TRAINER_REGISTRY
 from dassl_ext.modeling import PromptedTextEncoder, assemble_prompts
 from trainers.base import (
@@ -33,6 +33,9 @@ def add_cocoop_config(cfg) -> None:
     cfg.TRAINER.COCOOP.N_CTX = 16  # number of context vectors
     cfg.TRAINER.COCOOP.CTX_INIT = ""  # initialization words (n_ctx becomes their number)
     cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16, fp32, bf16, amp
+
+
+register_config_rules(Range("TRAINER.COCOOP.N_CTX", 1, integer=True))
 
 
 class PromptLearner(nn.Module):

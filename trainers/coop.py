@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from dassl_ext.config import register_config_extension
+from dassl_ext.config import OneOf, Range, register_config_extension, register_config_rules
 from dassl_ext.engine import TRAINER_REGISTRY
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import (
@@ -35,6 +35,12 @@ def add_coop_config(cfg) -> None:
     cfg.TRAINER.COOP.CTX_INIT = ""  # initialization words (n_ctx becomes their number)
     cfg.TRAINER.COOP.PREC = "fp16"  # fp16, fp32, bf16, amp
     cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end, middle or front
+
+
+register_config_rules(
+    Range("TRAINER.COOP.N_CTX", 1, integer=True),
+    OneOf("TRAINER.COOP.CLASS_TOKEN_POSITION", POSITIONS),
+)
 
 
 def word_ctx_or_random(

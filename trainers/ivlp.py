@@ -14,9 +14,10 @@ import torch
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from dassl_ext.config import register_config_extension
+from dassl_ext.config import Range, Rule, register_config_extension, register_config_rules
 from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
 from dassl_ext.modeling import (
+    ClipSizes,
     PromptedImageEncoder,
     PromptedTextEncoder,
     assemble_prompts,
@@ -48,6 +49,31 @@ def vl_prompt_section(n_ctx: int) -> CN:
     section.PROMPT_DEPTH_VISION = 9
     section.PROMPT_DEPTH_TEXT = 9
     return section
+
+
+def vl_prompt_rules(prefix: str) -> list[Rule]:
+    """Ranges of the ``vl_prompt_section`` keys under ``prefix`` (``TRAINER.IVLP`` ...)."""
+    return [
+        Range(f"{prefix}.N_CTX_VISION", 1, integer=True),
+        Range(f"{prefix}.N_CTX_TEXT", 1, integer=True),
+        Range(f"{prefix}.PROMPT_DEPTH_VISION", 0, integer=True, note="0: no visual prompts"),
+        Range(f"{prefix}.PROMPT_DEPTH_TEXT", 0, integer=True),
+    ]
+
+
+def vl_prompt_model_rules(prefix: str, sizes: ClipSizes) -> list[Rule]:
+    """The prompt depths under ``prefix`` fit the layers of a CLIP of ``sizes`` (a ResNet
+    image tower has no vision limit here: the prompted encoder says it needs a ViT)."""
+    towers = [("TEXT", "text", sizes.text_layers), ("VISION", "vision", sizes.vision_layers)]
+    note = "the {} layers of " + sizes.name
+    return [
+        Range(f"{prefix}.PROMPT_DEPTH_{key}", 0, n, integer=True, note=note.format(tower))
+        for key, tower, n in towers
+        if n is not None
+    ]
+
+
+register_config_rules(*vl_prompt_rules("TRAINER.IVLP"))
 
 
 class VLPromptLearner(nn.Module):
@@ -129,3 +155,7 @@ class IVLP(PromptTrainer):
     @classmethod
     def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
         return custom_clip_from_section(cfg.TRAINER.IVLP, classnames, clip_model)
+
+    @classmethod
+    def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:
+        return vl_prompt_model_rules("TRAINER.IVLP", sizes)

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from dassl_ext.config import register_config_extension
+from dassl_ext.config import Range, Rule, register_config_extension, register_config_rules
 from dassl_ext.engine import TRAINER_REGISTRY
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import (
+    ClipSizes,
     CoupledDeepPrompts,
     PromptedImageEncoder,
     PromptedTextEncoder,
@@ -40,6 +41,12 @@ def add_maple_config(cfg) -> None:
     cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"
     cfg.TRAINER.MAPLE.PREC = "fp16"
     cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9  # max 12, min 1; 1 = shallow MaPLe (J=1)
+
+
+register_config_rules(
+    Range("TRAINER.MAPLE.N_CTX", 1, integer=True),
+    Range("TRAINER.MAPLE.PROMPT_DEPTH", 1, integer=True, note="1: shallow MaPLe"),
+)
 
 
 class MultiModalPromptLearner(CoupledDeepPrompts):
@@ -102,3 +109,10 @@ class MaPLe(PromptTrainer):
     def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
         m = cfg.TRAINER.MAPLE
         return CustomCLIP(clip_model, classnames, m.N_CTX, m.CTX_INIT, m.PROMPT_DEPTH)
+
+    @classmethod
+    def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:
+        """The coupled prompts enter as many layers of both towers."""
+        layers = min(sizes.text_layers, sizes.vision_layers or sizes.text_layers)
+        note = f"the layers of each tower of {sizes.name}"
+        return [Range("TRAINER.MAPLE.PROMPT_DEPTH", 1, layers, integer=True, note=note)]

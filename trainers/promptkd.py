@@ -13,15 +13,17 @@ trained it, through its ``build_frozen_model``.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from yacs.config import CfgNode as CN
 
-from dassl_ext.config import register_config_extension
+from dassl_ext.config import OneOf, Range, Rule, register_config_extension, register_config_rules
 from dassl_ext.engine import TRAINER_REGISTRY, FrozenTeacher, TrainerX
 from dassl_ext.engine.hooks import CallbackHook, HookBase
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import (
+    ClipSizes,
     PromptedImageEncoder,
     clip_root_from_cfg,
     find_clip_file,
@@ -33,6 +35,7 @@ from dassl_ext.modeling.loading import clip_weight_dtype
 from dassl_ext.modeling.prompted import cast_frozen_weights
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
 from dassl_ext.utils.distributed import is_main_process
+from trainers.base import check_clip_model
 from trainers.losses import kd_loss
 from trainers.promptkd_frozen import (
     prepare_frozen_teacher,
@@ -41,7 +44,7 @@ from trainers.promptkd_frozen import (
 )
 from trainers.promptkd_student import PromptKDStudent, set_trainable
 from trainers.promptkd_teacher import (
-    file_identity,
+    file_digests,
     load_cached_text_features,
     missing_teacher_error,
     resolve_teacher_checkpoint,
@@ -53,6 +56,7 @@ from trainers.promptkd_teacher import (
 
 logger = logging.getLogger(__name__)
 
+DIGEST_STORE = "file_digests.json"  # in the text-feature cache folder: digests across runs
 # TRAINER.MODAL -> the DATASET.EVAL_SPLITS it needs (spec §3.5)
 MODAL_EVAL_SPLITS = {"base2novel": "base_new", "cross": "standard"}
 
@@ -87,15 +91,39 @@ def add_promptkd_config(cfg: CN) -> None:
     pk.CE_WEIGHT = 0.0
 
 
+def _teacher_trainers() -> list[str]:
+    return [name for name, cls in TRAINER_REGISTRY if cls.frozen_teacher is not None]
+
+
+register_config_rules(
+    OneOf("TRAINER.MODAL", tuple(MODAL_EVAL_SPLITS)),
+    Range("TRAINER.PROMPTKD.N_CTX_VISION", 1, integer=True),
+    Range("TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", 0, integer=True, note="0: no visual prompts"),
+    Range("TRAINER.PROMPTKD.KD_WEIGHT", 0),
+    Range("TRAINER.PROMPTKD.TEMPERATURE", 0, low_open=True, note="the KD softmax temperature"),
+    OneOf(
+        "TRAINER.PROMPTKD.TEACHER_TRAINER",
+        _teacher_trainers,
+        note="a trainer whose model has fixed class text features to distil",
+    ),
+    OneOf(
+        "TRAINER.PROMPTKD.CE_WEIGHT",
+        (0.0,),
+        note="the student learns without labels; the key stays so that official files load",
+    ),
+)
+
+
 @TRAINER_REGISTRY.register()
 class PromptKD(TrainerX):
     """Unlabeled prompt distillation; the student is registered as ``VLPromptLearner``."""
 
-    def check_cfg(self, cfg) -> None:
-        super().check_cfg(cfg)
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Before any work (called by ``validate_config``): the keys that depend on each
+        other, then student and teacher CLIP against INPUT.SIZE and the prompt depths (the
+        teacher by the rules of the trainer that trained it)."""
         modal, splits = cfg.TRAINER.MODAL, cfg.DATASET.EVAL_SPLITS
-        if modal not in MODAL_EVAL_SPLITS:
-            raise UserError(f"TRAINER.MODAL is {modal!r}; use base2novel or cross.")
         if splits != MODAL_EVAL_SPLITS[modal]:
             raise UserError(
                 f"TRAINER.MODAL {modal} needs DATASET.EVAL_SPLITS {MODAL_EVAL_SPLITS[modal]}, "
@@ -107,6 +135,16 @@ class PromptKD(TrainerX):
                 f"new itself; set DATASET.SUBSAMPLE_CLASSES all (got "
                 f"{cfg.DATASET.SUBSAMPLE_CLASSES})."
             )
+        check_clip_model(cfg, "MODEL.BACKBONE.NAME", cls)
+        teacher_cls = TRAINER_REGISTRY.get(cfg.TRAINER.PROMPTKD.TEACHER_TRAINER)
+        check_clip_model(cfg, "TRAINER.PROMPTKD.TEACHER_NAME", teacher_cls)
+
+    @classmethod
+    def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:
+        if sizes.vision_layers is None:  # a ResNet: the prompted encoder says it needs a ViT
+            return []
+        key, note = "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", f"the vision layers of {sizes.name}"
+        return [Range(key, 0, sizes.vision_layers, integer=True, note=note)]
 
     # ------------------------------------------------------------------ building
     def build_model(self) -> None:
@@ -117,12 +155,26 @@ class PromptKD(TrainerX):
         self.teacher_ckpt, self._teacher_where = resolve_teacher_checkpoint(cfg)
         self._cache_dir = text_cache_dir(cfg)
         self._cache_key = None
+        self.teacher_files: dict = {}  # the teacher's files and digests (log, results.json)
         text_features = None
         if self._teacher_available():
             compute = f"{self.device.type}-{self.teacher_prec.effective}"
             clip_file = find_clip_file(pk.TEACHER_NAME, clip_root_from_cfg(cfg))  # built if tiny
-            files = file_identity(clip_file), file_identity(self.teacher_ckpt)
-            self._cache_key = text_feature_key(cfg, self.classnames, *files, compute)
+            store = os.path.join(self._cache_dir, DIGEST_STORE)
+            digests = file_digests(clip_file, self.teacher_ckpt, store)
+            self.teacher_files = {
+                "trainer": pk.TEACHER_TRAINER,
+                "checkpoint": self.teacher_ckpt and os.path.abspath(self.teacher_ckpt),
+                "checkpoint_sha256": digests["checkpoint_sha256"],
+                "clip_file": os.path.abspath(clip_file),
+                "clip_sha256": digests["clip_sha256"],
+            }
+            logger.info(
+                f"Teacher: {pk.TEACHER_TRAINER}, checkpoint {self.teacher_ckpt or 'none'} "
+                f"(sha256 {digests['checkpoint_sha256']}), CLIP {clip_file} "
+                f"(sha256 {digests['clip_sha256']})"
+            )
+            self._cache_key = text_feature_key(cfg, self.classnames, digests, compute)
             text_features = load_cached_text_features(self._cache_dir, self._cache_key)
             if text_features is not None:
                 logger.info(f"Teacher text features from the cache {self._cache_dir}")
@@ -140,13 +192,6 @@ class PromptKD(TrainerX):
         logger.info(f"Building the student: {cfg.MODEL.BACKBONE.NAME} with visual prompts")
         clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, clip_root_from_cfg(cfg))
         encoder = PromptedImageEncoder(clip_model.visual, pk.N_CTX_VISION, pk.PROMPT_DEPTH_VISION)
-        size = tuple(cfg.INPUT.SIZE)
-        if size != (encoder.input_resolution,) * 2:
-            raise UserError(
-                f"INPUT.SIZE is {size} but {cfg.MODEL.BACKBONE.NAME} takes "
-                f"{encoder.input_resolution} px images; set INPUT.SIZE "
-                f'"({encoder.input_resolution}, {encoder.input_resolution})".'
-            )
         self.model = PromptKDStudent(
             encoder, clip_model.logit_scale, encoder.output_dim, teacher_dim
         )
@@ -161,6 +206,10 @@ class PromptKD(TrainerX):
         self.optim = build_optimizer(self.model, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("VLPromptLearner", self.model, self.optim, self.sched)
+
+    def results_provenance(self) -> dict:
+        """results.json names the teacher: trainer, files and their sha256 digests."""
+        return {"teacher": self.teacher_files} if self.teacher_files else {}
 
     def _teacher_available(self) -> bool:
         return self.teacher_ckpt is not None or not self.teacher_support.needs_checkpoint
@@ -190,12 +239,6 @@ class PromptKD(TrainerX):
         if not isinstance(teacher, FrozenTeacher):
             raise TypeError(f"{pk.TEACHER_TRAINER}.build_frozen_model returned no FrozenTeacher.")
         teacher.eval().requires_grad_(False)  # frozen, never registered: never saved or synced
-        resolution = teacher.input_resolution
-        if (resolution,) * 2 != tuple(self.cfg.INPUT.SIZE):
-            raise UserError(
-                f"The teacher {pk.TEACHER_NAME} takes {resolution} px images but INPUT.SIZE is "
-                f"{tuple(self.cfg.INPUT.SIZE)}; teacher and student must share the input size."
-            )
         prepare_frozen_teacher(teacher, self.teacher_prec)
         text_features = None
         if compute_text:

@@ -22,11 +22,10 @@ from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
 from dassl_ext.errors import UserError
 from dassl_ext.utils.atomic import write_torch_atomic
 from dassl_ext.utils.checkpoint import BEST_FILE, find_checkpoint
+from dassl_ext.utils.digest import file_digest
+from trainers.teacher_folders import RELEASED_TEACHERS, teacher_dirs
 
 logger = logging.getLogger(__name__)
-
-TEACHER_ROOT = "teacher_model"  # relative to the working directory, as the official code
-CROSS_TEACHER_DATASET = "ImageNet-xd"  # cross mode: teacher_model/ImageNet-xd/<model>_large/
 
 
 def teacher_trainer(cfg) -> tuple[type, TeacherSupport]:
@@ -42,15 +41,13 @@ def teacher_trainer(cfg) -> tuple[type, TeacherSupport]:
     return cls, cls.frozen_teacher
 
 
-def default_teacher_dir(cfg, model_name: str) -> str:
-    """Official default location (promptkd.py:314-317) of the teacher checkpoint folder.
-
-    base2novel: ``teacher_model/<DATASET.NAME>/<model_name>/``; cross:
-    ``teacher_model/ImageNet-xd/<model_name>_large/`` (model_name: VLPromptLearner).
-    """
-    if cfg.TRAINER.MODAL == "cross":
-        return os.path.join(TEACHER_ROOT, CROSS_TEACHER_DATASET, f"{model_name}_large")
-    return os.path.join(TEACHER_ROOT, cfg.DATASET.NAME, model_name)
+def teacher_search_dirs(cfg, model_dir: str) -> list[str]:
+    """Where a teacher with model folder ``model_dir`` is looked for when
+    ``TRAINER.PROMPTKD.TEACHER_CKPT`` is empty, in order: the official default
+    ``teacher_model/<DATASET.NAME>/<model_dir>/`` (cross: ``teacher_model/ImageNet-xd/
+    <model_dir>_large/``), then the released teachers' other spellings
+    (:mod:`trainers.teacher_folders`, shared with the scripts)."""
+    return teacher_dirs(cfg.TRAINER.MODAL, cfg.DATASET.NAME, model_dir=model_dir)
 
 
 def resolve_teacher_checkpoint(cfg) -> tuple[str | None, str]:
@@ -58,53 +55,60 @@ def resolve_teacher_checkpoint(cfg) -> tuple[str | None, str]:
 
     ``TRAINER.PROMPTKD.TEACHER_CKPT`` is a file, or a folder (its best checkpoint, else the
     newest epoch: :func:`~dassl_ext.utils.checkpoint.find_checkpoint`); empty means the
-    official default folder of teachers that have one (PromptSRC / IVLP). A zero-shot
-    teacher has no checkpoint. ``path`` is None when the file does not exist;
-    ``description`` then says where it was looked for.
+    first of :func:`teacher_search_dirs` that holds one, for teachers that have a model
+    folder (PromptSRC / IVLP). A zero-shot teacher has no checkpoint. ``path`` is None when
+    none exists; ``description`` then says where it was looked for.
     """
     pk = cfg.TRAINER.PROMPTKD
     _, support = teacher_trainer(cfg)
     if not support.needs_checkpoint:
         return None, "none (zero-shot teacher)"
-    where = pk.TEACHER_CKPT
-    if not where:
-        if support.default_model_name is None:
-            raise UserError(
-                f"TRAINER.PROMPTKD.TEACHER_CKPT is empty, and a {pk.TEACHER_TRAINER} teacher has "
-                "no default location; set it to the teacher's model file or model folder."
-            )
-        where = default_teacher_dir(cfg, support.default_model_name)
-    description = where
-    if os.path.isdir(where):
-        where = find_checkpoint(where)
-        description = f"{description}/{BEST_FILE} or model.pth.tar-<N>"
-    return (where if os.path.isfile(where) else None), description
+    if pk.TEACHER_CKPT and not os.path.isdir(pk.TEACHER_CKPT):
+        path = pk.TEACHER_CKPT
+        return (path if os.path.isfile(path) else None), path
+    if pk.TEACHER_CKPT:
+        folders = [pk.TEACHER_CKPT]
+    elif support.default_model_name is None:
+        raise UserError(
+            f"TRAINER.PROMPTKD.TEACHER_CKPT is empty, and a {pk.TEACHER_TRAINER} teacher has "
+            "no default location; set it to the teacher's model file or model folder."
+        )
+    else:
+        folders = teacher_search_dirs(cfg, support.default_model_name)
+    for folder in folders:
+        path = find_checkpoint(folder)
+        if os.path.isfile(path):
+            return path, folder
+    listed = ", ".join(f"{folder}/" for folder in folders)
+    return None, f"no {BEST_FILE} or model.pth.tar-<N> in {listed} (relative to {os.getcwd()})"
 
 
 def missing_teacher_error(description: str) -> UserError:
     return UserError(
-        f"Teacher checkpoint not found: {description}; train the teacher "
-        "(scripts/promptkd/base2new.sh does) or set TRAINER.PROMPTKD.TEACHER_CKPT to its file."
+        f"Teacher checkpoint not found: {description}; unpack the released teacher "
+        f"({RELEASED_TEACHERS}) into one of those folders, set TRAINER.PROMPTKD.TEACHER_CKPT "
+        "to a teacher file or folder, or train one (scripts/promptkd/base2new.sh with "
+        "TRAIN_TEACHER=1)."
     )
 
 
-def file_identity(path: str | None) -> list:
-    """What identifies a weights file in the cache key: its absolute path, size and mtime
-    (``[None]`` for no file). The one place to change for content digests."""
-    if path is None:
-        return [None]
-    st = os.stat(path)
-    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+def file_digests(clip_file: str, checkpoint: str | None, store: str | None) -> dict:
+    """The sha256 of the teacher's CLIP weights file and checkpoint (None: no checkpoint):
+    what they contain, whatever their names or timestamps (:mod:`dassl_ext.utils.digest`)."""
+    return {
+        "clip_sha256": file_digest(clip_file, store),
+        "checkpoint_sha256": file_digest(checkpoint, store) if checkpoint else None,
+    }
 
 
-def text_feature_key(
-    cfg, classnames: list[str], clip_file: list, checkpoint: list, compute: str
-) -> str:
+def text_feature_key(cfg, classnames: list[str], digests: dict, compute: str) -> str:
     """Hash of everything the teacher's text features depend on (a pure function).
 
     The teacher trainer and its config section (prompt length/depth, templates ...), the
-    teacher CLIP weights file and the teacher checkpoint (their :func:`file_identity`), the
-    class names in label order, and ``compute`` (device type + precision they are computed in).
+    content of the teacher CLIP weights and checkpoint (``digests``: :func:`file_digests`),
+    the class names in label order, and ``compute`` (device type + precision they are
+    computed in). Paths and timestamps are not in it: a file replaced by another gets a new
+    key, a copy of the same file elsewhere the same one.
     """
     pk = cfg.TRAINER.PROMPTKD
     section = cfg.TRAINER.get(pk.TEACHER_TRAINER.upper())
@@ -112,8 +116,8 @@ def text_feature_key(
         "trainer": pk.TEACHER_TRAINER,
         "section": section.dump() if section is not None else None,
         "backbone": pk.TEACHER_NAME,
-        "clip_file": clip_file,
-        "checkpoint": checkpoint,
+        "clip_sha256": digests["clip_sha256"],
+        "checkpoint_sha256": digests["checkpoint_sha256"],
         "classnames": list(classnames),
         "compute": compute,
     }

@@ -24,13 +24,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dassl_ext.config import register_config_extension
+from dassl_ext.config import Range, Rule, register_config_extension, register_config_rules
 from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
 from dassl_ext.engine.hooks import HookBase, ModelSelection, ParameterAveraging, insert_before
 from dassl_ext.errors import UserError
-from dassl_ext.modeling import IMAGENET_TEMPLATES, clip
+from dassl_ext.modeling import IMAGENET_TEMPLATES, ClipSizes, clip
 from trainers.base import PromptTrainer, l2_normalize
-from trainers.ivlp import CustomCLIP, custom_clip_from_section, vl_prompt_section
+from trainers.ivlp import (
+    CustomCLIP,
+    custom_clip_from_section,
+    vl_prompt_model_rules,
+    vl_prompt_rules,
+    vl_prompt_section,
+)
 from trainers.losses import gpa_weights, promptsrc_loss
 
 GPA_FILE = "gpa_state.pt"
@@ -44,6 +50,14 @@ def add_promptsrc_config(cfg) -> None:
     cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10.0
     cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15.0
     cfg.TRAINER.PROMPTSRC.GPA_STD = 1.0
+
+
+register_config_rules(
+    *vl_prompt_rules("TRAINER.PROMPTSRC"),
+    Range("TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT", 0),
+    Range("TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT", 0),
+    Range("TRAINER.PROMPTSRC.GPA_STD", 0, low_open=True, note="the width of the GPA weights"),
+)
 
 
 @torch.no_grad()
@@ -84,6 +98,10 @@ class PromptSRC(PromptTrainer):
     @classmethod
     def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
         return custom_clip_from_section(cfg.TRAINER.PROMPTSRC, classnames, clip_model)
+
+    @classmethod
+    def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:
+        return vl_prompt_model_rules("TRAINER.PROMPTSRC", sizes)
 
     def after_build(self, clip_model) -> None:
         clip_model.token_embedding.to(self.device)

@@ -22,7 +22,7 @@ from dassl_ext.modeling import (
     clip_root_from_cfg,
     load_clip,
 )
-from trainers.base import CLIPClassifier, l2_normalize
+from trainers.base import CLIPClassifier, check_clip_model, l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,12 @@ class ZeroshotCLIP(TrainerX):
         clip_model = load_clip(backbone, clip_root_from_cfg(cfg))
         model = ZeroshotModel(clip_model, classnames, cls.templates(cfg))
         return model.requires_grad_(False).eval()
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Before any work (called by ``validate_config``): INPUT.SIZE against the backbone's
+        input resolution, read from its weights."""
+        check_clip_model(cfg, "MODEL.BACKBONE.NAME")
 
     def build_model(self) -> None:
         cfg = self.cfg

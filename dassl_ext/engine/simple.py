@@ -237,8 +237,14 @@ class SimpleTrainer(TrainerBase):
                 for name, r in results.items()
             },
             "selection": selection,
+            **self.results_provenance(),
         }
         write_results(os.path.join(self.output_dir, "results.json"), record)
+
+    def results_provenance(self) -> dict[str, Any]:
+        """Hook: more top-level results.json keys saying what the numbers came from (e.g. a
+        teacher file and its digest)."""
+        return {}
 
     def parse_batch_test(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return batch["img"].to(self.device), batch["label"].to(self.device)

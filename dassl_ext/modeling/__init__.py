@@ -15,9 +15,11 @@ Typical use (IVLP / PromptSRC; see each name's docstring)::
 
 from dassl_ext.modeling._clip import clip
 from dassl_ext.modeling.loading import (
+    ClipSizes,
     clip_filename,
     clip_root_from_cfg,
     clip_search_dirs,
+    clip_sizes,
     find_clip_file,
     load_clip,
     read_clip_state_dict,
@@ -45,6 +47,7 @@ from dassl_ext.modeling.tiny import TINY_SPECS, TinyClipSpec, build_tiny_clip, s
 
 __all__ = [
     "CUSTOM_TEMPLATES",
+    "ClipSizes",
     "IMAGENET_TEMPLATES",
     "IMAGENET_TEMPLATES_SELECT",
     "TINY_SPECS",
@@ -62,6 +65,7 @@ __all__ = [
     "clip_filename",
     "clip_root_from_cfg",
     "clip_search_dirs",
+    "clip_sizes",
     "find_clip_file",
     "init_ctx_from_words",
     "load_clip",

@@ -15,6 +15,7 @@ import socket
 import tempfile
 import warnings
 import zipfile
+from dataclasses import dataclass
 
 import torch
 
@@ -120,11 +121,11 @@ def _is_torchscript(path: str) -> bool:
         return any(n.endswith("constants.pkl") for n in z.namelist())
 
 
-def read_clip_state_dict(path: str) -> dict[str, torch.Tensor]:
+def read_clip_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
     """State dict of an OpenAI TorchScript archive or of a plain (``torch.save``) state dict.
 
-    Plain files are read with ``weights_only=True``: no pickled code runs. They are
-    memory-mapped, so loading makes no second copy (TorchScript archives cannot be).
+    Plain files are read with ``weights_only=True``: no pickled code runs. ``mmap``: map a
+    plain zip-format file instead of reading it (cheap when only the shapes are needed).
     """
     try:
         if _is_torchscript(path):
@@ -132,7 +133,7 @@ def read_clip_state_dict(path: str) -> dict[str, torch.Tensor]:
                 # OpenAI ships TorchScript; torch's "use torch.export" advice is not for users.
                 warnings.simplefilter("ignore", FutureWarning)
                 return dict(torch.jit.load(path, map_location="cpu").state_dict())
-        mmap = zipfile.is_zipfile(path)  # files in torch's legacy format cannot be mapped
+        mmap = mmap and zipfile.is_zipfile(path)  # files of torch < 1.6 cannot be mapped
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise UserError(f"Cannot read CLIP weights '{path}' ({e}); delete or replace it.") from e
@@ -158,6 +159,41 @@ def clip_weight_dtype(dtype: torch.dtype):
         yield
     finally:
         _WEIGHT_DTYPE.reset(token)
+
+
+@dataclass(frozen=True)
+class ClipSizes:
+    """What a config must agree with, read from the shapes in a CLIP weights file."""
+
+    name: str  # the model name (or path) it was asked for by
+    input_resolution: int  # pixels per side
+    vision_layers: int | None  # transformer blocks of a ViT image tower; None for a ResNet
+    text_layers: int
+
+
+def clip_sizes(name: str, root: str | None = None) -> ClipSizes:
+    """The sizes of CLIP ``name`` (found as :func:`find_clip_file` does) from its tensor
+    shapes, as ``clip.model.build_model`` derives them; builds no model."""
+    path = find_clip_file(name, root)
+    sd = read_clip_state_dict(path, mmap=True)
+
+    def blocks(prefix: str) -> int:
+        depth = prefix.count(".")
+        return len({k.split(".")[depth] for k in sd if k.startswith(prefix)})
+
+    try:
+        if "visual.proj" in sd:  # ViT: patch size x grid of patches
+            grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            resolution = sd["visual.conv1.weight"].shape[-1] * grid
+            vision_layers = blocks("visual.transformer.resblocks.")
+        else:  # ResNet: the attention pool sees a 32x downsampled grid
+            grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+            resolution, vision_layers = 32 * grid, None
+    except KeyError as e:
+        raise UserError(
+            f"'{path}' is not a CLIP checkpoint (no tensor {e}); replace it with OpenAI's file."
+        ) from None
+    return ClipSizes(name, int(resolution), vision_layers, blocks("transformer.resblocks."))
 
 
 def load_clip(name: str, root: str | None = None, download: bool = True) -> "clip.model.CLIP":

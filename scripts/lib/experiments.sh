@@ -3,7 +3,8 @@
 # logic and one function per protocol. The per-method scripts (scripts/<method>/*.sh) set
 # TRAINER and the default CFG, SHOTS, LOADEP ... and call one of these functions.
 #   Env: DATA (./data), OUTPUT (./output), SEEDS ("1 2 3"), PYTHON (python), LOOKUP_PYTHON
-#   (python3: the checkpoint lookup).
+#   (python3: the checkpoint lookup), DRY_RUN (1: print the python commands instead of
+#   running them).
 # Every run goes into its own folder; a folder with results.json is skipped, and an
 # unfinished training run with epoch checkpoints is resumed (--resume).
 set -euo pipefail
@@ -13,6 +14,15 @@ DATA=${DATA:-./data}
 OUTPUT=${OUTPUT:-./output}
 SEEDS=${SEEDS:-"1 2 3"}
 PYTHON=${PYTHON:-python}
+
+# run_python ARGS...: $PYTHON ARGS, or with DRY_RUN=1 only print the command
+run_python() {
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    echo "DRY_RUN: $PYTHON $*"
+    return 0
+  fi
+  "$PYTHON" "$@"
+}
 
 # is_finished DIR: true (and says so) when DIR/results.json exists
 is_finished() {
@@ -41,7 +51,7 @@ run_train() {
   if is_finished "$dir"; then return 0; fi
   local resume=()
   if checkpoint_lookup resumable "$dir"; then resume=(--resume "$dir"); fi
-  "$PYTHON" train.py --root "$DATA" --output-dir "$dir" "${resume[@]}" "$@"
+  run_python train.py --root "$DATA" --output-dir "$dir" "${resume[@]}" "$@"
 }
 
 # run_eval DIR ARGS...: train.py --eval-only into DIR unless DIR/results.json exists
@@ -49,7 +59,7 @@ run_eval() {
   local dir=$1
   shift
   if is_finished "$dir"; then return 0; fi
-  "$PYTHON" train.py --root "$DATA" --output-dir "$dir" --eval-only "$@"
+  run_python train.py --root "$DATA" --output-dir "$dir" --eval-only "$@"
 }
 
 # run_method train|eval DIR SEED DATASET ARGS...: one run of $TRAINER with config $CFG

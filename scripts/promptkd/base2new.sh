@@ -1,9 +1,12 @@
 #!/bin/bash
 # PromptKD base-to-new, the whole pipeline for one dataset:
-#   1. teacher: PromptSRC on ViT-L/14 (configs/trainers/PromptSRC/vit_l14_c2_ep20_batch8_4+4ctx.yaml,
-#      16 shots, base classes, seed TEACHER_SEED), unless a teacher checkpoint exists:
-#      $TEACHER_CKPT, else teacher_model/<DATASET.NAME>/VLPromptLearner/ (the official place:
-#      model-best.pth.tar or model.pth.tar-<N>), else our own $OUTPUT/promptkd/teacher/<dataset>/;
+#   1. teacher: $TEACHER_CKPT, else the released teacher in teacher_model/<folder>/VLPromptLearner/
+#      (model-best.pth.tar or model.pth.tar-<N>; <folder> is DATASET.NAME or the released
+#      spelling, e.g. FGVCaircraft; trainers/teacher_folders.py lists every place), else one
+#      trained here before into $OUTPUT/promptkd/teacher/<dataset>/. With none it stops and
+#      says what to do, unless TRAIN_TEACHER=1 (or the dataset is the built-in demo): then it
+#      trains PromptSRC on ViT-L/14 (configs/trainers/PromptSRC/vit_l14_c2_ep20_batch8_4+4ctx.yaml,
+#      16 shots, base classes, seed TEACHER_SEED) into that folder;
 #   2. student: PromptKD per seed on all training images, without labels
 #      (configs/trainers/PromptKD/base2new/<dataset>.yaml: SHOTS 0, the dataset's KD_WEIGHT),
 #      tested on base and new classes;
@@ -17,16 +20,12 @@ parse_args "$@"
 
 NAME=$(dataset_name "$DATASET")
 OUT=$OUTPUT/promptkd/base2new/$DATASET
-if [ -n "${TEACHER_CKPT:-}" ]; then
-  TEACHER=$TEACHER_CKPT
-elif has_checkpoint "teacher_model/$NAME/VLPromptLearner"; then
-  TEACHER=teacher_model/$NAME/VLPromptLearner
-  echo "== Teacher: using $TEACHER"
-else
-  TEACHER_DIR=$OUTPUT/promptkd/teacher/$DATASET
+TEACHER_DIR=$OUTPUT/promptkd/teacher/$DATASET
+find_teacher base2novel "$NAME" "$TEACHER_DIR"
+if [ -z "$TEACHER" ]; then
   train_teacher "$DATASET" base "$TEACHER_DIR"
   TEACHER=$TEACHER_DIR/VLPromptLearner
 fi
 
 train_students "configs/trainers/PromptKD/base2new/$DATASET.yaml" "$OUT" "$TEACHER"
-"$PYTHON" scripts/parse_results.py "$OUT"
+run_python scripts/parse_results.py "$OUT"

@@ -1,10 +1,13 @@
 #!/bin/bash
-# Shared by base2new.sh and xd.sh (sourced): environment, helpers, teacher training.
+# Shared by base2new.sh and xd.sh (sourced): environment, helpers, teacher search / training.
 #   Env: DATA (./data), OUTPUT (./output), SEEDS ("1 2 3"), CLIP_ROOT (CLIP weights folder,
 #   see the README), TEACHER_BACKBONE (ViT-L/14), STUDENT_BACKBONE (ViT-B/16),
-#   TEACHER_CKPT (a teacher model file or folder; skips the teacher stage), TEACHER_SEED (1),
-#   PYTHON (python). Arguments after the dataset: seeds (numbers) then KEY VALUE pairs,
-#   which are passed to every train.py run (teacher and student).
+#   TEACHER_CKPT (a teacher model file or folder; skips the search), TEACHER_ROOT (search
+#   only this folder of released teachers instead of teacher_model/ and teacher_models/),
+#   TRAIN_TEACHER (1: train a teacher here when none is found; hours of GPU for ViT-L/14),
+#   TEACHER_SEED (1), PYTHON (python), DRY_RUN (1: print the python commands, run none).
+#   Arguments after the dataset: seeds (numbers) then KEY VALUE pairs, which are passed to
+#   every train.py run (teacher and student).
 # run_train (skip a finished run, resume an interrupted one) and the DATA / OUTPUT / SEEDS /
 # PYTHON defaults come from scripts/lib/experiments.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/experiments.sh"
@@ -47,6 +50,49 @@ dataset_name() {
 # has_checkpoint FOLDER: model-best.pth.tar or model.pth.tar-<N> inside
 has_checkpoint() {
   checkpoint_lookup find "$1" > /dev/null
+}
+
+# find_teacher MODAL DATASET_NAME OWN_RUN: sets TEACHER to $TEACHER_CKPT, else to the first
+# folder holding a checkpoint among the released teachers' places (trainers/teacher_folders.py
+# lists them) and OWN_RUN/VLPromptLearner (a teacher trained here that finished). With none,
+# TEACHER is "" when a teacher may be trained here (TRAIN_TEACHER=1, or a built-in demo
+# dataset); otherwise it stops, saying where it looked and what to do.
+find_teacher() {
+  local modal=$1 name=$2 own=$3 dir what
+  if [ -n "${TEACHER_CKPT:-}" ]; then
+    TEACHER=$TEACHER_CKPT
+    echo "== Teacher: using $TEACHER (TEACHER_CKPT)"
+    return 0
+  fi
+  local query=(trainers/teacher_folders.py "$modal" "$name")
+  if [ -n "${TEACHER_ROOT:-}" ]; then query+=(--root "$TEACHER_ROOT"); fi
+  eval "$("$PYTHON" "${query[@]}")"
+  for dir in "${TEACHER_DIRS[@]}"; do
+    if has_checkpoint "$dir"; then
+      TEACHER=$dir
+      echo "== Teacher: using $TEACHER"
+      return 0
+    fi
+  done
+  if [ -f "$own/results.json" ] && has_checkpoint "$own/VLPromptLearner"; then
+    TEACHER=$own/VLPromptLearner
+    echo "== Teacher: using the one trained here before, $TEACHER"
+    return 0
+  fi
+  TEACHER=""
+  if [ "${TRAIN_TEACHER:-0}" = 1 ] || [ "$TEACHER_SELF_TRAINED" = 1 ]; then return 0; fi
+  what="for $name"
+  if [ "$modal" = cross ]; then what="for cross-dataset runs (trained on $name)"; fi
+  {
+    echo "Error: no teacher checkpoint (model-best.pth.tar or model.pth.tar-<N>) $what in"
+    for dir in "${TEACHER_DIRS[@]}"; do echo "  $dir/"; done
+    echo "  $own/VLPromptLearner/ (a finished teacher trained by this script)"
+    echo "(relative to $(pwd)). Unpack the released ViT-L/14 teacher ($TEACHER_RELEASED)"
+    echo "into one of the first ${#TEACHER_DIRS[@]} folders, or set TEACHER_CKPT to a teacher file or folder,"
+    echo "or run again with TRAIN_TEACHER=1 to train one here (PromptSRC on $TEACHER_BACKBONE,"
+    echo "16 shots: hours on a GPU)."
+  } >&2
+  exit 1
 }
 
 # train_teacher SOURCE_DATASET SUBSAMPLE DIR: PromptSRC teacher (16 shots) into DIR

@@ -1,8 +1,10 @@
 #!/bin/bash
 # PromptKD cross-dataset: distil the ImageNet teacher into a student on a target dataset:
-#   1. teacher: $TEACHER_CKPT, else teacher_model/ImageNet-xd/VLPromptLearner_large/ (the
-#      official place), else a PromptSRC ViT-L/14 teacher trained here on SOURCE (imagenet;
-#      all classes, 16 shots) into $OUTPUT/promptkd/teacher_xd/<source>/;
+#   1. teacher: $TEACHER_CKPT, else the released teacher in
+#      teacher_model/ImageNet-xd/VLPromptLearner_large/ (the official place), else one trained
+#      here before into $OUTPUT/promptkd/teacher_xd/<source>/. With none it stops and says
+#      what to do, unless TRAIN_TEACHER=1: then it trains a PromptSRC ViT-L/14 teacher on
+#      SOURCE (imagenet; all classes, 16 shots) into that folder;
 #   2. student: PromptKD per seed on all training images of DATASET, without labels
 #      (configs/trainers/PromptKD/xd.yaml: prompt depth 3, KD_WEIGHT 1000), tested on all
 #      of its classes;
@@ -15,16 +17,12 @@ parse_args "$@"
 SOURCE=${SOURCE:-imagenet}
 
 OUT=$OUTPUT/promptkd/xd/$DATASET
-if [ -n "${TEACHER_CKPT:-}" ]; then
-  TEACHER=$TEACHER_CKPT
-elif has_checkpoint teacher_model/ImageNet-xd/VLPromptLearner_large; then
-  TEACHER=teacher_model/ImageNet-xd/VLPromptLearner_large
-  echo "== Teacher: using $TEACHER"
-else
-  TEACHER_DIR=$OUTPUT/promptkd/teacher_xd/$SOURCE
+TEACHER_DIR=$OUTPUT/promptkd/teacher_xd/$SOURCE
+find_teacher cross "$(dataset_name "$SOURCE")" "$TEACHER_DIR"
+if [ -z "$TEACHER" ]; then
   train_teacher "$SOURCE" all "$TEACHER_DIR"
   TEACHER=$TEACHER_DIR/VLPromptLearner
 fi
 
 train_students configs/trainers/PromptKD/xd.yaml "$OUT" "$TEACHER"
-"$PYTHON" scripts/parse_results.py "$OUT"
+run_python scripts/parse_results.py "$OUT"

@@ -1,0 +1,203 @@
+"""Config rules: what each key allows, checked once before any work.
+
+A rule names one key (``*`` stands for any section, as in ``TRAINER.*.PREC``) and says
+which values it allows. A value outside gives one sentence naming the key, the value and
+what is allowed::
+
+    TRAINER.PROMPTKD.TEMPERATURE is 0.0; use a number > 0 (the softmax temperature).
+
+The engine's keys have their rules in :mod:`dassl_ext.config.default_rules`; a trainer
+registers the rules of its own section next to its config extension::
+
+    register_config_rules(
+        Range("TRAINER.MYMETHOD.TEMPERATURE", low=0, low_open=True),
+        OneOf("TRAINER.MYMETHOD.MODE", ("fast", "exact")),
+    )
+
+What a rule on one key cannot say (keys that depend on each other, values that must fit a
+model: its input resolution, its number of layers) is the trainer's: a registered trainer
+class may define a classmethod ``check_config(cfg)`` that raises UserError. To check a
+model it reads the model's sizes (from the weights' tensor shapes, building nothing),
+builds rules from them and passes them to :func:`check_rules`. :func:`validate_config`
+calls it last.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from yacs.config import CfgNode
+
+from dassl_ext.errors import UserError
+from dassl_ext.registry import TRAINER_REGISTRY
+
+
+class Rule:
+    """One key and what it allows; ``note`` (what the key is) ends the sentence."""
+
+    key: str
+    note: str
+
+    def allowed(self, value: Any) -> str | None:
+        """None if ``value`` is allowed, else what is ("use ...")."""
+        raise NotImplementedError
+
+    def problem(self, key: str, value: Any) -> str | None:
+        """The sentence for a value that is not allowed, else None."""
+        allowed = self.allowed(value)
+        if allowed is None:
+            return None
+        note = f" ({self.note})" if self.note else ""
+        return f"{key} is {value!r}; {allowed}{note}."
+
+
+def _is_number(value: Any, integer: bool) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if integer else isinstance(value, (int, float))
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Range(Rule):
+    """A number in ``[low, high]`` (``low_open``: above ``low``), or one of ``also``
+    (values with a meaning of their own, such as -1 for "off")."""
+
+    key: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    integer: bool = False
+    also: tuple = ()
+    note: str = ""
+
+    def _inside(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def allowed(self, value: Any) -> str | None:
+        if _is_number(value, self.integer) and (value in self.also or self._inside(value)):
+            return None
+        kind = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None and not self.low_open:
+            bound = f"from {_fmt(self.low)} to {_fmt(self.high)}"
+        else:
+            parts = []
+            if self.low is not None:
+                parts.append(f"{'>' if self.low_open else '>='} {_fmt(self.low)}")
+            if self.high is not None:
+                parts.append(f"<= {_fmt(self.high)}")
+            bound = " and ".join(parts)
+        also = "".join(f"{_fmt(a)} or " for a in self.also)
+        return f"use {also}{kind} {bound}".rstrip()
+
+
+@dataclass(frozen=True)
+class OneOf(Rule):
+    """One of ``choices`` (a sequence, or a function returning one, for choices known
+    only at run time such as registered names)."""
+
+    key: str
+    choices: Sequence | Callable[[], Sequence]
+    ignore_case: bool = False
+    note: str = ""
+
+    def allowed(self, value: Any) -> str | None:
+        choices = list(self.choices() if callable(self.choices) else self.choices)
+        if self.ignore_case and isinstance(value, str):
+            if value.lower() in [str(c).lower() for c in choices]:
+                return None
+        elif value in choices:
+            return None
+        if len(choices) == 1:
+            return f"use {choices[0]}"
+        return f"use one of {', '.join(str(c) for c in choices)}"
+
+
+@dataclass(frozen=True)
+class Check(Rule):
+    """Any other condition: ``test(value)`` is true for allowed values (an exception
+    counts as false); ``allowed_text`` says what is allowed ("use ...")."""
+
+    key: str
+    test: Callable[[Any], bool]
+    allowed_text: str
+    note: str = ""
+
+    def allowed(self, value: Any) -> str | None:
+        try:
+            ok = bool(self.test(value))
+        except (TypeError, ValueError):
+            ok = False
+        return None if ok else self.allowed_text
+
+
+_RULES: dict[str, Rule] = {}
+
+
+def register_config_rules(*rules: Rule) -> None:
+    """Register rules checked by :func:`validate_config`; a key registered again replaces
+    its rule (a module imported twice registers the same rules again)."""
+    for rule in rules:
+        _RULES[rule.key] = rule
+
+
+def registered_rules() -> list[Rule]:
+    """The rules registered so far (by the trainers), in registration order."""
+    return list(_RULES.values())
+
+
+def _values(cfg: CfgNode, pattern: str) -> list[tuple[str, Any]]:
+    """``(key, value)`` of every key matching ``pattern``; a key without ``*`` must exist."""
+    found: list[tuple[str, Any]] = [("", cfg)]
+    for part in pattern.split("."):
+        step = []
+        for prefix, node in found:
+            if not isinstance(node, CfgNode):
+                continue
+            names = list(node.keys()) if part == "*" else [part]
+            step += [(f"{prefix}{n}", node[n]) for n in names if n in node]
+            if part != "*" and part not in node:
+                raise KeyError(f"Config rule for {pattern}: no key {prefix}{part}")
+        found = [(k + ".", v) for k, v in step]
+    return [(k[:-1], v) for k, v in found]
+
+
+def check_rules(cfg: CfgNode, rules: Sequence[Rule]) -> None:
+    """Raise one UserError with a sentence per key whose value a rule does not allow."""
+    problems = []
+    for rule in rules:
+        for key, value in _values(cfg, rule.key):
+            sentence = rule.problem(key, value)
+            if sentence:
+                problems.append(sentence)
+    if problems:
+        raise UserError("\n".join(problems))
+
+
+def config_rules() -> list[Rule]:
+    """The engine's rules and every registered trainer's rules."""
+    # Imported here: the engine's choices live in modules that import torch, and building
+    # a config (``dassl_ext.config``) should not need it.
+    from dassl_ext.config.default_rules import DEFAULT_RULES
+
+    return [*DEFAULT_RULES, *registered_rules()]
+
+
+def validate_config(cfg: CfgNode) -> None:
+    """Check the config of a run before any work: :func:`config_rules`, then the trainer
+    it names (unknown: the registry's error, which lists the names) and that trainer's own
+    checks (its classmethod ``check_config(cfg)``, if any)."""
+    check_rules(cfg, config_rules())
+    trainer_checks = getattr(TRAINER_REGISTRY.get(cfg.TRAINER.NAME), "check_config", None)
+    if trainer_checks is not None:
+        trainer_checks(cfg)

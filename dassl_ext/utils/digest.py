@@ -1,0 +1,71 @@
+"""Content digests of files (sha256): what identifies a weights file in cache keys and
+results, whatever its name, location or timestamps.
+
+Hashing a 1 GB weights file takes seconds, so each file version is hashed once: the digest
+is remembered (in memory, and in an optional JSON store shared by runs) under the file's
+stat signature. The signature is only a shortcut to the digest, never a key itself, and it
+holds the inode and ctime besides path, size and mtime: ``cp -p`` or ``os.utime`` can give
+other content the same size and mtime, but writing a file always moves its ctime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+
+from dassl_ext.utils.atomic import write_json_atomic
+
+_CHUNK = 1 << 22
+_memory: dict[str, tuple[list, str]] = {}  # abspath -> (signature, digest)
+_lock = threading.Lock()
+
+
+def _signature(path: str) -> list:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def sha256_of(path: str) -> str:
+    """The sha256 hex digest of the bytes of ``path`` (read in chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digest(path: str, store: str | None = None) -> str:
+    """sha256 of ``path``, computed once per file version (see the module docstring).
+
+    ``store``: a JSON file that keeps the digests for later runs (written atomically; an
+    unreadable store is ignored and rewritten).
+    """
+    key, sig = os.path.abspath(path), _signature(path)
+    with _lock:
+        known = _memory.get(key)
+    if known is not None and known[0] == sig:
+        return known[1]
+    saved = _read_store(store) if store else {}
+    if saved.get(key, {}).get("signature") == sig:
+        digest = saved[key]["sha256"]
+    else:
+        digest = sha256_of(path)
+        if _signature(path) != sig:  # written while being read: do not remember either
+            return digest
+        if store:
+            saved[key] = {"signature": sig, "sha256": digest}
+            write_json_atomic(store, saved)
+    with _lock:
+        _memory[key] = (sig, digest)
+    return digest
+
+
+def _read_store(store: str) -> dict:
+    try:
+        with open(store, encoding="utf-8") as f:
+            saved = json.load(f)
+        return saved if isinstance(saved, dict) else {}
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,115 @@
+"""scripts/promptkd/{base2new,xd}.sh find the teacher (released folder spellings included),
+stop with what to do when there is none, and train one only when asked (TRAIN_TEACHER=1) or
+for the built-in demo dataset. DRY_RUN=1 prints the python commands, so nothing trains."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from trainers.teacher_folders import TEACHER_ROOTS, teacher_dirs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(script: str, tmp_path, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    """``bash scripts/promptkd/<script> ARGS`` in dry-run mode, teachers under tmp_path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRAIN_TEACHER", "TEACHER_CKPT")}
+    env.update(PYTHON=sys.executable, OUTPUT=str(tmp_path / "out"), SEEDS="1", DRY_RUN="1",
+               TEACHER_ROOT=str(tmp_path / "teachers"), **extra)  # fmt: skip
+    path = os.path.join(REPO, "scripts", "promptkd", script)
+    return subprocess.run(["bash", path, *args], env=env, capture_output=True, text=True)
+
+
+def put_checkpoint(folder, name: str = "model-best.pth.tar") -> str:
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, name), "w").close()
+    return str(folder)
+
+
+def teacher_runs(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if "--trainer PromptSRC" in line]
+
+
+@pytest.mark.parametrize(
+    "dataset,name,released",
+    [("fgvc_aircraft", "FGVCAircraft", "FGVCaircraft"),
+     ("stanford_cars", "StanfordCars", "StandfordCars"),
+     ("oxford_pets", "OxfordPets", None)],
+)  # fmt: skip
+def test_missing_teacher_stops_and_says_where_and_what(tmp_path, dataset, name, released):
+    run = run_script("base2new.sh", tmp_path, dataset)
+    assert run.returncode == 1 and not teacher_runs(run.stdout) and "train.py" not in run.stdout
+    looked = [os.path.join(tmp_path, "teachers", name, "VLPromptLearner")]
+    if released:
+        looked.append(os.path.join(tmp_path, "teachers", released, "VLPromptLearner"))
+    for folder in looked:
+        assert f"  {folder}/" in run.stderr
+    own = os.path.join(tmp_path, "out", "promptkd", "teacher", dataset, "VLPromptLearner")
+    assert own in run.stderr  # a teacher this script trained before would be used too
+    assert "github.com/zhengli97/PromptKD" in run.stderr and "TRAIN_TEACHER=1" in run.stderr
+    assert "TEACHER_CKPT" in run.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("folder", ["FGVCAircraft", "FGVCaircraft"])
+def test_teacher_in_either_spelling_is_used(tmp_path, folder):
+    teacher = put_checkpoint(tmp_path / "teachers" / folder / "VLPromptLearner")
+    run = run_script("base2new.sh", tmp_path, "fgvc_aircraft")
+    assert run.returncode == 0, run.stderr
+    assert f"== Teacher: using {teacher}" in run.stdout and not teacher_runs(run.stdout)
+    students = [line for line in run.stdout.splitlines() if "--trainer PromptKD" in line]
+    assert len(students) == 1 and f"TRAINER.PROMPTKD.TEACHER_CKPT {teacher}" in students[0]
+
+
+def test_train_teacher_asks_for_one(tmp_path):
+    run = run_script("base2new.sh", tmp_path, "dtd", "OPTIM.MAX_EPOCH", "2", TRAIN_TEACHER="1")
+    assert run.returncode == 0, run.stderr
+    (teacher,) = teacher_runs(run.stdout)
+    assert "DATASET.SUBSAMPLE_CLASSES base" in teacher and teacher.endswith("OPTIM.MAX_EPOCH 2")
+    own = os.path.join(tmp_path, "out", "promptkd", "teacher", "dtd", "VLPromptLearner")
+    assert f"TEACHER_CKPT {own}" in run.stdout
+
+
+def test_demo_dataset_trains_its_own_teacher(tmp_path):
+    run = run_script("base2new.sh", tmp_path, "digits")
+    assert run.returncode == 0, run.stderr
+    assert len(teacher_runs(run.stdout)) == 1
+    with open(os.path.join(REPO, "scripts", "demo.sh")) as f:
+        assert "export TRAIN_TEACHER=1" in f.read()
+
+
+def test_teacher_trained_here_before_is_reused_only_when_finished(tmp_path):
+    own = tmp_path / "out" / "promptkd" / "teacher" / "dtd"
+    put_checkpoint(own / "VLPromptLearner", "model.pth.tar-7")  # interrupted at epoch 7
+    assert run_script("base2new.sh", tmp_path, "dtd").returncode == 1
+    (own / "results.json").write_text("{}")
+    run = run_script("base2new.sh", tmp_path, "dtd")
+    assert run.returncode == 0 and not teacher_runs(run.stdout)
+    assert f"TEACHER_CKPT {own / 'VLPromptLearner'}" in run.stdout
+
+
+def test_cross_dataset_script(tmp_path):
+    run = run_script("xd.sh", tmp_path, "dtd")
+    assert run.returncode == 1 and "train.py" not in run.stdout
+    assert os.path.join(tmp_path, "teachers", "ImageNet-xd", "VLPromptLearner_large") in run.stderr
+    teacher = put_checkpoint(tmp_path / "teachers" / "ImageNet-xd" / "VLPromptLearner_large",
+                             "model.pth.tar-20")  # fmt: skip
+    run = run_script("xd.sh", tmp_path, "dtd")
+    assert run.returncode == 0 and f"TEACHER_CKPT {teacher}" in run.stdout
+    run = run_script("xd.sh", tmp_path, "dtd", TEACHER_CKPT="/elsewhere/t.pth.tar")
+    assert run.returncode == 0 and "TEACHER_CKPT /elsewhere/t.pth.tar" in run.stdout
+
+
+def test_teacher_folders_lists_every_spelling():
+    assert TEACHER_ROOTS == ("teacher_model", "teacher_models")
+    assert teacher_dirs("base2novel", "StanfordCars") == [
+        os.path.join(root, name, "VLPromptLearner")
+        for root in TEACHER_ROOTS
+        for name in ("StanfordCars", "StandfordCars")
+    ]
+    assert teacher_dirs("cross", "ImageNet", ("t",)) == [
+        os.path.join("t", "ImageNet-xd", "VLPromptLearner_large")
+    ]
