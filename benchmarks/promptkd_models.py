@@ -135,9 +135,8 @@ def build_ours(folder: str, pair: Pair, classes: int, prec: Precision, t_prec: P
         feats = teacher_text_features(teacher, classes, t_prec)
         drop_text_tower(teacher)
     else:  # evaluation: the class features come with the student checkpoint
-        dim = read_clip_state_dict(os.path.join(folder, clip_filename(pair.teacher)))[
-            "text_projection"
-        ].shape[1]
+        path = os.path.join(folder, clip_filename(pair.teacher))
+        dim = read_clip_state_dict(path, mmap=True)["text_projection"].shape[1]
         feats = nn.functional.normalize(torch.randn(classes, dim), dim=-1).to(prec.device)
     student = _student(load_clip(pair.student, folder), feats.shape[1], prec, lean=True)
     return Built(student, teacher, feats, t_prec, recompute_text=False)

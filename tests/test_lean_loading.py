@@ -1,9 +1,9 @@
 """Loading without second copies, and the leaner student backward.
 
-CLIP built on the meta device from the file's own tensors equals ``clip.model.build_model``;
-plain files and checkpoints are memory-mapped; ``clip_weight_dtype`` reads the weights
-straight into a low precision; ``LeanQuickGELU`` computes what ``QuickGELU`` computes and
-keeps less for the backward.
+CLIP built on the meta device from the file's own tensors equals ``clip.model.build_model``
+and keeps them (no second copy); checkpoints are memory-mapped; ``clip_weight_dtype`` reads
+the weights straight into a low precision; ``LeanQuickGELU`` computes what ``QuickGELU``
+computes and keeps less for the backward.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from dassl_ext.modeling import PromptedImageEncoder, build_tiny_clip, clip, load_clip
 from dassl_ext.modeling.lean import LeanQuickGELU, use_lean_quick_gelu
-from dassl_ext.modeling.loading import clip_weight_dtype
+from dassl_ext.modeling.loading import clip_weight_dtype, read_clip_state_dict
 from dassl_ext.utils.checkpoint import load_checkpoint
 
 needs_proc = pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc")
@@ -41,19 +41,31 @@ def test_load_clip_equals_build_model(tiny_clip_root):
         assert torch.equal(model.encode_image(images), ref.encode_image(images))
 
 
-@needs_proc
-def test_plain_clip_files_are_memory_mapped(tmp_path):
+def test_load_clip_keeps_the_read_tensors_no_second_copy(tmp_path, monkeypatch):
     path = str(tmp_path / "fp32.pt")
     ref = clip.model.build_model(build_tiny_clip("tiny-student")).float()
     torch.save(ref.state_dict(), path)
-    model = load_clip(path)  # fp32 file, fp32 model: its weights are the mapped file
-    assert _mapped(path)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters()))
-    del model
-    import gc
+    read = {}
+    torch_load = torch.load
 
-    gc.collect()
-    assert not _mapped(path)  # nothing else holds the file
+    def spying_load(*args, **kwargs):
+        obj = torch_load(*args, **kwargs)
+        read.update({k: v.data_ptr() for k, v in obj.items()})
+        return obj
+
+    monkeypatch.setattr(torch, "load", spying_load)
+    model = load_clip(path)  # fp32 file, fp32 model: its weights are the tensors read
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == read
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters()))
+
+
+@needs_proc
+def test_read_clip_state_dict_can_map_the_file(tiny_clip_root):
+    path = os.path.join(tiny_clip_root, "tiny-teacher.pt")
+    sd = read_clip_state_dict(path, mmap=True)  # a look at the shapes reads nothing else
+    assert sd["text_projection"].shape == (64, 48) and _mapped(path)
+    del sd
+    assert not _mapped(path)
 
 
 def test_clip_weight_dtype_reads_weights_straight_into_bf16(tiny_clip_root):

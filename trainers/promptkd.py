@@ -218,7 +218,7 @@ class PromptKD(TrainerX):
         """The teacher's embedding width read from its CLIP weights (no teacher built)."""
         pk = self.cfg.TRAINER.PROMPTKD
         path = find_clip_file(pk.TEACHER_NAME, clip_root_from_cfg(self.cfg))
-        return int(read_clip_state_dict(path)["text_projection"].shape[1])
+        return int(read_clip_state_dict(path, mmap=True)["text_projection"].shape[1])
 
     def _build_teacher(self, compute_text: bool) -> torch.Tensor | None:
         """Build the frozen teacher (kept as ``self.teacher``, image side only) and, if

@@ -124,8 +124,11 @@ def _is_torchscript(path: str) -> bool:
 def read_clip_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
     """State dict of an OpenAI TorchScript archive or of a plain (``torch.save``) state dict.
 
-    Plain files are read with ``weights_only=True``: no pickled code runs. ``mmap``: map a
-    plain zip-format file instead of reading it (cheap when only the shapes are needed).
+    Plain files are read with ``weights_only=True``: no pickled code runs. ``mmap`` maps a
+    plain file instead of reading it (TorchScript archives cannot be), for a look at shapes
+    or a few tensors. ``load_clip`` reads: all tensors of a file share one mapping, so the
+    fp32 tensors a model keeps as they are would keep every page read resident, while read
+    tensors are freed one by one as they are cast.
     """
     try:
         if _is_torchscript(path):
@@ -133,7 +136,7 @@ def read_clip_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tenso
                 # OpenAI ships TorchScript; torch's "use torch.export" advice is not for users.
                 warnings.simplefilter("ignore", FutureWarning)
                 return dict(torch.jit.load(path, map_location="cpu").state_dict())
-        mmap = mmap and zipfile.is_zipfile(path)  # files of torch < 1.6 cannot be mapped
+        mmap = mmap and zipfile.is_zipfile(path)  # torch's legacy format cannot be mapped
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise UserError(f"Cannot read CLIP weights '{path}' ({e}); delete or replace it.") from e
@@ -223,7 +226,7 @@ def load_clip(name: str, root: str | None = None, download: bool = True) -> "cli
 def build_clip_from_state_dict(state_dict: dict[str, torch.Tensor]) -> "clip.model.CLIP":
     """``clip.model.build_model(state_dict)`` without its random initialisation and copy: the
     model is built on the meta device and takes the tensors of ``state_dict`` as its weights
-    (their dtypes; memory-mapped ones stay mapped until cast)."""
+    (their dtypes), so loading holds one copy of the weights, not two."""
     with torch.device("meta"), warnings.catch_warnings():
         # build_model copies the weights into the meta model: a no-op that warns per tensor
         warnings.simplefilter("ignore", UserWarning)
