@@ -30,7 +30,6 @@ from dassl_ext.modeling.tiny import build_tiny_clip
 from trainers.base import drop_rebuilt_keys
 from trainers.promptkd_frozen import prepare_frozen_teacher, teacher_text_features
 from trainers.promptkd_student import PromptKDStudent, set_trainable
-from trainers.promptkd_teacher import drop_text_tower
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC_CFG = os.path.join(
@@ -133,7 +132,7 @@ def build_ours(folder: str, pair: Pair, classes: int, prec: Precision, t_prec: P
             )
         prepare_frozen_teacher(teacher, t_prec)
         feats = teacher_text_features(teacher, classes, t_prec)
-        drop_text_tower(teacher)
+        teacher.drop_text_tower()
     else:  # evaluation: the class features come with the student checkpoint
         path = os.path.join(folder, clip_filename(pair.teacher))
         dim = read_clip_state_dict(path, mmap=True)["text_projection"].shape[1]
