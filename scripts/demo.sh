@@ -35,15 +35,15 @@ bash scripts/promptkd/base2new.sh digits "$@" "${STANDIN_OPTS[@]}"
 # The reference rows: zero-shot CLIP with each stand-in, and the teacher on new classes.
 source scripts/lib/experiments.sh
 OUT=$OUTPUT/promptkd
-DIGITS=(--dataset-config-file configs/datasets/digits.yaml DATASET.EVAL_SPLITS base_new)
+DIGITS=(--dataset-config-file configs/datasets/digits.yaml)
 for model in digits-teacher digits-student; do
   run_eval "$OUT/zeroshot/digits/$model" --trainer ZeroshotCLIP "${DIGITS[@]}" \
     --config-file configs/trainers/CoOp/vit_b16.yaml MODEL.BACKBONE.NAME "$model" \
-    "${STANDIN_OPTS[@]}"
+    "${STANDIN_OPTS[@]}" DATASET.EVAL_SPLITS base_new
 done
 run_eval "$OUT/teacher/digits_base_new" --trainer PromptSRC "${DIGITS[@]}" \
   --config-file "configs/trainers/PromptSRC/vit_l14_c2_ep20_batch8_4+4ctx.yaml" \
-  --model-dir "$OUT/teacher/digits" MODEL.BACKBONE.NAME digits-teacher "${STANDIN_OPTS[@]}"
+  --model-dir "$OUT/teacher/digits" MODEL.BACKBONE.NAME digits-teacher "${STANDIN_OPTS[@]}" DATASET.EVAL_SPLITS base_new
 
 echo "== Digits, base-to-new (5 + 5 classes), pretrained stand-ins"
 "$PYTHON" scripts/demo_table.py --markdown "$OUT/base2new/digits/demo_table.md" \
