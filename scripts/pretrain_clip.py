@@ -58,34 +58,15 @@ STANDIN_SPECS = {
         seed=12,
     ),
 }
-# "captions": the (template, naming) pairs of the corpus; a digit is named by its word
-# ("seven", the class names that zero-shot prompts use) or its numeral ("7"). The student's
-# corpus names digits by numerals only, so it learns good image features but no link to
-# the word names: a small CLIP that zero-shot prompting with the class names serves
-# poorly and that distillation through the teacher's text features serves well.
+# Both corpora pair each image with captions naming its digit by word ("seven", the class
+# names zero-shot prompts use) or numeral ("7"). The student's corpus shows the digits
+# blurred: its features stay adaptable, but zero-shot prompting serves it poorly on the
+# sharp demo images, which distillation from the teacher's logits can fix.
+_RECIPE = dict(batch=128, lr=1e-3, warmup=100, weight_decay=0.1, shift_px=2,
+               captions="all templates x (word, numeral)")  # fmt: skip
 STANDIN_RECIPES = {
-    "digits-teacher": dict(
-        steps=1000,
-        batch=128,
-        lr=1e-3,
-        warmup=100,
-        weight_decay=0.1,
-        shift_px=2,
-        seed=11,
-        captions="all templates x (word, numeral)",
-    ),
-    "digits-student": dict(
-        steps=1000,
-        batch=128,
-        lr=1e-3,
-        warmup=100,
-        weight_decay=0.1,
-        shift_px=2,
-        seed=12,
-        captions="all templates x (word, numeral)",
-        images="blurred",
-        blur_sigma=1.0,
-    ),
+    "digits-teacher": dict(_RECIPE, steps=1000, seed=11),
+    "digits-student": dict(_RECIPE, steps=1000, seed=12, images="blurred", blur_sigma=1.0),
 }
 ZEROSHOT_TEMPLATE = CUSTOM_TEMPLATES["Digits"]  # what ZeroshotCLIP prompts with
 CAPTION_TEMPLATES = (
@@ -101,13 +82,13 @@ CAPTION_TEMPLATES = (
 NUMERALS = tuple(str(i) for i in range(10))
 
 
-def corpus_captions(recipe: dict, classnames: list[str]) -> list[list[str]]:
-    """The captions of each digit (a list per class) described by ``recipe["captions"]``."""
-    numerals = [[t.format(n) for t in CAPTION_TEMPLATES] for n in NUMERALS]
-    if recipe["captions"] == "all templates x numeral":
-        return numerals
-    words = [[t.format(c) for t in CAPTION_TEMPLATES] for c in classnames]
-    return [w + n for w, n in zip(words, numerals)]
+def corpus_captions(classnames: list[str]) -> list[list[str]]:
+    """The captions of each digit (a list per class): every template with its word, then
+    every template with its numeral."""
+    return [
+        [t.format(name) for name in (word, numeral) for t in CAPTION_TEMPLATES]
+        for word, numeral in zip(classnames, NUMERALS)
+    ]
 
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -246,7 +227,7 @@ def pretrain(name: str, root: str, steps: int | None, seed: int | None, log_ever
     model = build_clip_module(spec, seed=recipe["seed"]).float().train()
 
     # Every caption, tokenised once; a sample draws one of its digit's captions.
-    per_class = corpus_captions(recipe, classnames)
+    per_class = corpus_captions(classnames)
     n_caps = len(per_class[0])
     tokens = clip.tokenize([c for caps in per_class for c in caps])  # row = digit * n_caps + k
 
@@ -340,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         "architecture": STANDIN_SPECS[args.name].__dict__,
         "data": "Digits TRAIN split only (datasets/digits.py: scikit-learn's 8x8 digits, "
         "nearest-upscaled to 32x32 RGB; val and test images never used for training)",
-        "captions": corpus_captions(recipe, classnames),
+        "captions": corpus_captions(classnames),
         "recipe": recipe,
         "seconds": round(seconds),
         "zeroshot_template": ZEROSHOT_TEMPLATE,
