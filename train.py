@@ -18,9 +18,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # our `datasets`
 
 from dassl_ext.config import setup_cfg, validate_config, write_config  # noqa: E402
 from dassl_ext.engine import build_trainer  # noqa: E402
+from dassl_ext.engine.faults import (  # noqa: E402
+    Interrupted,
+    how_to_continue,
+    interrupted_message,
+    signals_raise_interrupted,
+)
 from dassl_ext.errors import UserError  # noqa: E402
 from dassl_ext.registry import RegistryKeyError  # noqa: E402
 from dassl_ext.utils import set_random_seed, setup_logger  # noqa: E402
+from dassl_ext.utils.checkpoint import NothingToResumeError  # noqa: E402
 from dassl_ext.utils.distributed import (  # noqa: E402
     destroy_distributed,
     init_distributed_from_env,
@@ -62,30 +69,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one experiment; returns the exit status (1 with a message for bad input)."""
+    """Run one experiment; returns the exit status: 1 with a message for bad input or a
+    fault, 130 / 143 with a line saying how to resume after SIGINT / SIGTERM."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    cfg = trainer = None
+    training = False  # trainer.train() has started: a stop may leave checkpoints to resume
     try:
-        import_plugins()
-        cfg = setup_cfg(args)
-        validate_config(cfg)  # every value in range before anything is written or loaded
-        init_distributed_from_env(use_cuda=cfg.USE_CUDA)
-        setup_logger(cfg.OUTPUT_DIR)
-        if cfg.SEED >= 0:
-            set_random_seed(cfg.SEED)
-        if is_main_process():
-            write_config(cfg, cfg.OUTPUT_DIR)
-            logger.info(f"Config:\n{cfg.dump()}")
-        trainer = build_trainer(cfg)
-        if args.eval_only:
-            trainer.load_model(args.model_dir, epoch=args.load_epoch)
-            trainer.test()
-            return 0
-        if not args.no_train:
-            trainer.train()
-    except (UserError, RegistryKeyError) as e:  # bad input: a message, no traceback
+        with signals_raise_interrupted():
+            import_plugins()
+            cfg = setup_cfg(args)
+            # every value in range before anything is written or loaded
+            validate_config(cfg, will_train=not (args.eval_only or args.no_train))
+            init_distributed_from_env(use_cuda=cfg.USE_CUDA)
+            setup_logger(cfg.OUTPUT_DIR)
+            if cfg.SEED >= 0:
+                set_random_seed(cfg.SEED)
+            if is_main_process():
+                write_config(cfg, cfg.OUTPUT_DIR)
+                logger.info(f"Config:\n{cfg.dump()}")
+            trainer = build_trainer(cfg)
+            if args.eval_only:
+                trainer.load_model(args.model_dir, epoch=args.load_epoch)
+                trainer.test()
+                return 0
+            if not args.no_train:
+                training = True
+                trainer.train()
+    except (UserError, RegistryKeyError) as e:  # bad input or a fault: a message, no traceback
         print(f"Error: {e}", file=sys.stderr)
+        resumable = training and not isinstance(e, NothingToResumeError)
+        resume = how_to_continue(argv, cfg.OUTPUT_DIR, resumable) if cfg else None
+        if resume and is_main_process():
+            print(resume, file=sys.stderr)
         return 1
+    except Interrupted as e:
+        run_dir = cfg.OUTPUT_DIR if cfg else ""
+        if is_main_process():
+            print(interrupted_message(e, trainer, argv, run_dir, training), file=sys.stderr)
+        return e.exit_code
     finally:
+        if trainer is not None:
+            trainer.close_writer()
         destroy_distributed()
     return 0
 

@@ -44,6 +44,7 @@ class ImageNetFolders(DatasetBase):
     """
 
     ignored: tuple[str, ...] = ()
+    has_val_split = False
 
     def read_raw(self):
         classnames = read_classnames(self.require(os.path.join(self.dataset_dir, "classnames.txt")))
@@ -56,6 +57,7 @@ class ImageNetFolders(DatasetBase):
 class ImageNet(DatasetBase):
     dataset_dir = "imagenet"
     image_dir = "images"
+    has_val_split = False  # its val images are the test split
 
     def read_raw(self):
         classnames = read_classnames(self.require(os.path.join(self.dataset_dir, "classnames.txt")))

@@ -12,6 +12,7 @@ class ImageNetV2(DatasetBase):
     dataset_dir = "imagenetv2"
     image_dir = "imagenetv2-matched-frequency-format-val"
     download_name = "imagenetv2"
+    has_val_split = False
 
     def read_raw(self):
         classnames = read_classnames(self.require(os.path.join(self.dataset_dir, "classnames.txt")))

@@ -64,6 +64,7 @@ BAD_VALUES = [
     ("TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "-1", "-1", ">= 0"),
     ("TRAINER.PROMPTKD.CE_WEIGHT", "1.0", "1.0", "use 0.0"),
     ("TRAINER.PROMPTKD.TEACHER_TRAINER", "PromptKD", "'PromptKD'", "PromptSRC"),
+    ("TRAINER.PROMPTKD.TEACHER_TRAINER", "CoCoOp", "'CoCoOp'", "fixed class text features"),
     ("TRAINER.PROMPTKD.PREC", "fp8", "'fp8'", "fp32, fp16, bf16, amp"),
     ("TRAINER.MODAL", "both", "'both'", "base2novel, cross"),
     ("TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT", "-25", "-25.0", ">= 0"),
@@ -92,6 +93,7 @@ BAD_VALUES = [
     ("DATASET.EVAL_SPLITS", "base", "'base'", "standard, base_new"),
     ("TEST.FINAL_MODEL", "best", "'best'", "last_step, best_val"),
     ("TEST.SPLIT", "train", "'train'", "test, val"),
+    ("TEST.EVALUATOR", "Retrieval", "'Retrieval'", "use Classification"),
     ("INPUT.SIZE", "(0, 32)", "(0, 32)", "two integers >= 1"),
     ("INPUT.INTERPOLATION", "lanczos", "'lanczos'", "bicubic"),
     ("INPUT.TRANSFORMS", "['random_flip', 'blur']", "'blur'", "gaussian_blur"),
@@ -117,6 +119,25 @@ def test_bad_value_is_one_sentence_before_any_work(
 def test_unknown_trainer_is_caught_before_any_work(tmp_path, tiny_clip_root, capsys):
     assert run_main(tmp_path, tiny_clip_root, "CoOpp", COOP_CFG, *TINY) == 1
     assert_one_clear_error(capsys, tmp_path, "No object named 'CoOpp'", "Did you mean 'CoOp'?")
+
+
+def test_zero_shot_without_eval_only_is_caught_before_any_work(tmp_path, tiny_clip_root, capsys):
+    assert run_main(tmp_path, tiny_clip_root, "ZeroshotCLIP", COOP_CFG, *TINY) == 1
+    assert_one_clear_error(capsys, tmp_path, "ZeroshotCLIP has nothing to train", "--eval-only")
+
+
+def test_dataset_is_checked_before_any_work(tmp_path, tiny_clip_root, capsys):
+    """Unknown dataset, and a clean-protocol selection a dataset cannot offer (ImageNet has
+    no val split): caught before its folder is even looked at (it does not exist here)."""
+    assert (
+        run_main(tmp_path, tiny_clip_root, "CoOp", COOP_CFG, *TINY, "DATASET.NAME", "Digitz") == 1
+    )
+    assert_one_clear_error(capsys, tmp_path, "No object named 'Digitz'", "Did you mean 'Digits'?")
+    opts = ("DATASET.NAME", "ImageNet", "DATASET.PROTOCOL", "clean", "TEST.FINAL_MODEL", "best_val")
+    assert run_main(tmp_path, tiny_clip_root, "CoOp", COOP_CFG, *TINY, *opts) == 1
+    assert_one_clear_error(
+        capsys, tmp_path, "ImageNet has no validation split", "TEST.FINAL_MODEL last_step"
+    )
 
 
 def test_several_bad_values_are_all_named(tmp_path, tiny_clip_root, capsys):

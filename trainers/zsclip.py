@@ -74,6 +74,7 @@ class ZeroshotCLIP(TrainerX):
 
     prec_section = "COOP"
     frozen_teacher = TeacherSupport(needs_checkpoint=False)  # CLIP itself teaches
+    evaluation_only = True
 
     @classmethod
     def templates(cls, cfg) -> list[str]:

@@ -13,6 +13,7 @@ from dassl_ext.data.base_dataset import EVAL_SPLIT_MODES, PROTOCOLS
 from dassl_ext.data.transforms import AVAILABLE_TRANSFORMS, INTERPOLATION_MODES
 from dassl_ext.engine.precision import PRECISIONS
 from dassl_ext.engine.simple import FINAL_MODELS
+from dassl_ext.evaluation.evaluator import EVALUATORS
 from dassl_ext.optim.lr_scheduler import AVAI_SCHEDS, AVAI_WARMUPS
 from dassl_ext.optim.optimizer import AVAI_OPTIMS
 
@@ -88,6 +89,7 @@ DEFAULT_RULES = [
     OneOf("OPTIM.WARMUP_TYPE", AVAI_WARMUPS),
     Range("TRAIN.GRAD_CLIP_NORM", 0, note="0: no clipping"),
     OneOf("TEST.FINAL_MODEL", FINAL_MODELS),
+    OneOf("TEST.EVALUATOR", tuple(EVALUATORS)),
     OneOf(
         "TEST.SPLIT",
         ("test", "val", "base", "new"),

@@ -18,8 +18,9 @@ What a rule on one key cannot say (keys that depend on each other, values that m
 model: its input resolution, its number of layers) is the trainer's: a registered trainer
 class may define a classmethod ``check_config(cfg)`` that raises UserError. To check a
 model it reads the model's sizes (from the weights' tensor shapes, building nothing),
-builds rules from them and passes them to :func:`check_rules`. :func:`validate_config`
-calls it last.
+builds rules from them and passes them to :func:`check_rules`. A registered dataset
+class may do the same (what its files cannot offer, such as a validation split).
+:func:`validate_config` calls them last.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 from yacs.config import CfgNode
 
 from dassl_ext.errors import UserError
-from dassl_ext.registry import TRAINER_REGISTRY
+from dassl_ext.registry import DATASET_REGISTRY, TRAINER_REGISTRY
 
 
 class Rule:
@@ -193,11 +194,19 @@ def config_rules() -> list[Rule]:
     return [*DEFAULT_RULES, *registered_rules()]
 
 
-def validate_config(cfg: CfgNode) -> None:
-    """Check the config of a run before any work: :func:`config_rules`, then the trainer
-    it names (unknown: the registry's error, which lists the names) and that trainer's own
-    checks (its classmethod ``check_config(cfg)``, if any)."""
+def validate_config(cfg: CfgNode, will_train: bool = False) -> None:
+    """Check the config of a run before any work: :func:`config_rules`, then the dataset and
+    trainer it names (unknown: the registry's error, which lists the names), each one's own
+    checks (classmethod ``check_config(cfg)``, if any), and, when the run ``will_train``,
+    that the trainer has something to train."""
     check_rules(cfg, config_rules())
-    trainer_checks = getattr(TRAINER_REGISTRY.get(cfg.TRAINER.NAME), "check_config", None)
+    if cfg.DATASET.NAME:  # empty: the run has no dataset config yet (library use)
+        dataset_checks = getattr(DATASET_REGISTRY.get(cfg.DATASET.NAME), "check_config", None)
+        if dataset_checks is not None:
+            dataset_checks(cfg)
+    trainer_cls = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    if will_train and getattr(trainer_cls, "evaluation_only", False):
+        raise UserError(f"{cfg.TRAINER.NAME} has nothing to train; run it with --eval-only.")
+    trainer_checks = getattr(trainer_cls, "check_config", None)
     if trainer_checks is not None:
         trainer_checks(cfg)

@@ -68,6 +68,7 @@ class DatasetBase:
     split_file: str | None = None  # CoOp split file in dataset_dir; None: always read_raw()
     classname_fixes: dict[str, str] = {}  # applied to every class name that was read
     download_name: str = ""  # argument of scripts/download_data.py ("" if not downloadable)
+    has_val_split: bool = True  # False: its files hold no validation images (ImageNet)
 
     # Dassl's static helpers, kept reachable from subclasses under their usual names.
     read_split = staticmethod(read_split)
@@ -92,9 +93,21 @@ class DatasetBase:
         self._check_labels(train, val, test)
         self._assign_roles(cfg, train, val, test)
         self._check_images_exist()
-        if self.protocol == "clean" and not self.val and cfg.TEST.FINAL_MODEL == "best_val":
+        if self.protocol == "clean" and not self.val:  # e.g. a split file with no val images
+            self._require_val_for_selection(cfg)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Before any work (called by ``validate_config``): what the config asks of the
+        dataset's files that they do not have."""
+        if cfg.DATASET.PROTOCOL == "clean" and not cls.has_val_split:
+            cls._require_val_for_selection(cfg)
+
+    @classmethod
+    def _require_val_for_selection(cls, cfg) -> None:
+        if cfg.TEST.FINAL_MODEL == "best_val":
             raise UserError(
-                f"{self.name} has no validation split to select a checkpoint on under "
+                f"{cls.__name__} has no validation split to select a checkpoint on under "
                 "DATASET.PROTOCOL clean; set TEST.FINAL_MODEL last_step or DATASET.PROTOCOL paper."
             )
 

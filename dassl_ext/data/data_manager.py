@@ -33,10 +33,16 @@ def build_dataset(cfg) -> DatasetBase:
 
 
 def read_image(path: str) -> Image.Image:
-    """Open an image as RGB; an unreadable file is a UserError naming it."""
+    """Open an image as RGB; a missing or unreadable file is a UserError naming it (the
+    dataset checks that its images exist when it is built, so a missing one went away)."""
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
+    except FileNotFoundError:
+        raise UserError(
+            f"Image {path} no longer exists; restore it (or the whole dataset folder), then "
+            "run again."
+        ) from None
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
         raise UserError(
             f"Cannot decode image {path} ({e}); replace or re-download the file."

@@ -16,14 +16,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from dassl_ext.engine.faults import non_finite_loss_error
 from dassl_ext.engine.hooks import HookBase
 from dassl_ext.engine.teacher import TeacherSupport
 from dassl_ext.errors import UserError
 from dassl_ext.utils.checkpoint import (
-    checkpoint_epochs,
-    epoch_file,
     find_checkpoint,
     load_checkpoint,
+    load_resumable,
     save_checkpoint,
     strip_module_prefix,
 )
@@ -49,6 +49,8 @@ class TrainerBase:
     # Set by a trainer whose trained model can serve as a frozen teacher; it then also
     # implements build_frozen_model (see dassl_ext.engine.teacher).
     frozen_teacher: ClassVar[TeacherSupport | None] = None
+    # True for a trainer with nothing to train (zero-shot): it runs with --eval-only only.
+    evaluation_only: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._models: OrderedDict[str, nn.Module] = OrderedDict()
@@ -116,8 +118,9 @@ class TrainerBase:
                 self._scheds[name].step()
 
     def detect_anomaly(self, loss: torch.Tensor) -> None:
+        """Stop before a NaN / inf loss changes the weights (a UserError naming the step)."""
         if not torch.isfinite(loss).all():
-            raise FloatingPointError("Loss is infinite or NaN!")
+            raise non_finite_loss_error(self, loss)
 
     def model_zero_grad(self, names: str | list[str] | None = None) -> None:
         for name in self.get_model_names(names):
@@ -232,20 +235,10 @@ class TrainerBase:
 
     def resume_model_if_exist(self, directory: str) -> int:
         """Restore models, optimizers, schedulers, best result and RNG states from the newest
-        ``model.pth.tar-<epoch>`` common to all registered models; returns that epoch."""
-        names = self.get_model_names()
-        common = set.intersection(
-            *(set(checkpoint_epochs(os.path.join(directory, n))) for n in names)
-        )
-        if not common:
-            raise UserError(
-                f"Nothing to resume in {directory}: no model.pth.tar-<epoch> for "
-                f"{', '.join(names)}; set TRAIN.CHECKPOINT_FREQ to save every few epochs."
-            )
-        epoch = max(common)
-        for name in names:
-            path = os.path.join(directory, name, epoch_file(epoch))
-            ckpt = load_checkpoint(path)
+        intact ``model.pth.tar-<epoch>`` common to all registered models; returns that epoch.
+        A truncated or corrupt newest file is skipped with a warning (the epoch before)."""
+        epoch, loaded = load_resumable(directory, self.get_model_names())
+        for name, (path, ckpt) in loaded.items():
             self._load_weights(name, path, ckpt)
             if self._optims[name] is not None and ckpt.get("optimizer") is not None:
                 self._optims[name].load_state_dict(ckpt["optimizer"])

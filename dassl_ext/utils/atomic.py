@@ -5,16 +5,38 @@ flushes it to disk (``fsync``), renames it over the target (``os.replace``) and 
 the folder, so a reader (another rank, a parallel test, a run after a crash) sees the old
 file or the new one, never a partial one. The variants below write bytes, text, JSON or a
 ``torch.save`` object through it. Importing this module does not import torch.
+
+Faults: SIGINT / SIGTERM wait while a file is written and act once it is in place, so an
+interrupt never abandons a write halfway. A full disk, a quota or a folder that cannot be
+written is a :class:`FileWriteError` naming the file (the old file stays as it was).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import signal
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from dassl_ext.errors import UserError
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class FileWriteError(UserError, OSError):
+    """A file could not be written (no space, not writable); also an OSError, so callers
+    that tolerate a failed write (a read-only dataset folder) still do."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.errno = code
 
 
 def atomic_write(path: str, write: Callable[[str], Any]) -> str:
@@ -22,23 +44,56 @@ def atomic_write(path: str, write: Callable[[str], Any]) -> str:
     temporary file it is given; then fsync, rename into place, fsync the folder.
 
     Creates the folder. If ``write`` raises, the target is untouched and the temporary file
-    removed. Returns ``path``.
+    removed; no space left or a folder that cannot be written raise :class:`FileWriteError`.
+    Returns ``path``.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     # unique per process, thread and call: concurrent writers of one file never share it
     unique = f"{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}"
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{unique}.tmp")
     try:
-        write(tmp)
-        _fsync(tmp, os.O_RDWR)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
-        _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+        with _signals_held():
+            try:
+                os.makedirs(folder, exist_ok=True)
+                write(tmp)
+                _fsync(tmp, os.O_RDWR)
+                os.replace(tmp, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
+            if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
+                _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        if isinstance(e, FileWriteError) or e.errno not in _NO_SPACE + _NOT_WRITABLE:
+            raise
+        raise _write_error(path, e) from None
     return path
+
+
+def _write_error(path: str, e: OSError) -> FileWriteError:
+    if e.errno in _NO_SPACE:
+        what = "free space on that disk, then run again"
+    else:
+        what = f"make {os.path.dirname(os.path.abspath(path))} writable or write elsewhere"
+    return FileWriteError(
+        f"Cannot write {path} ({e.strerror}); nothing there was changed (no partial file; "
+        f"an existing {os.path.basename(path)} is untouched): {what}.",
+        e.errno,
+    )
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Block SIGINT / SIGTERM in this thread while the body runs; a signal that arrives
+    meanwhile is delivered (and its handler runs) when they are unblocked."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: the finally clauses clean up
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _fsync(path: str, flags: int) -> None:

@@ -183,12 +183,29 @@ restricted_pickle = types.SimpleNamespace(
 )
 
 
+class CorruptCheckpointError(UserError):
+    """A checkpoint file that exists but cannot be read (truncated, overwritten, not torch)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            f"Checkpoint {path} is truncated or corrupt ({reason}); delete it (--resume then "
+            "continues from the epoch before) or replace it with an intact copy."
+        )
+        self.path, self.reason = path, reason
+
+
+def _reason(e: BaseException) -> str:
+    first_line = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first_line[:100]}" if first_line else type(e).__name__
+
+
 def load_checkpoint(fpath: str, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint on CPU: ``weights_only=True`` first, else the restricted unpickler.
 
     ``mmap``: map the file instead of reading it (zip-format files; others are read), for
     weights that are copied into a model at once: tensors never copied are never read, and
-    there is no second full copy in memory.
+    there is no second full copy in memory. A missing file is a UserError; one that cannot
+    be read a :class:`CorruptCheckpointError`.
     """
     import torch
 
@@ -198,26 +215,62 @@ def load_checkpoint(fpath: str, mmap: bool = False) -> dict[str, Any]:
     try:
         return torch.load(fpath, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
-        pass  # foreign objects inside (Dassl pickles its scheduler): read without running them
+        pass  # foreign objects inside (Dassl pickles its scheduler), or garbage: see below
+    except Exception as e:  # torch raises OSError, EOFError, RuntimeError ... for cut files
+        raise CorruptCheckpointError(fpath, _reason(e)) from None
     logger.info(f"{fpath} holds non-tensor objects; loading it with a restricted unpickler")
+    kwargs = {"map_location": "cpu", "pickle_module": restricted_pickle, "weights_only": False}
     try:
-        return torch.load(
-            fpath,
-            map_location="cpu",
-            pickle_module=restricted_pickle,
-            weights_only=False,
-            mmap=mmap,
-        )
-    except UnicodeDecodeError:  # files pickled by Python 2 (as Dassl retries)
-        return torch.load(
-            fpath,
-            map_location="cpu",
-            pickle_module=restricted_pickle,
-            weights_only=False,
-            encoding="latin1",
-        )
+        try:
+            return torch.load(fpath, mmap=mmap, **kwargs)
+        except UnicodeDecodeError:  # files pickled by Python 2 (as Dassl retries)
+            return torch.load(fpath, encoding="latin1", **kwargs)
     except Exception as e:
-        raise UserError(f"Cannot read checkpoint {fpath}: {e}") from None
+        raise CorruptCheckpointError(fpath, _reason(e)) from None
+
+
+class NothingToResumeError(UserError):
+    """``--resume`` found no epoch checkpoint, or none that loads."""
+
+
+def load_resumable(run_dir: str, names: list[str]) -> tuple[int, dict[str, tuple[str, dict]]]:
+    """The newest epoch whose ``model.pth.tar-<epoch>`` of every model in ``names`` loads:
+    ``(epoch, {name: (path, checkpoint)})``. A truncated or corrupt file is skipped with a
+    warning (the epoch before is tried); none at all, or none intact, is a
+    :class:`NothingToResumeError`."""
+    folders = [os.path.join(run_dir, name) for name in names]
+    common = set.intersection(*(set(checkpoint_epochs(f)) for f in folders))
+    if not common:
+        raise NothingToResumeError(
+            f"Nothing to resume in {run_dir}: no model.pth.tar-<epoch> for "
+            f"{', '.join(names)}; set TRAIN.CHECKPOINT_FREQ to save every few epochs."
+        )
+    for epoch in sorted(common, reverse=True):
+        try:
+            loaded = {}
+            for name, folder in zip(names, folders):
+                path = os.path.join(folder, epoch_file(epoch))
+                loaded[name] = (path, load_checkpoint(path))
+            return epoch, loaded
+        except CorruptCheckpointError as e:
+            logger.warning(
+                f"Checkpoint {e.path} is truncated or corrupt ({e.reason}); resuming from "
+                "an earlier epoch instead."
+            )
+    raise NothingToResumeError(
+        f"Every model.pth.tar-<epoch> in {run_dir} is truncated or corrupt, so there is "
+        "nothing to resume; start again in another --output-dir."
+    )
+
+
+def last_epoch_checkpoint(run_dir: str) -> str | None:
+    """The newest ``model.pth.tar-<epoch>`` that every model folder of ``run_dir`` holds
+    (of the first model), i.e. what ``--resume run_dir`` continues from; None if none."""
+    names = resumable_models(run_dir)
+    if not names:
+        return None
+    epochs = set.intersection(*(set(checkpoint_epochs(os.path.join(run_dir, n))) for n in names))
+    return os.path.join(run_dir, names[0], epoch_file(max(epochs))) if epochs else None
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 
+from dassl_ext.errors import UserError
 from dassl_ext.utils.distributed import get_rank
 
 _FMT = "%(asctime)s %(message)s"
@@ -30,8 +31,15 @@ def setup_logger(output_dir: str | None = None, name: str = "") -> logging.Logge
     console.setFormatter(formatter)
     handlers: list[logging.Handler] = [console]
     if output_dir and rank == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        handlers.append(logging.FileHandler(os.path.join(output_dir, "log.txt"), mode="a"))
+        path = os.path.join(output_dir, "log.txt")
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            handlers.append(logging.FileHandler(path, mode="a"))
+        except OSError as e:  # the first file a run writes: say so instead of a traceback
+            raise UserError(
+                f"Cannot write {path} ({e.strerror}); make {output_dir} writable or choose "
+                "another --output-dir."
+            ) from None
     for h in handlers:
         h.setFormatter(formatter)
         h._dassl_ext = True  # type: ignore[attr-defined]

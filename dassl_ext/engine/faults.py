@@ -1,0 +1,123 @@
+"""Faults during a run: what stops it, and the one line that says how to continue.
+
+- A NaN / inf loss stops training before that step changes the weights
+  (:func:`non_finite_loss_error`, raised by ``TrainerBase.detect_anomaly``).
+- SIGINT / SIGTERM raise :class:`Interrupted` while :func:`signals_raise_interrupted` is
+  active (``train.py`` wraps the whole run in it); files are written atomically and a
+  write in progress finishes first (:mod:`dassl_ext.utils.atomic`), so nothing partial is
+  left, and the exit status is the shell's 128 + signal number.
+- :func:`resume_command` is the exact ``train.py --resume`` command that continues a run
+  from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+import torch
+
+from dassl_ext.errors import UserError
+from dassl_ext.utils.checkpoint import last_epoch_checkpoint
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The loss became NaN or infinite; the step was not applied (a FloatingPointError too,
+    as Dassl raised)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; ``exit_code`` is 128 + the signal number (130, 143)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+def training_position(trainer) -> str:
+    """``epoch E/N, batch B/M`` of the step the trainer is in (1-based)."""
+    epoch, batch = getattr(trainer, "epoch", 0) + 1, getattr(trainer, "batch_idx", 0) + 1
+    return (
+        f"epoch {epoch}/{getattr(trainer, 'max_epoch', '?')}, "
+        f"batch {batch}/{getattr(trainer, 'num_batches', '?')}"
+    )
+
+
+def non_finite_loss_error(trainer, loss: torch.Tensor) -> NonFiniteLossError:
+    """The sentence for a NaN / inf loss: where, that nothing was changed, the last good
+    checkpoint and what to try."""
+    value = "NaN" if torch.isnan(loss).any() else "infinite"
+    last = last_epoch_checkpoint(getattr(trainer, "output_dir", "") or "")
+    saved = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+    return NonFiniteLossError(
+        f"The loss is {value} at {training_position(trainer)}; training stopped before this "
+        f"step changed the weights and nothing was saved after it ({saved}): lower OPTIM.LR, "
+        "train in fp32 or check the data, then resume."
+    )
+
+
+@contextlib.contextmanager
+def signals_raise_interrupted() -> Iterator[None]:
+    """While active (main thread only), SIGINT and SIGTERM raise :class:`Interrupted`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame) -> None:
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in _SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def resume_command(argv: list[str], run_dir: str) -> str:
+    """``python train.py --resume RUN_DIR <argv without its own --resume>``, shell-quoted."""
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not a.startswith("--resume="):
+            args.append(a)
+    return shlex.join(["python", _script(), "--resume", run_dir, *args])
+
+
+def _script() -> str:
+    given = sys.argv[0] if sys.argv else ""
+    return given if os.path.basename(given) == "train.py" else "train.py"
+
+
+def how_to_continue(argv: list[str], run_dir: str, training: bool) -> str | None:
+    """The line after a run stopped: the command that resumes it from its last epoch
+    checkpoint (training), else None when there is nothing to resume."""
+    last = last_epoch_checkpoint(run_dir) if training and run_dir else None
+    if last is None:
+        return None
+    return f"Resume from {last} with: {resume_command(argv, run_dir)}"
+
+
+def interrupted_message(
+    e: Interrupted, trainer, argv: list[str], run_dir: str, training: bool
+) -> str:
+    """One line: which signal, where, that nothing partial was left, how to continue."""
+    where = f" at {training_position(trainer)}" if training and trainer is not None else ""
+    head = f"Interrupted by {signal.Signals(e.signum).name}{where}; no partial file was left."
+    resume = how_to_continue(argv, run_dir, training)
+    if resume:
+        return f"{head} {resume}"
+    again = shlex.join(["python", _script(), *argv])
+    saved = " No epoch checkpoint was saved yet." if training else ""
+    return f"{head}{saved} Run again with: {again}"
