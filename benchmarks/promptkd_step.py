@@ -30,9 +30,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dassl_ext.modeling import PromptedImageEncoder, PromptedTextEncoder, clip  # noqa: E402
+from dassl_ext.modeling import (  # noqa: E402
+    PromptedImageEncoder,
+    PromptedTextEncoder,
+    clip,
+    set_trainable,
+)
 from trainers.losses import kd_loss  # noqa: E402
-from trainers.promptkd_student import PromptKDStudent, set_trainable  # noqa: E402
+from trainers.promptkd_student import PromptKDStudent  # noqa: E402
 
 # clip.model.CLIP(embed_dim, image_resolution, vision_layers, vision_width, patch_size,
 #                 context_length, vocab_size, text_width, text_heads, text_layers)
@@ -70,7 +75,7 @@ def build(args: argparse.Namespace, with_text: bool) -> dict:
     m["t_image"].to(dev, t_dtype)
     s_visual = clip.model.VisionTransformer(224, 16, 768, 12, 12, 512)
     student = PromptKDStudent(PromptedImageEncoder(s_visual, 4, 9), torch.tensor(4.6052), 512, 768)
-    set_trainable(student)
+    set_trainable(student, student.trainable_parameters())
     m["student"] = student.to(dev)
     return m
 

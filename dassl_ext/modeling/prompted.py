@@ -180,6 +180,15 @@ class PromptedImageEncoder(nn.Module):
         return self.ln_post(x[0]) @ self.proj  # CLS token
 
 
+def set_trainable(model: nn.Module, params: list[nn.Parameter]) -> list[str]:
+    """Freeze every parameter of ``model`` except ``params`` (chosen by module membership);
+    returns the names of the trainable parameters."""
+    model.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
 def cast_frozen_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     """Cast the frozen CLIP weights in ``module`` to ``dtype`` the way OpenAI's
     ``convert_weights`` casts to fp16: conv/linear weights and biases, attention input
