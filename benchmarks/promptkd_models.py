@@ -23,13 +23,19 @@ from torch import nn
 
 from dassl_ext.config import apply_config_extensions, get_cfg_default, merge_from_file
 from dassl_ext.engine import TRAINER_REGISTRY, Precision, resolve_frozen_precision
-from dassl_ext.modeling import PromptedImageEncoder, cast_frozen_weights, clip, load_clip
+from dassl_ext.modeling import (
+    PromptedImageEncoder,
+    cast_frozen_weights,
+    clip,
+    load_clip,
+    set_trainable,
+)
 from dassl_ext.modeling.lean import use_lean_quick_gelu
 from dassl_ext.modeling.loading import clip_filename, clip_weight_dtype, read_clip_state_dict
 from dassl_ext.modeling.tiny import build_tiny_clip
 from trainers.base import drop_rebuilt_keys
 from trainers.promptkd_frozen import prepare_frozen_teacher, teacher_text_features
-from trainers.promptkd_student import PromptKDStudent, set_trainable
+from trainers.promptkd_student import PromptKDStudent
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC_CFG = os.path.join(
@@ -113,7 +119,7 @@ class Built:
 def _student(clip_model, teacher_dim: int, prec: Precision, lean: bool) -> nn.Module:
     encoder = PromptedImageEncoder(clip_model.visual, 4, 9)
     student = PromptKDStudent(encoder, clip_model.logit_scale, encoder.output_dim, teacher_dim)
-    set_trainable(student)
+    set_trainable(student, student.trainable_parameters())
     cast_frozen_weights(student.image_encoder, prec.weight_dtype)
     if lean:
         use_lean_quick_gelu(student.image_encoder)

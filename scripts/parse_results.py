@@ -22,23 +22,20 @@ sys.path.insert(0, REPO)
 
 from dassl_ext.errors import UserError  # noqa: E402
 from dassl_ext.reporting.aggregate import summarize  # noqa: E402
-from dassl_ext.reporting.reference import load_reference  # noqa: E402
+from dassl_ext.reporting.reference import add_reference_options, load_reference  # noqa: E402
 from dassl_ext.reporting.tables import to_markdown, write_csv  # noqa: E402
 from dassl_ext.utils.atomic import write_text_atomic  # noqa: E402
 
-DEFAULT_REFERENCE = os.path.join(REPO, "configs", "reporting", "promptkd.yaml")
+REFERENCE = os.path.join(REPO, "configs", "reporting", "promptkd.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="output folder to search for results.json / log.txt")
     parser.add_argument("--ci", action="store_true", help="add 95%% confidence intervals")
-    parser.add_argument("--paper", action="store_true", help="add the paper's numbers")
     parser.add_argument("--markdown", metavar="FILE", help="also write the tables as Markdown")
     parser.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
-    parser.add_argument(
-        "--reference", default=DEFAULT_REFERENCE, help="published numbers and log rules (yaml)"
-    )
+    add_reference_options(parser, "add the paper's numbers", REFERENCE)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 

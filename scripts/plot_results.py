@@ -23,20 +23,17 @@ sys.path.insert(0, REPO)
 from dassl_ext.errors import UserError  # noqa: E402
 from dassl_ext.reporting.aggregate import summarize  # noqa: E402
 from dassl_ext.reporting.plots import plot_base_new_bars, plot_training_curves  # noqa: E402
-from dassl_ext.reporting.reference import load_reference  # noqa: E402
+from dassl_ext.reporting.reference import add_reference_options, load_reference  # noqa: E402
 
-DEFAULT_REFERENCE = os.path.join(REPO, "configs", "reporting", "promptkd.yaml")
+REFERENCE = os.path.join(REPO, "configs", "reporting", "promptkd.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="output folder (a tree of runs, or one run)")
-    parser.add_argument("--paper", action="store_true", help="draw the paper's bars beside ours")
     parser.add_argument("--no-curves", action="store_true", help="skip per-run training curves")
     parser.add_argument("--out-dir", help="folder for the bar charts (default: ROOT)")
-    parser.add_argument(
-        "--reference", default=DEFAULT_REFERENCE, help="published numbers and log rules (yaml)"
-    )
+    add_reference_options(parser, "draw the paper's bars beside ours", REFERENCE)
     args = parser.parse_args(argv)
     if not os.path.isdir(args.root):
         print(f"error: {args.root} is not a folder; pass the output folder of your runs.")

@@ -15,10 +15,10 @@ from dassl_ext.config import validate_config
 from dassl_ext.config.setup import apply_config_extensions, get_cfg_default, setup_cfg
 from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport, TrainerX, resolve_precision
 from dassl_ext.errors import UserError
-from dassl_ext.modeling import PromptedImageEncoder, clip
+from dassl_ext.modeling import PromptedImageEncoder, clip, set_trainable
 from trainers.losses import kd_loss
 from trainers.promptkd import PromptKD
-from trainers.promptkd_student import PromptKDStudent, prompt_parameters, set_trainable
+from trainers.promptkd_student import PromptKDStudent, prompt_parameters
 from trainers.promptkd_teacher import (
     file_digests,
     missing_teacher_error,
@@ -65,7 +65,7 @@ def test_trainable_parameters_at_real_size(depth, count):
         student = PromptKDStudent(
             PromptedImageEncoder(visual, 4, depth), torch.tensor(4.6), 512, 768
         )
-    names = set_trainable(student)
+    names = set_trainable(student, student.trainable_parameters())
     assert sum(p.numel() for p in student.parameters() if p.requires_grad) == count
     assert len(prompt_parameters(student.image_encoder)) == depth
     assert all(n.startswith("VPT_image_trans.") or "VPT" in n for n in names)
@@ -248,3 +248,41 @@ def test_text_feature_key_is_a_pure_function(tmp_path, monkeypatch):
         text_feature_key(_cfg(TRAINER__PROMPTSRC__N_CTX_TEXT=2), names, digests, "cpu-fp32"),
     ]
     assert len({key, *others}) == 6
+
+
+def test_export_stores_the_architecture_and_reads_old_files(tmp_path):
+    """Two heads on width 64: not CLIP's width // 64, so only a stored architecture rebuilds
+    it; a file of the first format (no architecture) still loads, by CLIP's rule."""
+    from trainers.promptkd_export import FORMAT_V1, ExportedStudent, export_student
+
+    torch.manual_seed(0)
+    visual = clip.model.VisionTransformer(32, 8, 64, 4, 2, 32)
+    student = PromptKDStudent(PromptedImageEncoder(visual, 2, 3), torch.tensor(4.6), 32, 48)
+    student.set_class_text_features(F.normalize(torch.randn(10, 48), dim=-1))
+    student.eval()
+    trainer = SimpleNamespace(model=student, classnames=[str(i) for i in range(10)], cfg=_cfg())
+    path = str(tmp_path / "student.pt")
+    export_student(trainer, path)
+    obj = torch.load(path, weights_only=True)
+    assert obj["architecture"] == {
+        "input_resolution": 32, "patch_size": 8, "width": 64, "layers": 4, "heads": 2,
+        "output_dim": 32, "n_ctx": 2, "prompt_depth": 3, "teacher_dim": 48,
+    }  # fmt: skip
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = student(images, student.class_text_features)
+    loaded = ExportedStudent(path)
+    assert loaded.model.image_encoder.transformer.resblocks[0].attn.num_heads == 2
+    torch.testing.assert_close(loaded.logits(images), expected)
+
+    # a first-format file (written by the previous version: CLIP's heads) loads as before
+    clip_like = _tiny_student().eval()
+    clip_like.set_class_text_features(student.class_text_features)
+    trainer.model = clip_like
+    export_student(trainer, path)
+    old = torch.load(path, weights_only=True)
+    del old["architecture"]
+    torch.save({**old, "format": FORMAT_V1}, path)
+    with torch.no_grad():
+        expected = clip_like(images, clip_like.class_text_features)
+    torch.testing.assert_close(ExportedStudent(path).logits(images), expected)

@@ -85,10 +85,10 @@ def test_gpa_weights_reject_bad_std():
 
 
 def _ivlp(backbone: str, n: int = 4, depth: int = 9):
-    from trainers.ivlp import CustomCLIP
+    from trainers.vl_prompts import VLPromptCLIP
 
     with torch.device("meta"):
-        return CustomCLIP(meta_clip(backbone), ["cat", "dog"], n, n, depth, depth, "a photo of a")
+        return VLPromptCLIP(meta_clip(backbone), ["cat", "dog"], n, n, depth, depth, "a photo of a")
 
 
 def test_ivlp_promptsrc_trainable_counts_at_real_sizes():
@@ -102,10 +102,10 @@ def test_ivlp_promptsrc_trainable_counts_at_real_sizes():
 
 
 def test_maple_trainable_count_at_real_size():
-    from trainers.maple import CustomCLIP
+    from trainers.maple import MaPLeCLIP
 
     with torch.device("meta"):
-        model = CustomCLIP(meta_clip("ViT-B/16"), ["cat"], 2, "a photo of a", 9)
+        model = MaPLeCLIP(meta_clip("ViT-B/16"), ["cat"], 2, "a photo of a", 9)
     assert trainable_count(model) == 3_555_072  # spec §4
     assert model.prompt_learner.compound_prompt_projections[0].weight.shape == (768, 512)
 
@@ -115,12 +115,12 @@ def test_coop_cocoop_trainable_counts_at_real_size():
 
     with torch.device("meta"):
         clip_model = meta_clip("ViT-B/16")
-        learner = coop.PromptLearner(clip_model, ["cat", "dog", "fish"], 16, "")
+        learner = coop.CoOpPromptLearner(clip_model, ["cat", "dog", "fish"], 16, "")
         assert sum(p.numel() for p in learner.parameters()) == 16 * 512
-        csc = coop.PromptLearner(clip_model, ["cat", "dog", "fish"], 16, "", csc=True)
+        csc = coop.CoOpPromptLearner(clip_model, ["cat", "dog", "fish"], 16, "", csc=True)
         assert csc.ctx.shape == (3, 16, 512)
-        words = coop.PromptLearner(clip_model, ["cat"], 16, "a photo of a")
+        words = coop.CoOpPromptLearner(clip_model, ["cat"], 16, "a photo of a")
         assert words.ctx.shape == (4, 512)  # CTX_INIT sets n_ctx = number of words
-        co = cocoop.PromptLearner(meta_clip("ViT-B/16"), ["cat"], 4, "a photo of a")
+        co = cocoop.CoCoOpPromptLearner(meta_clip("ViT-B/16"), ["cat"], 4, "a photo of a")
     # ctx 4x512 + meta_net 512 -> 32 -> 512
     assert sum(p.numel() for p in co.parameters()) == 4 * 512 + (512 * 32 + 32) + (32 * 512 + 512)

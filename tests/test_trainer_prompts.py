@@ -25,7 +25,7 @@ def _embed(clip_model, text: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("position", ["end", "middle", "front"])
 def test_coop_class_token_position(clip_model, position):
-    learner = coop.PromptLearner(clip_model, NAMES, 4, "", class_token_position=position)
+    learner = coop.CoOpPromptLearner(clip_model, NAMES, 4, "", class_token_position=position)
     with torch.no_grad():
         prompts, tokens = learner()
     assert prompts.shape == (2, 77, clip_model.token_embedding.weight.shape[1])
@@ -43,15 +43,15 @@ def test_coop_class_token_position(clip_model, position):
 
 
 def test_coop_word_init_and_csc(clip_model):
-    words = coop.PromptLearner(clip_model, NAMES, 16, "a photo of a")
+    words = coop.CoOpPromptLearner(clip_model, NAMES, 16, "a photo of a")
     torch.testing.assert_close(words.ctx.detach(), _embed(clip_model, "a photo of a")[1:5])
-    csc = coop.PromptLearner(clip_model, NAMES, 3, "", csc=True)
+    csc = coop.CoOpPromptLearner(clip_model, NAMES, 3, "", csc=True)
     assert csc.ctx.shape[:2] == (2, 3)
     with torch.no_grad():
         prompts, _ = csc(torch.tensor([1]))
     torch.testing.assert_close(prompts[0, 1:4], csc.ctx[1].detach())
     with pytest.raises(UserError, match="CLASS_TOKEN_POSITION"):
-        coop.PromptLearner(clip_model, NAMES, 4, "", class_token_position="left")
+        coop.CoOpPromptLearner(clip_model, NAMES, 4, "", class_token_position="left")
 
 
 def test_maple_keeps_unused_init_words_frozen(clip_model):
@@ -67,7 +67,7 @@ def test_maple_keeps_unused_init_words_frozen(clip_model):
 
 
 def test_cocoop_context_depends_on_the_image(clip_model):
-    model = cocoop.CustomCLIP(clip_model, NAMES, 4, "a photo of a")
+    model = cocoop.CoCoOpCLIP(clip_model, NAMES, 4, "a photo of a")
     feats = torch.nn.functional.normalize(torch.randn(3, clip_model.visual.output_dim), dim=-1)
     with torch.no_grad():
         prompts, tokens = model.prompt_learner(feats)

@@ -1,15 +1,17 @@
-"""What the CLIP prompt-learning trainers share: building, freezing, evaluation, loading.
+"""What the CLIP prompt-learning trainers share: the model base class, prompt buffers,
+building, freezing, evaluation, loading.
 
-A method provides ``build_custom_clip(cfg, classnames, clip_model)`` returning an
-``nn.Module`` with
+A method provides ``build_custom_clip(cfg, classnames, clip_model)`` returning a
+:class:`CLIPClassifier` with
 
-* ``forward(images, class_ids=None) -> logits`` (B, C') and ``logit_scale`` (raw parameter);
+* ``forward(images, class_ids=None) -> logits`` (B, C'), the training forward (the module a
+  DistributedDataParallel would wrap), and ``logit_scale`` (raw parameter);
 * ``trainable_parameters()``: the parameters the method learns (module membership);
 * ``text_features(class_ids=None)`` / ``image_features(images)`` (L2-normalised) unless its
   text side depends on the image (CoCoOp);
 
 and ``registered_module(model)``: the part registered with the engine and saved (the
-whole CustomCLIP, or CoOp's ``prompt_learner``), whose state-dict keys are the official ones.
+whole model, or CoOp's ``prompt_learner``), whose state-dict keys are the official ones.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dassl_ext.modeling import (
     clip_root_from_cfg,
     clip_sizes,
     load_clip,
+    set_trainable,
 )
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
 from dassl_ext.utils.checkpoint import load_checkpoint, strip_module_prefix
@@ -119,13 +122,6 @@ def select_prompt_buffers(
     return prefix, suffix, tokens
 
 
-def set_trainable(model: nn.Module, params: list[nn.Parameter]) -> None:
-    """Freeze every parameter of ``model`` except ``params`` (chosen by module membership)."""
-    model.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-
-
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """``x / ||x||`` along the last dimension (CLIP's feature normalisation)."""
     return x / x.norm(dim=-1, keepdim=True)
@@ -154,6 +150,10 @@ class CLIPClassifier(nn.Module):
     def input_resolution(self) -> int:
         return self.image_encoder.input_resolution
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters the method learns (chosen by module membership)."""
+        raise NotImplementedError
+
     def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised class vectors (C', E) of the selected classes (all when None)."""
         raise NotImplementedError
@@ -162,10 +162,18 @@ class CLIPClassifier(nn.Module):
         """Normalised image features (B, E)."""
         return l2_normalize(self.image_encoder(images.to(image_dtype(self.image_encoder))))
 
-    def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, C') = exp(logit_scale) * img @ txt^T."""
+    def forward(
+        self,
+        images: torch.Tensor,
+        class_ids: torch.Tensor | None = None,
+        with_features: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits (B, C') = exp(logit_scale) * img @ txt^T; ``with_features``: also the text
+        (C', E) and image (B, E) features, for losses on them (PromptSRC) in one forward."""
         text = self.text_features(class_ids)
-        return self.logit_scale.exp() * self.image_features(images) @ text.t()
+        image = self.image_features(images)
+        logits = self.logit_scale.exp() * image @ text.t()
+        return (logits, text, image) if with_features else logits
 
     def drop_text_tower(self) -> None:
         """Free the text side (PromptKD keeps only the image side of a frozen teacher)."""
@@ -181,7 +189,7 @@ class PromptTrainer(TrainerX):
 
     # ------------------------------------------------------------------ method hooks
     @classmethod
-    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> nn.Module:
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CLIPClassifier:
         raise NotImplementedError
 
     @classmethod
@@ -192,7 +200,7 @@ class PromptTrainer(TrainerX):
 
     @staticmethod
     def registered_module(model: nn.Module) -> nn.Module:
-        """The part of the CustomCLIP that is registered, optimised and saved."""
+        """The part of the model that is registered, optimised and saved."""
         return model
 
     def after_build(self, clip_model) -> None:
@@ -212,8 +220,7 @@ class PromptTrainer(TrainerX):
         logger.info("Building custom CLIP")
         self.model = self.build_custom_clip(cfg, list(self.classnames), clip_model)
         params = self.model.trainable_parameters()
-        set_trainable(self.model, params)
-        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        names = set_trainable(self.model, params)
         logger.info(f"Parameters to be updated: {names}")
         logger.info(f"Parameters count: {sum(p.numel() for p in params):,}")
         if cfg.MODEL.INIT_WEIGHTS:
@@ -232,9 +239,9 @@ class PromptTrainer(TrainerX):
     @classmethod
     def build_frozen_model(
         cls, cfg, classnames: list[str], backbone: str, checkpoint: str | None
-    ) -> nn.Module:
-        """The CustomCLIP this trainer trains, with ``checkpoint`` loaded: frozen, eval, CPU,
-        fp32; ``text_features()``, ``image_features(images)`` and ``logit_scale``."""
+    ) -> CLIPClassifier:
+        """The model this trainer trains, with ``checkpoint`` loaded: frozen, eval, CPU, fp32
+        (a :class:`~dassl_ext.engine.teacher.FrozenTeacher`)."""
         clip_model = load_clip(backbone, clip_root_from_cfg(cfg))
         model = cls.build_custom_clip(cfg, list(classnames), clip_model)
         if checkpoint:

@@ -15,7 +15,7 @@ from yacs.config import CfgNode as CN
 
 from dassl_ext.config import Range, register_config_extension, register_config_rules
 from dassl_ext.engine import TRAINER_REGISTRY
-from dassl_ext.modeling import PromptedTextEncoder, assemble_prompts
+from dassl_ext.modeling import PromptedTextEncoder, assemble_prompts, word_ctx_or_random
 from trainers.base import (
     CLIPClassifier,
     PromptTrainer,
@@ -23,7 +23,6 @@ from trainers.base import (
     register_prompt_buffers,
     select_prompt_buffers,
 )
-from trainers.coop import word_ctx_or_random
 
 
 @register_config_extension
@@ -38,7 +37,7 @@ def add_cocoop_config(cfg) -> None:
 register_config_rules(Range("TRAINER.COCOOP.N_CTX", 1, integer=True))
 
 
-class PromptLearner(nn.Module):
+class CoCoOpPromptLearner(nn.Module):
     """Shared ``ctx`` (n, D), ``meta_net`` (E -> E/16 -> D) and the per-class token buffers."""
 
     def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str):
@@ -68,12 +67,12 @@ class PromptLearner(nn.Module):
         return prompts, tokens
 
 
-class CustomCLIP(CLIPClassifier):
+class CoCoOpCLIP(CLIPClassifier):
     """Frozen CLIP with a conditional prompt learner (its text side depends on the image)."""
 
     def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str):
         super().__init__()
-        self.prompt_learner = PromptLearner(clip_model, classnames, n_ctx, ctx_init)
+        self.prompt_learner = CoCoOpPromptLearner(clip_model, classnames, n_ctx, ctx_init)
         self.image_encoder = clip_model.visual
         self.text_encoder = PromptedTextEncoder(clip_model)
         self.logit_scale = clip_model.logit_scale
@@ -102,9 +101,9 @@ class CoCoOp(PromptTrainer):
     frozen_teacher = None  # its class vectors depend on the image: no fixed ones to distil
 
     @classmethod
-    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CoCoOpCLIP:
         c = cfg.TRAINER.COCOOP
-        return CustomCLIP(clip_model, classnames, c.N_CTX, c.CTX_INIT)
+        return CoCoOpCLIP(clip_model, classnames, c.N_CTX, c.CTX_INIT)
 
     @staticmethod
     def registered_module(model: nn.Module) -> nn.Module:

@@ -14,13 +14,7 @@ from yacs.config import CfgNode as CN
 from dassl_ext.config import OneOf, Range, register_config_extension, register_config_rules
 from dassl_ext.engine import TRAINER_REGISTRY
 from dassl_ext.errors import UserError
-from dassl_ext.modeling import (
-    PromptedTextEncoder,
-    assemble_prompts,
-    clip,
-    init_ctx_from_words,
-)
-from dassl_ext.modeling.prompted import PROMPT_STD
+from dassl_ext.modeling import PromptedTextEncoder, assemble_prompts, clip, word_ctx_or_random
 from trainers.base import CLIPClassifier, PromptTrainer, l2_normalize, register_prompt_buffers
 
 POSITIONS = ("end", "middle", "front")
@@ -43,22 +37,7 @@ register_config_rules(
 )
 
 
-def word_ctx_or_random(
-    clip_model, ctx_init: str, n_ctx: int, n_cls: int = 0
-) -> tuple[torch.Tensor, str]:
-    """CoOp/CoCoOp context: with ``ctx_init`` the embeddings of ALL its words (n_ctx = #words),
-    else N(0, 0.02²) of shape (n_ctx, D), or (n_cls, n_ctx, D) when ``n_cls`` (CSC)."""
-    ctx_init = ctx_init.replace("_", " ").strip()
-    if ctx_init:
-        return init_ctx_from_words(clip_model, ctx_init, len(ctx_init.split(" ")), None)
-    if n_cls:
-        width = clip_model.token_embedding.weight.shape[1]
-        ctx = nn.init.normal_(torch.empty(n_cls, n_ctx, width), std=PROMPT_STD)
-        return ctx, " ".join(["X"] * n_ctx)
-    return init_ctx_from_words(clip_model, "", n_ctx)
-
-
-class PromptLearner(nn.Module):
+class CoOpPromptLearner(nn.Module):
     """``ctx`` (n, D) or class-specific (C, n, D) and the per-class token buffers."""
 
     def __init__(
@@ -118,7 +97,7 @@ class PromptLearner(nn.Module):
         return torch.cat(prompts, dim=0), tokens
 
 
-class CustomCLIP(CLIPClassifier):
+class CoOpCLIP(CLIPClassifier):
     """Frozen CLIP with a CoOp prompt learner on the text side."""
 
     text_side = ("text_encoder", "prompt_learner")
@@ -146,12 +125,12 @@ class CoOp(PromptTrainer):
     model_name = "prompt_learner"
 
     @classmethod
-    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CoOpCLIP:
         c = cfg.TRAINER.COOP
-        learner = PromptLearner(
+        learner = CoOpPromptLearner(
             clip_model, classnames, c.N_CTX, c.CTX_INIT, c.CSC, c.CLASS_TOKEN_POSITION
         )
-        return CustomCLIP(clip_model, learner)
+        return CoOpCLIP(clip_model, learner)
 
     @staticmethod
     def registered_module(model: nn.Module) -> nn.Module:

@@ -1,34 +1,20 @@
 """IVLP: independent vision-language deep prompts (spec §1.2, §4); CE loss only.
 
-The model (``CustomCLIP`` with a ``VLPromptLearner``) is also PromptSRC's and the PromptKD
-teacher's, so its state-dict keys are the official ones: ``prompt_learner.ctx``,
-``image_encoder.*`` (incl. ``VPT`` and ``transformer.resblocks.{i}.VPT_shallow``),
-``text_encoder.*`` and ``logit_scale``. The token prefix/suffix buffers are not saved
-(non-persistent): they are rebuilt from the class names, so prompts trained on base classes
-evaluate on new ones.
+The model (:class:`~trainers.vl_prompts.VLPromptCLIP`) is also PromptSRC's and the PromptKD
+teacher's; its state-dict keys are the official ones.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-from yacs.config import CfgNode as CN
-
-from dassl_ext.config import Range, Rule, register_config_extension, register_config_rules
+from dassl_ext.config import Rule, register_config_extension, register_config_rules
 from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
-from dassl_ext.modeling import (
-    ClipSizes,
-    PromptedImageEncoder,
-    PromptedTextEncoder,
-    assemble_prompts,
-    init_ctx_from_words,
-)
-from trainers.base import (
-    CLIPClassifier,
-    PromptTrainer,
-    l2_normalize,
-    register_prompt_buffers,
-    select_prompt_buffers,
+from dassl_ext.modeling import ClipSizes
+from trainers.base import PromptTrainer
+from trainers.vl_prompts import (
+    VLPromptCLIP,
+    vl_prompt_model_rules,
+    vl_prompt_rules,
+    vl_prompt_section,
 )
 
 
@@ -38,110 +24,7 @@ def add_ivlp_config(cfg) -> None:
     cfg.TRAINER.IVLP = vl_prompt_section(n_ctx=2)
 
 
-def vl_prompt_section(n_ctx: int) -> CN:
-    """The keys ``custom_clip_from_section`` reads (``TRAINER.IVLP`` / ``TRAINER.PROMPTSRC``),
-    with the official defaults: ``n_ctx`` vision and text prompts, depth 9 in both towers."""
-    section = CN()
-    section.N_CTX_VISION = n_ctx
-    section.N_CTX_TEXT = n_ctx
-    section.CTX_INIT = "a photo of a"
-    section.PREC = "fp16"
-    section.PROMPT_DEPTH_VISION = 9
-    section.PROMPT_DEPTH_TEXT = 9
-    return section
-
-
-def vl_prompt_rules(prefix: str) -> list[Rule]:
-    """Ranges of the ``vl_prompt_section`` keys under ``prefix`` (``TRAINER.IVLP`` ...)."""
-    return [
-        Range(f"{prefix}.N_CTX_VISION", 1, integer=True),
-        Range(f"{prefix}.N_CTX_TEXT", 1, integer=True),
-        Range(f"{prefix}.PROMPT_DEPTH_VISION", 0, integer=True, note="0: no visual prompts"),
-        Range(f"{prefix}.PROMPT_DEPTH_TEXT", 0, integer=True),
-    ]
-
-
-def vl_prompt_model_rules(prefix: str, sizes: ClipSizes) -> list[Rule]:
-    """The prompt depths under ``prefix`` fit the layers of a CLIP of ``sizes`` (a ResNet
-    image tower has no vision limit here: the prompted encoder says it needs a ViT)."""
-    towers = [("TEXT", "text", sizes.text_layers), ("VISION", "vision", sizes.vision_layers)]
-    note = "the {} layers of " + sizes.name
-    return [
-        Range(f"{prefix}.PROMPT_DEPTH_{key}", 0, n, integer=True, note=note.format(tower))
-        for key, tower, n in towers
-        if n is not None
-    ]
-
-
 register_config_rules(*vl_prompt_rules("TRAINER.IVLP"))
-
-
-class VLPromptLearner(nn.Module):
-    """Layer-0 text context ``ctx`` (n, D_text) and the per-class token buffers."""
-
-    def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str):
-        super().__init__()
-        ctx, prefix = init_ctx_from_words(clip_model, ctx_init, n_ctx, max_word_ctx=4)
-        self.ctx = nn.Parameter(ctx)  # fp32 master weights at every precision
-        self.prompt_prefix = prefix
-        self.set_classnames(clip_model, classnames)
-
-    def set_classnames(self, clip_model, classnames: list[str]) -> None:
-        """(Re)build the token buffers for ``classnames``."""
-        n_ctx = self.ctx.shape[0]
-        register_prompt_buffers(self, clip_model, classnames, self.prompt_prefix, n_ctx)
-
-    def forward(self, class_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt embeddings (C', 77, D) and token ids (C', 77) of the selected classes."""
-        prefix, suffix, tokens = select_prompt_buffers(self, class_ids)
-        return assemble_prompts(prefix, self.ctx, suffix), tokens
-
-
-class CustomCLIP(CLIPClassifier):
-    """CLIP with independent deep prompts in both towers (IVLP, PromptSRC, PromptKD teacher)."""
-
-    text_side = ("text_encoder", "prompt_learner")
-
-    def __init__(
-        self,
-        clip_model,
-        classnames: list[str],
-        n_ctx_vision: int,
-        n_ctx_text: int,
-        depth_vision: int,
-        depth_text: int,
-        ctx_init: str,
-    ):
-        super().__init__()
-        self.image_encoder = PromptedImageEncoder(clip_model.visual, n_ctx_vision, depth_vision)
-        self.text_encoder = PromptedTextEncoder(clip_model, n_ctx_text, depth_text)
-        self.prompt_learner = VLPromptLearner(clip_model, classnames, n_ctx_text, ctx_init)
-        self.logit_scale = clip_model.logit_scale
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """ctx, the layer-0 visual prompt and the deep prompts of both towers."""
-        params = [self.prompt_learner.ctx]
-        if hasattr(self.image_encoder, "VPT"):
-            params.append(self.image_encoder.VPT)
-        return params + self.image_encoder.deep_prompts() + self.text_encoder.deep_prompts()
-
-    def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised prompted text features (C', E)."""
-        prompts, tokens = self.prompt_learner(class_ids)
-        return l2_normalize(self.text_encoder(prompts, tokens))
-
-
-def custom_clip_from_section(section, classnames: list[str], clip_model) -> CustomCLIP:
-    """The IVLP-style CustomCLIP configured by ``TRAINER.IVLP`` or ``TRAINER.PROMPTSRC``."""
-    return CustomCLIP(
-        clip_model,
-        classnames,
-        n_ctx_vision=section.N_CTX_VISION,
-        n_ctx_text=section.N_CTX_TEXT,
-        depth_vision=section.PROMPT_DEPTH_VISION,
-        depth_text=section.PROMPT_DEPTH_TEXT,
-        ctx_init=section.CTX_INIT,
-    )
 
 
 @TRAINER_REGISTRY.register()
@@ -153,8 +36,8 @@ class IVLP(PromptTrainer):
     frozen_teacher = TeacherSupport(default_model_name="VLPromptLearner")
 
     @classmethod
-    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
-        return custom_clip_from_section(cfg.TRAINER.IVLP, classnames, clip_model)
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> VLPromptCLIP:
+        return VLPromptCLIP.from_section(cfg.TRAINER.IVLP, classnames, clip_model)
 
     @classmethod
     def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:

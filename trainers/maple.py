@@ -73,7 +73,7 @@ class MultiModalPromptLearner(CoupledDeepPrompts):
         return assemble_prompts(prefix, self.ctx, suffix), tokens
 
 
-class CustomCLIP(CLIPClassifier):
+class MaPLeCLIP(CLIPClassifier):
     """CLIP whose two towers are prompted by one ``MultiModalPromptLearner``."""
 
     def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str, depth: int):
@@ -106,9 +106,9 @@ class MaPLe(PromptTrainer):
     model_name = "MultiModalPromptLearner"
 
     @classmethod
-    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> MaPLeCLIP:
         m = cfg.TRAINER.MAPLE
-        return CustomCLIP(clip_model, classnames, m.N_CTX, m.CTX_INIT, m.PROMPT_DEPTH)
+        return MaPLeCLIP(clip_model, classnames, m.N_CTX, m.CTX_INIT, m.PROMPT_DEPTH)
 
     @classmethod
     def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:

@@ -29,6 +29,7 @@ from dassl_ext.modeling import (
     find_clip_file,
     load_clip,
     read_clip_state_dict,
+    set_trainable,
 )
 from dassl_ext.modeling.lean import use_lean_quick_gelu
 from dassl_ext.modeling.loading import clip_weight_dtype
@@ -42,7 +43,7 @@ from trainers.promptkd_frozen import (
     teacher_precision,
     teacher_text_features,
 )
-from trainers.promptkd_student import PromptKDStudent, set_trainable
+from trainers.promptkd_student import PromptKDStudent
 from trainers.promptkd_teacher import (
     file_digests,
     load_cached_text_features,
@@ -197,7 +198,7 @@ class PromptKD(TrainerX):
         )
         if text_features is not None:
             self.model.set_class_text_features(text_features)
-        names = set_trainable(self.model)
+        names = set_trainable(self.model, self.model.trainable_parameters())
         n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         logger.info(f"Trainable: {len(names)} tensors, {n:,} parameters (prompts + projector)")
         cast_frozen_weights(self.model.image_encoder, self.prec.weight_dtype)
@@ -253,9 +254,11 @@ class PromptKD(TrainerX):
     def build_hooks(self) -> list[HookBase]:
         """First: the teacher, unless building the model built it (its text features came
         from the cache, or there is no teacher: then this is the error)."""
-        return [CallbackHook(before_train=PromptKD._ensure_teacher), *super().build_hooks()]
+        teacher = CallbackHook(before_train=lambda trainer: trainer.ensure_teacher())
+        return [teacher, *super().build_hooks()]
 
-    def _ensure_teacher(self) -> None:
+    def ensure_teacher(self) -> None:
+        """Build the frozen teacher (image side) unless it is built."""
         if self.teacher is None:
             self._build_teacher(compute_text=False)
 

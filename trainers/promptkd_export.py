@@ -2,9 +2,10 @@
 
 The file (``torch.save`` of tensors, strings and numbers only, so it loads with
 ``weights_only=True``) holds the student's state dict (prompted image encoder, prompts,
-projector, logit scale, the teacher's class text features), the class names in label order
-and the test-time preprocessing. The architecture is read back from the tensor shapes, as
-``clip.model.build_model`` does.
+projector, logit scale, the teacher's class text features), the arguments that rebuild its
+modules (``architecture``), the class names in label order and the test-time preprocessing.
+Files of the first format (``promptkd-student/1``) lack the architecture; theirs is read
+from the tensor shapes, with CLIP's head count ``width // 64``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dassl_ext.modeling import PromptedImageEncoder, clip
 from dassl_ext.utils.atomic import write_torch_atomic
 from trainers.promptkd_student import PromptKDStudent
 
-FORMAT = "promptkd-student/1"
+FORMAT = "promptkd-student/2"
+FORMAT_V1 = "promptkd-student/1"  # no "architecture"; still loads
 PREPROCESS_KEYS = ("SIZE", "INTERPOLATION", "PIXEL_MEAN", "PIXEL_STD", "TRANSFORMS")
 
 
@@ -35,6 +37,7 @@ def export_student(trainer, path: str) -> str:
     cfg = trainer.cfg
     obj = {
         "format": FORMAT,
+        "architecture": student_architecture(model),
         "state_dict": state,
         "classnames": list(trainer.classnames),
         "preprocess": {k: _plain(cfg.INPUT[k]) for k in PREPROCESS_KEYS},
@@ -52,20 +55,48 @@ def _plain(value):
     return list(value) if isinstance(value, (tuple, list)) else value
 
 
-def _student_from_state_dict(sd: dict[str, torch.Tensor]) -> PromptKDStudent:
-    """Rebuild the student's modules from the shapes of its state dict."""
+def student_architecture(model: PromptKDStudent) -> dict[str, int]:
+    """The arguments that rebuild ``model``'s modules (read from the modules themselves)."""
+    encoder = model.image_encoder
+    return {
+        "input_resolution": encoder.input_resolution,
+        "patch_size": encoder.conv1.kernel_size[0],
+        "width": encoder.conv1.out_channels,
+        "layers": len(encoder.transformer.resblocks),
+        "heads": encoder.transformer.resblocks[0].attn.num_heads,
+        "output_dim": encoder.output_dim,
+        "n_ctx": encoder.n_ctx,
+        "prompt_depth": encoder.depth,
+        "teacher_dim": model.VPT_image_trans.conv1[3].out_channels,
+    }
+
+
+def build_student(arch: dict[str, int], logit_scale: torch.Tensor) -> PromptKDStudent:
+    """An (untrained) student with the modules ``arch`` describes."""
+    visual = clip.model.VisionTransformer(
+        arch["input_resolution"], arch["patch_size"], arch["width"], arch["layers"],
+        arch["heads"], arch["output_dim"],
+    )  # fmt: skip
+    encoder = PromptedImageEncoder(visual, arch["n_ctx"], arch["prompt_depth"])
+    return PromptKDStudent(encoder, logit_scale, arch["output_dim"], arch["teacher_dim"])
+
+
+def architecture_from_shapes(sd: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The architecture of a ``promptkd-student/1`` file, read from its tensor shapes."""
     width, _, patch, _ = sd["image_encoder.conv1.weight"].shape
     grid = round((sd["image_encoder.positional_embedding"].shape[0] - 1) ** 0.5)
-    layers = len({k.split(".")[3] for k in sd if k.startswith("image_encoder.transformer.")})
-    output_dim = sd["image_encoder.proj"].shape[1]
     n_ctx = sd["image_encoder.VPT"].shape[0] if "image_encoder.VPT" in sd else 0
-    depth = (n_ctx > 0) + sum(k.endswith(".VPT_shallow") for k in sd)
-    teacher_dim = sd["VPT_image_trans.conv1.3.weight"].shape[0]
-    visual = clip.model.VisionTransformer(
-        patch * grid, patch, width, layers, width // 64, output_dim
-    )
-    encoder = PromptedImageEncoder(visual, n_ctx, depth)
-    return PromptKDStudent(encoder, sd["logit_scale"], output_dim, teacher_dim)
+    return {
+        "input_resolution": patch * grid,
+        "patch_size": patch,
+        "width": width,
+        "layers": len({k.split(".")[3] for k in sd if k.startswith("image_encoder.transformer.")}),
+        "heads": width // 64,  # CLIP's rule (clip.model.build_model); v1 did not store it
+        "output_dim": sd["image_encoder.proj"].shape[1],
+        "n_ctx": n_ctx,
+        "prompt_depth": (n_ctx > 0) + sum(k.endswith(".VPT_shallow") for k in sd),
+        "teacher_dim": sd["VPT_image_trans.conv1.3.weight"].shape[0],
+    }
 
 
 class ExportedStudent:
@@ -73,11 +104,13 @@ class ExportedStudent:
 
     def __init__(self, path: str, device: str = "cpu") -> None:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        if not isinstance(obj, dict) or obj.get("format") not in (FORMAT, FORMAT_V1):
             raise ValueError(f"{path} is not a PromptKD student export ({FORMAT}).")
         self.device = torch.device(device)
-        self.model = _student_from_state_dict(obj["state_dict"])
-        self.model.load_state_dict(obj["state_dict"], strict=True)
+        sd = obj["state_dict"]
+        arch = obj.get("architecture") or architecture_from_shapes(sd)
+        self.model = build_student(arch, sd["logit_scale"])
+        self.model.load_state_dict(sd, strict=True)
         self.model.to(self.device).eval()
         self.classnames: list[str] = obj["classnames"]
         cfg = get_cfg_default()

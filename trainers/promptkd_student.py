@@ -58,6 +58,10 @@ class PromptKDStudent(nn.Module):
         self.register_buffer("class_text_features", torch.zeros(0, teacher_dim))
         self.register_load_state_dict_pre_hook(_load_class_features)
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The visual prompts and the projector (by module membership, spec §3.3)."""
+        return prompt_parameters(self.image_encoder) + list(self.VPT_image_trans.parameters())
+
     def set_class_text_features(self, features: torch.Tensor) -> None:
         """Store the (C, E_t) class vectors (fp32, on this module's device)."""
         self.class_text_features = features.detach().float().to(self.logit_scale.device)
@@ -88,13 +92,3 @@ def prompt_parameters(encoder: nn.Module) -> list[nn.Parameter]:
     """The visual prompts of a prompted image encoder: ``VPT`` and the blocks' deep prompts."""
     first = [encoder.VPT] if getattr(encoder, "VPT", None) is not None else []
     return first + list(encoder.deep_prompts())
-
-
-def set_trainable(student: PromptKDStudent) -> list[str]:
-    """Freeze everything except the visual prompts and the projector (by module membership,
-    spec §3.3); returns the names of the trainable parameters."""
-    student.requires_grad_(False)
-    for p in prompt_parameters(student.image_encoder):
-        p.requires_grad_(True)
-    student.VPT_image_trans.requires_grad_(True)
-    return [n for n, p in student.named_parameters() if p.requires_grad]

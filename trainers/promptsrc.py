@@ -30,14 +30,13 @@ from dassl_ext.engine.hooks import HookBase, ModelSelection, ParameterAveraging,
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import IMAGENET_TEMPLATES, ClipSizes, clip
 from trainers.base import PromptTrainer, l2_normalize
-from trainers.ivlp import (
-    CustomCLIP,
-    custom_clip_from_section,
+from trainers.losses import gpa_weights, promptsrc_loss
+from trainers.vl_prompts import (
+    VLPromptCLIP,
     vl_prompt_model_rules,
     vl_prompt_rules,
     vl_prompt_section,
 )
-from trainers.losses import gpa_weights, promptsrc_loss
 
 GPA_FILE = "gpa_state.pt"
 
@@ -80,7 +79,7 @@ def zero_shot_text_features(
     return total / len(templates)
 
 
-def zero_shot_image_features(model: CustomCLIP, images: torch.Tensor) -> torch.Tensor:
+def zero_shot_image_features(model: VLPromptCLIP, images: torch.Tensor) -> torch.Tensor:
     """Normalised features of the frozen CLIP image tower: the prompted encoder, prompts off."""
     encoder = model.image_encoder
     no_prompt = images.new_zeros(0, encoder.conv1.out_channels)  # zero prompt tokens
@@ -96,8 +95,8 @@ class PromptSRC(PromptTrainer):
     frozen_teacher = TeacherSupport(default_model_name="VLPromptLearner")  # the paper's teacher
 
     @classmethod
-    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CustomCLIP:
-        return custom_clip_from_section(cfg.TRAINER.PROMPTSRC, classnames, clip_model)
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> VLPromptCLIP:
+        return VLPromptCLIP.from_section(cfg.TRAINER.PROMPTSRC, classnames, clip_model)
 
     @classmethod
     def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:
@@ -122,13 +121,11 @@ class PromptSRC(PromptTrainer):
         src = self.cfg.TRAINER.PROMPTSRC
         model = self.model
         with self.prec.autocast():
-            text = model.text_features()
-            image = model.image_features(images)
-            scale = model.logit_scale.exp()
-            logits = scale * image @ text.t()
-            with torch.no_grad():
+            logits, text, image = model(images, with_features=True)  # the training forward
+            with torch.no_grad():  # frozen CLIP: outside the trained forward
                 zs_image = zero_shot_image_features(model, images)
-                zs_logits = scale * zs_image @ self.zs_text_features.to(zs_image.dtype).t()
+                zs_text = self.zs_text_features.to(zs_image.dtype)
+                zs_logits = model.logit_scale.exp() * zs_image @ zs_text.t()
         loss, parts = promptsrc_loss(
             logits.float(),
             labels,

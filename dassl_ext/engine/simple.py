@@ -125,9 +125,9 @@ class SimpleTrainer(TrainerBase):
                         f"{self.output_dir} already holds checkpoints of {name}; pass "
                         f"--resume {self.output_dir} to continue, or choose another --output-dir."
                     )
+        super().before_train()  # the hooks (after resuming: they see start_epoch)
         self.init_writer(os.path.join(self.output_dir, "tensorboard"))
         self.time_start = time.time()
-        super().before_train()  # the hooks
         self.restore_resumed_rng()  # last: nothing may draw random numbers after it
 
     def before_epoch(self) -> None:

@@ -4,8 +4,7 @@ Names are imported on first use, so reading results.json (dassl_ext.reporting) n
 torch.
 """
 
-from importlib import import_module
-from typing import Any
+from dassl_ext.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "Classification": "dassl_ext.evaluation.evaluator",
@@ -17,8 +16,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'dassl_ext.evaluation' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -31,6 +31,7 @@ from dassl_ext.modeling.prompted import (
     add_deep_prompts,
     cast_frozen_weights,
     run_blocks,
+    set_trainable,
 )
 from dassl_ext.modeling.templates import (
     CUSTOM_TEMPLATES,
@@ -42,6 +43,7 @@ from dassl_ext.modeling.text_prompts import (
     build_prompt_buffers,
     class_prompts,
     init_ctx_from_words,
+    word_ctx_or_random,
 )
 from dassl_ext.modeling.tiny import TINY_SPECS, TinyClipSpec, build_tiny_clip, save_tiny_clip
 
@@ -72,4 +74,6 @@ __all__ = [
     "read_clip_state_dict",
     "run_blocks",
     "save_tiny_clip",
+    "set_trainable",
+    "word_ctx_or_random",
 ]

@@ -180,6 +180,15 @@ class PromptedImageEncoder(nn.Module):
         return self.ln_post(x[0]) @ self.proj  # CLS token
 
 
+def set_trainable(model: nn.Module, params: list[nn.Parameter]) -> list[str]:
+    """Freeze every parameter of ``model`` except ``params`` (chosen by module membership);
+    returns the names of the trainable parameters."""
+    model.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
 def clip_weight_tensors(module: nn.Module) -> list[nn.Parameter]:
     """The CLIP weights OpenAI's ``convert_weights`` casts to fp16: conv/linear weights and
     biases, attention input projections, ``proj`` and ``text_projection`` (not LayerNorms,

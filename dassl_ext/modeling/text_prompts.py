@@ -28,6 +28,22 @@ def init_ctx_from_words(
     return ctx, " ".join(["X"] * n_ctx)
 
 
+def word_ctx_or_random(
+    clip_model: "clip.model.CLIP", ctx_init: str, n_ctx: int, n_cls: int = 0
+) -> tuple[torch.Tensor, str]:
+    """CoOp/CoCoOp context and prompt prefix: with ``ctx_init`` the embeddings of ALL its words
+    (n_ctx = #words), else N(0, 0.02²) of shape (n_ctx, D), or (n_cls, n_ctx, D) when
+    ``n_cls`` (class-specific context)."""
+    ctx_init = ctx_init.replace("_", " ").strip()
+    if ctx_init:
+        return init_ctx_from_words(clip_model, ctx_init, len(ctx_init.split(" ")), None)
+    if n_cls:
+        width = clip_model.token_embedding.weight.shape[1]
+        ctx = nn.init.normal_(torch.empty(n_cls, n_ctx, width), std=PROMPT_STD)
+        return ctx, " ".join(["X"] * n_ctx)
+    return init_ctx_from_words(clip_model, "", n_ctx)
+
+
 def class_prompts(classnames: list[str], prompt_prefix: str) -> list[str]:
     """``"<prefix> <class name with spaces>."`` for each class, as the official trainers."""
     return [f"{prompt_prefix} {name.replace('_', ' ')}." for name in classnames]

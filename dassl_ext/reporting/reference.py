@@ -9,6 +9,7 @@ optional; an empty :class:`Reference` (the default everywhere) means none of thi
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 import yaml
@@ -47,6 +48,19 @@ class Reference:
             all(config.get(k) == str(v) for k, v in rule.items())
             for rule in self.base_new_in_one_log
         )
+
+
+def add_reference_options(
+    parser: argparse.ArgumentParser, paper_help: str, default_reference: str
+) -> None:
+    """``--paper`` and ``--reference FILE``, the options the reporting scripts share."""
+    parser.add_argument("--paper", action="store_true", help=paper_help)
+    parser.add_argument(
+        "--reference",
+        default=default_reference,
+        metavar="FILE",
+        help="published numbers, row order and official-log rules (default: %(default)s)",
+    )
 
 
 def load_reference(path: str) -> Reference:

@@ -4,8 +4,7 @@ Names are imported on first use, so that the torch-free modules (``atomic``, the
 lookup the shell scripts call) load without torch.
 """
 
-from importlib import import_module
-from typing import Any
+from dassl_ext.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "AverageMeter": "dassl_ext.utils.tools",
@@ -18,8 +17,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'dassl_ext.utils' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
