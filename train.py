@@ -16,12 +16,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # our `datasets` wins
 
-from dassl_ext.config import setup_cfg, validate_config, write_config  # noqa: E402
+from dassl_ext.config import (  # noqa: E402
+    scale_for_world_size,
+    setup_cfg,
+    validate_config,
+    write_config,
+)
 from dassl_ext.engine import build_trainer  # noqa: E402
 from dassl_ext.engine.faults import (  # noqa: E402
     Interrupted,
     how_to_continue,
     interrupted_message,
+    lost_process_error,
     signals_raise_interrupted,
 )
 from dassl_ext.errors import UserError  # noqa: E402
@@ -30,6 +36,7 @@ from dassl_ext.utils import set_random_seed, setup_logger  # noqa: E402
 from dassl_ext.utils.checkpoint import NothingToResumeError  # noqa: E402
 from dassl_ext.utils.distributed import (  # noqa: E402
     destroy_distributed,
+    get_world_size,
     init_distributed_from_env,
     is_main_process,
 )
@@ -81,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = setup_cfg(args)
             # every value in range before anything is written or loaded
             validate_config(cfg, will_train=not (args.eval_only or args.no_train))
-            init_distributed_from_env(use_cuda=cfg.USE_CUDA)
+            init_distributed_from_env(use_cuda=cfg.USE_CUDA, timeout_s=cfg.DIST.TIMEOUT)
+            scale_for_world_size(cfg, get_world_size())
             setup_logger(cfg.OUTPUT_DIR)
             if cfg.SEED >= 0:
                 set_random_seed(cfg.SEED)
@@ -96,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_train:
                 training = True
                 trainer.train()
-    except (UserError, RegistryKeyError) as e:  # bad input or a fault: a message, no traceback
+    except (UserError, RegistryKeyError, RuntimeError) as e:  # bad input or a fault: a message
+        if isinstance(e, RuntimeError) and not isinstance(e, UserError):
+            e = lost_process_error(e, trainer)  # torchrun: another process died or hangs
+            if e is None:
+                raise
         print(f"Error: {e}", file=sys.stderr)
         resumable = training and not isinstance(e, NothingToResumeError)
         resume = how_to_continue(argv, cfg.OUTPUT_DIR, resumable) if cfg else None

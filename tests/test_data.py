@@ -349,20 +349,74 @@ def test_tensor_transforms(dtd_cfg):
     assert [type(t).__name__ for t in test.transforms][-1] == "InstanceNormalization"
 
 
-def test_distributed_samplers(dtd_cfg, monkeypatch):
-    from torch.utils.data import DistributedSampler
-
+def _manager(cfg, monkeypatch, rank: int, world: int, *opts) -> DataManager:
     from dassl_ext.data import data_manager
 
-    monkeypatch.setattr(data_manager, "get_rank", lambda: 1)  # rank 1 of 2
-    monkeypatch.setattr(data_manager, "get_world_size", lambda: 2)
-    dm = DataManager(dtd_cfg)
-    sampler = dm.train_loader_x.sampler
-    assert isinstance(sampler, DistributedSampler) and sampler.rank == 1
-    dm.set_epoch(4)
-    assert sampler.epoch == 4
-    assert list(dm.test_loader.sampler) == [1, 3, 5, 7]  # 9 test images, no padding
-    assert len(dm.train_loader_x) == 2  # 8 of 15 train images on this rank, batch 4
+    monkeypatch.setattr(data_manager, "get_rank", lambda: rank)
+    monkeypatch.setattr(data_manager, "get_world_size", lambda: world)
+    if opts:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.merge_from_list(list(opts))
+    return DataManager(cfg)
+
+
+def _epoch_batches(dm: DataManager, epoch: int) -> list[list[int]]:
+    dm.set_epoch(epoch)
+    return list(dm.train_loader_x.batch_sampler)
+
+
+def test_global_batches_split_over_ranks(dtd_cfg, monkeypatch):
+    """15 train images, global batch 4: one process reads what a seeded RandomSampler +
+    BatchSampler read; 2 ranks read 2 + 2 of each of those batches, in order."""
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    single = _epoch_batches(_manager(dtd_cfg, monkeypatch, 0, 1), 4)
+    g = torch.Generator().manual_seed(3 + 4)  # SEED + epoch
+    assert single == list(BatchSampler(RandomSampler(range(15), generator=g), 4, drop_last=True))
+    ranks = [_manager(dtd_cfg, monkeypatch, r, 2) for r in (0, 1)]
+    shares = [_epoch_batches(dm, 4) for dm in ranks]
+    assert [a + b for a, b in zip(*shares)] == single  # 3 steps, the last 3 images dropped
+    assert all(len(b) == 2 for share in shares for b in share)
+    assert [len(dm.train_loader_x) for dm in ranks] == [3, 3]
+    assert _epoch_batches(ranks[0], 5) != shares[0]  # a new order per epoch
+    assert list(ranks[1].test_loader.sampler) == [1, 3, 5, 7]  # 9 test images, no padding
+    assert ranks[1].global_batch == 4
+
+
+def test_batch_per_rank_and_batches_that_do_not_split(dtd_cfg, monkeypatch):
+    per_rank = ("DATALOADER.TRAIN_X.BATCH_SIZE_PER_RANK", True)
+    dm = _manager(dtd_cfg, monkeypatch, 1, 2, *per_rank)
+    assert dm.global_batch == 8 and [len(b) for b in _epoch_batches(dm, 0)] == [4]
+    with pytest.raises(UserError, match="BATCH_SIZE 3 is the global batch and does not split"):
+        _manager(dtd_cfg, monkeypatch, 0, 2, "DATALOADER.TRAIN_X.BATCH_SIZE", 3)
+    with pytest.raises(UserError, match="batch of 3 training images cannot be shared by 8"):
+        _manager(dtd_cfg, monkeypatch, 0, 8, *per_rank, "DATALOADER.TRAIN_X.BATCH_SIZE", 1,
+                 "DATASET.NUM_SHOTS", 1)  # fmt: skip
+
+
+def test_linear_lr_scaling_only_for_per_rank_batches():
+    from dassl_ext.config import get_cfg_default, scale_for_world_size
+
+    cfg = get_cfg_default()
+    cfg.OPTIM.LR = 0.002
+    cfg.freeze()
+    assert scale_for_world_size(cfg, 4).OPTIM.LR == 0.002  # global batch: same optimisation
+    cfg.defrost()
+    cfg.DATALOADER.TRAIN_X.BATCH_SIZE_PER_RANK = True
+    cfg.freeze()
+    assert abs(scale_for_world_size(cfg, 4).OPTIM.LR - 0.008) < 1e-12
+    assert cfg.is_frozen()
+
+
+def test_global_batch_sampler_edges():
+    from dassl_ext.data.samplers import GlobalBatchSampler, rank_share
+
+    assert [rank_share(list(range(5)), r, 2) for r in (0, 1)] == [[0, 1, 2], [3, 4]]
+    only = GlobalBatchSampler(5, 8, rank=1, world_size=2, shuffle=False, drop_last=False)
+    assert list(only) == [[3, 4]]  # the only batch is kept (as Dassl), split 3 + 2
+    with pytest.raises(UserError, match="batch of 1 training images cannot be shared by 2"):
+        GlobalBatchSampler(9, 4, rank=0, world_size=2, drop_last=False)
 
 
 def test_annotation_with_unknown_class(tmp_path):

@@ -62,7 +62,7 @@ class TinyEngineTrainer(TrainerX):
     def forward_backward(self, batch: dict) -> dict:
         image, label = self.parse_batch_train(batch)
         with self.prec.autocast():
-            loss = F.cross_entropy(self.model(image), label)
+            loss = F.cross_entropy(self.training_module()(image), label)
         self.model_backward_and_update(loss)
         return {"loss": loss.item()}
 

@@ -4,8 +4,8 @@ building, freezing, evaluation, loading.
 A method provides ``build_custom_clip(cfg, classnames, clip_model)`` returning a
 :class:`CLIPClassifier` with
 
-* ``forward(images, class_ids=None) -> logits`` (B, C'), the training forward (the module a
-  DistributedDataParallel would wrap), and ``logit_scale`` (raw parameter);
+* ``forward(images, class_ids=None) -> logits`` (B, C'), the training forward (under
+  torchrun it runs in DistributedDataParallel), and ``logit_scale`` (raw parameter);
 * ``trainable_parameters()``: the parameters the method learns (module membership);
 * ``text_features(class_ids=None)`` / ``image_features(images)`` (L2-normalised) unless its
   text side depends on the image (CoCoOp);
@@ -231,9 +231,8 @@ class PromptTrainer(TrainerX):
         self.model.logit_scale.data = self.model.logit_scale.data.float()  # fp32 as official
         self.optim = build_optimizer(params, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
-        self.register_model(
-            self.model_name, self.registered_module(self.model), self.optim, self.sched
-        )
+        saved = self.registered_module(self.model)
+        self.register_model(self.model_name, saved, self.optim, self.sched, self.model)
         self._eval_text: torch.Tensor | None = None
 
     @classmethod
@@ -252,7 +251,7 @@ class PromptTrainer(TrainerX):
     def forward_backward(self, batch: dict) -> dict[str, float]:
         images, labels = self.parse_batch_train(batch)
         with self.prec.autocast():
-            logits = self.model(images)
+            logits = self.training_module()(images)
         loss = F.cross_entropy(logits.float(), labels)
         self.model_backward_and_update(loss)
         acc = (logits.argmax(dim=1) == labels).float().mean().item() * 100

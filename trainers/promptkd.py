@@ -272,7 +272,7 @@ class PromptKD(TrainerX):
             t_feats = self.teacher.image_features(images).float()  # (B, E_t)
         t_logits = self.teacher.logit_scale.float().exp() * t_feats @ class_features.t()
         with self.prec.autocast():
-            s_logits = self.model(images, class_features)  # (B, C)
+            s_logits = self.training_module()(images, class_features)  # (B, C)
         loss = pk.KD_WEIGHT * kd_loss(s_logits.float(), t_logits, pk.TEMPERATURE)
         self.model_backward_and_update(loss)
         return {"loss": loss.item()}

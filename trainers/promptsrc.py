@@ -121,7 +121,7 @@ class PromptSRC(PromptTrainer):
         src = self.cfg.TRAINER.PROMPTSRC
         model = self.model
         with self.prec.autocast():
-            logits, text, image = model(images, with_features=True)  # the training forward
+            logits, text, image = self.training_module()(images, with_features=True)
             with torch.no_grad():  # frozen CLIP: outside the trained forward
                 zs_image = zero_shot_image_features(model, images)
                 zs_text = self.zs_text_features.to(zs_image.dtype)

@@ -88,6 +88,7 @@ DEFAULT_RULES = [
     Range("OPTIM.WARMUP_EPOCH", 0, integer=True, also=(-1,), note="-1 or 0: no warm-up"),
     OneOf("OPTIM.WARMUP_TYPE", AVAI_WARMUPS),
     Range("TRAIN.GRAD_CLIP_NORM", 0, note="0: no clipping"),
+    Range("DIST.TIMEOUT", 0, low_open=True),
     OneOf("TEST.FINAL_MODEL", FINAL_MODELS),
     OneOf("TEST.EVALUATOR", tuple(EVALUATORS)),
     OneOf(

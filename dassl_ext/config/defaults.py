@@ -70,6 +70,10 @@ _C.DATALOADER.RETURN_IMG0 = False
 _C.DATALOADER.TRAIN_X = CN()
 _C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"
 _C.DATALOADER.TRAIN_X.BATCH_SIZE = 32
+# False: BATCH_SIZE is the global batch of a step, split over the torchrun processes (the
+# same optimisation on any number); True: each process reads BATCH_SIZE images and OPTIM.LR
+# is multiplied by the number of processes (linear scaling)
+_C.DATALOADER.TRAIN_X.BATCH_SIZE_PER_RANK = False
 _C.DATALOADER.TRAIN_X.N_DOMAIN = 0
 _C.DATALOADER.TRAIN_X.N_INS = 16
 _C.DATALOADER.TRAIN_U = CN()
@@ -134,6 +138,13 @@ _C.TRAIN.PRINT_FREQ = 10
 _C.TRAIN.COUNT_ITER = "train_x"
 # new: clip the gradient norm of each registered model to this value (0 = off)
 _C.TRAIN.GRAD_CLIP_NORM = 0.0
+
+###########################
+# Several processes (torchrun)
+###########################
+_C.DIST = CN()
+# new: seconds a process waits for the others in a collective before it stops with an error
+_C.DIST.TIMEOUT = 1800
 
 ###########################
 # Test

@@ -3,28 +3,39 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Iterator
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import (
-    DataLoader,
-    Dataset,
-    DistributedSampler,
-    RandomSampler,
-    Sampler,
-    SequentialSampler,
-)
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from dassl_ext.data.base_dataset import DatasetBase
+from dassl_ext.data.samplers import GlobalBatchSampler, RankStridedSampler
 from dassl_ext.data.splits import Datum
 from dassl_ext.data.tensor_transforms import read_image_tensor
 from dassl_ext.data.transforms import build_transform
 from dassl_ext.errors import UserError
 from dassl_ext.registry import DATASET_REGISTRY
-from dassl_ext.utils.distributed import get_rank, get_world_size
+from dassl_ext.utils.distributed import broadcast_object, get_rank, get_world_size
 
 logger = logging.getLogger(__name__)
+
+
+def global_batch_size(cfg, world_size: int) -> int:
+    """The images one training step reads over all processes: ``DATALOADER.TRAIN_X.BATCH_SIZE``
+    (split over the processes), or that many per process with ``BATCH_SIZE_PER_RANK``."""
+    batch = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+    if cfg.DATALOADER.TRAIN_X.BATCH_SIZE_PER_RANK:
+        return batch * world_size
+    if batch % world_size:
+        raise UserError(
+            f"DATALOADER.TRAIN_X.BATCH_SIZE {batch} is the global batch and does not split "
+            f"over {world_size} processes; use a multiple of {world_size}, or set "
+            "DATALOADER.TRAIN_X.BATCH_SIZE_PER_RANK True (each process reads BATCH_SIZE "
+            "images and OPTIM.LR is scaled by the number of processes)."
+        )
+    return batch
 
 
 def build_dataset(cfg) -> DatasetBase:
@@ -78,19 +89,6 @@ class DatasetWrapper(Dataset):
         }
 
 
-class RankStridedSampler(Sampler[int]):
-    """Every `world_size`-th index from `rank` on, without padding (no image counts twice)."""
-
-    def __init__(self, length: int, rank: int, world_size: int) -> None:
-        self.indices = list(range(rank, length, world_size))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
 class _CleanErrorIter:
     """Re-raises a worker's UserError with its own message, not the worker traceback."""
 
@@ -142,10 +140,12 @@ class DataManager:
         self.tfm_train = custom_tfm_train or build_transform(cfg, is_train=True)
         self.tfm_test = custom_tfm_test or build_transform(cfg, is_train=False)
         self.rank, self.world_size = get_rank(), get_world_size()
-        self.seed = cfg.SEED
-        # Seeded per epoch by set_epoch, so a resumed run sees the same order.
+        self.global_batch = global_batch_size(cfg, self.world_size)
+        # Seeded per epoch by set_epoch, so every process and a resumed run see the same
+        # order; without a seed (SEED < 0) from rank 0's random seed.
+        self.seed = cfg.SEED if cfg.SEED >= 0 else broadcast_object(random.randrange(2**31))
         self.generator = torch.Generator()
-        self.generator.manual_seed(max(cfg.SEED, 0))
+        self.generator.manual_seed(self.seed)
 
         ds = self.dataset
         self.train_loader_x = self._train_loader(ds.train_x)
@@ -167,11 +167,9 @@ class DataManager:
         return self.dataset.lab2cname
 
     def set_epoch(self, epoch: int) -> None:
-        """Reseed the train shuffling for `epoch` (from cfg.SEED + epoch; DDP: sampler epoch)."""
-        sampler = self.train_loader_x.sampler
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        elif self.seed >= 0:
+        """Reseed the train shuffling for `epoch` (from cfg.SEED + epoch: the same order on
+        every process, and after a resume)."""
+        if self.seed >= 0:
             self.generator.manual_seed(self.seed + epoch)
 
     def _loader_kwargs(self) -> dict:
@@ -182,22 +180,23 @@ class DataManager:
         }
 
     def _train_loader(self, data: list[Datum]) -> Loader:
-        batch_size = self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE
-        generator = None
-        if self.world_size > 1:
-            seed = max(self.seed, 0)
-            sampler = DistributedSampler(data, self.world_size, self.rank, shuffle=True, seed=seed)
-        elif self.cfg.DATALOADER.TRAIN_X.SAMPLER == "SequentialSampler":
-            sampler = SequentialSampler(data)
-        else:
-            generator = self.generator if self.seed >= 0 else None
-            sampler = RandomSampler(data, generator=generator)
+        """Each step reads one global batch of ``global_batch`` images, split over the
+        processes (:class:`GlobalBatchSampler`); the incomplete last batch is dropped unless
+        it is the only one (as Dassl)."""
+        shuffle = self.cfg.DATALOADER.TRAIN_X.SAMPLER != "SequentialSampler"
+        sampler = GlobalBatchSampler(
+            len(data),
+            self.global_batch,
+            self.rank,
+            self.world_size,
+            generator=self.generator if shuffle else None,
+            shuffle=shuffle,
+            drop_last=len(data) >= self.global_batch,
+        )
         return Loader(
             DatasetWrapper(data, self.tfm_train, image_reader(self.cfg)),
-            batch_size=batch_size,
-            sampler=sampler,
-            generator=generator,  # also seeds the workers' base seed
-            drop_last=len(sampler) >= batch_size,  # Dassl: never drop the only batch
+            batch_sampler=sampler,
+            generator=self.generator,  # also seeds the workers' base seed
             **self._loader_kwargs(),
         )
 

@@ -6,6 +6,9 @@
   active (``train.py`` wraps the whole run in it); files are written atomically and a
   write in progress finishes first (:mod:`dassl_ext.utils.atomic`), so nothing partial is
   left, and the exit status is the shell's 128 + signal number.
+- A collective that fails because another torchrun process died or stopped answering
+  (``DIST.TIMEOUT``) becomes one sentence (:func:`lost_process_error`): this process stops
+  too, and the others' logs say why.
 - :func:`resume_command` is the exact ``train.py --resume`` command that continues a run
   from its last epoch checkpoint.
 """
@@ -49,6 +52,46 @@ def training_position(trainer) -> str:
         f"epoch {epoch}/{getattr(trainer, 'max_epoch', '?')}, "
         f"batch {batch}/{getattr(trainer, 'num_batches', '?')}"
     )
+
+
+# What gloo and NCCL say when a peer is gone or a collective waited past its timeout
+_LOST_PEER_SIGNS = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "timed out",
+    "timeout",
+    "nccl",
+    "gloo",
+    "socket",
+)
+
+
+def lost_process_error(e: BaseException, trainer=None) -> UserError | None:
+    """For an error raised in a torchrun run by a collective whose peers are gone or hang:
+    a UserError saying so (where, and what to look at); None for any other error."""
+    import torch.distributed as dist
+
+    from dassl_ext.utils.distributed import get_rank
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    text = str(e)
+    is_dist = isinstance(e, getattr(dist, "DistError", ()))
+    if not (is_dist or (isinstance(e, RuntimeError) and _matches(text))):
+        return None
+    where = f" at {training_position(trainer)}" if getattr(trainer, "num_batches", None) else ""
+    first = (text.strip().splitlines() or [type(e).__name__])[0][:160]
+    return UserError(
+        f"Process {get_rank()} of {dist.get_world_size()} lost the others{where}: another "
+        f"process stopped, or did not answer within DIST.TIMEOUT seconds ({first}); this one "
+        "stops too. The first error is in the log of the process that stopped."
+    )
+
+
+def _matches(text: str) -> bool:
+    low = text.lower()
+    return any(sign in low for sign in _LOST_PEER_SIGNS)
 
 
 def non_finite_loss_error(trainer, loss: torch.Tensor) -> NonFiniteLossError:

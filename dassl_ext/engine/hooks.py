@@ -4,12 +4,11 @@ The trainer calls ``before_train``, ``before_epoch``, ``after_epoch`` and ``afte
 each hook in list order, so the order of the epoch-end work is the order of the list that
 ``SimpleTrainer.build_hooks`` returns, not the order of ``super()`` calls. The default list:
 
-1. :class:`BroadcastBuffers`: rank 0's BatchNorm statistics on every rank (as DDP does);
-2. hooks that change the weights to be evaluated and saved (PromptSRC inserts
+1. hooks that change the weights to be evaluated and saved (PromptSRC inserts
    :class:`ParameterAveraging` here: before selection, with :func:`insert_before`);
-3. :class:`ModelSelection`: evaluate on val, keep the best as ``model-best.pth.tar``;
-4. :class:`MetricsWriter`: one ``metrics.jsonl`` row per epoch;
-5. :class:`PeriodicCheckpointer`: ``model.pth.tar-<epoch>`` every ``CHECKPOINT_FREQ`` and last.
+2. :class:`ModelSelection`: evaluate on val, keep the best as ``model-best.pth.tar``;
+3. :class:`MetricsWriter`: one ``metrics.jsonl`` row per epoch;
+4. :class:`PeriodicCheckpointer`: ``model.pth.tar-<epoch>`` every ``CHECKPOINT_FREQ`` and last.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from torch import nn
 
 from dassl_ext.utils.atomic import write_text_atomic, write_torch_atomic
 from dassl_ext.utils.checkpoint import BEST_FILE
-from dassl_ext.utils.distributed import broadcast_module, is_main_process
+from dassl_ext.utils.distributed import is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +62,6 @@ def insert_before(hooks: list[HookBase], kind: type, hook: HookBase) -> list[Hoo
     """``hooks`` with ``hook`` in front of the first hook of type ``kind``."""
     index = next(i for i, h in enumerate(hooks) if isinstance(h, kind))
     return [*hooks[:index], hook, *hooks[index:]]
-
-
-class BroadcastBuffers(HookBase):
-    """Copy BatchNorm statistics from rank 0 to every rank after each epoch (a no-op in one
-    process): the saved and evaluated model is rank 0's, as under DDP."""
-
-    def after_epoch(self) -> None:
-        for model in self.trainer.registered_models():
-            broadcast_module(model)
 
 
 class ModelSelection(HookBase):

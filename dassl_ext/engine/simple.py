@@ -19,18 +19,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from dassl_ext.engine.hooks import (
-    BroadcastBuffers,
-    HookBase,
-    MetricsWriter,
-    ModelSelection,
-    PeriodicCheckpointer,
-)
+from dassl_ext.engine.hooks import HookBase, MetricsWriter, ModelSelection, PeriodicCheckpointer
 from dassl_ext.engine.precision import resolve_precision
 from dassl_ext.engine.trainer import TrainerBase
 from dassl_ext.errors import UserError
 from dassl_ext.utils.checkpoint import checkpoint_epochs
-from dassl_ext.utils.distributed import get_local_rank, is_main_process
+from dassl_ext.utils.distributed import get_local_rank, get_world_size, is_main_process
 from dassl_ext.utils.tools import AverageMeter, MetricMeter
 
 logger = logging.getLogger(__name__)
@@ -109,7 +103,7 @@ class SimpleTrainer(TrainerBase):
 
     def build_hooks(self) -> list[HookBase]:
         """The hooks run around each epoch, in order (see :mod:`dassl_ext.engine.hooks`)."""
-        return [BroadcastBuffers(), ModelSelection(), MetricsWriter(), PeriodicCheckpointer()]
+        return [ModelSelection(), MetricsWriter(), PeriodicCheckpointer()]
 
     # ------------------------------------------------------------------ training
     def train(self) -> None:  # type: ignore[override]
@@ -226,6 +220,8 @@ class SimpleTrainer(TrainerBase):
             "eval_splits": cfg.DATASET.EVAL_SPLITS,
             "config_hash": config_hash(cfg),
             "backbone": cfg.MODEL.BACKBONE.NAME,
+            "world_size": get_world_size(),  # processes of this run; global_batch over all
+            "global_batch": self.dm.global_batch,
             "splits": {
                 name: {
                     "accuracy": float(r["accuracy"]),

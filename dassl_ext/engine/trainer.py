@@ -1,8 +1,9 @@
 """TrainerBase: registered models, the epoch loop skeleton, updates, checkpoints, resume.
 
 Method-specific trainers subclass :class:`~dassl_ext.engine.simple.TrainerX`; the
-cross-cutting work (precision scaler, gradient clipping and averaging across ranks, LR
-stepping once per epoch, checkpoint IO, running the hooks in order) lives here once.
+cross-cutting work (precision scaler, gradient clipping, DistributedDataParallel under
+torchrun, LR stepping once per epoch, checkpoint IO, running the hooks in order) lives here
+once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from dassl_ext.engine.ddp import convert_sync_batchnorm, trainable, wrap_ddp
 from dassl_ext.engine.faults import non_finite_loss_error
 from dassl_ext.engine.hooks import HookBase
 from dassl_ext.engine.teacher import TeacherSupport
@@ -27,13 +29,7 @@ from dassl_ext.utils.checkpoint import (
     save_checkpoint,
     strip_module_prefix,
 )
-from dassl_ext.utils.distributed import (
-    average_gradients,
-    barrier,
-    broadcast_module,
-    is_distributed,
-    is_main_process,
-)
+from dassl_ext.utils.distributed import barrier, is_distributed, is_main_process
 from dassl_ext.utils.tools import get_rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
@@ -56,6 +52,9 @@ class TrainerBase:
         self._models: OrderedDict[str, nn.Module] = OrderedDict()
         self._optims: OrderedDict[str, Any] = OrderedDict()
         self._scheds: OrderedDict[str, Any] = OrderedDict()
+        self._forward: dict[str, nn.Module] = {}  # name -> the module of its training forward
+        self._ddp: dict[str, nn.Module] = {}  # name -> that module in DistributedDataParallel
+        self._forwarded: set[str] = set()  # names whose training_module() this step asked for
         self._writer = None
         self.scaler = torch.amp.GradScaler("cpu", enabled=False)
         self.grad_clip_norm = 0.0
@@ -68,23 +67,48 @@ class TrainerBase:
 
     # ------------------------------------------------------------------ models
     def register_model(
-        self, name: str = "model", model: nn.Module | None = None, optim=None, sched=None
+        self,
+        name: str = "model",
+        model: nn.Module | None = None,
+        optim=None,
+        sched=None,
+        forward_module: nn.Module | None = None,
     ) -> None:
         """Register a model (saved, loaded, mode-switched, updated) with its optimizer/scheduler.
 
-        Under torchrun the model's parameters and buffers are copied from rank 0, and the
-        gradients of its trainable parameters are averaged across ranks in
-        :meth:`model_update` (what DDP does), whatever module the forward goes through.
+        ``forward_module``: the module whose forward is the training forward, when it is more
+        than the saved ``model`` (CoOp saves its prompt learner, but trains through the whole
+        CLIP, frozen towers inside). Call this with the modules on their device and their
+        trainable parameters chosen. Under torchrun, when there is something to train, the
+        forward module's BatchNorm layers go over the global batch and it is wrapped in
+        DistributedDataParallel: run the training forward through :meth:`training_module`,
+        so that ``backward`` averages the gradients across processes. The registered model
+        (saved, evaluated) stays unwrapped.
         """
         if self.__dict__.get("_models") is None:
             raise AttributeError("Call super().__init__() before register_model().")
         if name in self._models:
             raise KeyError(f"A model named {name!r} is already registered.")
+        forward_module = model if forward_module is None else forward_module
+        if is_distributed() and optim is not None and trainable(model):
+            if forward_module is model:
+                forward_module = model = convert_sync_batchnorm(model)
+            else:  # BatchNorm layers are replaced in place, inside the forward module
+                convert_sync_batchnorm(forward_module)
+            self._ddp[name] = wrap_ddp(forward_module)
         self._models[name] = model
+        self._forward[name] = forward_module
         self._optims[name] = optim
         self._scheds[name] = sched
-        if is_distributed() and model is not None:
-            broadcast_module(model)
+
+    def training_module(self, name: str | None = None) -> nn.Module:
+        """The module to run the training forward of model ``name`` (default: the first
+        registered) through: the DistributedDataParallel wrapper of its forward module under
+        torchrun, else the forward module itself. Run it once per step (DDP expects one
+        forward per backward)."""
+        name = self.get_model_names(name)[0]
+        self._forwarded.add(name)
+        return self._ddp.get(name, self._forward[name])
 
     def registered_models(self) -> list[nn.Module]:
         """The registered models, in registration order."""
@@ -132,10 +156,16 @@ class TrainerBase:
         self.scaler.scale(loss).backward()
 
     def model_update(self, names: str | list[str] | None = None) -> None:
-        """Average gradients across ranks, clip (TRAIN.GRAD_CLIP_NORM), step, update scaler."""
+        """Clip (TRAIN.GRAD_CLIP_NORM), step, update the scaler. Under torchrun the gradients
+        were averaged across processes during backward (DistributedDataParallel)."""
         names = [n for n in self.get_model_names(names) if self._optims[n] is not None]
-        if is_distributed():
-            average_gradients(p for n in names for p in self._models[n].parameters())
+        bypassed = [n for n in names if n in self._ddp and n not in self._forwarded]
+        self._forwarded.clear()
+        if bypassed:  # its gradients were not averaged: the processes would drift apart
+            raise RuntimeError(
+                f"Under torchrun the training forward of {bypassed[0]!r} must run through "
+                f"self.training_module({bypassed[0]!r}) (its DistributedDataParallel wrapper)."
+            )
         if self.grad_clip_norm > 0:
             for n in names:
                 self.scaler.unscale_(self._optims[n])
@@ -147,7 +177,7 @@ class TrainerBase:
     def model_backward_and_update(
         self, loss: torch.Tensor, names: str | list[str] | None = None
     ) -> None:
-        """zero_grad -> (scaled) backward -> grad averaging / clipping -> step."""
+        """zero_grad -> (scaled) backward (gradients averaged across processes) -> clip -> step."""
         self.model_zero_grad(names)
         self.model_backward(loss)
         self.model_update(names)

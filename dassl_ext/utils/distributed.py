@@ -5,8 +5,8 @@ One process is the default and needs none of this: every helper works uninitiali
 
 from __future__ import annotations
 
+import datetime
 import os
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -34,10 +34,11 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def init_distributed_from_env(use_cuda: bool = True) -> bool:
+def init_distributed_from_env(use_cuda: bool = True, timeout_s: float = 1800) -> bool:
     """Join the process group described by torchrun's env vars (RANK, WORLD_SIZE, MASTER_*).
 
-    nccl when CUDA is used, gloo otherwise. Returns True if running distributed.
+    nccl when CUDA is used, gloo otherwise; a collective waits at most ``timeout_s`` seconds
+    for the other processes. Returns True if running distributed.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "RANK" not in os.environ:
         return False
@@ -46,7 +47,8 @@ def init_distributed_from_env(use_cuda: bool = True) -> bool:
     cuda = use_cuda and torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(get_local_rank())
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    timeout = datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timeout)
     return True
 
 
@@ -76,42 +78,3 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
-    """All-reduce-average the gradients of ``params`` across ranks in one flat buffer
-    (what DistributedDataParallel does after backward); no-op when not distributed."""
-    if not is_distributed():
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    # one bucket per dtype/device so that mixed fp16/fp32 parameters are fine
-    buckets: dict[tuple, list[torch.Tensor]] = {}
-    for g in grads:
-        buckets.setdefault((g.dtype, g.device), []).append(g)
-    for group in buckets.values():
-        flat = torch.cat([g.reshape(-1) for g in group])
-        dist.all_reduce(flat)
-        flat /= get_world_size()
-        offset = 0
-        for g in group:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-
-def broadcast_module(module: torch.nn.Module, src: int = 0, trainable_only: bool = True) -> None:
-    """Copy ``module``'s trainable parameters (all with ``trainable_only=False``) and its
-    BatchNorm statistics from rank ``src`` to every rank, as DDP does when it wraps a model.
-
-    Frozen weights come from the same files on every rank and are not sent.
-    """
-    if not is_distributed():
-        return
-    tensors = [p for p in module.parameters() if p.requires_grad or not trainable_only]
-    for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            tensors += [b for b in m.buffers()]
-    with torch.no_grad():
-        for t in tensors:
-            dist.broadcast(t.data, src=src)
