@@ -277,3 +277,19 @@ def test_digest_follows_content_not_size_and_mtime(tmp_path, monkeypatch):
     digest._memory.clear()
     monkeypatch.setattr(digest, "sha256_of", lambda p: pytest.fail("hashed again"))
     assert file_digest(str(path), store) == third
+
+
+def test_the_resume_line_under_torchrun_names_torchrun(monkeypatch):
+    from dassl_ext.engine.faults import resume_command
+
+    argv = ["--trainer", "PromptKD", "--output-dir", "out/run"]
+    assert resume_command(argv, "out/run").startswith("python train.py --resume out/run")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resume_command(argv, "out/run").startswith(
+        "torchrun --nproc-per-node=4 --standalone train.py --resume out/run --trainer PromptKD"
+    )
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert "--nproc-per-node=4 --nnodes=2 --rdzv-endpoint=HOST:PORT train.py" in resume_command(
+        argv, "out/run"
+    )

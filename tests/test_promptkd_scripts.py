@@ -113,3 +113,38 @@ def test_teacher_folders_lists_every_spelling():
     assert teacher_dirs("cross", "ImageNet", ("t",)) == [
         os.path.join("t", "ImageNet-xd", "VLPromptLearner_large")
     ]
+
+
+def test_nproc_and_nnodes_launch_every_run_through_torchrun(tmp_path):
+    """NPROC processes per host: torchrun --standalone; NNODES hosts: c10d rendezvous at
+    RDZV_ENDPOINT, with one id per run that every host derives alike."""
+    put_checkpoint(tmp_path / "teachers" / "OxfordPets" / "VLPromptLearner")
+    one = run_script("base2new.sh", tmp_path, "oxford_pets")
+    assert one.returncode == 0 and "torch.distributed.run" not in one.stdout
+    two = run_script("base2new.sh", tmp_path, "oxford_pets", NPROC="2")
+    runs = [ln for ln in two.stdout.splitlines() if "train.py" in ln]
+    assert runs and all(
+        "-m torch.distributed.run --nnodes 1 --nproc-per-node 2 --standalone train.py" in ln
+        for ln in runs
+    ), two.stdout
+    no_endpoint = run_script("base2new.sh", tmp_path, "oxford_pets", NPROC="2", NNODES="2")
+    assert no_endpoint.returncode != 0 and "RDZV_ENDPOINT" in no_endpoint.stderr
+    hosts = [
+        run_script(
+            "base2new.sh",
+            tmp_path,
+            "oxford_pets",
+            NPROC="4",
+            NNODES="2",
+            RDZV_ENDPOINT="node0:29400",
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    assert hosts[0].returncode == 0 and hosts[0].stdout == hosts[1].stdout
+    launched = [ln for ln in hosts[0].stdout.splitlines() if "train.py" in ln]
+    assert all(
+        "--nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint node0:29400" in ln
+        for ln in launched
+    )
+    ids = [ln.split("--rdzv-id ")[1].split()[0] for ln in launched]
+    assert len(set(ids)) == len(ids)  # one rendezvous per run

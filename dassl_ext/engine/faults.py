@@ -135,7 +135,19 @@ def resume_command(argv: list[str], run_dir: str) -> str:
             skip = True
         elif not a.startswith("--resume="):
             args.append(a)
-    return shlex.join(["python", _script(), "--resume", run_dir, *args])
+    return shlex.join([*launcher(), _script(), "--resume", run_dir, *args])
+
+
+def launcher() -> list[str]:
+    """How this process was started: ``python``, or torchrun with as many processes (a run
+    also resumes under another number of processes)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return ["python"]
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    nodes = max(world // max(local, 1), 1)
+    where = ["--standalone"] if nodes == 1 else [f"--nnodes={nodes}", "--rdzv-endpoint=HOST:PORT"]
+    return ["torchrun", f"--nproc-per-node={local}", *where]
 
 
 def _script() -> str:
@@ -161,6 +173,6 @@ def interrupted_message(
     resume = how_to_continue(argv, run_dir, training)
     if resume:
         return f"{head} {resume}"
-    again = shlex.join(["python", _script(), *argv])
+    again = shlex.join([*launcher(), _script(), *argv])
     saved = " No epoch checkpoint was saved yet." if training else ""
     return f"{head}{saved} Run again with: {again}"

@@ -4,7 +4,9 @@
 # TRAINER and the default CFG, SHOTS, LOADEP ... and call one of these functions.
 #   Env: DATA (./data), OUTPUT (./output), SEEDS ("1 2 3"), PYTHON (python), LOOKUP_PYTHON
 #   (python3: the checkpoint lookup), DRY_RUN (1: print the python commands instead of
-#   running them).
+#   running them), NPROC (1: processes per host) and NNODES (1: hosts): more than one and
+#   every run goes through torchrun (`python -m torch.distributed.run`); several hosts also
+#   need RDZV_ENDPOINT (host:port of one of them) and a shared OUTPUT folder.
 # Every run goes into its own folder; a folder with results.json is skipped, and an
 # unfinished training run with epoch checkpoints is resumed (--resume).
 set -euo pipefail
@@ -14,6 +16,8 @@ DATA=${DATA:-./data}
 OUTPUT=${OUTPUT:-./output}
 SEEDS=${SEEDS:-"1 2 3"}
 PYTHON=${PYTHON:-python}
+NPROC=${NPROC:-1}
+NNODES=${NNODES:-1}
 
 # run_python ARGS...: $PYTHON ARGS, or with DRY_RUN=1 only print the command
 run_python() {
@@ -22,6 +26,25 @@ run_python() {
     return 0
   fi
   "$PYTHON" "$@"
+}
+
+# run_launched SCRIPT ARGS...: one run of SCRIPT in one process, or under torchrun with
+# NPROC processes on each of NNODES hosts (one host: --standalone; several: c10d rendezvous
+# at RDZV_ENDPOINT, with an id made from the arguments, the same on every host)
+run_launched() {
+  if [ "$NPROC" = 1 ] && [ "$NNODES" = 1 ]; then
+    run_python "$@"
+    return
+  fi
+  local rdzv=(--standalone)
+  if [ "$NNODES" != 1 ]; then
+    : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port (one of the $NNODES hosts) to run on several hosts}"
+    local id
+    id=$(printf '%s\n' "$@" | cksum | cut -d' ' -f1)
+    rdzv=(--rdzv-backend c10d --rdzv-endpoint "$RDZV_ENDPOINT" --rdzv-id "${RDZV_ID:-run$id}")
+  fi
+  run_python -m torch.distributed.run --nnodes "$NNODES" --nproc-per-node "$NPROC" \
+    "${rdzv[@]}" "$@"
 }
 
 # is_finished DIR: true (and says so) when DIR/results.json exists
@@ -51,7 +74,7 @@ run_train() {
   if is_finished "$dir"; then return 0; fi
   local resume=()
   if checkpoint_lookup resumable "$dir"; then resume=(--resume "$dir"); fi
-  run_python train.py --root "$DATA" --output-dir "$dir" "${resume[@]}" "$@"
+  run_launched train.py --root "$DATA" --output-dir "$dir" "${resume[@]}" "$@"
 }
 
 # run_eval DIR ARGS...: train.py --eval-only into DIR unless DIR/results.json exists
@@ -59,7 +82,7 @@ run_eval() {
   local dir=$1
   shift
   if is_finished "$dir"; then return 0; fi
-  run_python train.py --root "$DATA" --output-dir "$dir" --eval-only "$@"
+  run_launched train.py --root "$DATA" --output-dir "$dir" --eval-only "$@"
 }
 
 # run_method train|eval DIR SEED DATASET ARGS...: one run of $TRAINER with config $CFG
