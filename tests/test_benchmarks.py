@@ -203,3 +203,13 @@ def test_data_loading_benchmark_prints_workers_needed(tmp_path, capsys):
             assert out.count(f"{split} | {backend} | ") == 1
         assert f"{split}: tensor / pil images/s per worker" in out
     assert "| 3000.0 |" in out and "| 300.0 |" in out
+
+
+def test_ddp_throughput_runs_one_and_two_processes_at_one_global_batch(tmp_path):
+    bench = _bench("ddp_throughput")
+    out = tmp_path / "rows.json"
+    argv = ["--procs", "1,2", "--steps", "1", "--warmup", "1", "--batch", "8", "--json", str(out)]
+    assert bench.main(argv) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["procs"], r["global_batch"], r["per_rank"]) for r in rows] == [(1, 8, 8), (2, 8, 4)]
+    assert all(r["img_per_s"] > 0 for r in rows)
