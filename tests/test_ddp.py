@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_engine_tiny import final_weights, register_tiny, tiny, tiny_argv  # noqa: F401
 from test_promptkd import student_argv
+from test_trainer_all import CONFIGS, argv
 
 import train
 
@@ -313,3 +314,25 @@ def _sync_bn_rank(rank, world, port, x, grad_out, weight, bias, queue) -> None:
         })  # fmt: skip
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["CoOp", "CoCoOp", "PromptSRC"])
+def test_prompt_trainers_on_two_ranks_match_one_process(
+    name, digits_root, tiny_clip_root, tmp_path, monkeypatch
+):
+    """The training forward runs through DDP: 2 ranks x 2 images = 1 x 4 after 2 steps.
+    CoOp and CoCoOp save only their prompt learner but train through the whole CLIP (and
+    CoCoOp's meta-net); PromptSRC takes logits and features from one forward, then averages
+    its prompts (GPA). IVLP and MaPLe take CoOp's path. Tolerance: with the tiny CLIP's logit
+    scale of 100, another thread count alone moves CoOp's context by 1.8e-5."""
+    opts = ("INPUT.TRANSFORMS", "['normalize']", "OPTIM.WARMUP_EPOCH", "0")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert train.main(argv(name, one, digits_root, tiny_clip_root, *opts)) == 0
+    run_ranks(argv(name, two, digits_root, tiny_clip_root, *opts), monkeypatch)
+    model = CONFIGS[name][1]
+    a, b = (torch.load(d / model / "model.pth.tar-1", weights_only=True)["state_dict"]
+            for d in (one, two))  # fmt: skip
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+    assert _results(one)["splits"]["test"] == _results(two)["splits"]["test"]
