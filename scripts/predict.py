@@ -46,12 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print one JSON list")
     args = p.parse_args(argv)
+    from dassl_ext.errors import UserError
     from trainers.promptkd_export import ExportedStudent
 
     try:
         paths = list_images(args.inputs)
         student = ExportedStudent(args.model, args.device)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, UserError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
     results = student.predict(paths, args.topk, args.batch_size)

@@ -293,3 +293,39 @@ def test_the_resume_line_under_torchrun_names_torchrun(monkeypatch):
     assert "--nproc-per-node=4 --nnodes=2 --rdzv-endpoint=HOST:PORT train.py" in resume_command(
         argv, "out/run"
     )
+
+
+def test_corrupt_export_and_corrupt_gpa_state_are_named_not_tracebacks(tmp_path, caplog, capsys):
+    """A student export cut short: predict.py says which file, exit 1. A cut
+    gpa_state.pt on --resume: a warning naming it, and the aggregate restarts."""
+    import importlib.util
+    import types
+
+    from dassl_ext.engine.hooks import ParameterAveraging
+
+    bad = tmp_path / "student.pt"
+    torch.save({"format": "x", "state_dict": {"w": torch.zeros(100)}}, bad)
+    bad.write_bytes(bad.read_bytes()[:50])
+    spec = importlib.util.spec_from_file_location(
+        "predict", os.path.join(os.path.dirname(__file__), "..", "scripts", "predict.py")
+    )
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    assert predict.main(["-m", str(bad), str(image)]) == 1
+    err = capsys.readouterr().err
+    assert f"Checkpoint {bad} is truncated or corrupt" in err and "Traceback" not in err
+
+    (tmp_path / "gpa_state.pt").write_bytes(b"not a checkpoint")
+    hook = ParameterAveraging(
+        [0.5, 0.5], [torch.nn.Parameter(torch.zeros(2))], "gpa_state.pt", "GPA"
+    )
+    hook.trainer = types.SimpleNamespace(
+        start_epoch=1, device=torch.device("cpu"), cfg=types.SimpleNamespace(RESUME=str(tmp_path))
+    )
+    with caplog.at_level(logging.WARNING):
+        hook.before_train()
+    assert hook.sum is None and "gpa_state.pt is truncated or corrupt" in caplog.text

@@ -19,6 +19,7 @@ from dassl_ext.config import get_cfg_default
 from dassl_ext.data.transforms import build_transform
 from dassl_ext.modeling import PromptedImageEncoder, clip
 from dassl_ext.utils.atomic import write_torch_atomic
+from dassl_ext.utils.checkpoint import load_checkpoint
 from trainers.promptkd_student import PromptKDStudent
 
 FORMAT = "promptkd-student/2"
@@ -103,7 +104,7 @@ class ExportedStudent:
     """A loaded export: ``predict(paths, topk)`` -> one dict per image."""
 
     def __init__(self, path: str, device: str = "cpu") -> None:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_checkpoint(path)  # missing or corrupt: one sentence naming the file
         if not isinstance(obj, dict) or obj.get("format") not in (FORMAT, FORMAT_V1):
             raise ValueError(f"{path} is not a PromptKD student export ({FORMAT}).")
         self.device = torch.device(device)

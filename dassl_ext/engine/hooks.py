@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dassl_ext.utils.atomic import write_text_atomic, write_torch_atomic
-from dassl_ext.utils.checkpoint import BEST_FILE
+from dassl_ext.utils.checkpoint import BEST_FILE, CorruptCheckpointError, load_checkpoint
 from dassl_ext.utils.distributed import is_main_process
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,11 @@ class ParameterAveraging(HookBase):
         path = os.path.join(trainer.cfg.RESUME, self.state_file)
         sums = {}
         if os.path.isfile(path):
-            sums = torch.load(path, map_location=trainer.device, weights_only=True)["sums"]
+            try:
+                sums = load_checkpoint(path)["sums"]
+            except (CorruptCheckpointError, KeyError, TypeError):
+                logger.warning(f"{path} is truncated or corrupt: it is not used.")
+            sums = {e: [t.to(trainer.device) for t in v] for e, v in sums.items()}
         if trainer.start_epoch in sums:  # the running sum after the resumed epoch
             self.history = {e: v for e, v in sums.items() if e <= trainer.start_epoch}
             self.sum = [t.clone() for t in sums[trainer.start_epoch]]
