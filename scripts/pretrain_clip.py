@@ -66,7 +66,7 @@ _RECIPE = dict(batch=128, lr=1e-3, warmup=100, weight_decay=0.1, shift_px=2,
                captions="all templates x (word, numeral)")  # fmt: skip
 STANDIN_RECIPES = {
     "digits-teacher": dict(_RECIPE, steps=1000, seed=11),
-    "digits-student": dict(_RECIPE, steps=1000, seed=12, images="blurred", blur_sigma=1.0),
+    "digits-student": dict(_RECIPE, steps=1500, seed=12, images="blurred", blur_sigma=1.0),
 }
 ZEROSHOT_TEMPLATE = CUSTOM_TEMPLATES["Digits"]  # what ZeroshotCLIP prompts with
 CAPTION_TEMPLATES = (
