@@ -66,7 +66,7 @@ _RECIPE = dict(batch=128, lr=1e-3, warmup=100, weight_decay=0.1, shift_px=2,
                captions="all templates x (word, numeral)")  # fmt: skip
 STANDIN_RECIPES = {
     "digits-teacher": dict(_RECIPE, steps=1000, seed=11),
-    "digits-student": dict(_RECIPE, steps=1000, seed=12, images="blurred", blur_sigma=1.0),
+    "digits-student": dict(_RECIPE, steps=1500, seed=12, images="blurred", blur_sigma=1.0),
 }
 ZEROSHOT_TEMPLATE = CUSTOM_TEMPLATES["Digits"]  # what ZeroshotCLIP prompts with
 CAPTION_TEMPLATES = (
@@ -214,12 +214,23 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     ]
 
 
-def pretrain(name: str, root: str, steps: int | None, seed: int | None, log_every: int) -> tuple:
+def pretrain(
+    name: str,
+    root: str,
+    steps: int | None,
+    seed: int | None,
+    log_every: int,
+    blur_sigma: float | None = None,
+) -> tuple:
     spec, recipe = STANDIN_SPECS[name], dict(STANDIN_RECIPES[name])
     if steps is not None:
         recipe["steps"] = steps
     if seed is not None:
         recipe["seed"] = seed
+    if blur_sigma is not None:
+        if recipe.get("images") != "blurred":
+            raise SystemExit(f"--blur-sigma: {name}'s corpus images are not blurred")
+        recipe["blur_sigma"] = blur_sigma
     torch.manual_seed(recipe["seed"])
     gen = torch.Generator().manual_seed(recipe["seed"])
     x_train, y_train, classnames = load_split(root, "train")
@@ -281,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: the packaged one)")
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
     parser.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
+    parser.add_argument(
+        "--blur-sigma", type=float, default=None, help="override a blurred corpus's sigma (px)"
+    )
     parser.add_argument("--log-every", type=int, default=200, help="val zero-shot every N steps")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
@@ -288,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     model, recipe, curve, seconds = pretrain(
-        args.name, args.root, args.steps, args.seed, args.log_every
+        args.name, args.root, args.steps, args.seed, args.log_every, args.blur_sigma
     )
     # Every floating tensor in fp16, as in OpenAI's files (half the bytes to commit).
     state = {
