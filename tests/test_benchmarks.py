@@ -57,6 +57,7 @@ def test_every_variant_runs_on_the_tiny_pair(step_bench, tiny_files, variant):
     r = step_bench.run_variant(args)
     assert r["variant"] == variant and r["batch"] == 8
     assert r["sec_per_step"] > 0 and r["cpu_sec_per_step"] > 0 and r["peak_rss_mb"] > 0
+    assert 0 < r["step_rss_mb"] <= r["peak_rss_mb"]  # the steps' peak, loading excluded
     assert r["teacher_prec"] == ("" if variant == "eval-ours" else "fp32")
 
 
@@ -69,17 +70,18 @@ def test_plan_and_table(step_bench, tiny_files):
     ]  # fmt: skip
     assert _args(step_bench, tiny_files, "--prec", "bf16").teacher_precs == ["bf16"]
     row = {"sec_per_step": 2.0, "cpu_sec_per_step": 4.0, "images_per_sec": 4.0,
-           "peak_rss_mb": 1000.0, "peak_cuda_mb": 0, "build_sec": 1.0, "batch": 8}  # fmt: skip
+           "peak_rss_mb": 1000.0, "step_rss_mb": 800.0, "peak_cuda_mb": 0, "build_sec": 1.0,
+           "batch": 8}  # fmt: skip
     results = [
         {**row, "variant": "train-ours", "teacher_prec": "fp32"},
         {**row, "variant": "train-ours", "teacher_prec": "bf16", "cpu_sec_per_step": 2.0,
-         "peak_rss_mb": 600.0},
+         "peak_rss_mb": 600.0, "step_rss_mb": 400.0},
         {**row, "variant": "train-official", "teacher_prec": "fp32", "cpu_sec_per_step": 8.0},
         {**row, "variant": "eval-ours", "teacher_prec": "", "cpu_sec_per_step": 0.5},
         {**row, "variant": "eval-official", "teacher_prec": "fp32", "cpu_sec_per_step": 5.0},
     ]  # fmt: skip
     table = step_bench.format_table(results, args)
-    assert "ours (teacher bf16) / official: 0.250x; peak memory 0.60x" in table
+    assert "(teacher bf16) / official: 0.250x; peak memory 0.60x, during the steps 0.50x" in table
     assert "teacher fp32 / teacher bf16: 2.00x" in table
     assert "eval speed, student-only / official: 10.0x" in table
     with pytest.raises(SystemExit):
