@@ -10,6 +10,8 @@ compute what one process computes on the same global batch.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -119,10 +121,11 @@ def wrap_ddp(model: nn.Module) -> DistributedDataParallel:
     ignore += [n for n, _ in model.named_buffers() if not _is_bn_buffer(model, n)]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
     device = next(p for p in model.parameters() if p.requires_grad).device
+    # torch >= 2.14 names the switch forward_sync_buffers (broadcast_buffers is deprecated)
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
     return DistributedDataParallel(
-        model,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        forward_sync_buffers=False,
+        model, device_ids=[device.index] if device.type == "cuda" else None, **{no_sync: False}
     )
 
 
