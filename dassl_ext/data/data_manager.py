@@ -169,8 +169,7 @@ class DataManager:
     def set_epoch(self, epoch: int) -> None:
         """Reseed the train shuffling for `epoch` (from cfg.SEED + epoch: the same order on
         every process, and after a resume)."""
-        if self.seed >= 0:
-            self.generator.manual_seed(self.seed + epoch)
+        self.generator.manual_seed(self.seed + epoch)
 
     def _loader_kwargs(self) -> dict:
         cfg = self.cfg

@@ -54,17 +54,10 @@ def training_position(trainer) -> str:
     )
 
 
-# What gloo and NCCL say when a peer is gone or a collective waited past its timeout
-_LOST_PEER_SIGNS = (
-    "connection closed by peer",
-    "connection reset by peer",
-    "broken pipe",
-    "timed out",
-    "timeout",
-    "nccl",
-    "gloo",
-    "socket",
-)
+# What gloo says (as a plain RuntimeError) when a peer is gone or a collective waited past
+# its timeout; NCCL raises torch.distributed.DistError subclasses, recognised by type
+_LOST_PEER_SIGNS = ("connection closed by peer", "connection reset by peer", "broken pipe",
+                    "timed out", "/gloo/")  # fmt: skip
 
 
 def lost_process_error(e: BaseException, trainer=None) -> UserError | None:
