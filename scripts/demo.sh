@@ -6,7 +6,8 @@
 # dassl_ext/modeling/weights/). Steps:
 #   1. the PromptSRC teacher on digits-teacher (5 base classes, 16 shots, labels);
 #   2. PromptKD students on digits-student, one per seed, on all training images WITHOUT
-#      labels (scripts/promptkd/base2new.sh);
+#      labels (scripts/promptkd/base2new.sh; recipe configs/trainers/PromptKD/base2new/
+#      digits_standins.yaml);
 #   3. zero-shot CLIP with each stand-in, and the teacher evaluated on base and new;
 #   4. one base / new / HM table of the four, and the plots.
 # No download; about 3 minutes on 2 CPU cores.
@@ -19,6 +20,8 @@ export DATA=${DATA:-./data}
 export OUTPUT=${OUTPUT:-./output/demo}
 export TEACHER_BACKBONE=digits-teacher STUDENT_BACKBONE=digits-student
 export TRAIN_TEACHER=1  # no released teacher for Digits: train one (a minute on a CPU)
+# The students' recipe for the stand-ins, chosen on the val split (see the file).
+export STUDENT_CFG=${STUDENT_CFG:-configs/trainers/PromptKD/base2new/digits_standins.yaml}
 export SEEDS=${SEEDS:-1 2}
 PYTHON=${PYTHON:-python}
 

@@ -81,6 +81,21 @@ def test_demo_dataset_trains_its_own_teacher(tmp_path):
         assert "export TRAIN_TEACHER=1" in f.read()
 
 
+@pytest.mark.parametrize("script", ["base2new.sh", "xd.sh"])
+def test_student_config_can_be_replaced(tmp_path, script):
+    """STUDENT_CFG (the demo's stand-in recipe) replaces the students' config, not the
+    teacher's; a file that is not there stops the script before anything runs."""
+    own = "configs/trainers/PromptKD/base2new/digits_standins.yaml"
+    run = run_script(script, tmp_path, "digits", STUDENT_CFG=own, TEACHER_CKPT="/t.pth.tar")
+    students = [line for line in run.stdout.splitlines() if "--trainer PromptKD" in line]
+    assert run.returncode == 0 and students and all(f"--config-file {own}" in s for s in students)
+    missing = run_script(script, tmp_path, "digits", STUDENT_CFG="nope.yaml", TEACHER_CKPT="/t")
+    assert missing.returncode == 2 and "train.py" not in missing.stdout
+    assert "no student config file nope.yaml" in missing.stderr
+    with open(os.path.join(REPO, "scripts", "demo.sh")) as f:
+        assert own in f.read()
+
+
 def test_teacher_trained_here_before_is_reused_only_when_finished(tmp_path):
     own = tmp_path / "out" / "promptkd" / "teacher" / "dtd"
     put_checkpoint(own / "VLPromptLearner", "model.pth.tar-7")  # interrupted at epoch 7

@@ -150,9 +150,22 @@ def test_distillation_trains_with_a_bf16_teacher(digits_root, tiny_clip_root, tm
         "DATASET.NUM_SHOTS", "2", "TRAINER.PROMPTKD.PREC", "fp32",
     ])  # fmt: skip
     results = bench.run_teacher_precisions(args)
-    assert list(results) == ["fp32", "bf16"]
+    assert list(results) == [("fp32", 1), ("bf16", 1)]
     for r in results.values():
         assert 0 <= r["base"] <= 100 and 0 <= r["new"] <= 100
-    assert "Building the teacher" in (tmp_path / "teacher_bf16" / "log.txt").read_text()
+    assert "Building the teacher" in (tmp_path / "seed1" / "teacher_bf16" / "log.txt").read_text()
     table = bench.format_table(results)
     assert table.splitlines()[1].split("|")[0].strip() == "fp32" and "ΔHM" in table
+
+
+def test_precision_table_averages_the_seeds():
+    bench = _load_benchmark("teacher_precision")
+    acc = {("fp32", 1): (90.0, 80.0), ("bf16", 1): (91.0, 79.0),
+           ("fp32", 2): (92.0, 84.0), ("bf16", 2): (92.0, 86.0)}  # fmt: skip
+    results = {k: {"base": b, "new": n, "HM": 2 * b * n / (b + n)} for k, (b, n) in acc.items()}
+    lines = bench.format_table(results).splitlines()
+    assert len(lines) == 7  # header, 2 seeds x 2 precisions, 2 mean rows
+    mean_bf16 = [c.strip() for c in lines[-1].split("|")]
+    assert mean_bf16[:4] == ["bf16", "mean", "91.50", "82.50"]
+    assert mean_bf16[5:7] == ["+0.50", "+0.50"]  # bf16 minus fp32 of the means
+    assert [c.strip() for c in lines[2].split("|")][5] == "+1.00"  # seed 1's own difference

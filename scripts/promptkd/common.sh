@@ -5,7 +5,9 @@
 #   TEACHER_CKPT (a teacher model file or folder; skips the search), TEACHER_ROOT (search
 #   only this folder of released teachers instead of teacher_model/ and teacher_models/),
 #   TRAIN_TEACHER (1: train a teacher here when none is found; hours of GPU for ViT-L/14),
-#   TEACHER_SEED (1), PYTHON (python), DRY_RUN (1: print the python commands, run none).
+#   TEACHER_SEED (1), STUDENT_CFG (the students' config file instead of
+#   configs/trainers/PromptKD/base2new/<dataset>.yaml or xd.yaml), PYTHON (python),
+#   DRY_RUN (1: print the python commands, run none).
 #   Arguments after the dataset: seeds (numbers) then KEY VALUE pairs, which are passed to
 #   every train.py run (teacher and student).
 # run_train (skip a finished run, resume an interrupted one) and the DATA / OUTPUT / SEEDS /
@@ -107,6 +109,10 @@ train_teacher() {
 # train_students CONFIG OUT_ROOT TEACHER: one PromptKD run per seed
 train_students() {
   local seed
+  if [ ! -f "$1" ]; then
+    echo "Error: no student config file $1 (STUDENT_CFG or configs/trainers/PromptKD/)." >&2
+    exit 2
+  fi
   for seed in $SEED_LIST; do
     echo "== Student: PromptKD on $STUDENT_BACKBONE, $DATASET, seed $seed -> $2/seed$seed"
     run_train "$2/seed$seed" --seed "$seed" --trainer PromptKD \

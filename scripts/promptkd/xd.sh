@@ -24,5 +24,5 @@ if [ -z "$TEACHER" ]; then
   TEACHER=$TEACHER_DIR/VLPromptLearner
 fi
 
-train_students configs/trainers/PromptKD/xd.yaml "$OUT" "$TEACHER"
+train_students "${STUDENT_CFG:-configs/trainers/PromptKD/xd.yaml}" "$OUT" "$TEACHER"
 run_python scripts/parse_results.py "$OUT"
