@@ -64,6 +64,9 @@ def worker(args: argparse.Namespace) -> None:
     init_distributed_from_env(use_cuda=args.device == "cuda")
     set_random_seed(1)
     trainer = build_trainer(cfg)
+    # train() would build the teacher in its before_train hook when the text features came
+    # from the cache (another rank may have written them first); the steps here skip train()
+    trainer.ensure_teacher()
     trainer.set_model_mode("train")
     epoch, batches = 0, iter(())
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)

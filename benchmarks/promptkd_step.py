@@ -5,6 +5,8 @@ weights with the real shapes, nothing downloaded), each variant builds its model
 weight files (see ``promptkd_models.py``) and times training steps or test batches:
 
 * ``train-ours``: teacher in ``--teacher-precs`` (each one a run), text features stored;
+  with ``--checkpointing off,on`` also with the student's blocks recomputed in the backward
+  (``MODEL.GRAD_CHECKPOINTING``), one run each;
 * ``train-official``: the teacher text tower re-run on every step;
 * ``eval-ours``: the student and the stored class features only;
 * ``eval-official``: the teacher (text and image) run for every test batch as well.
@@ -15,7 +17,8 @@ CPU time per step is the robust figure. Usage::
 
     python benchmarks/promptkd_step.py [--steps 2] [--classes 100] [--batch 8]
         [--eval-batch 8] [--device cpu] [--prec fp32] [--teacher-precs fp32,bf16]
-        [--variants train-ours,train-official,eval-ours,eval-official] [--json out.json]
+        [--checkpointing off,on] [--variants train-ours,train-official,eval-ours,eval-official]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ def run_variant(args: argparse.Namespace) -> dict:
         m = build_official(args.files, pair, args.classes, prec)
     else:
         m = build_ours(args.files, pair, args.classes, prec, t_prec, with_teacher=training)
+        if args.ckpt == "on":
+            m.student.image_encoder.grad_checkpointing = True
     build_sec, build_cpu = time.perf_counter() - t0, time.process_time() - c0
     build_peak_mb = peak_rss_mb()
     gc.collect()
@@ -107,6 +112,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     return {
         "variant": args.variant,
         "teacher_prec": m.teacher_prec.effective if teacher is not None else "",
+        "grad_ckpt": args.ckpt,
         "batch": batch,
         "sec_per_step": sec,
         "cpu_sec_per_step": (time.process_time() - c0) / args.steps,
@@ -148,22 +154,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def child_argv(args: argparse.Namespace, variant: str, teacher_prec: str) -> list[str]:
+def child_argv(args: argparse.Namespace, variant: str, teacher_prec: str, ckpt: str) -> list[str]:
     """The command line of one variant's process."""
     return [
         sys.executable, os.path.abspath(__file__), "--variant", variant, "--steps",
         str(args.steps), "--classes", str(args.classes), "--batch", str(args.batch),
         "--eval-batch", str(args.eval_batch), "--device", args.device, "--prec", args.prec,
         "--teacher-prec", teacher_prec, "--pair", args.pair, "--files", args.files,
+        "--ckpt", ckpt,
     ]  # fmt: skip
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(variant, teacher precision) per process: train-ours once per teacher precision."""
+def plan(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """(variant, teacher precision, checkpointing) per process: train-ours once per teacher
+    precision and checkpointing setting."""
     runs = []
     for variant in args.variants:
-        precs = args.teacher_precs if variant == "train-ours" else [""]
-        runs += [(variant, p) for p in precs]
+        if variant == "train-ours":
+            runs += [(variant, p, c) for c in args.checkpointing for p in args.teacher_precs]
+        else:
+            runs.append((variant, "", "off"))
     return runs
 
 
@@ -174,35 +184,44 @@ def format_table(results: list[dict], args: argparse.Namespace) -> str:
     mem = "peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"
     key = "sec_per_step" if args.device.startswith("cuda") else "cpu_sec_per_step"
     rows = [
-        [NAMES[r["variant"]], r["teacher_prec"] or "-", r["batch"], f"{r['sec_per_step']:.3f}",
+        [NAMES[r["variant"]], r["teacher_prec"] or "-", r["grad_ckpt"], r["batch"],
+         f"{r['sec_per_step']:.3f}",
          f"{r['cpu_sec_per_step']:.3f}", f"{r['images_per_sec']:.1f}", f"{r[mem]:.0f}",
          f"{r.get('step_rss_mb', 0):.0f}", f"{r['build_sec']:.1f}"]
         for r in results
     ]  # fmt: skip
-    head = ["variant", "teacher", "batch", "s/step", "CPU s/step", "images/s", mem[:-3],
+    head = ["variant", "teacher", "ckpt", "batch", "s/step", "CPU s/step", "images/s", mem[:-3],
             "steps_rss", "build s"]  # fmt: skip
     lines = [
         f"PromptKD {PAIRS[args.pair].student} <- {PAIRS[args.pair].teacher}, {args.classes} "
         f"classes, {args.device}, student {args.prec}, {args.steps} timed steps",
         tabulate(rows, headers=head),
     ]
-    by = {(r["variant"], r["teacher_prec"]): r for r in results}
+    by = {(r["variant"], r["teacher_prec"], r["grad_ckpt"]): r for r in results}
     official = next((r for r in results if r["variant"] == "train-official"), None)
     ours = [r for r in results if r["variant"] == "train-ours"]
     what = "time" if key == "sec_per_step" else "CPU time"
     for r in ours:
         if official:
             lines.append(
-                f"train step {what}, ours (teacher {r['teacher_prec']}) / official: "
+                f"train step {what}, ours (teacher {r['teacher_prec']}, checkpointing "
+                f"{r['grad_ckpt']}) / official: "
                 f"{r[key] / official[key]:.3f}x; peak memory {r[mem] / official[mem]:.2f}x"
                 + (f", during the steps {r['step_rss_mb'] / official['step_rss_mb']:.2f}x"
                    if mem == "peak_rss_mb" and official.get("step_rss_mb") else "")
             )  # fmt: skip
-    if ("train-ours", "fp32") in by and ("train-ours", "bf16") in by:
-        ratio = by[("train-ours", "fp32")][key] / by[("train-ours", "bf16")][key]
+    if ("train-ours", "fp32", "off") in by and ("train-ours", "bf16", "off") in by:
+        ratio = by["train-ours", "fp32", "off"][key] / by["train-ours", "bf16", "off"][key]
         lines.append(f"train step {what}, teacher fp32 / teacher bf16: {ratio:.2f}x")
+    for p in args.teacher_precs:
+        if ("train-ours", p, "off") in by and ("train-ours", p, "on") in by:
+            off, on = by["train-ours", p, "off"], by["train-ours", p, "on"]
+            lines.append(
+                f"checkpointing on / off (teacher {p}): step {what} {on[key] / off[key]:.2f}x, "
+                f"peak memory {on[mem] / off[mem]:.2f}x"
+            )
     es, eo = (
-        by.get(("eval-ours", "")),
+        by.get(("eval-ours", "", "off")),
         next((r for r in results if r["variant"] == "eval-official"), None),
     )
     if es and eo:
@@ -224,6 +243,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-precs", default=None, type=_names,
                    help='teacher precisions of train-ours, one run each (default: "fp32,bf16" '
                         'with an fp32 student, else the student\'s)')  # fmt: skip
+    p.add_argument("--checkpointing", default=["off"], type=_names,
+                   help='"off", "on" or "off,on": train-ours without / with the student\'s '
+                        "blocks recomputed in the backward")  # fmt: skip
     p.add_argument("--variants", default=list(VARIANTS), type=_names)
     p.add_argument("--pair", default="real", choices=sorted(PAIRS))
     p.add_argument("--files", default=os.path.join(tempfile.gettempdir(), "promptkd_bench"),
@@ -231,11 +253,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child process
     p.add_argument("--teacher-prec", default="", help=argparse.SUPPRESS)  # child process
+    p.add_argument("--ckpt", default="off", help=argparse.SUPPRESS)  # child process
     p.add_argument("--make-files", action="store_true", help=argparse.SUPPRESS)  # child process
     args = p.parse_args(argv)
     args.eval_batch = args.eval_batch or args.batch
     if args.teacher_precs is None:
         args.teacher_precs = ["fp32", "bf16"] if args.prec == "fp32" else [args.prec]
+    if any(c not in ("off", "on") for c in args.checkpointing):
+        p.error("--checkpointing takes off, on or off,on")
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad:
         p.error(f"unknown variant {bad[0]!r}; choose from {', '.join(VARIANTS)}")
@@ -258,14 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([sys.executable, os.path.abspath(__file__), "--make-files", "--pair",
                     args.pair, "--files", args.files], check=True)  # fmt: skip
     results = []
-    for variant, teacher_prec in plan(args):
-        cmd = child_argv(args, variant, teacher_prec)
+    for variant, teacher_prec, ckpt in plan(args):
+        cmd = child_argv(args, variant, teacher_prec, ckpt)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             sys.stderr.write(done.stderr)
             raise SystemExit(f"variant {variant} failed (exit {done.returncode})")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"done: {variant} {teacher_prec}", file=sys.stderr, flush=True)
+        print(f"done: {variant} {teacher_prec} {ckpt}", file=sys.stderr, flush=True)
     print(format_table(results, args))
     if args.json:
         with open(args.json, "w") as f:

@@ -72,9 +72,8 @@ def format_table(results: dict[tuple[str, int], dict[str, float]]) -> str:
         for p in precs:
             r = rows[p, seed]
             deltas = " | ".join(f"{r[k] - first[k]:+5.2f}" for k in ("base", "new", "HM"))
-            lines.append(
-                f"{p:>12} | {seed:>4} | {r['base']:6.2f} | {r['new']:6.2f} | {r['HM']:6.2f} | {deltas}"
-            )
+            accs = " | ".join(f"{r[k]:6.2f}" for k in ("base", "new", "HM"))
+            lines.append(f"{p:>12} | {seed:>4} | {accs} | {deltas}")
     return "\n".join(lines)
 
 

@@ -59,19 +59,39 @@ def test_every_variant_runs_on_the_tiny_pair(step_bench, tiny_files, variant):
     assert r["sec_per_step"] > 0 and r["cpu_sec_per_step"] > 0 and r["peak_rss_mb"] > 0
     assert 0 < r["step_rss_mb"] <= r["peak_rss_mb"]  # the steps' peak, loading excluded
     assert r["teacher_prec"] == ("" if variant == "eval-ours" else "fp32")
+    assert r["grad_ckpt"] == "off"
+
+
+def test_checkpointing_variant_recomputes_the_student(step_bench, tiny_files, monkeypatch):
+    from dassl_ext.modeling import prompted
+
+    calls = []
+    real = prompted.run_checkpointed
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(prompted, "run_checkpointed", counting)
+    args = _args(step_bench, tiny_files, "--variant", "train-ours", "--teacher-prec", "fp32",
+                 "--ckpt", "on")  # fmt: skip
+    assert step_bench.run_variant(args)["grad_ckpt"] == "on" and calls
 
 
 def test_plan_and_table(step_bench, tiny_files):
     args = _args(step_bench, tiny_files, "--eval-batch", "32")
     assert args.teacher_precs == ["fp32", "bf16"] and args.eval_batch == 32
     assert step_bench.plan(args) == [
-        ("train-ours", "fp32"), ("train-ours", "bf16"), ("train-official", ""),
-        ("eval-ours", ""), ("eval-official", ""),
+        ("train-ours", "fp32", "off"), ("train-ours", "bf16", "off"),
+        ("train-official", "", "off"), ("eval-ours", "", "off"), ("eval-official", "", "off"),
     ]  # fmt: skip
+    both = _args(step_bench, tiny_files, "--checkpointing", "off,on", "--variants", "train-ours")
+    assert step_bench.plan(both) == [("train-ours", p, c) for c in ("off", "on")
+                                     for p in ("fp32", "bf16")]  # fmt: skip
     assert _args(step_bench, tiny_files, "--prec", "bf16").teacher_precs == ["bf16"]
     row = {"sec_per_step": 2.0, "cpu_sec_per_step": 4.0, "images_per_sec": 4.0,
            "peak_rss_mb": 1000.0, "step_rss_mb": 800.0, "peak_cuda_mb": 0, "build_sec": 1.0,
-           "batch": 8}  # fmt: skip
+           "batch": 8, "grad_ckpt": "off"}  # fmt: skip
     results = [
         {**row, "variant": "train-ours", "teacher_prec": "fp32"},
         {**row, "variant": "train-ours", "teacher_prec": "bf16", "cpu_sec_per_step": 2.0,
@@ -79,9 +99,15 @@ def test_plan_and_table(step_bench, tiny_files):
         {**row, "variant": "train-official", "teacher_prec": "fp32", "cpu_sec_per_step": 8.0},
         {**row, "variant": "eval-ours", "teacher_prec": "", "cpu_sec_per_step": 0.5},
         {**row, "variant": "eval-official", "teacher_prec": "fp32", "cpu_sec_per_step": 5.0},
+        {**row, "variant": "train-ours", "teacher_prec": "fp32", "grad_ckpt": "on",
+         "cpu_sec_per_step": 5.0, "peak_rss_mb": 700.0},
     ]  # fmt: skip
     table = step_bench.format_table(results, args)
-    assert "(teacher bf16) / official: 0.250x; peak memory 0.60x, during the steps 0.50x" in table
+    assert (
+        "(teacher bf16, checkpointing off) / official: 0.250x; peak memory 0.60x, "
+        "during the steps 0.50x"
+    ) in table
+    assert "checkpointing on / off (teacher fp32): step CPU time 1.25x, peak memory 0.70x" in table
     assert "teacher fp32 / teacher bf16: 2.00x" in table
     assert "eval speed, student-only / official: 10.0x" in table
     with pytest.raises(SystemExit):

@@ -102,6 +102,9 @@ _C.MODEL.HEAD.BN = True
 _C.MODEL.HEAD.DROPOUT = 0.0
 # new: folder with CLIP weight files; "" -> env CLIP_ROOT -> ~/.cache/clip
 _C.MODEL.CLIP_ROOT = ""
+# new: recompute the trained model's transformer blocks in the backward instead of keeping
+# their activations (less memory for one more forward of the blocks; same results)
+_C.MODEL.GRAD_CHECKPOINTING = False
 
 ###########################
 # Optimization

@@ -53,6 +53,7 @@ class SimpleTrainer(TrainerBase):
         self.grad_clip_norm = float(cfg.TRAIN.GRAD_CLIP_NORM)
         self.start_epoch = self.epoch = 0
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.grad_checkpointing = bool(cfg.MODEL.GRAD_CHECKPOINTING)
         self.eval_split: str | None = None
         self.eval_class_ids: torch.Tensor | None = None
         self._model_epoch: int | None = None  # epoch of the weights being tested

@@ -39,6 +39,15 @@ def _as_list(names: str | list[str] | None) -> list[str] | None:
     return [names] if isinstance(names, str) else names
 
 
+def enable_grad_checkpointing(module: nn.Module) -> int:
+    """Turn on every submodule of ``module`` that declares a ``grad_checkpointing`` flag
+    (e.g. the prompted CLIP encoders); returns how many there were."""
+    found = [m for m in module.modules() if hasattr(m, "grad_checkpointing")]
+    for m in found:
+        m.grad_checkpointing = True
+    return len(found)
+
+
 class TrainerBase:
     """Base class: holds registered models / optimizers / schedulers and runs the loop."""
 
@@ -47,6 +56,8 @@ class TrainerBase:
     frozen_teacher: ClassVar[TeacherSupport | None] = None
     # True for a trainer with nothing to train (zero-shot): it runs with --eval-only only.
     evaluation_only: ClassVar[bool] = False
+    # MODEL.GRAD_CHECKPOINTING: register_model turns it on in the trained models
+    grad_checkpointing: bool = False
 
     def __init__(self) -> None:
         self._models: OrderedDict[str, nn.Module] = OrderedDict()
@@ -83,13 +94,20 @@ class TrainerBase:
         forward module's BatchNorm layers go over the global batch and it is wrapped in
         DistributedDataParallel: run the training forward through :meth:`training_module`,
         so that ``backward`` averages the gradients across processes. The registered model
-        (saved, evaluated) stays unwrapped.
+        (saved, evaluated) stays unwrapped. With MODEL.GRAD_CHECKPOINTING the forward
+        module's encoders recompute their blocks in the backward.
         """
         if self.__dict__.get("_models") is None:
             raise AttributeError("Call super().__init__() before register_model().")
         if name in self._models:
             raise KeyError(f"A model named {name!r} is already registered.")
         forward_module = model if forward_module is None else forward_module
+        wants_checkpointing = self.grad_checkpointing and optim is not None and trainable(model)
+        if wants_checkpointing and not enable_grad_checkpointing(forward_module):
+            logger.warning(
+                f"MODEL.GRAD_CHECKPOINTING has no effect on {name!r}: none of its "
+                "modules can recompute its activations."
+            )
         if is_distributed() and optim is not None and trainable(model):
             if forward_module is model:
                 forward_module = model = convert_sync_batchnorm(model)

@@ -26,6 +26,7 @@ RUN_IDENTITY_KEYS = (
     "TEST.SAVE_LOGITS",
     "TEST.PER_CLASS_RESULT",
     "TEST.COMPUTE_CMAT",
+    "MODEL.GRAD_CHECKPOINTING",  # memory only: the same results
 )
 
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint as run_checkpointed
 
 from dassl_ext.errors import UserError
 from dassl_ext.modeling._clip import clip
@@ -49,10 +50,16 @@ def own_deep_prompts(blocks: nn.Sequential, depth: int) -> list[torch.Tensor]:
 
 
 def run_blocks(
-    x: torch.Tensor, blocks: nn.Sequential, deep_prompts: Sequence[torch.Tensor], at_end: bool
+    x: torch.Tensor,
+    blocks: nn.Sequential,
+    deep_prompts: Sequence[torch.Tensor],
+    at_end: bool,
+    checkpoint: bool = False,
 ) -> torch.Tensor:
     """Run ``x`` (L, N, D) through ``blocks``; block k (k >= 1) first replaces the prompt
-    tokens by ``deep_prompts[k-1]`` (n, D): positions 1..n, or the last n if ``at_end``."""
+    tokens by ``deep_prompts[k-1]`` (n, D): positions 1..n, or the last n if ``at_end``.
+    ``checkpoint``: when autograd records, keep only each block's input and recompute the
+    block in the backward (less memory, one more forward of the blocks)."""
     if len(deep_prompts) > len(blocks) - 1:
         raise ValueError(f"{len(deep_prompts)} deep prompt sets for only {len(blocks)} blocks")
     for k, block in enumerate(blocks):
@@ -62,7 +69,10 @@ def run_blocks(
             start = x.shape[0] - n if at_end else 1
             prompt = prompt.unsqueeze(1).expand(-1, x.shape[1], -1)  # (n, N, D)
             x = torch.cat([x[:start], prompt, x[start + n :]], dim=0)
-        x = block(x)
+        if checkpoint and torch.is_grad_enabled():
+            x = run_checkpointed(block, x, use_reentrant=False)
+        else:
+            x = block(x)
     return x
 
 
@@ -71,7 +81,10 @@ class PromptedTextEncoder(nn.Module):
 
     ``depth`` J >= 2 adds J-1 learnable deep prompt sets (n_ctx tokens) for blocks 1..J-1.
     Depth 0 or 1 adds none (CoOp, CoCoOp, MaPLe, ZS: the text prompts are in the input).
+    ``grad_checkpointing`` True recomputes the blocks in the backward (``run_blocks``).
     """
+
+    grad_checkpointing = False
 
     def __init__(self, clip_model: "clip.model.CLIP", n_ctx: int = 0, depth: int = 0):
         super().__init__()
@@ -106,7 +119,7 @@ class PromptedTextEncoder(nn.Module):
             deep_prompts = self.deep_prompts()
         x = prompts.to(self.dtype) + self.positional_embedding.to(self.dtype)  # (C, L, D)
         x = x.permute(1, 0, 2)  # (L, C, D): clip's blocks are sequence-first
-        x = run_blocks(x, self.transformer.resblocks, deep_prompts, at_end=False)
+        x = run_blocks(x, self.transformer.resblocks, deep_prompts, False, self.grad_checkpointing)
         x = self.ln_final(x.permute(1, 0, 2)).to(self.dtype)  # (C, L, D)
         eot = x[torch.arange(x.shape[0], device=x.device), tokenized.argmax(dim=-1)]  # (C, D)
         return eot @ self.text_projection
@@ -117,8 +130,10 @@ class PromptedImageEncoder(nn.Module):
 
     ``depth`` 0: no prompts; 1: the input prompt ``VPT`` (n_ctx, width) only; J >= 2: plus
     J-1 deep sets for blocks 1..J-1. MaPLe builds it with depth 0 and passes its projected
-    prompts to ``forward``.
+    prompts to ``forward``. ``grad_checkpointing`` as for the text encoder.
     """
+
+    grad_checkpointing = False
 
     def __init__(self, visual: nn.Module, n_ctx: int = 0, depth: int = 0):
         super().__init__()
@@ -176,7 +191,7 @@ class PromptedImageEncoder(nn.Module):
             prompt = first_prompt.to(x.dtype).expand(x.shape[0], -1, -1)
             x = torch.cat([x, prompt], dim=1)  # (B, 1+g*g+n, D)
         x = self.ln_pre(x).permute(1, 0, 2)  # (L, B, D)
-        x = run_blocks(x, self.transformer.resblocks, deep_prompts, at_end=True)
+        x = run_blocks(x, self.transformer.resblocks, deep_prompts, True, self.grad_checkpointing)
         return self.ln_post(x[0]) @ self.proj  # CLS token
 
 
