@@ -197,6 +197,21 @@ def test_promptkd_two_ranks_batchnorm_and_resume_on_one(
         torch.testing.assert_close(a[k], c[k], rtol=0, atol=1e-5, msg=k)
 
 
+def test_promptkd_two_ranks_with_checkpointing_match_one_without(
+    digits_root, tiny_clip_root, tmp_path, monkeypatch
+):
+    """MODEL.GRAD_CHECKPOINTING under DDP: the recomputed blocks' gradients are averaged
+    like the kept ones (2 ranks with it = 1 process without, to 1e-5, after 1 epoch)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    opts = (*KD_OPTS, "OPTIM.MAX_EPOCH", "1")
+    assert train.main(student_argv(digits_root, tiny_clip_root, one, "", *opts)) == 0
+    ckpt = ("MODEL.GRAD_CHECKPOINTING", "True")
+    run_ranks(student_argv(digits_root, tiny_clip_root, two, "", *opts, *ckpt), monkeypatch)
+    a, b = _state(one, 1), _state(two, 1)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
+
+
 DYING_WORKER = """
 import os, sys
 sys.path[:0] = [{repo!r}, {tests!r}]
