@@ -20,8 +20,10 @@ export DATA=${DATA:-./data}
 export OUTPUT=${OUTPUT:-./output/demo}
 export TEACHER_BACKBONE=digits-teacher STUDENT_BACKBONE=digits-student
 export TRAIN_TEACHER=1  # no released teacher for Digits: train one (a minute on a CPU)
-# The students' recipe for the stand-ins, chosen on the val split (see the file).
+# The students' recipe for the stand-ins, chosen on the val split (see the file); the two
+# seeds train side by side (on a CPU, small models run faster in processes than threads).
 export STUDENT_CFG=${STUDENT_CFG:-configs/trainers/PromptKD/base2new/digits_standins.yaml}
+export SEED_JOBS=${SEED_JOBS:-2}
 export SEEDS=${SEEDS:-1 2}
 PYTHON=${PYTHON:-python}
 

@@ -290,6 +290,7 @@ def test_sync_batchnorm_matches_batchnorm_on_the_whole_batch(world):
     for p in procs:
         p.start()
     got = [queue.get() for _ in range(world)]
+    got = [{k: v if k == "rank" else torch.tensor(v) for k, v in g.items()} for g in got]
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
@@ -322,11 +323,11 @@ def _sync_bn_rank(rank, world, port, x, grad_out, weight, bias, queue) -> None:
         xr = x[share].clone().requires_grad_(True)
         model.train()(xr).backward(grad_out[share])
         sbn = model[0]
-        queue.put({
-            "rank": rank, "x_grad": xr.grad, "weight_grad": sbn.weight.grad,
-            "bias_grad": sbn.bias.grad, "running_mean": sbn.running_mean.clone(),
-            "running_var": sbn.running_var.clone(),
-        })  # fmt: skip
+        # Plain lists, not tensors: a tensor crosses the queue as a shared-memory handle
+        # that this process must outlive, and it exits right after.
+        found = {"x_grad": xr.grad, "weight_grad": sbn.weight.grad, "bias_grad": sbn.bias.grad,
+                 "running_mean": sbn.running_mean, "running_var": sbn.running_var}  # fmt: skip
+        queue.put({"rank": rank, **{k: v.tolist() for k, v in found.items()}})
     finally:
         dist.destroy_process_group()
 

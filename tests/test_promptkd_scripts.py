@@ -5,8 +5,10 @@ for the built-in demo dataset. DRY_RUN=1 prints the python commands, so nothing 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -163,3 +165,86 @@ def test_nproc_and_nnodes_launch_every_run_through_torchrun(tmp_path):
     )
     ids = [ln.split("--rdzv-id ")[1].split()[0] for ln in launched]
     assert len(set(ids)) == len(ids)  # one rendezvous per run
+
+
+FAKE_PYTHON = """#!/bin/bash
+# Stands in for python: -c / -m go to the real one; a train.py run records when it started
+# and ended (and its threads) next to its folder, sleeps, fails for seed 3 if FAIL3 is set.
+if [ "$1" = "-c" ] || [ "$1" = "-m" ]; then exec "$REAL_PYTHON" "$@"; fi
+out=""; prev=""
+for a in "$@"; do [ "$prev" = "--output-dir" ] && out=$a; prev=$a; done
+[ -z "$out" ] && exit 0
+exec "$REAL_PYTHON" -c '
+import os, signal, sys, time
+out = sys.argv[1]
+def log(what):
+    with open(out + ".trace", "a") as f:
+        f.write(" ".join([what, str(time.time()), os.environ["OMP_NUM_THREADS"]]) + chr(10))
+def stop(*_):
+    log("term")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+log("start")
+time.sleep(float(os.environ.get("SLEEP", "1")))
+if out.endswith("seed3") and os.environ.get("FAIL3"):
+    sys.exit(3)
+os.makedirs(out, exist_ok=True)
+open(os.path.join(out, "results.json"), "w").write("{}")
+log("end")
+' "$out"
+"""
+
+
+def _seed_jobs(tmp_path, **extra) -> tuple[subprocess.Popen, str]:
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(PYTHON=str(fake), REAL_PYTHON=sys.executable, OUTPUT=str(tmp_path / "out"),
+               SEEDS="1 2 3", SEED_JOBS="2", TEACHER_CKPT="/t.pth.tar", **extra)  # fmt: skip
+    path = os.path.join(REPO, "scripts", "promptkd", "base2new.sh")
+    proc = subprocess.Popen(["bash", path, "digits"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return proc, str(tmp_path / "out" / "promptkd" / "base2new" / "digits")
+
+
+def _trace(folder: str, seed: int) -> dict[str, tuple[float, str]]:
+    with open(os.path.join(folder, f"seed{seed}.trace")) as f:
+        return {w: (float(t), threads) for w, t, threads in (ln.split() for ln in f)}
+
+
+def test_seed_jobs_train_seeds_side_by_side(tmp_path):
+    proc, folder = _seed_jobs(tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    one, two, three = (_trace(folder, s) for s in (1, 2, 3))
+    assert one["start"][0] < two["end"][0] and two["start"][0] < one["end"][0]  # together
+    assert three["start"][0] >= min(one["end"][0], two["end"][0])  # at most 2 at once
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    assert {t["start"][1] for t in (one, two, three)} == {threads}
+    assert f"output in {folder}/seed3/stdout.txt" in out
+
+
+def test_seed_jobs_report_a_failed_seed(tmp_path):
+    proc, folder = _seed_jobs(tmp_path, FAIL3="1")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert f"Error: the run in {folder}/seed3 failed; see its stdout.txt" in err
+    assert os.path.isfile(os.path.join(folder, "seed1", "results.json"))
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_seed_jobs_stop_their_runs_on_ctrl_c(tmp_path, sig, code):
+    """Background runs ignore the terminal's Ctrl-C: the script passes it on as TERM."""
+    proc, folder = _seed_jobs(tmp_path, SLEEP="60")
+    deadline = time.time() + 30
+    while time.time() < deadline and not all(
+        os.path.isfile(os.path.join(folder, f"seed{s}.trace")) for s in (1, 2)
+    ):
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    proc.communicate(timeout=30)
+    assert proc.returncode == code
+    for seed in (1, 2):
+        assert "term" in _trace(folder, seed)  # each run was told, and stopped
+    assert not os.path.exists(os.path.join(folder, "seed3.trace"))  # none started after

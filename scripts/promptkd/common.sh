@@ -7,7 +7,7 @@
 #   TRAIN_TEACHER (1: train a teacher here when none is found; hours of GPU for ViT-L/14),
 #   TEACHER_SEED (1), STUDENT_CFG (the students' config file instead of
 #   configs/trainers/PromptKD/base2new/<dataset>.yaml or xd.yaml), PYTHON (python),
-#   DRY_RUN (1: print the python commands, run none).
+#   DRY_RUN (1: print the python commands, run none), SEED_JOBS (1: seeds trained at once).
 #   Arguments after the dataset: seeds (numbers) then KEY VALUE pairs, which are passed to
 #   every train.py run (teacher and student).
 # run_train (skip a finished run, resume an interrupted one) and the DATA / OUTPUT / SEEDS /
@@ -106,18 +106,54 @@ train_teacher() {
     "${OPTS[@]}"
 }
 
-# train_students CONFIG OUT_ROOT TEACHER: one PromptKD run per seed
+# train_students CONFIG OUT_ROOT TEACHER: one PromptKD run per seed. SEED_JOBS=N trains N
+# seeds at once, each with OMP_NUM_THREADS = cores / N (unless set) and its output in
+# <run folder>/stdout.txt: on a CPU, small models train faster side by side than threaded.
 train_students() {
-  local seed
+  local seed dir i jobs=${SEED_JOBS:-1} pids=() dirs=() failed=0 done_upto=0
   if [ ! -f "$1" ]; then
     echo "Error: no student config file $1 (STUDENT_CFG or configs/trainers/PromptKD/)." >&2
     exit 2
   fi
+  local threads=${OMP_NUM_THREADS:-$(($(nproc) / jobs > 0 ? $(nproc) / jobs : 1))}
+  # Background runs ignore the terminal's Ctrl-C: pass INT / TERM on to them as TERM (each
+  # saves nothing half-written and exits), then stop with the usual 130 / 143.
+  trap '_stop_runs "${pids[@]}"; exit 130' INT
+  trap '_stop_runs "${pids[@]}"; exit 143' TERM
   for seed in $SEED_LIST; do
-    echo "== Student: PromptKD on $STUDENT_BACKBONE, $DATASET, seed $seed -> $2/seed$seed"
-    run_train "$2/seed$seed" --seed "$seed" --trainer PromptKD \
-      --dataset-config-file "$(dataset_yaml "$DATASET")" --config-file "$1" \
-      MODEL.BACKBONE.NAME "$STUDENT_BACKBONE" TRAINER.PROMPTKD.TEACHER_NAME "$TEACHER_BACKBONE" \
-      TRAINER.PROMPTKD.TEACHER_CKPT "$3" "${OPTS[@]}"
+    dir=$2/seed$seed
+    local run=(run_train "$dir" --seed "$seed" --trainer PromptKD
+      --dataset-config-file "$(dataset_yaml "$DATASET")" --config-file "$1"
+      MODEL.BACKBONE.NAME "$STUDENT_BACKBONE" TRAINER.PROMPTKD.TEACHER_NAME "$TEACHER_BACKBONE"
+      TRAINER.PROMPTKD.TEACHER_CKPT "$3" "${OPTS[@]}")
+    if [ "$jobs" -le 1 ]; then
+      echo "== Student: PromptKD on $STUDENT_BACKBONE, $DATASET, seed $seed -> $dir"
+      "${run[@]}"
+      continue
+    fi
+    if [ ${#pids[@]} -ge $((done_upto + jobs)) ]; then  # SEED_JOBS running: wait for the oldest
+      wait "${pids[$done_upto]}" || { echo "Error: the run in ${dirs[$done_upto]} failed; see its stdout.txt" >&2; failed=1; }
+      done_upto=$((done_upto + 1))
+    fi
+    echo "== Student: PromptKD on $STUDENT_BACKBONE, $DATASET, seed $seed -> $dir (in the background, $threads threads; output in $dir/stdout.txt)"
+    mkdir -p "$dir"
+    (export OMP_NUM_THREADS=$threads && "${run[@]}") > "$dir/stdout.txt" 2>&1 &
+    pids+=($!)
+    dirs+=("$dir")
   done
+  for ((i = done_upto; i < ${#pids[@]}; i++)); do
+    wait "${pids[$i]}" || { echo "Error: the run in ${dirs[$i]} failed; see its stdout.txt" >&2; failed=1; }
+  done
+  trap - INT TERM
+  if [ "$failed" = 1 ]; then exit 1; fi
+}
+
+# _stop_runs PID...: TERM to each background run (the subshell and its python), then wait
+_stop_runs() {
+  local pid
+  for pid in "$@"; do
+    pkill -TERM -P "$pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  wait || true
 }
