@@ -225,6 +225,13 @@ def test_seed_jobs_train_seeds_side_by_side(tmp_path):
     assert f"output in {folder}/seed3/stdout.txt" in out
 
 
+def test_seed_jobs_dry_run_prints_every_run(tmp_path):
+    run = run_script("base2new.sh", tmp_path, "digits", "1", "2", SEED_JOBS="2",
+                     TEACHER_CKPT="/t.pth.tar")  # fmt: skip
+    students = [line for line in run.stdout.splitlines() if "--trainer PromptKD" in line]
+    assert run.returncode == 0 and len(students) == 2
+
+
 def test_seed_jobs_report_a_failed_seed(tmp_path):
     proc, folder = _seed_jobs(tmp_path, FAIL3="1")
     _, err = proc.communicate(timeout=60)

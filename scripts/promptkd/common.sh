@@ -126,7 +126,7 @@ train_students() {
       --dataset-config-file "$(dataset_yaml "$DATASET")" --config-file "$1"
       MODEL.BACKBONE.NAME "$STUDENT_BACKBONE" TRAINER.PROMPTKD.TEACHER_NAME "$TEACHER_BACKBONE"
       TRAINER.PROMPTKD.TEACHER_CKPT "$3" "${OPTS[@]}")
-    if [ "$jobs" -le 1 ]; then
+    if [ "$jobs" -le 1 ] || [ "${DRY_RUN:-0}" = 1 ]; then  # a dry run prints, in order
       echo "== Student: PromptKD on $STUDENT_BACKBONE, $DATASET, seed $seed -> $dir"
       "${run[@]}"
       continue
