@@ -50,6 +50,25 @@ def load_results(out: str) -> list[dict]:
     return rows
 
 
+def checkpointing_lines(out: str) -> list[str]:
+    """Checkpointing on / off per ``ckpt_*.json`` (the student's blocks recomputed in the
+    backward): step time and peak CUDA memory ratios."""
+    lines = []
+    for path in sorted(glob.glob(os.path.join(out, "ckpt_*.json"))):
+        with open(path) as f:
+            run = json.load(f)
+        by = {r["grad_ckpt"]: r for r in run["results"] if r["variant"] == "train-ours"}
+        if "off" in by and "on" in by:
+            off, on = by["off"], by["on"]
+            lines.append(
+                f"{run['args']['prec']}, batch {off['batch']}: checkpointing on / off: step time "
+                f"{on['sec_per_step'] / off['sec_per_step']:.2f}x, peak CUDA memory "
+                f"{on['peak_cuda_mb'] / max(off['peak_cuda_mb'], 1e-9):.2f}x "
+                f"({on['peak_cuda_mb']:.0f} vs {off['peak_cuda_mb']:.0f} MB)"
+            )
+    return lines
+
+
 def pytest_summary(out: str) -> str:
     """The last summary line of ``pytest.txt`` ("12 passed, 3 skipped in 80s"), or why not."""
     path = os.path.join(out, "pytest.txt")
@@ -84,6 +103,7 @@ def format_report(rows: list[dict], out: str) -> str:
                 f"{prec}, batch {batch}: {what} ours / official {ratio:.2f}x, "
                 f"peak CUDA memory {mem:.2f}x"
             )
+    lines += checkpointing_lines(out)
     lines.append(pytest_summary(out))
     data = os.path.join(out, "data_loading.txt")
     if os.path.isfile(data):

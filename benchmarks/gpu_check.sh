@@ -8,7 +8,8 @@
 # 3. benchmarks/promptkd_step.py at real sizes in fp16, bf16 and amp: training at batch 8
 #    and evaluation at batch 8 and at a large batch (EVAL_BATCH, default 256); the
 #    official behaviour (fp16 teacher, as the official code) at fp16 only;
-# 4. benchmarks/data_loading.py against the bf16 step's images/s;
+# 4. the bf16 training step with MODEL.GRAD_CHECKPOINTING off and on (--checkpointing);
+# 5. benchmarks/data_loading.py against the bf16 step's images/s;
 # then prints one table (benchmarks/gpu_check.py report OUT). Each stage has a time limit,
 # so one stuck stage cannot eat the budget; a stage that fails or times out is reported
 # and the others still run.
@@ -49,6 +50,8 @@ for prec in bf16 amp; do
   step "$prec" train-ours,eval-ours 8
   step "$prec" eval-ours "$EVAL_BATCH"
 done
+stage 100 ckpt_bf16_b8 "$PY" benchmarks/promptkd_step.py --device cuda --prec bf16 --batch 8 \
+  --steps "$STEPS" --variants train-ours --checkpointing off,on --json "$OUT/ckpt_bf16_b8.json"
 stage 60 data_loading "$PY" benchmarks/data_loading.py --images 64 --step-json "$OUT/step_bf16_b8.json"
 cp "$OUT/data_loading.log" "$OUT/data_loading.txt"
 

@@ -153,14 +153,24 @@ def test_gpu_check_report_table(tmp_path):
         (tmp_path / name).write_text(
             json.dumps({"args": {"prec": prec, "classes": 100}, "results": results})
         )
+    ckpt = [{**row, "variant": "train-ours", "grad_ckpt": "off"},
+            {**row, "variant": "train-ours", "grad_ckpt": "on", "sec_per_step": 0.06,
+             "peak_cuda_mb": 2400.0}]  # fmt: skip
+    (tmp_path / "ckpt_bf16_b8.json").write_text(
+        json.dumps({"args": {"prec": "bf16", "classes": 100}, "results": ckpt})
+    )
     (tmp_path / "pytest.txt").write_text("....\n12 passed, 3 skipped in 80.1s\n")
     (tmp_path / "data_loading.txt").write_text("train | tensor | 400.0 | 160.0 | 1\n")
     report = gpu.format_report(gpu.load_results(str(tmp_path)), str(tmp_path))
     lines = report.splitlines()
-    assert lines[0].startswith("prec | variant") and len(lines) == 8
+    assert lines[0].startswith("prec | variant") and len(lines) == 9  # ckpt rows apart
     assert "bf16 | eval, student only | - | 256 | 50.0 | 160 | 3000" in report
     assert "fp16, batch 8: step time ours / official 0.50x, peak CUDA memory 0.50x" in report
     assert "pytest: 12 passed, 3 skipped in 80.1s" in report
+    assert (
+        "bf16, batch 8: checkpointing on / off: step time 1.20x, peak CUDA memory 0.80x "
+        "(2400 vs 3000 MB)"
+    ) in report
     assert gpu.main(["report", str(tmp_path / "empty")]) == 1
 
 
