@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.promptkd_models import PAIRS, build_official, build_ours, make_files  # noqa: E402
 from dassl_ext.engine import resolve_frozen_precision, resolve_precision  # noqa: E402
+from dassl_ext.engine.trainer import enable_grad_checkpointing  # noqa: E402
 from trainers.losses import kd_loss  # noqa: E402
 from trainers.promptkd_frozen import teacher_text_features  # noqa: E402
 
@@ -63,8 +64,8 @@ def run_variant(args: argparse.Namespace) -> dict:
         m = build_official(args.files, pair, args.classes, prec)
     else:
         m = build_ours(args.files, pair, args.classes, prec, t_prec, with_teacher=training)
-        if args.ckpt == "on":
-            m.student.image_encoder.grad_checkpointing = True
+        if args.ckpt == "on":  # as MODEL.GRAD_CHECKPOINTING does in register_model
+            enable_grad_checkpointing(m.student)
     build_sec, build_cpu = time.perf_counter() - t0, time.process_time() - c0
     build_peak_mb = peak_rss_mb()
     gc.collect()

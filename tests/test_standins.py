@@ -34,7 +34,7 @@ KD = [
     "TRAINER.PROMPTKD.TEACHER_NAME", "digits-teacher",
     "MODEL.BACKBONE.NAME", "digits-student",
 ]  # fmt: skip
-# The demo's student recipe (chosen on the val split: LR 0.002, T 2, last epoch).
+# The demo's student recipe (chosen on the val split: T 2, last epoch; _distil shortens it).
 KD_CONFIG = "PromptKD/base2new/digits_standins.yaml"
 
 

@@ -102,13 +102,13 @@ class TrainerBase:
         if name in self._models:
             raise KeyError(f"A model named {name!r} is already registered.")
         forward_module = model if forward_module is None else forward_module
-        wants_checkpointing = self.grad_checkpointing and optim is not None and trainable(model)
-        if wants_checkpointing and not enable_grad_checkpointing(forward_module):
+        trains = optim is not None and trainable(model)
+        if trains and self.grad_checkpointing and not enable_grad_checkpointing(forward_module):
             logger.warning(
                 f"MODEL.GRAD_CHECKPOINTING has no effect on {name!r}: none of its "
                 "modules can recompute its activations."
             )
-        if is_distributed() and optim is not None and trainable(model):
+        if trains and is_distributed():
             if forward_module is model:
                 forward_module = model = convert_sync_batchnorm(model)
             else:  # BatchNorm layers are replaced in place, inside the forward module
