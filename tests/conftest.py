@@ -30,3 +30,14 @@ def digits_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     write_digits(str(root))
     return root
+
+
+@pytest.fixture
+def cpu_fp16(monkeypatch) -> None:
+    """fp16 / amp keep fp16 weights, autocast and the gradient scaler on the CPU for this test
+    (the test-only switch DASSL_CPU_FP16=1 of dassl_ext.engine.precision), with fresh
+    once-only warnings."""
+    from dassl_ext.engine import precision
+
+    monkeypatch.setenv(precision.CPU_FP16_ENV, "1")
+    monkeypatch.setattr(precision, "_warned", set())

@@ -3,12 +3,18 @@
 Trainable parameters always stay fp32 (master weights); ``weight_dtype`` is for frozen
 weights only. fp16 and amp need CUDA: on a CPU they warn once and run fp32. A frozen model
 (``resolve_frozen_precision``) also runs fp32 where bf16 would only be emulated.
+
+Tests only: with the environment variable ``DASSL_CPU_FP16=1`` (set by the ``cpu_fp16``
+pytest fixture in tests/conftest.py) fp16 and amp keep their fp16 weights, fp16 autocast and
+gradient scaler on the CPU as well (torch runs them there, slowly), so that the path the
+official configs take on CUDA runs in the CPU test suite. Users leave it unset.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
 from dataclasses import dataclass
 
@@ -19,7 +25,13 @@ from dassl_ext.errors import UserError
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
+CPU_FP16_ENV = "DASSL_CPU_FP16"  # tests only: "1" keeps fp16 / amp on the CPU
 _warned: set[tuple[str, str]] = set()
+
+
+def cpu_fp16_enabled() -> bool:
+    """Whether the test-only switch ``DASSL_CPU_FP16=1`` keeps fp16 / amp on the CPU."""
+    return os.environ.get(CPU_FP16_ENV, "") == "1"
 
 
 @dataclass(frozen=True)
@@ -41,12 +53,14 @@ class Precision:
 
 
 def resolve_precision(name: str, device: torch.device | str) -> Precision:
-    """Map a precision name to dtypes for ``device``; fp16/amp off CUDA run (and say) fp32."""
+    """Map a precision name to dtypes for ``device``; fp16/amp off CUDA run (and say) fp32,
+    except on the CPU under the test-only switch ``DASSL_CPU_FP16=1``."""
     device = torch.device(device)
     name = str(name).lower()
     if name not in PRECISIONS:
         raise UserError(f"Unknown precision {name!r} (PREC); use one of {', '.join(PRECISIONS)}.")
-    if name in ("fp16", "amp") and device.type != "cuda":
+    kept = device.type == "cuda" or (device.type == "cpu" and cpu_fp16_enabled())
+    if name in ("fp16", "amp") and not kept:
         if (name, device.type) not in _warned:
             _warned.add((name, device.type))
             logger.warning(
