@@ -1,4 +1,5 @@
-"""Precision names -> dtypes / autocast; fp16 on CPU warns once and runs fp32."""
+"""Precision names -> dtypes / autocast; fp16 on CPU warns once and runs fp32 (unless the
+test-only switch DASSL_CPU_FP16=1 keeps it)."""
 
 import logging
 
@@ -13,6 +14,7 @@ from dassl_ext.errors import UserError
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch):
     monkeypatch.setattr(precision_mod, "_warned", set())
+    monkeypatch.delenv(precision_mod.CPU_FP16_ENV, raising=False)  # the user's default
 
 
 @pytest.mark.parametrize("name", ["fp16", "amp"])
@@ -58,9 +60,19 @@ def test_unknown_precision_is_user_error():
         resolve_precision("fp64", "cpu")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_amp_autocast_on_cuda():
-    p = resolve_precision("amp", "cuda")
-    lin = torch.nn.Linear(4, 4).cuda()
+@pytest.mark.parametrize("name", ["fp16", "amp"])
+def test_cpu_fp16_switch_keeps_half_precision_on_cpu(name, monkeypatch, caplog):
+    """Under DASSL_CPU_FP16=1 the CPU gets what CUDA gets: fp16 autocast and a scaler."""
+    monkeypatch.setenv(precision_mod.CPU_FP16_ENV, "1")
+    with caplog.at_level(logging.WARNING):
+        p = resolve_precision(name, "cpu")
+    assert not caplog.records
+    weights = torch.float16 if name == "fp16" else torch.float32
+    assert (p.effective, p.device.type, p.weight_dtype, p.autocast_dtype, p.use_scaler) == (
+        name, "cpu", weights, torch.float16, True
+    )  # fmt: skip
+    lin = torch.nn.Linear(4, 4)  # fp32 master weights
     with p.autocast():
-        assert lin(torch.ones(1, 4, device="cuda")).dtype == torch.float16
+        assert lin(torch.ones(1, 4)).dtype == torch.float16
+    monkeypatch.setenv(precision_mod.CPU_FP16_ENV, "0")  # only "1" turns it on
+    assert resolve_precision(name, "cpu").effective == "fp32"
