@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dassl_ext.engine import TrainerBase
+from dassl_ext.engine import TrainerBase, resolve_precision
 
 
 def _trainer(clip: float = 0.0):
@@ -41,3 +41,23 @@ def test_update_lr_steps_every_registered_scheduler():
     assert t.get_current_lr() == 0.5
     with pytest.raises(KeyError, match="already registered"):
         t.register_model("m", torch.nn.Linear(1, 1))
+
+
+def test_fp16_scaler_skips_the_step_on_inf_gradients(cpu_fp16):
+    """fp16 autocast + the trainer's gradient scaler on the CPU: an overflowing backward
+    leaves the weights alone and halves the scale; the next finite one steps, unscaled."""
+    t, model = _trainer()
+    prec = resolve_precision("fp16", "cpu")
+    t.scaler = torch.amp.GradScaler("cpu", enabled=prec.use_scaler)  # as SimpleTrainer does
+    x = torch.tensor([[1.0, 2.0]])
+    with prec.autocast():
+        out = model(x)
+    assert out.dtype == torch.float16
+    # d(loss)/d(out) = 10 * 65536 overflows fp16 (max 65504) in the backward of the fp16 matmul
+    t.model_backward_and_update(10.0 * out.float().sum())
+    assert torch.equal(model.weight, torch.zeros(1, 2)) and t.scaler.get_scale() == 2.0**15
+    with prec.autocast():
+        loss = 1e-3 * model(x).float().sum()
+    t.model_backward_and_update(loss)
+    torch.testing.assert_close(model.weight.detach(), -1e-3 * x, rtol=1e-3, atol=0)
+    assert t.scaler.get_scale() == 2.0**15  # grows only after 2000 good steps
