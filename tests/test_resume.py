@@ -14,16 +14,21 @@ import train
 
 DEVICES = [
     pytest.param((), id="cpu"),
+    # fp16 autocast + gradient scaler on the CPU (test-only switch): the scaler state resumes
+    pytest.param(("TRAINER.TINY.PREC", "fp16"), id="cpu-fp16"),
     pytest.param(
         ("USE_CUDA", "True", "TRAINER.TINY.PREC", "amp"),
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        marks=pytest.mark.skipif(
+            not torch.cuda.is_available(),
+            reason="CUDA-specific: the CUDA RNG state and CUDA kernels resume bit-identically",
+        ),
         id="cuda-amp",
     ),
 ]
 
 
 @pytest.mark.parametrize("device_opts", DEVICES)
-def test_resume_matches_uninterrupted_run(tiny, device_opts):  # noqa: F811
+def test_resume_matches_uninterrupted_run(tiny, device_opts, cpu_fp16):  # noqa: F811
     root, out = tiny
     opts = ("TRAIN.CHECKPOINT_FREQ", "1", "TEST.FINAL_MODEL", "best_val", *device_opts)
     assert train.main(tiny_argv(root, out, *opts, epochs=4)) == 0
@@ -37,12 +42,18 @@ def test_resume_matches_uninterrupted_run(tiny, device_opts):  # noqa: F811
     os.remove(os.path.join(crashed, "results.json"))
     ckpt2 = torch.load(os.path.join(crashed, "TinyNet", "model.pth.tar-2"), weights_only=True)
     assert {"rng_state", "best_result"} <= set(ckpt2)
+    assert (ckpt2["scaler"] is not None) == ("TRAINER.TINY.PREC" in device_opts)
 
     assert train.main(tiny_argv(root, "", *opts, epochs=4, flags=("--resume", crashed))) == 0
     resumed = final_weights(crashed, 4)
     assert straight.keys() == resumed.keys()
     for k in straight:
         assert torch.equal(straight[k], resumed[k]), k
+    scalers = [
+        torch.load(os.path.join(d, "TinyNet", "model.pth.tar-4"), weights_only=True)["scaler"]
+        for d in (out, crashed)
+    ]
+    assert scalers[0] == scalers[1]  # fp16: the growth tracker counts on from epoch 2's value
     with open(os.path.join(crashed, "metrics.jsonl")) as f:
         assert [json.loads(r)["epoch"] for r in f] == [1, 2, 3, 4]
     with (
