@@ -1,4 +1,5 @@
-"""The prompted encoders under every precision: fp32 and bf16 on CPU, fp16/amp on CUDA.
+"""The prompted encoders under every precision, on the CPU: fp32, bf16, and fp16 / amp (fp16
+autocast and a gradient scaler, as the official configs run them on CUDA).
 
 Trainable prompts stay fp32 master weights; frozen CLIP weights may be cast down.
 """
@@ -20,7 +21,10 @@ from dassl_ext.modeling import (
     load_clip,
 )
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="CUDA-specific: CUDA's kernels (the CPU parity is in test_clip_loading.py)",
+)
 
 
 class IVLP(torch.nn.Module):
@@ -114,18 +118,20 @@ def test_cast_frozen_weights_like_openai(tiny_clip_root):
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
 
 
-@needs_cuda
 @pytest.mark.parametrize("mode", ["amp", "fp16", "fp16-no-autocast"])
-def test_cuda_precisions(tiny_clip_root, mode):
-    cuda = torch.device("cuda")
-    reference = step(IVLP(tiny_clip_root).to(cuda), cuda)
+def test_half_precisions(tiny_clip_root, cpu, mode):
+    """fp16 frozen weights and/or fp16 autocast with a GradScaler("cpu"): finite fp32
+    gradients on the fp32 prompts, logits close to fp32."""
+    reference = step(IVLP(tiny_clip_root), cpu)
     model = IVLP(tiny_clip_root)
     if mode != "amp":
         cast_frozen_weights(model, torch.float16)
+        assert model.image.conv1.weight.dtype == torch.float16
     autocast = None if mode == "fp16-no-autocast" else torch.float16  # the official fp16 mode
-    scaler = torch.amp.GradScaler("cuda") if autocast else None
-    logits = step(model.to(cuda), cuda, autocast, scaler)
-    assert (logits - reference).abs().max() < 0.3
+    scaler = torch.amp.GradScaler("cpu") if autocast else None
+    logits = step(model, cpu, autocast, scaler)
+    # logits are 20·cos; fp16 keeps ~3 digits (measured: amp 0.003, fp16 0.02)
+    assert (logits - reference).abs().max() < 0.1
 
 
 @needs_cuda
