@@ -59,6 +59,8 @@ _C.DATASET.SUBSAMPLE_CLASSES = "all"  # "all", "base" or "new" (CoOp/CoCoOp exte
 _C.DATASET.PROTOCOL = "paper"
 # new: "standard" reports one split named "test"; "base_new" reports "base" and "new".
 _C.DATASET.EVAL_SPLITS = "standard"
+# new: images checked when the dataset is built: "header" (opened), "exists" (stat), "off".
+_C.DATASET.CHECK_IMAGES = "header"
 
 ###########################
 # Dataloader

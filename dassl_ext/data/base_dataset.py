@@ -23,16 +23,21 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass
 
+from dassl_ext.config.rules import OneOf, register_config_rules
+from dassl_ext.data.images import CHECK_IMAGES_MODES, check_images
 from dassl_ext.data.splits import (
     Datum,
     base_new_labels,
     generate_fewshot_dataset,
     read_and_split_data,
+    read_json,
     read_split,
     save_split,
     select_classes,
+    split_digest,
     split_trainval,
     subsample_classes,
 )
@@ -42,6 +47,11 @@ logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("paper", "clean")
 EVAL_SPLIT_MODES = ("standard", "base_new")
+# Version of the few-shot draw (generate_fewshot_dataset and the order of its calls); a
+# cache made by another version is drawn again. Change it whenever the draw changes.
+FEWSHOT_VERSION = 1
+
+register_config_rules(OneOf("DATASET.CHECK_IMAGES", CHECK_IMAGES_MODES))
 
 
 @dataclass
@@ -86,13 +96,16 @@ class DatasetBase:
         self.eval_split_mode = _choice(
             cfg.DATASET.EVAL_SPLITS, EVAL_SPLIT_MODES, "DATASET.EVAL_SPLITS"
         )
+        check_mode = _choice(cfg.DATASET.CHECK_IMAGES, CHECK_IMAGES_MODES, "DATASET.CHECK_IMAGES")
         self.require(self.dataset_dir)
 
+        # Everything that can be known about the data is checked here, before training.
         train, val, test = self.read_data()
         train, val, test = (self._fix_names(items) for items in (train, val, test))
         self._check_labels(train, val, test)
         self._assign_roles(cfg, train, val, test)
-        self._check_images_exist()
+        self._check_not_empty(cfg)
+        self._check_images(check_mode)
         if self.protocol == "clean" and not self.val:  # e.g. a split file with no val images
             self._require_val_for_selection(cfg)
 
@@ -102,6 +115,11 @@ class DatasetBase:
         dataset's files that they do not have."""
         if cfg.DATASET.PROTOCOL == "clean" and not cls.has_val_split:
             cls._require_val_for_selection(cfg)
+        if cfg.TEST.SPLIT in ("base", "new") and cfg.DATASET.EVAL_SPLITS != "base_new":
+            raise UserError(
+                f"TEST.SPLIT is '{cfg.TEST.SPLIT}', which only DATASET.EVAL_SPLITS base_new "
+                "reports; set DATASET.EVAL_SPLITS base_new or TEST.SPLIT test."
+            )
 
     @classmethod
     def _require_val_for_selection(cls, cfg) -> None:
@@ -135,6 +153,7 @@ class DatasetBase:
                 f"{self.name}: the annotation files in {self.dataset_dir} use class {e}, which "
                 f"their class list does not define; {self.fix_hint()}."
             ) from None
+        self._check_inside(train + val + test)
         if self.split_file:
             try:
                 save_split(
@@ -173,25 +192,99 @@ class DatasetBase:
     def fewshot_path(self, num_shots: int, seed: int) -> str:
         return os.path.join(self.dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{seed}.json")
 
+    def fewshot_key(self, train: list[Datum], val: list[Datum], num_shots: int, seed: int) -> dict:
+        """What a few-shot draw depends on; stored in its cache file and compared on load."""
+        return {
+            "split_sha256": split_digest({"train": train, "val": val}, self.image_dir),
+            "num_shots": num_shots,
+            "seed": seed,
+            "version": FEWSHOT_VERSION,
+        }
+
     def generate_fewshot(
         self, train: list[Datum], val: list[Datum], num_shots: int, seed: int
     ) -> tuple[list[Datum], list[Datum]]:
-        """K-shot train and min(K, 4)-shot val, cached per (K, seed) as JSON with relative paths."""
+        """K-shot train and min(K, 4)-shot val, cached as JSON with relative paths.
+
+        The cache ``split_fewshot/shot_K-seed_S.json`` holds, under ``derived_from``, the
+        digest of the train/val rows it was drawn from, K, the seed and FEWSHOT_VERSION; a
+        cache whose key differs (the split file changed), or that cannot be read, is drawn
+        again and rewritten. Without a fixed seed (SEED < 0) nothing is cached.
+        """
+        self._warn_short_classes(train, num_shots)
+        if seed < 0:
+            logger.info("SEED %d (no fixed seed): drawing a new few-shot split, not cached", seed)
+            rng = random.Random()
+            return (
+                generate_fewshot_dataset(train, num_shots, rng),
+                generate_fewshot_dataset(val, min(num_shots, 4), rng),
+            )
         path = self.fewshot_path(num_shots, seed)
-        if os.path.isfile(path):
-            logger.info("Loading few-shot split from %s", path)
-            cached = read_split(path, self.image_dir, ("train", "val"))
-            return cached["train"], cached["val"]
+        key = self.fewshot_key(train, val, num_shots, seed)
+        cached = self._read_fewshot_cache(path, key, train, val)
+        if cached is not None:
+            return cached
         # Same draws as Dassl's random.sample after random.seed(SEED): train first, then val.
-        rng = random.Random(seed if seed >= 0 else None)
+        rng = random.Random(seed)
         train = generate_fewshot_dataset(train, num_shots, rng)
         val = generate_fewshot_dataset(val, min(num_shots, 4), rng)
         try:
-            save_split({"train": train, "val": val}, path, self.image_dir)
+            save_split({"train": train, "val": val}, path, self.image_dir, {"derived_from": key})
             logger.info("Saved few-shot split to %s", path)
         except OSError as e:
             logger.warning("Could not save few-shot split %s: %s", path, e)
         return train, val
+
+    def _read_fewshot_cache(
+        self, path: str, key: dict, train: list[Datum], val: list[Datum]
+    ) -> tuple[list[Datum], list[Datum]] | None:
+        """The cached draw if it was made from exactly these lists, else None (logged)."""
+        if not os.path.isfile(path):
+            return None
+        try:
+            stored = read_json(path).get("derived_from")
+            cached = read_split(path, self.image_dir, ("train", "val"))
+        except (UserError, OSError) as e:
+            logger.warning("Few-shot split %s is unreadable (%s); drawing it again", path, e)
+            return None
+        if stored != key:
+            logger.info(
+                "Few-shot split %s was drawn from other data or by another version "
+                "(its key %s, now %s); drawing it again",
+                path,
+                stored,
+                key,
+            )
+            return None
+        if not set(cached["train"]) <= set(train) or not set(cached["val"]) <= set(val):
+            logger.warning(
+                "Few-shot split %s names images that are not in the train/val lists it was "
+                "drawn from; drawing it again",
+                path,
+            )
+            return None
+        logger.info("Loading few-shot split from %s", path)
+        return cached["train"], cached["val"]
+
+    def _warn_short_classes(self, train: list[Datum], num_shots: int) -> None:
+        """Classes with fewer than K training images keep all they have (Dassl): say which."""
+        counts = Counter(d.label for d in train)
+        names = {d.label: d.classname for d in train}
+        short = sorted((n, names[y]) for y, n in counts.items() if n < num_shots)
+        if not short:
+            return
+        listed = ", ".join(f"'{name}' ({n})" for n, name in short[:10])
+        more = f" and {len(short) - 10} more" if len(short) > 10 else ""
+        logger.warning(
+            "%s: DATASET.NUM_SHOTS is %d, but %d of %d classes have fewer training images and "
+            "use all they have: %s%s.",
+            self.name,
+            num_shots,
+            len(short),
+            len(counts),
+            listed,
+            more,
+        )
 
     def _assign_roles(self, cfg, train: list[Datum], val: list[Datum], test: list[Datum]) -> None:
         if cfg.DATASET.NUM_SHOTS >= 1:
@@ -249,17 +342,63 @@ class DatasetBase:
                     "no training images; fix or regenerate the split file."
                 )
 
-    def _check_images_exist(self) -> None:
-        # Cheap stat calls up front, so training never starts on a half-present dataset.
+    def _check_inside(self, items: list[Datum]) -> None:
+        # Text check, as for split-file rows (splits.read_split): symlinks may point out.
+        inside = self.dataset_dir + os.sep
+        for d in items:
+            if not os.path.normpath(d.impath).startswith(inside):
+                raise UserError(
+                    f"{self.name}: the annotation files in {self.dataset_dir} name image "
+                    f"{d.impath}, which is outside that folder; fix the annotation files."
+                )
+
+    def _check_not_empty(self, cfg) -> None:
+        """Every split and class subset the run will use holds images (else training would
+        run to its end and fail at the first evaluation)."""
+        source = self.split_path if self.split_file else self.dataset_dir
+        subsample = cfg.DATASET.SUBSAMPLE_CLASSES
+        if not self.train_x:
+            raise UserError(
+                f"{self.name}: DATASET.SUBSAMPLE_CLASSES {subsample} selects no classes of "
+                f"{source}, which has too few classes to split into base and new; use "
+                "DATASET.SUBSAMPLE_CLASSES all or a dataset with at least 2 classes."
+            )
+        for name, split in self.eval_splits.items():
+            if split.items:
+                continue
+            if not split.class_ids:
+                raise UserError(
+                    f"{self.name}: the '{name}' split has no classes ({source} has "
+                    f"{self.num_classes} class, and base_new needs at least 2); use "
+                    "DATASET.EVAL_SPLITS standard or a dataset with at least 2 classes."
+                )
+            of = f" of the {subsample} classes" if subsample != "all" and name == "test" else ""
+            raise UserError(
+                f"{self.name}: the '{name}' split has no images: {source} lists no test "
+                f"images{of}; add test images to the split file (or regenerate it)."
+            )
+
+    def _check_images(self, mode: str) -> None:
+        """Find unusable images now, not after training (``DATASET.CHECK_IMAGES``)."""
         paths = {d.impath for d in self.train_x} | {d.impath for d in self.val}
         for split in self.eval_splits.values():
             paths.update(d.impath for d in split.items)
-        missing = sorted(p for p in paths if not os.path.isfile(p))
-        if missing:
+        bad = check_images(paths, mode)
+        if not bad:
+            return
+        missing = [p for p, why in bad if why == "does not exist"]
+        if len(missing) == len(bad):  # a dataset only partly present: how to get it
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise UserError(
                 f"{self.name}: image {missing[0]} does not exist{more}; {self.fix_hint()}."
             )
+        listed = "; ".join(f"{p} {why}" for p, why in bad[:3])
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise UserError(
+            f"{self.name}: {len(bad)} of {len(paths)} images cannot be used: {listed}{more}; "
+            "replace or re-download them, or remove them from the split file "
+            "(DATASET.CHECK_IMAGES off skips this check)."
+        )
 
 
 def _choice(value: str, allowed: tuple[str, ...], key: str) -> str:

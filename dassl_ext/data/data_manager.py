@@ -7,10 +7,11 @@ import random
 from collections.abc import Callable, Iterator
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from dassl_ext.data.base_dataset import DatasetBase
+from dassl_ext.data.images import read_image
 from dassl_ext.data.samplers import GlobalBatchSampler, RankStridedSampler
 from dassl_ext.data.splits import Datum
 from dassl_ext.data.tensor_transforms import read_image_tensor
@@ -41,23 +42,6 @@ def global_batch_size(cfg, world_size: int) -> int:
 def build_dataset(cfg) -> DatasetBase:
     """The dataset registered as ``cfg.DATASET.NAME``, constructed from `cfg`."""
     return DATASET_REGISTRY.get(cfg.DATASET.NAME)(cfg)
-
-
-def read_image(path: str) -> Image.Image:
-    """Open an image as RGB; a missing or unreadable file is a UserError naming it (the
-    dataset checks that its images exist when it is built, so a missing one went away)."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise UserError(
-            f"Image {path} no longer exists; restore it (or the whole dataset folder), then "
-            "run again."
-        ) from None
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        raise UserError(
-            f"Cannot decode image {path} ({e}); replace or re-download the file."
-        ) from None
 
 
 def image_reader(cfg) -> Callable[[str], Image.Image | torch.Tensor]:

@@ -7,6 +7,7 @@ wires them to a dataset folder and to the config.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -48,44 +49,78 @@ def listdir_sorted(path: str, images_only: bool = False) -> list[str]:
 
 
 def read_json(path: str) -> dict:
-    """Read a JSON file; a malformed file is a UserError naming it."""
+    """Read a JSON object from a file; a malformed file is a UserError naming it."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(
             f"{path} is not valid JSON ({e}); delete it so that it is rebuilt."
         ) from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} is not a split file: expected a JSON object with split lists.")
+    return obj
 
 
 def _encode(items: Iterable[Datum], prefix: str) -> list[list]:
     return [[os.path.relpath(d.impath, prefix), d.label, d.classname] for d in items]
 
 
-def _decode(rows: list, prefix: str, path: str) -> list[Datum]:
-    try:
-        return [
-            Datum(os.path.join(prefix, rel), int(label), 0, cname) for rel, label, cname in rows
-        ]
-    except (TypeError, ValueError):
-        raise UserError(
-            f"{path} is not a split file: expected rows [relative_path, label, classname]."
-        ) from None
+def _decode(rows: list, prefix: str, path: str, name: str) -> list[Datum]:
+    if not isinstance(rows, list):
+        raise UserError(f"{path} is not a split file: '{name}' is not a list of rows.")
+    items = []
+    for i, row in enumerate(rows):
+        try:
+            rel, label, cname = row
+            label = int(label)
+            if not isinstance(rel, str) or not isinstance(cname, str):
+                raise TypeError
+        except (TypeError, ValueError):
+            raise UserError(
+                f"{path} is not a split file: row {i} of '{name}' is {row!r}, expected "
+                "[relative_path, label, classname]."
+            ) from None
+        # Checked on the text, not the resolved path: a symlink inside the image folder
+        # may point elsewhere (datasets are often linked in), a row may not.
+        if os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] == os.pardir:
+            raise UserError(
+                f"{path}: row {i} of '{name}' names image '{rel}', which is outside the image "
+                f"folder {prefix}; split files may only name images inside it (fix the row or "
+                "regenerate the split file)."
+            )
+        items.append(Datum(os.path.join(prefix, rel), label, 0, cname))
+    return items
 
 
-def save_split(splits: dict[str, list[Datum]], path: str, prefix: str) -> None:
+def save_split(
+    splits: dict[str, list[Datum]], path: str, prefix: str, extra: dict | None = None
+) -> None:
     """Write a CoOp split file `{"train"|"val"|"test": [[relpath, label, classname], ...]}`.
 
-    Paths are stored relative to `prefix` (normally the dataset's image folder).
+    Paths are stored relative to `prefix` (normally the dataset's image folder). `extra`
+    adds other top-level entries (readers of CoOp split files ignore them).
     """
     obj = {name: _encode(items, prefix) for name, items in splits.items()}
+    obj.update(extra or {})
     write_json_atomic(path, obj, indent=4)
 
 
 def read_split(path: str, prefix: str, names: Sequence[str] = ("train", "val", "test")) -> dict:
-    """Read a CoOp split file; returns {name: list[Datum]} with paths joined to `prefix`."""
+    """Read a CoOp split file; returns {name: list[Datum]} with paths joined to `prefix`.
+
+    A row whose path is absolute or leaves `prefix` (``../``) is a UserError naming the
+    file and the row: a split file must not make the program read arbitrary files.
+    """
     obj = read_json(path)
-    return {name: _decode(obj.get(name, []), prefix, path) for name in names}
+    return {name: _decode(obj.get(name, []), prefix, path, name) for name in names}
+
+
+def split_digest(splits: dict[str, list[Datum]], prefix: str) -> str:
+    """sha256 of the rows of `splits` (paths relative to `prefix`, labels, class names, in
+    order): what a few-shot draw from them depends on, wherever the dataset lives."""
+    rows = {name: _encode(items, prefix) for name, items in sorted(splits.items())}
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
 
 
 # ------------------------------------------------------------- split generation

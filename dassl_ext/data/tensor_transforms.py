@@ -11,26 +11,46 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 import torchvision.io as tvio
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
+from dassl_ext.data.images import read_image
 from dassl_ext.errors import UserError
 
-TENSOR_TRANSFORMS = ("random_resized_crop", "random_crop", "center_crop", "random_flip", "normalize")
+TENSOR_TRANSFORMS = (
+    "random_resized_crop",
+    "random_crop",
+    "center_crop",
+    "random_flip",
+    "normalize",
+)
 
 
 def read_image_tensor(path: str) -> torch.Tensor:
-    """Decode an image file to a (3, H, W) uint8 RGB tensor; unreadable files: UserError."""
+    """Decode an image file to a (3, H, W) uint8 RGB tensor; unreadable files: UserError.
+
+    16-bit PNGs, which torchvision decodes to uint16, become 8-bit by ``value >> 8``, as
+    :func:`dassl_ext.data.images.read_image` does. Formats torchvision cannot decode (TIFF,
+    BMP, ...) are read by that PIL reader, so both backends read the same files alike.
+    """
     try:
         with warnings.catch_warnings():  # the deprecation notice, once per image otherwise
             warnings.simplefilter("ignore", DeprecationWarning)
-            return tvio.decode_image(tvio.read_file(path), mode=tvio.ImageReadMode.RGB)
-    except (RuntimeError, OSError) as e:
-        raise UserError(
-            f"Cannot decode image {path} ({e}); replace or re-download the file."
-        ) from None
+            img = tvio.decode_image(tvio.read_file(path), mode=tvio.ImageReadMode.RGB)
+    except FileNotFoundError:
+        return _pil_tensor(path)  # the PIL reader's sentence for a file that went away
+    except (RuntimeError, OSError):
+        return _pil_tensor(path)  # not a format torchvision decodes, or a broken file
+    if img.dtype == torch.uint16:
+        img = (img.view(torch.int16).to(torch.int32) & 0xFFFF) >> 8
+    return img.to(torch.uint8)
+
+
+def _pil_tensor(path: str) -> torch.Tensor:
+    rgb = np.asarray(read_image(path), dtype=np.uint8)
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
 
 def build_tensor_transform(

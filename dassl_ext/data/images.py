@@ -1,0 +1,125 @@
+"""Reading image files as they are, and finding unusable ones before training.
+
+PIL's ``convert("RGB")`` clips high-bit-depth images at 255: a 16-bit PNG (mode ``I;16``,
+common in medical and remote-sensing data) becomes black and white. :func:`to_rgb` scales
+them instead, the same way torchvision's decoder output is scaled by
+``tensor_transforms.read_image_tensor``, so both ``INPUT.BACKEND`` values see one image:
+
+- 16-bit (``I;16``, ``I;16B``, ...): ``value >> 8`` (PIL reads 16-bit RGB PNGs the same way).
+- 32-bit integer (``I``): ``value >> 8`` when every value fits 16 bits (older Pillow opens
+  16-bit PNGs as ``I``), else the image's own range mapped to 0..255.
+- float (``F``): ``value * 255`` when every value lies in 0..1, else the image's own range.
+- palette, ``LA``, ``RGBA``, ``CMYK``, 1-bit: PIL's conversion (alpha is dropped, as
+  torchvision's RGB mode does).
+
+:func:`check_images` is the scan made when a dataset is built (``DATASET.CHECK_IMAGES``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dassl_ext.errors import UserError
+
+# "header": open every image's header (format, size, mode; catches missing, empty,
+# truncated-to-nothing and non-image files); "exists": a stat per image; "off": nothing.
+CHECK_IMAGES_MODES = ("header", "exists", "off")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _gray_to_rgb(gray: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.ascontiguousarray(gray, dtype=np.uint8), mode="L").convert("RGB")
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """The image's own [min, max] mapped to 0..255 (non-finite values count as min)."""
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of ``img`` that keeps the full range of high-bit-depth modes
+    (see the module docstring)."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT:
+        return _gray_to_rgb(np.asarray(img).astype(np.uint16) >> 8)
+    if mode == "I":
+        values = np.asarray(img, dtype=np.int64)
+        if values.size and values.min() >= 0 and values.max() <= 0xFFFF:
+            return _gray_to_rgb(values >> 8)
+        return _gray_to_rgb(_stretch(values))
+    if mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if values.size and np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1:
+            return _gray_to_rgb(np.round(values * 255.0))
+        return _gray_to_rgb(_stretch(values))
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # PIL warns on P -> RGB when the palette has transparency
+    return img.convert("RGB")
+
+
+def read_image(path: str) -> Image.Image:
+    """Open an image as 8-bit RGB with its full range (:func:`to_rgb`); a missing or
+    unreadable file is a UserError naming it (the dataset checks that its images exist
+    when it is built, so a missing one went away)."""
+    try:
+        with Image.open(path) as img:
+            return to_rgb(img)
+    except FileNotFoundError:
+        raise UserError(
+            f"Image {path} no longer exists; restore it (or the whole dataset folder), then "
+            "run again."
+        ) from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise UserError(
+            f"Cannot decode image {path} ({e}); replace or re-download the file."
+        ) from None
+
+
+def header_problem(path: str) -> str | None:
+    """Why ``path`` cannot be used as an image, from its header alone, or None if it can."""
+    try:
+        with warnings.catch_warnings():  # e.g. DecompressionBombWarning: not a fault
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                width, height = img.size
+    except FileNotFoundError:
+        return "does not exist"
+    except IsADirectoryError:
+        return "is a folder"
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return "is empty (0 bytes)"
+        return f"is not a readable image ({e})"
+    if width < 1 or height < 1:
+        return f"has size {width}x{height}"
+    return None
+
+
+def _exists_problem(path: str) -> str | None:
+    return None if os.path.isfile(path) else "does not exist"
+
+
+def check_images(paths: Iterable[str], mode: str, workers: int = 8) -> list[tuple[str, str]]:
+    """``(path, problem)`` of every image that ``mode`` (one of :data:`CHECK_IMAGES_MODES`)
+    finds unusable, in sorted path order. A thread pool overlaps the file-system waits
+    (network disks); on a local disk it costs about what a loop costs."""
+    if mode == "off":
+        return []
+    check = header_problem if mode == "header" else _exists_problem
+    paths = sorted(set(paths))
+    if mode == "header" and len(paths) > 256 and workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            problems = list(pool.map(check, paths))
+    else:
+        problems = [check(p) for p in paths]
+    return [(p, why) for p, why in zip(paths, problems) if why is not None]
