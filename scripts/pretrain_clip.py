@@ -285,6 +285,29 @@ def pretrain(
     return model, recipe, curve, time.time() - t0
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def environment() -> dict:
+    """What the bits of the weights depend on besides the recipe: the same recipe gives
+    other floating-point results with another torch, CPU or number of threads."""
+    return {
+        "torch": torch.__version__,
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("name", choices=sorted(STANDIN_SPECS))
@@ -338,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         "captions": corpus_captions(classnames),
         "recipe": recipe,
         "seconds": round(seconds),
+        "environment": environment(),
         "zeroshot_template": ZEROSHOT_TEMPLATE,
         "zeroshot_accuracy": accs,
         "curve": curve,
