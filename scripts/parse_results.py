@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Average runs over seeds: per-dataset base / new / HM tables from an output tree.
 
-    python scripts/parse_results.py output/base2new [--ci] [--paper]
+    python scripts/parse_results.py output/base2new [--seeds 1 2 3] [--ci] [--paper]
         [--markdown results.md] [--csv results.csv] [--reference FILE]
 
 Reads every results.json under ROOT (and Dassl log.txt files of runs made with the
-official code). Replaces Dassl's parse_test_res.py. The paper's numbers, the row order
+official code); with --seeds only those seeds' runs, each of which must be there.
+Replaces Dassl's parse_test_res.py. The paper's numbers, the row order
 and how official logs report come from the reference file
 (configs/reporting/promptkd.yaml by default).
 """
@@ -21,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from dassl_ext.errors import UserError  # noqa: E402
-from dassl_ext.reporting.aggregate import summarize  # noqa: E402
+from dassl_ext.reporting.aggregate import add_seeds_option, summarize  # noqa: E402
 from dassl_ext.reporting.reference import add_reference_options, load_reference  # noqa: E402
 from dassl_ext.reporting.tables import to_markdown, write_csv  # noqa: E402
 from dassl_ext.utils.atomic import write_text_atomic  # noqa: E402
@@ -32,6 +33,7 @@ REFERENCE = os.path.join(REPO, "configs", "reporting", "promptkd.yaml")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="output folder to search for results.json / log.txt")
+    add_seeds_option(parser)
     parser.add_argument("--ci", action="store_true", help="add 95%% confidence intervals")
     parser.add_argument("--markdown", metavar="FILE", help="also write the tables as Markdown")
     parser.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
@@ -44,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         reference = load_reference(args.reference)
+        tables = summarize(args.root, reference, args.seeds)
     except UserError as e:
         print(f"error: {e}")
         return 1
-    tables = summarize(args.root, reference)
     if not tables:
         print(f"error: no results.json or Dassl log.txt with results under {args.root}.")
         return 1

@@ -291,3 +291,105 @@ def test_reference_file_errors_and_defaults(tmp_path):
         load_reference(str(bad))
     bad.write_text("DATASETS: [B, A]\n")
     assert load_reference(str(bad)).numbers_for("PromptKD") is None
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_seeds_take_only_the_seeds_asked_for(tmp_path, capsys):
+    """Leftovers of an earlier run with other seeds stay out; a seed asked for and not there
+    is one error naming the folder it should be in."""
+    b2n_tree(tmp_path, {"EuroSAT": B2N["EuroSAT"]})
+    (table,) = summarize(str(tmp_path), seeds=[1, 2])
+    assert table.rows[0].seeds == [1, 2]
+    assert table.rows[0].stats["base"].values == [90.0, 94.0]
+    with pytest.raises(UserError, match="No results.json for seed 4 of PromptKD on EuroSAT"):
+        summarize(str(tmp_path), seeds=[1, 4])
+    parse = _script("parse_results")
+    assert parse.main([str(tmp_path), "--seeds", "1", "2"]) == 0
+    assert "| EuroSAT   | 1,2  " in capsys.readouterr().out
+    assert parse.main([str(tmp_path), "--seeds", "2", "4"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and str(tmp_path / "PromptKD" / "EuroSAT" / "seed4") in out
+    with pytest.raises(SystemExit):  # 01 would name the folder seed01
+        parse.main([str(tmp_path), "--seeds", "01"])
+    assert "'01' is not a seed" in capsys.readouterr().err
+
+
+def test_a_row_never_mixes_configurations(tmp_path):
+    """Seeds of one experiment folder with different config hashes: refused with --seeds
+    (naming both runs); without, they are two rows labelled by hash, never one."""
+    write_run(tmp_path, "CoOp", "Food101", 1, {"test": 70.0}, config="h1")
+    write_run(tmp_path, "CoOp", "Food101", 2, {"test": 60.0}, config="h2")
+    with pytest.raises(UserError, match="different configurations") as e:
+        summarize(str(tmp_path), seeds=[1, 2])
+    assert "seed1" in str(e.value) and "seed2" in str(e.value) and "h2" in str(e.value)
+    (table,) = summarize(str(tmp_path))
+    assert [r.label for r in table.rows] == ["Food101 [h1]", "Food101 [h2]"]
+    # Two configurations each with all seeds, in their own folders, are two rows.
+    write_run(tmp_path / "b", "CoOp", "Food101", 2, {"test": 61.0}, config="h1")
+    write_run(tmp_path / "b", "CoOp", "Food101", 1, {"test": 62.0}, config="h2")
+    (table,) = summarize(str(tmp_path), seeds=[1, 2])
+    assert [r.seeds for r in table.rows] == [[1, 2], [1, 2]]
+
+
+@pytest.mark.parametrize(
+    "content,says",
+    [('{"trainer": "CoOp", "splits": {"te', "truncated or not JSON"),
+     (b"\xff\xfe\x00garbage", "not UTF-8"),
+     ("[1, 2]", "no 'splits'"),
+     ('{"trainer": "CoOp", "splits": {}}', "no 'splits'"),
+     ('{"splits": {"test": {"accuracy": "high"}}}', "no numeric 'accuracy'"),
+     ('{"splits": {"test": {"accuracy": NaN}}}', "no numeric 'accuracy'"),
+     ('{"seed": "one", "splits": {"test": {"accuracy": 1.0}}}', "not an integer")],
+)  # fmt: skip
+def test_corrupt_results_json_is_named(tmp_path, capsys, content, says):
+    b2n_tree(tmp_path, {"EuroSAT": B2N["EuroSAT"]})
+    bad = tmp_path / "PromptKD" / "EuroSAT" / "seed2" / "results.json"
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert _script("parse_results").main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"error: {bad}") and says in out and out.count("\n") == 1
+    with pytest.raises(SystemExit) as e:
+        _script("demo_table").main([f"x={tmp_path}"])
+    assert e.value.code == 1 and str(bad) in capsys.readouterr().err
+
+
+def test_unfinished_runs_and_logs_without_results_are_named(tmp_path, caplog):
+    """A run of this code without results.json is not read as an official log (its log.txt
+    has per-epoch '* accuracy:' lines); a Dassl log without a result is named."""
+    b2n_tree(tmp_path, {"EuroSAT": B2N["EuroSAT"]})
+    ours = tmp_path / "PromptKD" / "EuroSAT" / "seed4"
+    ours.mkdir()
+    (ours / "config.yaml").write_text("SEED: 4\n")
+    (ours / "log.txt").write_text("2026-01-01 00:00:00 * accuracy: 12.0%\n")
+    official = tmp_path / "official" / "dtd" / "seed1"
+    official.mkdir(parents=True)
+    (official / "log.txt").write_text("** Arguments **\ntrainer: PromptKD\nepoch [1/20]\n")
+    tables = summarize(str(tmp_path))
+    assert [t.trainer for t in tables] == ["PromptKD"] and tables[0].rows[0].seeds == [1, 2, 3]
+    text = caplog.text
+    assert f"{ours} has no results.json (an unfinished run?); left out." in text
+    assert f"{official / 'log.txt'} holds no result" in text
+
+
+def test_demo_table_takes_the_seeds_asked_for(tmp_path, capsys):
+    demo = _script("demo_table")
+    b2n_tree(tmp_path, {"EuroSAT": B2N["EuroSAT"]})
+    text = demo.main([f"kd={tmp_path}", "--seeds", "1", "2"])
+    assert text.splitlines()[-1].endswith("| 1, 2    |") and "92.00 ± 2.83" in text
+    with pytest.raises(SystemExit) as e:
+        demo.main([f"kd={tmp_path}", "--seeds", "1", "5"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and str(tmp_path / "PromptKD" / "EuroSAT" / "seed5") in err
+    write_run(tmp_path, "PromptKD", "EuroSAT", 3, {"base": 1.0, "new": 1.0}, config="h9")
+    with pytest.raises(SystemExit):  # all seeds, two configurations: never one row
+        demo.main([f"kd={tmp_path}"])
+    assert "would mix runs of 2 configurations" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        demo.main([f"kd={tmp_path / 'nope'}"])
+    assert "is not a folder (row 'kd')" in capsys.readouterr().err

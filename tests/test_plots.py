@@ -70,3 +70,43 @@ def test_plot_results_cli(tmp_path, capsys):
     assert png_ok(tmp_path / "PromptKD" / "EuroSAT" / "seed1" / "training_curves.png")
     assert "wrote" in capsys.readouterr().out
     assert mod.main([str(tmp_path / "nothing_here")]) == 1
+
+
+def _plot_results():
+    spec = importlib.util.spec_from_file_location(
+        "plot_results", os.path.join(REPO, "scripts", "plot_results.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\xff\xfe\x00\x01 not text", b'{"epoch": 1, "loss": 5}\n[1, 2]\n{"epoch": "x"}\n'],
+)
+def test_run_without_epoch_records_is_named_and_the_others_drawn(tmp_path, capsys, content):
+    """An empty, binary or malformed metrics.jsonl (a run that has just started, a damaged
+    file): one warning naming it, no traceback, and the other runs are still drawn."""
+    b2n_tree(tmp_path)
+    write_metrics(tmp_path / "PromptKD" / "EuroSAT" / "seed1")
+    bad = tmp_path / "PromptKD" / "EuroSAT" / "seed2" / "metrics.jsonl"
+    bad.write_bytes(content)
+    assert _plot_results().main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {bad} " in out
+    assert png_ok(tmp_path / "PromptKD" / "EuroSAT" / "seed1" / "training_curves.png")
+    assert png_ok(tmp_path / "bars_PromptKD_paper.png")
+    assert _plot_results().main([str(bad.parent), "--no-curves"]) == 0  # its results: bars
+    assert _plot_results().main([str(bad.parent)]) == 0
+
+
+def test_plot_results_takes_the_seeds_asked_for(tmp_path, capsys):
+    b2n_tree(tmp_path)
+    for seed in (1, 3):
+        write_metrics(tmp_path / "PromptKD" / "EuroSAT" / f"seed{seed}")
+    assert _plot_results().main([str(tmp_path), "--seeds", "1", "2"]) == 0
+    assert png_ok(tmp_path / "PromptKD" / "EuroSAT" / "seed1" / "training_curves.png")
+    assert not (tmp_path / "PromptKD" / "EuroSAT" / "seed3" / "training_curves.png").exists()
+    assert _plot_results().main([str(tmp_path), "--seeds", "1", "7"]) == 1
+    assert "No results.json for seed 7" in capsys.readouterr().out

@@ -14,13 +14,16 @@ averaged new (not the mean of the per-dataset HMs). Std is the sample std (n - 1
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
+import re
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
+from dassl_ext.errors import UserError
 from dassl_ext.evaluation.results import read_results
 from dassl_ext.reporting.dassl_log import parse_dassl_log
 from dassl_ext.reporting.reference import Numbers, Reference
@@ -162,19 +165,52 @@ def run_from_record(record: dict, path: str) -> Run | None:
     )
 
 
+def read_run_record(path: str) -> dict:
+    """One results.json, checked: a dict whose ``splits`` give each split a numeric
+    ``accuracy`` and whose ``seed`` is an integer or null. Raises UserError naming the file
+    when it is truncated, not JSON or not a results file (a table must not lose a seed
+    quietly)."""
+    fix = "re-run that run (delete its folder first) or move the file out of the tree"
+    try:
+        record = read_results(path)
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text (a damaged file?); {fix}.") from None
+    except ValueError as e:
+        raise UserError(f"{path} is truncated or not JSON ({e}); {fix}.") from None
+    except OSError as e:
+        raise UserError(f"Cannot read {path} ({e.strerror or e}); check its permissions.") from None
+    splits = record.get("splits") if isinstance(record, dict) else None
+    if not isinstance(splits, dict) or not splits:
+        raise UserError(f"{path} is not a results file: it has no 'splits' with results; {fix}.")
+    for name, value in splits.items():
+        acc = value.get("accuracy") if isinstance(value, dict) else None
+        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
+            raise UserError(
+                f"{path}: split '{name}' has no numeric 'accuracy' (got {acc!r}); {fix}."
+            )
+    seed = record.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise UserError(f"{path}: 'seed' is {seed!r}, not an integer; {fix}.")
+    return record
+
+
 def collect_runs(root: str, reference: Reference | None = None) -> list[Run]:
     """Every run under ``root``: results.json, else the newest parsable Dassl log (read as
-    ``reference`` says)."""
+    ``reference`` says). A corrupt results.json stops with a UserError naming it; a run of
+    this code without results.json (unfinished: it has a config.yaml) and a Dassl log
+    without an accuracy line are left out with a warning naming them."""
     runs: list[Run] = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         record, path = None, ""
         if "results.json" in files:
             path = os.path.join(folder, "results.json")
-            try:
-                record = read_results(path)
-            except (OSError, ValueError) as e:
-                logger.warning(f"Skipping unreadable {path}: {e}")
+            record = read_run_record(path)
+        elif "config.yaml" in files:
+            # Our own log.txt has Dassl's accuracy lines too: an unfinished run must not be
+            # read as an official one from its per-epoch validation accuracies.
+            logger.warning(f"{folder} has no results.json (an unfinished run?); left out.")
+            continue
         else:
             logs = sorted(f for f in files if f == "log.txt" or f.startswith("log.txt-"))
             for name in reversed(logs):  # Dassl names a newer log log.txt-<time>
@@ -182,10 +218,76 @@ def collect_runs(root: str, reference: Reference | None = None) -> list[Run]:
                 record = parse_dassl_log(path, reference)
                 if record:
                     break
+            if logs and not record:
+                logger.warning(
+                    f"{os.path.join(folder, logs[-1])} holds no result (no '* accuracy:' line"
+                    " of a finished run); left out."
+                )
         run = run_from_record(record, path) if record else None
         if run:
             runs.append(run)
     return runs
+
+
+def _run_folder(run: Run, seed: int) -> str:
+    """Where ``seed`` of the experiment that ``run`` belongs to would be: the sibling
+    seed<N> folder of the scripts' layout, else the run's own folder's parent."""
+    folder = os.path.dirname(run.path)
+    parent = os.path.dirname(folder)
+    if re.fullmatch(r"seed\d+", os.path.basename(folder)):
+        return os.path.join(parent, f"seed{seed}")
+    return parent
+
+
+def select_seeds(runs: list[Run], seeds: list[int]) -> list[Run]:
+    """The runs of the requested ``seeds`` only (leftovers of other seeds in the same tree
+    are dropped); runs without a fixed seed (zero-shot: seed -1 or none) are kept.
+
+    Raises UserError when an experiment (trainer, protocol, splits, backbone, dataset and
+    config hash) lacks a requested seed, naming the folder it should be in, or when the
+    requested seeds of one dataset were run with different configurations (config hashes):
+    a row never mixes them.
+    """
+    wanted = set(seeds)
+    kept = [r for r in runs if r.seed is None or r.seed < 0 or r.seed in wanted]
+    rows: dict[tuple, dict[int, Run]] = {}
+    for r in kept:
+        if r.seed is not None and r.seed >= 0:
+            key = (r.trainer, r.protocol, r.eval_splits, r.backbone, r.dataset, r.config)
+            rows.setdefault(key, {})[r.seed] = r
+    for key, by_seed in sorted(rows.items()):
+        missing = sorted(wanted - set(by_seed))
+        if not missing:
+            continue
+        seed, example = missing[0], next(iter(by_seed.values()))
+        what, expected = f"{key[0]} on {key[4]}", _run_folder(example, seed)
+        there = [o for o in kept if o.seed == seed and os.path.dirname(o.path) == expected]
+        if there:  # that seed's folder holds a run of another configuration
+            raise UserError(
+                f"The seeds of {what} were run with different configurations: seed "
+                f"{example.seed} with config hash {key[5]} ({example.path}), seed {seed} with "
+                f"{there[0].config} ({there[0].path}); one table row must come from one "
+                "configuration: re-run the odd seed with the same options, or move it away."
+            )
+        raise UserError(
+            f"No results.json for seed {seed} of {what} (config hash {key[5]}): expected in "
+            f"{expected}; run that seed, or leave it out of the seeds asked for."
+        )
+    return kept
+
+
+def add_seeds_option(parser: argparse.ArgumentParser) -> None:
+    """``--seeds N [N ...]``: the seeds a table is made of (non-negative integers)."""
+
+    def seed(text: str) -> int:
+        if not re.fullmatch(r"0|[1-9][0-9]*", text):
+            raise argparse.ArgumentTypeError(f"'{text}' is not a seed (0, 1, 2, ...)")
+        return int(text)
+
+    parser.add_argument(
+        "--seeds", nargs="+", type=seed, metavar="N",
+        help="only these seeds' runs (others in the tree are left out); each must be there",
+    )  # fmt: skip
 
 
 def _merge_seeds(runs: list[Run]) -> tuple[dict, dict]:
@@ -331,6 +433,11 @@ def published_average(numbers: Numbers, table: Table) -> tuple[float, float, flo
     return base, new, hm(base, new)
 
 
-def summarize(root: str, reference: Reference | None = None) -> list[Table]:
-    """collect_runs + aggregate."""
-    return aggregate(collect_runs(root, reference), reference)
+def summarize(
+    root: str, reference: Reference | None = None, seeds: list[int] | None = None
+) -> list[Table]:
+    """collect_runs (+ select_seeds when ``seeds`` are given) + aggregate."""
+    runs = collect_runs(root, reference)
+    if seeds:
+        runs = select_seeds(runs, seeds)
+    return aggregate(runs, reference)

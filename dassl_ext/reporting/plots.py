@@ -28,19 +28,44 @@ def _save(fig: Figure, path: str) -> str:
     return write_bytes_atomic(path, png.getvalue())
 
 
+def _epoch_record(line: str) -> dict | None:
+    """One metrics.jsonl line as an epoch record, or None when it is not one (a line cut
+    by an interrupted run, or anything else that is not {"epoch": N, ...} with numbers)."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or isinstance(rec.get("epoch"), bool):
+        return None
+    if not isinstance(rec.get("epoch"), int):
+        return None
+    loss = rec.get("loss")
+    numbers = (int, float)
+    if loss is not None and not (
+        isinstance(loss, dict) and all(isinstance(v, numbers) for v in loss.values())
+    ):
+        return None
+    for key in ("lr", "val_accuracy"):
+        if rec.get(key) is not None and not isinstance(rec[key], numbers):
+            return None
+    return rec
+
+
 def read_metrics(run_dir: str) -> list[dict]:
-    """Epoch records of ``<run_dir>/metrics.jsonl``, one per epoch (the last wins on resume)."""
+    """Epoch records of ``<run_dir>/metrics.jsonl``, one per epoch (the last wins on resume).
+    Lines that are not epoch records are skipped; a file that is not text raises UserError."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise UserError(f"{path} does not exist: pass the output folder of a training run.")
     by_epoch: dict[int, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                by_epoch[int(rec["epoch"])] = rec
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut by an interrupted run
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                rec = _epoch_record(line)
+                if rec is not None:
+                    by_epoch[rec["epoch"]] = rec
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text (a damaged file?); delete it.") from None
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -48,7 +73,10 @@ def plot_training_curves(run_dir: str, out_png: str | None = None) -> str:
     """Loss, LR and selection accuracy per epoch -> ``<run_dir>/training_curves.png``."""
     records = read_metrics(run_dir)
     if not records:
-        raise UserError(f"{os.path.join(run_dir, 'metrics.jsonl')} holds no epoch yet.")
+        raise UserError(
+            f"{os.path.join(run_dir, 'metrics.jsonl')} holds no epoch record (empty, or an"
+            " unfinished first epoch); no training curves for that run."
+        )
     epochs = [r["epoch"] for r in records]
     fig = Figure(figsize=(13, 3.6), layout="constrained")
     ax_loss, ax_lr, ax_acc = fig.subplots(1, 3)
