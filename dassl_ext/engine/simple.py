@@ -172,10 +172,17 @@ class SimpleTrainer(TrainerBase):
         lab2cname = {k: self.classnames[c] for k, c in enumerate(class_ids)}
         self.evaluator.reset(lab2cname)
         logger.info(f"Evaluate on the *{split}* set")
-        for batch in tqdm(loader, desc=split, leave=False, disable=_tqdm_off()):
-            input, label = self.parse_batch_test(batch)
-            output = self.model_inference(input)
-            self.evaluator.process(output, label, batch.get("impath"), batch.get("index"))
+        try:
+            for batch in tqdm(loader, desc=split, leave=False, disable=_tqdm_off()):
+                input, label = self.parse_batch_test(batch)
+                output = self.model_inference(input)
+                self.evaluator.process(output, label, batch.get("impath"), batch.get("index"))
+        except (MemoryError, RuntimeError) as e:  # a batch too large: name the key, not a trace
+            from dassl_ext.evaluation.memory import evaluation_memory_error, is_out_of_memory
+
+            if not is_out_of_memory(e):
+                raise
+            raise evaluation_memory_error(e, self.cfg, split) from None
         self.evaluator.sync()
         results = self.evaluator.evaluate(split=split)
         for k, v in results.items():
