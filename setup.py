@@ -23,6 +23,7 @@ setup(
         "clip-anytorch>=2.6",
         "setuptools<81",
         "yacs",
+        "filelock>=3.12",  # one live run per output folder (dassl_ext/utils/run_lock.py)
         "gdown",
         "tabulate",
         "scikit-learn",

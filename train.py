@@ -25,13 +25,12 @@ from dassl_ext.config import (  # noqa: E402
 from dassl_ext.engine import build_trainer  # noqa: E402
 from dassl_ext.engine.faults import (  # noqa: E402
     Interrupted,
+    as_user_error,
     how_to_continue,
     interrupted_message,
-    lost_process_error,
     signals_raise_interrupted,
 )
-from dassl_ext.errors import UserError  # noqa: E402
-from dassl_ext.registry import RegistryKeyError  # noqa: E402
+from dassl_ext.engine.run_folder import claim_run_folder  # noqa: E402
 from dassl_ext.utils import set_random_seed, setup_logger  # noqa: E402
 from dassl_ext.utils.checkpoint import NothingToResumeError  # noqa: E402
 from dassl_ext.utils.distributed import (  # noqa: E402
@@ -71,6 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-dir", type=str, default="", help="load model from this directory")
     p.add_argument("--load-epoch", type=int, help="load model weights at this epoch")
     p.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    p.add_argument(
+        "--skip-finished",
+        action="store_true",
+        help="exit 0 if the output dir holds results.json of this configuration",
+    )
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE pairs")
     return p.parse_args(argv)
 
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     fault, 130 / 143 with a line saying how to resume after SIGINT / SIGTERM."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    cfg = trainer = None
+    cfg = trainer = folder = None
     training = False  # trainer.train() has started: a stop may leave checkpoints to resume
     try:
         with signals_raise_interrupted():
@@ -90,7 +94,14 @@ def main(argv: list[str] | None = None) -> int:
             validate_config(cfg, will_train=not (args.eval_only or args.no_train))
             init_distributed_from_env(use_cuda=cfg.USE_CUDA, timeout_s=cfg.DIST.TIMEOUT)
             scale_for_world_size(cfg, get_world_size())
+            # the folder is this run's, and every refusal is made, before anything is written
+            folder = claim_run_folder(cfg, args)
+            if folder.skipped:
+                if is_main_process():
+                    print(folder.skipped)
+                return 0
             setup_logger(cfg.OUTPUT_DIR)
+            folder.log_notes()
             if cfg.SEED >= 0:
                 set_random_seed(cfg.SEED)
             if is_main_process():
@@ -104,12 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_train:
                 training = True
                 trainer.train()
-    except (UserError, RegistryKeyError, RuntimeError) as e:  # bad input or a fault: a message
-        if isinstance(e, RuntimeError) and not isinstance(e, UserError):
-            e = lost_process_error(e, trainer)  # torchrun: another process died or hangs
-            if e is None:
-                raise
-        print(f"Error: {e}", file=sys.stderr)
+    except Exception as e:  # bad input or a fault: a message; a programming error: raised
+        error = as_user_error(e, trainer)
+        if error is None:
+            raise
+        print(f"Error: {error}", file=sys.stderr)
         resumable = training and not isinstance(e, NothingToResumeError)
         resume = how_to_continue(argv, cfg.OUTPUT_DIR, resumable) if cfg else None
         if resume and is_main_process():
@@ -123,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if trainer is not None:
             trainer.close_writer()
+        if folder is not None:
+            folder.release()
         destroy_distributed()
     return 0
 

@@ -9,6 +9,10 @@
 - A collective that fails because another torchrun process died or stopped answering
   (``DIST.TIMEOUT``) becomes one sentence (:func:`lost_process_error`): this process stops
   too, and the others' logs say why.
+- An error of the user's environment rather than of the program (a file that cannot be
+  opened, read or written, text in another encoding, memory exhausted) becomes one
+  sentence naming the file or what to lower (:func:`environment_error`); programming
+  errors stay tracebacks.
 - :func:`resume_command` is the exact ``train.py --resume`` command that continues a run
   from its last epoch checkpoint.
 """
@@ -16,6 +20,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import shlex
 import signal
@@ -82,9 +88,73 @@ def lost_process_error(e: BaseException, trainer=None) -> UserError | None:
     )
 
 
+def as_user_error(e: Exception, trainer=None) -> Exception | None:
+    """The error to print as one ``Error:`` line: ``e`` itself when it is a message for the
+    user, one sentence for a lost torchrun process or the user's environment; None for a
+    programming error (it keeps its traceback)."""
+    from dassl_ext.registry import RegistryKeyError
+
+    if isinstance(e, (UserError, RegistryKeyError)):
+        return e
+    return lost_process_error(e, trainer) or environment_error(e, trainer)
+
+
 def _matches(text: str) -> bool:
     low = text.lower()
     return any(sign in low for sign in _LOST_PEER_SIGNS)
+
+
+# What to do about an OSError, by errno; any other errno: check the path
+_OS_ADVICE = {
+    errno.EACCES: "check its permissions (or run as a user who may use it)",
+    errno.EPERM: "check its permissions (or run as a user who may use it)",
+    errno.EROFS: "write elsewhere: that file system is read-only",
+    errno.EISDIR: "it is a folder where a file is expected: pass the file",
+    errno.ENOTDIR: "a part of that path is a file where a folder is expected: fix the path",
+    errno.ENOENT: "it does not exist: check the path",
+    errno.ENOSPC: "free space on that disk, then run again",
+    errno.EDQUOT: "free space within your disk quota, then run again",
+    errno.ENAMETOOLONG: "the name is too long for the file system: use a shorter path",
+    errno.EMFILE: "too many open files: lower DATALOADER.NUM_WORKERS or raise `ulimit -n`",
+}
+_MEMORY_ADVICE = (
+    "lower DATALOADER.TRAIN_X.BATCH_SIZE (training) or DATALOADER.TEST.BATCH_SIZE "
+    "(evaluation), or set MODEL.GRAD_CHECKPOINTING True or a lower precision "
+    "(TRAINER.<METHOD>.PREC bf16 / fp16)"
+)
+
+
+def environment_error(e: BaseException, trainer=None) -> UserError | None:
+    """For an error caused by the user's environment (see the module doc), a UserError
+    with one sentence naming the file or what to lower; None for any other error."""
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "CPU"
+        at = f" at {training_position(trainer)}" if getattr(trainer, "num_batches", None) else ""
+        return UserError(f"Out of {where} memory{at}: {_MEMORY_ADVICE}.")
+    if isinstance(e, UnicodeDecodeError):
+        name = _file_being_read(e)
+        what = f"{name} is" if name else "a text file this run reads (config, split, names) is"
+        return UserError(
+            f"{what} not {e.encoding} text ({e.reason} at byte {e.start}); save it as UTF-8."
+        )
+    if isinstance(e, OSError) and (e.filename or e.errno in (errno.ENOSPC, errno.EDQUOT)):
+        advice = _OS_ADVICE.get(e.errno, "check the path and that it may be used")
+        name = f" {e.filename}" if e.filename else ""
+        also = f" -> {e.filename2}" if e.filename2 else ""
+        return UserError(f"Cannot use{name}{also} ({e.strerror}): {advice}.")
+    return None
+
+
+def _file_being_read(e: BaseException) -> str | None:
+    """The name of the innermost open text file in the traceback's frames (the one being
+    decoded, as ``with open(path) as f: f.read()`` leaves it in ``f``)."""
+    tb, names = e.__traceback__, []
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, io.TextIOWrapper) and isinstance(value.name, str):
+                names.append(value.name)
+        tb = tb.tb_next
+    return names[-1] if names else None
 
 
 def non_finite_loss_error(trainer, loss: torch.Tensor) -> NonFiniteLossError:

@@ -10,24 +10,14 @@ from typing import Any
 
 import yaml
 
+from dassl_ext.config.compare import PLACE_KEYS
 from dassl_ext.utils.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 # Keys that name where or which repetition a run is, not what it computes: the hash of
 # the rest identifies an experiment, so the seeds of one experiment share it.
-RUN_IDENTITY_KEYS = (
-    "SEED",
-    "OUTPUT_DIR",
-    "RESUME",
-    "DATASET.ROOT",
-    "MODEL.CLIP_ROOT",
-    "TRAIN.PRINT_FREQ",
-    "TEST.SAVE_LOGITS",
-    "TEST.PER_CLASS_RESULT",
-    "TEST.COMPUTE_CMAT",
-    "MODEL.GRAD_CHECKPOINTING",  # memory only: the same results
-)
+RUN_IDENTITY_KEYS = ("SEED", *PLACE_KEYS)
 
 
 def _plain(node: Any) -> Any:

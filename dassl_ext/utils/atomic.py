@@ -17,6 +17,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import threading
 import uuid
@@ -28,6 +29,8 @@ from dassl_ext.errors import UserError
 _HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+# The temporary file of atomic_write: ``.<target name>.<pid>.<thread id>.<8 hex>.tmp``
+TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.\d+\.[0-9a-f]{8}\.tmp$")
 
 
 class FileWriteError(UserError, OSError):
@@ -68,6 +71,13 @@ def atomic_write(path: str, write: Callable[[str], Any]) -> str:
             raise
         raise _write_error(path, e) from None
     return path
+
+
+def temporary_pid(name: str) -> int | None:
+    """The process id in ``name`` if it is the name of an :func:`atomic_write` temporary
+    file (what a writer killed mid-write leaves behind), else None."""
+    m = TEMPORARY_NAME.match(name)
+    return int(m.group("pid")) if m else None
 
 
 def _write_error(path: str, e: OSError) -> FileWriteError:

@@ -76,6 +76,18 @@ def resumable_models(run_dir: str) -> list[str]:
     )
 
 
+def loadable_models(run_dir: str, epoch: int | None = None) -> list[str]:
+    """Model folders of ``run_dir`` holding a file :func:`find_checkpoint` would load
+    (``model.pth.tar-<epoch>`` when ``epoch`` is given): what ``--model-dir`` can evaluate."""
+    if not os.path.isdir(run_dir):
+        return []
+    return sorted(
+        name
+        for name in os.listdir(run_dir)
+        if os.path.isfile(find_checkpoint(os.path.join(run_dir, name), epoch))
+    )
+
+
 def strip_module_prefix(state_dict: dict[str, Any]) -> OrderedDict:
     """Remove a leading ``module.`` (DataParallel / DDP) from every key."""
     return OrderedDict(

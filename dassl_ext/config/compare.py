@@ -1,0 +1,106 @@
+"""Which differences between two configurations change a run's results.
+
+A run continued with ``--resume``, or a folder that already holds a ``results.json``, must
+keep the configuration its record describes. :func:`config_differences` lists the keys
+whose values differ, leaving out :data:`RESULT_NEUTRAL_KEYS`: keys that say where a run
+is, how it reports or how it uses this machine, not what it computes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from dassl_ext.errors import UserError
+
+# Where a run is and how it reports (the config hash of results.json leaves them out too)
+PLACE_KEYS = (
+    "OUTPUT_DIR",
+    "RESUME",
+    "DATASET.ROOT",
+    "MODEL.CLIP_ROOT",
+    "TRAIN.PRINT_FREQ",
+    "TEST.SAVE_LOGITS",
+    "TEST.PER_CLASS_RESULT",
+    "TEST.COMPUTE_CMAT",
+    "MODEL.GRAD_CHECKPOINTING",  # memory only: the same results
+)
+# ... plus how the run uses the machine it is on. The same experiment, though with another
+# DATALOADER.NUM_WORKERS the random augmentations are drawn by other worker processes
+RESULT_NEUTRAL_KEYS = (
+    *PLACE_KEYS,
+    "DATALOADER.NUM_WORKERS",
+    "DATALOADER.TEST.BATCH_SIZE",  # evaluation batches: the same predictions
+    "DIST.TIMEOUT",
+    "USE_CUDA",  # a preference: the device is the machine's, as the number of processes
+    "VERBOSE",
+    "TRAIN.CHECKPOINT_FREQ",  # which epochs are saved, not what is trained
+)
+
+ABSENT = "(absent)"
+
+
+def flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"OPTIM.LR": 0.1, ...}``: the leaves of a nested mapping by dotted key; tuples
+    become lists (as in a yaml file)."""
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, full + "."))
+        else:
+            flat[full] = _plain(value)
+    return flat
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def config_differences(
+    saved: Mapping, new: Mapping, neutral: tuple[str, ...] = RESULT_NEUTRAL_KEYS
+) -> list[tuple[str, Any, Any]]:
+    """``[(key, old value, new value), ...]`` for every key (sorted) whose value differs
+    between ``saved`` and ``new`` and that is not ``neutral``; a key only one side has
+    shows :data:`ABSENT` on the other."""
+    old, cur = flatten(saved), flatten(new)
+    keys = sorted(set(old) | set(cur))
+    return [
+        (k, old.get(k, ABSENT), cur.get(k, ABSENT))
+        for k in keys
+        if k not in neutral and old.get(k, ABSENT) != cur.get(k, ABSENT)
+    ]
+
+
+def format_differences(diffs: list[tuple[str, Any, Any]], most: int = 8) -> str:
+    """``KEY: old -> new; KEY: old -> new`` (at most ``most``, then how many more)."""
+
+    def show(v: Any) -> str:
+        return repr(v) if isinstance(v, str) and v != ABSENT else str(v)
+
+    shown = "; ".join(f"{k}: {show(a)} -> {show(b)}" for k, a, b in diffs[:most])
+    return shown + (f"; and {len(diffs) - most} more" if len(diffs) > most else "")
+
+
+def read_saved_config(path: str) -> dict | None:
+    """The mapping in a run's ``config.yaml``; None if there is none. A file that cannot be
+    read as such is a UserError naming it."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        data, bad = None, reason
+    else:
+        bad = None if isinstance(data, dict) else "not a mapping of keys"
+    if bad:
+        raise UserError(
+            f"Cannot read the configuration of the run in {os.path.dirname(path)} from {path} "
+            f"({bad}); restore that file, or use another --output-dir."
+        )
+    return data

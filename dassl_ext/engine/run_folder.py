@@ -1,0 +1,209 @@
+"""Who may use an output folder, decided before anything in it is written.
+
+:func:`claim_run_folder` runs before ``train.py`` opens ``log.txt`` or writes
+``config.yaml``. It refuses (a UserError; nothing written) a request that cannot give an
+honest record:
+
+- ``--eval-only`` of a trainer with something to train, without ``--model-dir`` or with a
+  folder that holds no checkpoint (untrained weights would be reported as a result);
+- a folder locked by another live run (:mod:`dassl_ext.utils.run_lock`);
+- a folder whose ``results.json`` was made by a configuration that differs in a key that
+  changes results (:mod:`dassl_ext.config.compare`); with ``--skip-finished`` the same
+  configuration is reported as done and nothing runs;
+- training into a folder with checkpoints without ``--resume``; ``--resume`` of a folder
+  with nothing to resume, or with a configuration that changes results.
+
+Under torchrun only rank 0 takes the lock and reads the folder; the others receive its
+decision, so all stop (or go on) together.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from dassl_ext.config.compare import config_differences, format_differences, read_saved_config
+from dassl_ext.errors import UserError
+from dassl_ext.registry import TRAINER_REGISTRY
+from dassl_ext.utils.checkpoint import NothingToResumeError, loadable_models, resumable_models
+from dassl_ext.utils.distributed import broadcast_object, is_main_process
+from dassl_ext.utils.run_lock import (
+    RunLock,
+    acquire_run_lock,
+    describe_holder,
+    remove_stale_temporaries,
+)
+
+logger = logging.getLogger(__name__)
+
+SKIPPED = "Done, skipped: {out} already holds the results of this configuration (results.json)."
+
+
+@dataclass
+class RunFolder:
+    """The claimed output folder: ``skipped`` is the line to print when ``--skip-finished``
+    found this configuration done; ``notes`` are warnings to log once ``log.txt`` is open."""
+
+    path: str
+    lock: RunLock | None = None
+    skipped: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def log_notes(self) -> None:
+        for note in self.notes:
+            logger.warning(note)
+
+    def release(self) -> None:
+        """Give the folder back (rank 0: its lock); idempotent."""
+        if self.lock is not None:
+            self.lock.release()
+
+
+def claim_run_folder(cfg: Any, args: Any) -> RunFolder:
+    """Check the request and the folder ``cfg.OUTPUT_DIR``, and lock it (rank 0), before
+    anything is written; raises a UserError saying what to do instead."""
+    check_request(cfg, args)
+    if not is_main_process():
+        kind, message = broadcast_object(None)
+        if kind == "error":
+            raise UserError(message)
+        return RunFolder(cfg.OUTPUT_DIR, skipped=message if kind == "skip" else None)
+    try:
+        folder = _claim(cfg, args)
+    except BaseException as e:  # the other ranks must not wait for a decision that never comes
+        broadcast_object(("error", str(e)))
+        raise
+    broadcast_object(("skip", folder.skipped) if folder.skipped else ("ok", None))
+    return folder
+
+
+def check_request(cfg: Any, args: Any) -> None:
+    """Refuse ``--eval-only`` that would evaluate untrained weights (see the module doc)."""
+    if not args.eval_only:
+        return
+    name = cfg.TRAINER.NAME
+    if getattr(TRAINER_REGISTRY.get(name), "evaluation_only", False):
+        return  # nothing to train (zero-shot): its results are those of its fixed weights
+    if not args.model_dir:
+        raise UserError(
+            f"--eval-only needs --model-dir RUN (the output folder of a trained {name} run); "
+            "without it the untrained model would be evaluated and written to results.json "
+            "as if it were a result."
+        )
+    epoch = args.load_epoch
+    if not loadable_models(args.model_dir, epoch):
+        what = "model-best.pth.tar or model.pth.tar-<epoch>"
+        what = f"model.pth.tar-{epoch}" if epoch is not None else what
+        raise UserError(
+            f"--model-dir {args.model_dir} holds no checkpoint to evaluate (no <model>/{what}); "
+            "pass the output folder of a trained run"
+            + (" and an epoch it saved (--load-epoch)." if epoch is not None else ".")
+        )
+
+
+def _claim(cfg: Any, args: Any) -> RunFolder:
+    out = cfg.OUTPUT_DIR
+    existed = os.path.isdir(out)
+    if not existed:  # only the request and the --resume folder can refuse: create nothing yet
+        skipped, notes = _check_folder(cfg, args, out)
+    lock = acquire_run_lock(out)
+    try:
+        if existed:  # under the lock: no other run changes the folder while we look
+            skipped, notes = _check_folder(cfg, args, out)
+    except BaseException:
+        lock.release()
+        raise
+    if lock.stale is not None:
+        notes.append(
+            f"Took over the lock of {out}: it was left by {describe_holder(lock.stale)}, "
+            "which stopped without releasing it (killed?)."
+        )
+    if not skipped:
+        removed = remove_stale_temporaries(out)
+        if removed:
+            notes.append(
+                f"Removed {len(removed)} temporary file(s) of writes that a killed run left "
+                f"unfinished: {', '.join(removed)}."
+            )
+    return RunFolder(out, lock, skipped, notes)
+
+
+def _check_folder(cfg: Any, args: Any, out: str) -> tuple[str | None, list[str]]:
+    """The refusals that depend on what ``out`` (and the ``--resume`` folder) hold;
+    returns (the skip line or None, notes)."""
+    notes: list[str] = []
+    if os.path.isfile(os.path.join(out, "results.json")):
+        diffs = _differences_from_run(out, cfg, notes)
+        if diffs:
+            raise UserError(
+                f"{out} already holds the results of another configuration (results.json; "
+                f"differences from {_record(out)}: {format_differences(diffs)}); choose "
+                f"another --output-dir, or delete {out} to run this configuration there."
+            )
+        if getattr(args, "skip_finished", False):
+            return SKIPPED.format(out=out), notes
+    if args.eval_only or args.no_train:
+        return None, notes
+    if not cfg.RESUME:
+        held = resumable_models(out)
+        if held:
+            raise UserError(
+                f"{out} already holds checkpoints of {held[0]}; pass --resume {out} to "
+                "continue, or choose another --output-dir."
+            )
+        return None, notes
+    run = cfg.RESUME
+    if not resumable_models(run):
+        raise NothingToResumeError(
+            f"Nothing to resume in {run}: no <model>/model.pth.tar-<epoch>; set "
+            "TRAIN.CHECKPOINT_FREQ to save every few epochs."
+        )
+    diffs = _differences_from_run(run, cfg, notes)
+    if diffs:
+        raise UserError(
+            f"--resume {run}: this configuration differs from the run's ({_record(run)}) in "
+            f"keys that change results: {format_differences(diffs)}{_hint(diffs, cfg)}; "
+            "resume with the run's original options, or start this configuration in a new "
+            "--output-dir."
+        )
+    return None, notes
+
+
+def _record(run: str) -> str:
+    return os.path.join(run, "config.yaml")
+
+
+def _differences_from_run(run: str, cfg: Any, notes: list[str]) -> list[tuple[str, Any, Any]]:
+    """Result-changing differences of ``cfg`` from the run in ``run`` (its config.yaml; else
+    the config hash and seed in its results.json; else none, with a note)."""
+    saved = read_saved_config(_record(run))
+    if saved is not None:
+        return config_differences(saved, cfg)
+    from dassl_ext.evaluation import config_hash, read_results
+
+    try:
+        old = read_results(os.path.join(run, "results.json"))
+    except (OSError, ValueError):
+        notes.append(f"{run} has no config.yaml; its configuration could not be compared.")
+        return []
+    diffs = []
+    if old.get("config_hash") not in (None, config_hash(cfg)):
+        diffs.append(("config hash in results.json", old["config_hash"], config_hash(cfg)))
+    if "seed" in old and old["seed"] != cfg.SEED:
+        diffs.append(("SEED", old["seed"], cfg.SEED))
+    return diffs
+
+
+def _hint(diffs: list[tuple[str, Any, Any]], cfg: Any) -> str:
+    keys = {k for k, _, _ in diffs}
+    hints = []
+    if "OPTIM.MAX_EPOCH" in keys:
+        hints.append("another OPTIM.MAX_EPOCH is another LR schedule, not a continuation")
+    if "OPTIM.LR" in keys and cfg.DATALOADER.TRAIN_X.BATCH_SIZE_PER_RANK:
+        hints.append(
+            "with DATALOADER.TRAIN_X.BATCH_SIZE_PER_RANK, OPTIM.LR and the global batch grow "
+            "with the number of processes: resume with as many as the run had"
+        )
+    return f" ({'; '.join(hints)})" if hints else ""

@@ -1,0 +1,144 @@
+"""One live run per output folder: an OS file lock, plus a note saying who holds it.
+
+``<folder>/.run.lock`` is locked with :mod:`filelock` (``flock`` on POSIX) for as long as a
+run uses the folder; the operating system releases it when the process ends, however it
+ends (kill -9 included). ``<folder>/.run.json`` records the holder (pid, host, start time,
+command line) so that a second run can say who is using the folder. The note is removed
+when the run ends normally; one found by a run that got the lock was left by a run that
+died (a *stale* lock), and is reported and replaced.
+
+The lock file itself stays (empty): deleting a lock file that another process may be
+opening at the same moment would let two processes hold "the" lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import shlex
+import socket
+import sys
+from dataclasses import dataclass, field
+
+from filelock import FileLock, Timeout
+
+from dassl_ext.errors import UserError
+from dassl_ext.utils.atomic import temporary_pid, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = ".run.lock"
+INFO_FILE = ".run.json"
+
+
+class FolderInUseError(UserError):
+    """Another live run holds the folder's lock."""
+
+
+def describe_holder(info: dict | None) -> str:
+    """``process 123 on host h (since 2025-01-01T10:00:00+00:00: python train.py ...)``."""
+    if not info:
+        return "a process that has not yet written its details"
+    command = str(info.get("command", ""))
+    command = command if len(command) <= 120 else command[:117] + "..."
+    return (
+        f"process {info.get('pid', '?')} on host {info.get('host', '?')} "
+        f"(since {info.get('since', '?')}: {command})"
+    )
+
+
+def _read_info(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+        return info if isinstance(info, dict) else {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # unreadable note: still a sign that someone was here
+        return {}
+
+
+def _this_process() -> dict:
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable, *sys.argv]),
+    }
+
+
+@dataclass
+class RunLock:
+    """A held folder lock; ``stale``: the note of a dead run whose lock was taken over."""
+
+    folder: str
+    _lock: FileLock
+    stale: dict | None = None
+    _released: bool = field(default=False, repr=False)
+
+    def release(self) -> None:
+        """Remove this run's note and release the lock (idempotent)."""
+        if self._released:
+            return
+        self._released = True
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.folder, INFO_FILE))
+        self._lock.release(force=True)
+
+
+def acquire_run_lock(folder: str) -> RunLock:
+    """Lock ``folder`` (created if needed) for this process, without waiting.
+
+    Raises :class:`FolderInUseError` naming the holder when another live process has it.
+    """
+    os.makedirs(folder, exist_ok=True)
+    info_path = os.path.join(folder, INFO_FILE)
+    lock = FileLock(os.path.join(folder, LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FolderInUseError(
+            f"{folder} is in use by another run: {describe_holder(_read_info(info_path))}; "
+            "wait for it to finish (or stop it), or choose another --output-dir."
+        ) from None
+    stale = _read_info(info_path)  # we hold the lock: a note left here is a dead run's
+    write_json_atomic(info_path, _this_process())
+    return RunLock(folder, lock, stale)
+
+
+def _alive_here(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files of :func:`~dassl_ext.utils.atomic.atomic_write` (exact
+    name pattern) that writers killed mid-write left in ``folder`` and its subfolders;
+    returns their paths.
+
+    Call it holding the folder's lock: no other run writes there then. Subfolders that are
+    run folders of their own (they hold a lock file) are left to their runs, and a file
+    whose process is still alive on this host is kept.
+    """
+    removed = []
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not os.path.exists(os.path.join(here, d, LOCK_FILE))]
+        for name in files:
+            pid = temporary_pid(name)
+            if pid is None or _alive_here(pid):
+                continue
+            path = os.path.join(here, name)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                removed.append(path)
+    return removed
