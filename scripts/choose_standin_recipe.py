@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--only", nargs="+", type=int, help="candidate indices (0 = official)")
     p.add_argument("--out", help="also write the report (Markdown) here")
+    p.add_argument("--note", default="", help="a line added to the report (e.g. the commit)")
     p.add_argument("--pretrain-steps", type=int, nargs="*", default=[])
     p.add_argument("--pretrain-seeds", type=int, nargs="+", default=[1, 2])
     args = p.parse_args(argv)
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "its epoch on the copy's val, i.e. on the same base images it is scored on",
         "(optimistic for that row).",
         "",
+        *([args.note, ""] if args.note else []),
         table(rows, args.seeds),
         f"Rule: {rule}. Winner: **{winner}**.",
         "",
