@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from dassl_ext.config.rules import Check, OneOf, Range
+from dassl_ext.config.setup import MAX_SEED, NO_SEED
 from dassl_ext.data.base_dataset import EVAL_SPLIT_MODES, PROTOCOLS
 from dassl_ext.data.transforms import AVAILABLE_TRANSFORMS, INTERPOLATION_MODES
 from dassl_ext.engine.precision import PRECISIONS
@@ -62,6 +63,7 @@ _POSITIVE_INTEGERS = (
 )  # fmt: skip
 
 DEFAULT_RULES = [
+    Range("SEED", 0, MAX_SEED, integer=True, also=(NO_SEED,), note=f"{NO_SEED}: no fixed seed"),
     Check("INPUT.SIZE", _image_size, "use (height, width), two integers >= 1"),
     OneOf("INPUT.INTERPOLATION", tuple(INTERPOLATION_MODES)),
     Check(

@@ -10,7 +10,7 @@ _C = CN()
 _C.VERSION = 1
 _C.OUTPUT_DIR = "./output"
 _C.RESUME = ""  # a previous OUTPUT_DIR to continue from (its newest model.pth.tar-<epoch>)
-_C.SEED = -1  # < 0: do not seed
+_C.SEED = -1  # -1: do not seed (no fixed seed); other negative values are refused
 _C.USE_CUDA = True  # use CUDA when available; CPU always works
 _C.VERBOSE = True
 

@@ -26,6 +26,7 @@ class may do the same (what its files cannot offer, such as a validation split).
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,14 @@ from yacs.config import CfgNode
 
 from dassl_ext.errors import UserError
 from dassl_ext.registry import DATASET_REGISTRY, TRAINER_REGISTRY
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)``, shortened: a value read from a file may be huge (yaml aliases)."""
+    return _SHORT.repr(value)
 
 
 class Rule:
@@ -52,7 +61,7 @@ class Rule:
         if allowed is None:
             return None
         note = f" ({self.note})" if self.note else ""
-        return f"{key} is {value!r}; {allowed}{note}."
+        return f"{key} is {short_repr(value)}; {allowed}{note}."
 
 
 def _is_number(value: Any, integer: bool) -> bool:
@@ -62,7 +71,7 @@ def _is_number(value: Any, integer: bool) -> bool:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:g}"
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 @dataclass(frozen=True)
@@ -173,16 +182,49 @@ def _values(cfg: CfgNode, pattern: str) -> list[tuple[str, Any]]:
     return [(k[:-1], v) for k, v in found]
 
 
-def check_rules(cfg: CfgNode, rules: Sequence[Rule]) -> None:
-    """Raise one UserError with a sentence per key whose value a rule does not allow."""
+def _rule_problems(cfg: CfgNode, rules: Sequence[Rule]) -> list[tuple[str, str]]:
+    """``(key, sentence)`` for each key whose value a rule does not allow."""
     problems = []
     for rule in rules:
         for key, value in _values(cfg, rule.key):
             sentence = rule.problem(key, value)
             if sentence:
-                problems.append(sentence)
+                problems.append((key, sentence))
+    return problems
+
+
+def _floats(value: Any) -> list[float]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [x for x in items if isinstance(x, float)]
+
+
+def non_finite_problems(cfg: CfgNode, prefix: str = "") -> list[tuple[str, str]]:
+    """``(key, sentence)`` for each key holding NaN or an infinity (alone or in a list):
+    no key has a meaning for them, and keys without a range rule would pass them on."""
+    problems = []
+    for k, v in cfg.items():
+        if isinstance(v, CfgNode):
+            problems += non_finite_problems(v, f"{prefix}{k}.")
+        elif not all(math.isfinite(x) for x in _floats(v)):
+            key = f"{prefix}{k}"
+            problems.append((key, f"{key} is {short_repr(v)}; use finite numbers."))
+    return problems
+
+
+def check_rules(cfg: CfgNode, rules: Sequence[Rule]) -> None:
+    """Raise one UserError with a sentence per key whose value a rule does not allow."""
+    problems = _rule_problems(cfg, rules)
     if problems:
-        raise UserError("\n".join(problems))
+        raise UserError("\n".join(sentence for _, sentence in problems))
+
+
+def check_config_values(cfg: CfgNode) -> None:
+    """:func:`config_rules`, and no NaN or infinity in any key (one sentence per key)."""
+    problems = _rule_problems(cfg, config_rules())
+    named = {key for key, _ in problems}
+    problems += [p for p in non_finite_problems(cfg) if p[0] not in named]
+    if problems:
+        raise UserError("\n".join(sentence for _, sentence in problems))
 
 
 def config_rules() -> list[Rule]:
@@ -195,11 +237,11 @@ def config_rules() -> list[Rule]:
 
 
 def validate_config(cfg: CfgNode, will_train: bool = False) -> None:
-    """Check the config of a run before any work: :func:`config_rules`, then the dataset and
+    """Check the config of a run before any work: :func:`check_config_values`, then the dataset and
     trainer it names (unknown: the registry's error, which lists the names), each one's own
     checks (classmethod ``check_config(cfg)``, if any), and, when the run ``will_train``,
     that the trainer has something to train."""
-    check_rules(cfg, config_rules())
+    check_config_values(cfg)
     if cfg.DATASET.NAME:  # empty: the run has no dataset config yet (library use)
         dataset_checks = getattr(DATASET_REGISTRY.get(cfg.DATASET.NAME), "check_config", None)
         if dataset_checks is not None:

@@ -12,14 +12,17 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import yaml
 from yacs.config import CfgNode
 
 from dassl_ext.config.defaults import _C
+from dassl_ext.config.rules import short_repr as _shown
+from dassl_ext.config.yaml_file import read_yaml_file
 from dassl_ext.errors import UserError
 from dassl_ext.utils.atomic import write_text_atomic
 
 BASE_KEY = "_BASE_"
+NO_SEED = -1  # the documented "no fixed seed" (Dassl's default)
+MAX_SEED = 2**32 - 1  # numpy's largest seed
 _EXTENSIONS: list[Callable[[CfgNode], None]] = []
 
 
@@ -44,28 +47,50 @@ def apply_config_extensions(cfg: CfgNode) -> CfgNode:
 
 
 def load_yaml_with_base(path: str, _stack: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Read a yaml file into a dict, resolving ``_BASE_`` recursively (relative to the file)."""
+    """Read a yaml file into a dict, resolving ``_BASE_`` recursively (relative to the file).
+
+    The file is read strictly (:func:`read_yaml_file`): a duplicated key, a key that is not
+    a name, a file that is not UTF-8 text ... are a UserError naming the file and line."""
     path = os.path.abspath(path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise UserError(f"Config file {path} does not exist; check the path you passed.")
     if path in _stack:
         raise UserError(f"Config file {path} inherits from itself through _BASE_; break the cycle.")
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"Config file {path} is not valid yaml: {e}") from None
+    data = read_yaml_file(path)
+    data = {} if data is None else data
     if not isinstance(data, dict):
-        raise UserError(f"Config file {path} must hold a mapping of keys at its top level.")
+        raise UserError(
+            f"Config file {path} holds {_kind_of(data)} at its top level; it must hold "
+            "sections of keys (e.g. OPTIM: followed by indented LR: 0.002)."
+        )
     bases = data.pop(BASE_KEY, None)
     if bases is None:
         return data
     merged: dict[str, Any] = {}
-    for base in [bases] if isinstance(bases, str) else list(bases):
-        base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
-        _deep_update(merged, load_yaml_with_base(base_path, (*_stack, path)))
+    for base in _base_paths(path, bases):
+        if not os.path.exists(base):
+            raise UserError(
+                f"Config file {path} inherits from {base} (_BASE_), which does not exist; "
+                "fix the path (relative to the inheriting file's folder)."
+            )
+        _deep_update(merged, load_yaml_with_base(base, (*_stack, path)))
     _deep_update(merged, data)
     return merged
+
+
+def _kind_of(value: Any) -> str:
+    return "a list" if isinstance(value, list) else f"the single value {_shown(value)}"
+
+
+def _base_paths(path: str, bases: Any) -> list[str]:
+    """``_BASE_`` (a path or a list of paths, relative to ``path``'s folder) as paths."""
+    items = [bases] if isinstance(bases, str) else bases
+    if not isinstance(items, list) or not all(isinstance(b, str) and b for b in items):
+        raise UserError(
+            f"Config file {path}: _BASE_ is {_shown(bases)}; use the path of a yaml file, or a "
+            "list of paths, relative to this file's folder."
+        )
+    return [os.path.join(os.path.dirname(path), b) for b in items]  # join keeps absolute b
 
 
 def _deep_update(dst: dict, src: dict) -> None:
@@ -87,42 +112,91 @@ def _unknown_key_error(full_key: str, node: CfgNode, source: str) -> UserError:
     )
 
 
-def _check_keys(data: dict, node: CfgNode, source: str, prefix: str = "") -> None:
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _kind(current: Any, value: Any) -> str:
+    """What a key whose default is ``current`` takes ("use ...")."""
+    if isinstance(current, bool):
+        return "True or False"
+    if isinstance(current, int):
+        return "an integer"
+    if isinstance(current, float):
+        return "a number"
+    if isinstance(current, str):
+        quote = " (quote yes, no, on, off: unquoted, yaml reads them as True / False)"
+        return "text" + (quote if isinstance(value, bool) else "")
+    n = len(current) or 1
+    example = ", ".join([repr(value)] * n) if not isinstance(value, (dict, list)) else "..."
+    return f"a list, e.g. [{example}]"
+
+
+def _conform(key: str, current: Any, value: Any, source: str) -> Any:
+    """``value`` as the type of the default ``current``, or a UserError saying what to use.
+
+    Text is decoded as yacs does (``"1e-3"`` -> 0.001); integers widen to floats (official
+    files and scripts write ``KD_WEIGHT 1000``); true/yes/on and false/no/off are booleans
+    (as in yaml); a list fits a tuple key and the reverse."""
+    if isinstance(current, CfgNode):
+        first = next(iter(current.keys()), "KEY")
+        shown = "empty" if value is None else f"{_shown(value)}, but {key} is a section"
+        raise UserError(
+            f"{key} is {shown} in {source}; set its keys ({key}.{first}, ...) instead, or remove "
+            "it."
+        )
+    if isinstance(value, dict):
+        raise UserError(f"Config key {key} in {source} is a value, not a section.")
+    if isinstance(value, str):
+        decoded = CfgNode._decode_cfg_value(value)
+        value = value if isinstance(current, str) and not isinstance(decoded, str) else decoded
+    if value is None:
+        raise UserError(
+            f"{key} is empty in {source}; give it a value (the default is {_shown(current)}) "
+            "or remove it."
+        )
+    if isinstance(current, bool) and isinstance(value, str) and value.lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.lower()]
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(current, float) and integer:
+        return float(value)
+    if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
+        return type(current)(value)
+    if type(value) is not type(current):
+        raise UserError(
+            f"{key} is {_shown(value)} in {source}; use {_kind(current, value)} (the default "
+            f"is {_shown(current)})."
+        )
+    return value
+
+
+def _conform_tree(data: dict, node: CfgNode, source: str, prefix: str = "") -> None:
+    """Check every key of ``data`` against ``node`` and conform its value (in place)."""
     for k, v in data.items():
         full_key = f"{prefix}{k}"
         if k not in node:
             raise _unknown_key_error(full_key, node, source)
-        if isinstance(v, dict):
-            if not isinstance(node[k], CfgNode):
-                raise UserError(f"Config key {full_key} in {source} is a value, not a section.")
-            _check_keys(v, node[k], source, full_key + ".")
-
-
-def _widen(current: Any, value: Any) -> Any:
-    """An int where the default is a float becomes that float (yacs refuses the int, yet
-    official files and scripts write ``KD_WEIGHT 1000`` or ``GPA_MEAN: 15``)."""
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _widen_tree(data: dict, node: CfgNode) -> None:
-    for k, v in data.items():
-        if isinstance(v, dict) and isinstance(node.get(k), CfgNode):
-            _widen_tree(v, node[k])
+        if isinstance(v, dict) and isinstance(node[k], CfgNode):
+            _conform_tree(v, node[k], source, full_key + ".")
         else:
-            data[k] = _widen(node.get(k), v)
+            data[k] = _conform(full_key, node[k], v, source)
+
+
+def _assign(node: CfgNode, data: dict) -> None:
+    """Set the (conformed) values of ``data`` in ``node``; yacs' own merge would decode
+    text again ("123" -> 123) and refuse it for a text key."""
+    for k, v in data.items():
+        if isinstance(v, dict):
+            _assign(node[k], v)
+        else:
+            node[k] = v
 
 
 def merge_from_file(cfg: CfgNode, path: str) -> CfgNode:
-    """Merge a yaml file (with ``_BASE_`` inheritance) into ``cfg``; unknown keys -> UserError."""
+    """Merge a yaml file (with ``_BASE_`` inheritance) into ``cfg``; unknown keys and values
+    of the wrong type -> UserError."""
     data = load_yaml_with_base(path)
-    _check_keys(data, cfg, path)
-    _widen_tree(data, cfg)
-    try:
-        cfg.merge_from_other_cfg(CfgNode(data))
-    except (ValueError, KeyError, AssertionError) as e:
-        raise UserError(f"Config file {path}: {e}") from None
+    _conform_tree(data, cfg, path)
+    _assign(cfg, data)
     return cfg
 
 
@@ -132,19 +206,25 @@ def merge_from_list(cfg: CfgNode, opts: Sequence[str]) -> CfgNode:
     if len(opts) % 2:
         raise UserError(f"Trailing options must be KEY VALUE pairs; got an odd list {opts}.")
     for key, value in zip(opts[0::2], opts[1::2]):
+        parts = str(key).split(".")
+        if "" in parts:
+            raise UserError(
+                f"Command-line key {key!r} has an empty part; write a full dotted name such "
+                "as OPTIM.LR."
+            )
         node = cfg
-        parts = key.split(".")
-        for i, part in enumerate(parts):
-            if not isinstance(node, CfgNode) or part not in node:
-                parent = node if isinstance(node, CfgNode) else CfgNode()
-                raise _unknown_key_error(".".join(parts[: i + 1]), parent, "the command line")
+        for i, part in enumerate(parts[:-1]):
+            if part not in node:
+                raise _unknown_key_error(".".join(parts[: i + 1]), node, "the command line")
+            if not isinstance(node[part], CfgNode):
+                raise UserError(
+                    f"Unknown config key {key} in the command line: {'.'.join(parts[: i + 1])} "
+                    "is a value, not a section."
+                )
             node = node[part]
-        if isinstance(value, str):
-            value = CfgNode._decode_cfg_value(value)
-        try:
-            cfg.merge_from_list([key, _widen(node, value)])
-        except (ValueError, KeyError, AssertionError) as e:
-            raise UserError(f"Command-line option {key} {value}: {e}") from None
+        if parts[-1] not in node:
+            raise _unknown_key_error(key, node, "the command line")
+        node[parts[-1]] = _conform(key, node[parts[-1]], value, "the command line")
     return cfg
 
 
@@ -159,8 +239,14 @@ def reset_cfg(cfg: CfgNode, args: Any) -> None:
         cfg.RESUME = arg("resume")
         if not arg("output_dir"):  # continue writing where the run was
             cfg.OUTPUT_DIR = arg("resume")
-    if arg("seed") is not None and arg("seed") >= 0:
-        cfg.SEED = arg("seed")
+    seed = arg("seed")
+    if seed is not None and seed != NO_SEED:  # -1 is also argparse's "not given"
+        if not 0 <= seed <= MAX_SEED:
+            raise UserError(
+                f"--seed {seed} is not a seed; use {NO_SEED} (no fixed seed, the default) or a "
+                f"seed from 0 to {MAX_SEED}."
+            )
+        cfg.SEED = seed
     if arg("source_domains"):
         cfg.DATASET.SOURCE_DOMAINS = arg("source_domains")
     if arg("target_domains"):
