@@ -295,3 +295,26 @@ def test_check_images_lists_missing_files_and_folders(tmp_path):
         (str(tmp_path / "d.png"), "does not exist")
     ]
     assert torch.equal(read_image_tensor(good), read_image_tensor(good))
+
+
+# ------------------------------------------------------------------ split files that disagree
+
+
+def test_split_file_naming_a_label_two_ways_is_refused(tmp_path):
+    _one_class_dtd(tmp_path)
+    split = json.loads((tmp_path / DTD_SPLIT).read_text())
+    split["test"][0][2] = "zigzagged"
+    (tmp_path / DTD_SPLIT).write_text(json.dumps(split))
+    with pytest.raises(UserError, match="label 0 is class 'banded' in the train split of .* but "
+                       "'zigzagged' in its test split"):  # fmt: skip
+        dtd(tmp_path)
+
+
+def test_train_images_in_the_test_split_warn_and_a_bom_is_read(tmp_path, caplog):
+    _one_class_dtd(tmp_path)
+    split = json.loads((tmp_path / DTD_SPLIT).read_text())
+    split["test"].append(split["train"][0])
+    (tmp_path / DTD_SPLIT).write_bytes(b"\xef\xbb\xbf" + json.dumps(split).encode())
+    with caplog.at_level(logging.WARNING):
+        dtd(tmp_path)
+    assert "1 image(s) of" in caplog.text and "in both the train and the test split" in caplog.text

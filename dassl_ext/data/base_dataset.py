@@ -341,6 +341,26 @@ class DatasetBase:
                     f"{self.name}: the {name} split of {source} uses label {extra[0]}, which has "
                     "no training images; fix or regenerate the split file."
                 )
+        names = {d.label: d.classname for d in train}
+        for name, items in (("train", train), ("val", val), ("test", test)):
+            for d in items:
+                if names[d.label] != d.classname:
+                    raise UserError(
+                        f"{self.name}: label {d.label} is class '{names[d.label]}' in the train "
+                        f"split of {source} but '{d.classname}' in its {name} split "
+                        f"({d.impath}); fix or regenerate the split file."
+                    )
+        if self.has_val_split:  # test-only datasets train on their test images on purpose
+            leaked = {d.impath for d in train} & {d.impath for d in test}
+            if leaked:
+                logger.warning(
+                    "%s: %d image(s) of %s are in both the train and the test split (e.g. %s); "
+                    "test accuracy on them is not a test.",
+                    self.name,
+                    len(leaked),
+                    source,
+                    min(leaked),
+                )
 
     def _check_inside(self, items: list[Datum]) -> None:
         # Text check, as for split-file rows (splits.read_split): symlinks may point out.

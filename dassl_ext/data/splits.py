@@ -51,7 +51,7 @@ def listdir_sorted(path: str, images_only: bool = False) -> list[str]:
 def read_json(path: str) -> dict:
     """Read a JSON object from a file; a malformed file is a UserError naming it."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is harmless
             obj = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(
