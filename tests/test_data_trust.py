@@ -88,9 +88,11 @@ def test_corrupt_fewshot_cache_is_redrawn_with_a_warning(tmp_path, caplog, conte
     assert "derived_from" in json.loads(cache.read_text())
 
 
-def test_no_fixed_seed_writes_no_fewshot_cache(tmp_path):
+def test_no_fixed_seed_writes_no_fewshot_cache(tmp_path, caplog):
     WRITERS["DescribableTextures"](str(tmp_path))
-    draws = {tuple(dtd(tmp_path, "DATASET.NUM_SHOTS", 2, "SEED", -1).train_x) for _ in range(6)}
+    with caplog.at_level(logging.INFO):
+        draws = {tuple(dtd(tmp_path, "DATASET.NUM_SHOTS", 2, "SEED", -1).train_x) for _ in range(6)}
+    assert "SEED -1 (no fixed seed): few-shot split drawn with seed" in caplog.text
     assert not (tmp_path / "dtd" / "split_fewshot").exists()
     assert len(draws) > 1  # each run draws anew, as "no fixed seed" says
 

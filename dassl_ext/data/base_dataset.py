@@ -42,6 +42,7 @@ from dassl_ext.data.splits import (
     subsample_classes,
 )
 from dassl_ext.errors import UserError
+from dassl_ext.utils.distributed import broadcast_object
 
 logger = logging.getLogger(__name__)
 
@@ -213,8 +214,14 @@ class DatasetBase:
         """
         self._warn_short_classes(train, num_shots)
         if seed < 0:
-            logger.info("SEED %d (no fixed seed): drawing a new few-shot split, not cached", seed)
-            rng = random.Random()
+            # One draw for all processes (rank 0's), logged so that it can be repeated.
+            draw_seed = broadcast_object(random.randrange(2**31))
+            logger.info(
+                "SEED %d (no fixed seed): few-shot split drawn with seed %d, not cached",
+                seed,
+                draw_seed,
+            )
+            rng = random.Random(draw_seed)
             return (
                 generate_fewshot_dataset(train, num_shots, rng),
                 generate_fewshot_dataset(val, min(num_shots, 4), rng),
