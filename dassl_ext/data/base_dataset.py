@@ -252,15 +252,18 @@ class DatasetBase:
             stored = read_json(path).get("derived_from")
             cached = read_split(path, self.image_dir, ("train", "val"))
         except (UserError, OSError) as e:
-            logger.warning("Few-shot split %s is unreadable (%s); drawing it again", path, e)
+            why = str(e).split("; ")[0].replace(f"{path}: ", "").replace(f"{path} ", "")
+            logger.warning("Few-shot split %s cannot be used (%s); drawing it again", path, why)
             return None
         if stored != key:
+            old = stored if isinstance(stored, dict) else {}
+            diff = [f"{k} {old.get(k)} -> {v}" for k, v in key.items() if old.get(k) != v]
+            changed = ", ".join(diff)
             logger.info(
-                "Few-shot split %s was drawn from other data or by another version "
-                "(its key %s, now %s); drawing it again",
+                "Few-shot split %s was drawn from other data or by another version (%s); "
+                "drawing it again",
                 path,
-                stored,
-                key,
+                changed,
             )
             return None
         if not set(cached["train"]) <= set(train) or not set(cached["val"]) <= set(val):
