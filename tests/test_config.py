@@ -125,3 +125,29 @@ def test_ints_widen_to_float_keys_but_not_the_reverse(tmp_path):
     bad = _yaml(tmp_path / "bad.yaml", {"OPTIM": {"MAX_EPOCH": 2.5}})
     with pytest.raises(UserError, match="bad.yaml"):
         setup_cfg(SimpleNamespace(config_file=bad))
+
+
+def test_duplicated_key_names_the_file_the_key_and_both_lines(tmp_path):
+    """yaml keeps the last of two equal keys: the first OPTIM block was silently dropped."""
+    (tmp_path / "base.yaml").write_text("OPTIM:\n  LR: 0.1\n\nOPTIM:\n  MAX_EPOCH: 3\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("_BASE_: base.yaml\nTRAINER:\n  COOP:\n    N_CTX: 4\n    N_CTX: 16\n")
+    with pytest.raises(UserError) as e:
+        setup_cfg(SimpleNamespace(config_file=str(tmp_path / "base.yaml")))
+    assert str(e.value) == (
+        f"Config file {tmp_path / 'base.yaml'} sets OPTIM twice, on lines 1 and 4 (yaml would "
+        "silently keep only the second); keep one of them."
+    )
+    (tmp_path / "base.yaml").write_text("OPTIM:\n  LR: 0.1\n")
+    with pytest.raises(
+        UserError, match=r"child\.yaml sets TRAINER\.COOP\.N_CTX twice, on lines 4 and 5"
+    ):
+        setup_cfg(SimpleNamespace(config_file=str(child)))
+
+
+def test_negative_seed_other_than_minus_one_is_refused(tmp_path):
+    """``--seed -3`` used to mean "no fixed seed" and results.json said -1."""
+    with pytest.raises(UserError, match=r"^--seed -3 is not a seed; use -1 \(no fixed seed"):
+        setup_cfg(SimpleNamespace(seed=-3))
+    assert setup_cfg(SimpleNamespace(seed=-1)).SEED == -1
+    assert setup_cfg(SimpleNamespace(seed=7)).SEED == 7

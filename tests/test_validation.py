@@ -4,6 +4,7 @@ prompt depth) against the sizes read from the weights; every trainer's defaults 
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import subprocess
@@ -25,6 +26,7 @@ from dassl_ext.config import (
     setup_cfg,
     validate_config,
 )
+from dassl_ext.config import rules as config_rules_module
 from dassl_ext.engine import TRAINER_REGISTRY
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import TinyClipSpec, clip, clip_sizes, save_tiny_clip
@@ -101,6 +103,8 @@ BAD_VALUES = [
     ("TRAIN.PRINT_FREQ", "0", "0", ">= 1"),
     ("TRAIN.CHECKPOINT_FREQ", "-1", "-1", ">= 0"),
     ("TRAIN.GRAD_CLIP_NORM", "-1", "-1.0", ">= 0"),
+    ("SEED", "-3", "-3", "-1 or an integer from 0 to 4294967295 (-1: no fixed seed)"),
+    ("INPUT.GN_MEAN", "1e999", "inf", "use finite numbers"),
 ]
 
 
@@ -277,3 +281,43 @@ def test_clip_sizes_from_shapes(tmp_path, tiny_clip_root):
     torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="not a CLIP checkpoint"):
         clip_sizes(str(tmp_path / "other.pt"))
+
+
+def _full_default_cfg() -> CN:
+    return apply_config_extensions(get_cfg_default())
+
+
+def test_every_range_rule_refuses_nan_and_inf():
+    """NaN compares False with everything: a bound check alone would let it through."""
+    cfg = _full_default_cfg()
+    ranges = [r for r in config_rules() if isinstance(r, Range)]
+    assert len(ranges) > 40  # the engine's and every registered trainer's
+    for rule in ranges:
+        for key, _ in config_rules_module._values(cfg, rule.key):
+            for value in (float("nan"), float("inf"), float("-inf")):
+                assert rule.problem(key, value), (key, value)
+
+
+def _float_keys(node: CN, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        if isinstance(v, CN):
+            keys += _float_keys(v, f"{prefix}{k}.")
+        elif any(isinstance(x, float) for x in (v if isinstance(v, (list, tuple)) else [v])):
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def test_every_float_key_refuses_nan_and_inf():
+    """Keys without a range rule (INPUT.GN_MEAN, MODEL.HEAD.DROPOUT, PIXEL_MEAN ...) too."""
+    keys = _float_keys(_full_default_cfg())
+    assert len(keys) > 30
+    for key in keys:
+        for bad in (float("nan"), float("inf")):
+            cfg = _full_default_cfg()
+            node, name = functools.reduce(getattr, key.split(".")[:-1], cfg), key.split(".")[-1]
+            old = node[name]
+            node[name] = type(old)([bad, *old[1:]]) if isinstance(old, (list, tuple)) else bad
+            with pytest.raises(UserError) as e:
+                config_rules_module.check_config_values(cfg)
+            assert str(e.value).startswith(f"{key} is ") and "\n" not in str(e.value), str(e.value)

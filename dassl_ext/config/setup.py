@@ -139,10 +139,11 @@ def _conform(key: str, current: Any, value: Any, source: str) -> Any:
     (as in yaml); a list fits a tuple key and the reverse."""
     if isinstance(current, CfgNode):
         first = next(iter(current.keys()), "KEY")
-        shown = "empty" if value is None else f"{_shown(value)}, but {key} is a section"
+        shown = "empty" if value is None else _shown(value)
+        section = "" if value is None else f", but {key} is a section"
         raise UserError(
-            f"{key} is {shown} in {source}; set its keys ({key}.{first}, ...) instead, or remove "
-            "it."
+            f"{key} is {shown} in {source}{section}; set its keys ({key}.{first}, ...) "
+            "instead, or remove it."
         )
     if isinstance(value, dict):
         raise UserError(f"Config key {key} in {source} is a value, not a section.")
