@@ -1,7 +1,9 @@
 """Build the run configuration: defaults <- extensions <- dataset yaml <- method yaml <- CLI.
 
 Yaml files may inherit with ``_BASE_: relative/or/absolute.yaml`` (a string or a list);
-the child's keys override the base's. Unknown keys are a :class:`UserError`.
+the child's keys override the base's. Files are read strictly (``yaml_file.py``: duplicated
+keys, encodings ...). Unknown keys, and values that do not fit the default's type, are a
+:class:`UserError` of one sentence naming the key and where it was set.
 """
 
 from __future__ import annotations
