@@ -10,16 +10,22 @@ from the tensor shapes, with CLIP's head count ``width // 64``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from dassl_ext.config import get_cfg_default
+from dassl_ext.data import read_image
 from dassl_ext.data.transforms import build_transform
+from dassl_ext.errors import UserError
+from dassl_ext.evaluation.memory import is_out_of_memory
 from dassl_ext.modeling import PromptedImageEncoder, clip
 from dassl_ext.utils.atomic import write_torch_atomic
-from dassl_ext.utils.checkpoint import load_checkpoint
+from dassl_ext.utils.checkpoint import CorruptCheckpointError, load_checkpoint
 from trainers.promptkd_student import PromptKDStudent
 
 FORMAT = "promptkd-student/2"
@@ -31,7 +37,11 @@ def export_student(trainer, path: str) -> str:
     """Write the (loaded) student of a PromptKD ``trainer`` to ``path``; returns ``path``."""
     model = trainer.model
     if model.class_text_features.numel() == 0:
-        raise RuntimeError("The student has no class text features to export.")
+        raise UserError(
+            "The student has no class text features to export: its checkpoint holds none and "
+            "there is no teacher to compute them; pass TRAINER.PROMPTKD.TEACHER_CKPT <file> "
+            "after RUN_DIR."
+        )
     state = {
         k: (v.float() if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()
     }
@@ -100,49 +110,175 @@ def architecture_from_shapes(sd: dict[str, torch.Tensor]) -> dict[str, int]:
     }
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` (``--device``), or a UserError if it does not exist here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(
+            f"--device {name} is not a torch device; use cpu, cuda or cuda:<index>."
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise UserError(
+                f"--device {name}: this machine has {count} CUDA device(s) that torch can use; "
+                "use --device cpu" + (f" or cuda:0..cuda:{count - 1}." if count else ".")
+            )
+    return device
+
+
+def _what_it_holds(obj: Any) -> str:
+    """What a file that is not an export holds, in words, and what to do instead."""
+    if isinstance(obj, dict) and "state_dict" in obj and "epoch" in obj:
+        return (
+            f"it is a training checkpoint (epoch {obj['epoch']}); export its run with "
+            "python scripts/export_student.py RUN_DIR and pass the file it writes"
+        )
+    if isinstance(obj, dict) and "format" in obj:
+        return f"its format is {obj['format']!r}; this version reads {FORMAT} and {FORMAT_V1}"
+    if isinstance(obj, dict) and ("text_projection" in obj or "visual.proj" in obj):
+        return "it holds CLIP weights; pass the file written by scripts/export_student.py"
+    return (
+        f"it holds a {type(obj).__name__}{' without a format key' if isinstance(obj, dict) else ''}"
+        "; pass the file written by scripts/export_student.py"
+    )
+
+
+def load_export(path: str) -> dict:
+    """The contents of a student export file; a missing, corrupt or foreign file is a
+    UserError naming it and what to pass instead."""
+    if os.path.isdir(path):
+        raise UserError(
+            f"{path} is a folder, not a student export; pass the file written by "
+            "scripts/export_student.py (by default RUN_DIR/student.pt)."
+        )
+    if not os.path.isfile(path):
+        raise UserError(
+            f"Student export {path} does not exist; write it with python "
+            "scripts/export_student.py RUN_DIR (RUN_DIR/student.pt), or check the path."
+        )
+    try:
+        obj = load_checkpoint(path)
+    except CorruptCheckpointError as e:
+        raise UserError(
+            f"Checkpoint {path} is truncated or corrupt ({e.reason}); export the run again "
+            "with scripts/export_student.py, or pass an intact copy."
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") not in (FORMAT, FORMAT_V1):
+        raise UserError(f"{path} is not a PromptKD student export: {_what_it_holds(obj)}.")
+    return obj
+
+
 class ExportedStudent:
     """A loaded export: ``predict(paths, topk)`` -> one dict per image."""
 
     def __init__(self, path: str, device: str = "cpu") -> None:
-        obj = load_checkpoint(path)  # missing or corrupt: one sentence naming the file
-        if not isinstance(obj, dict) or obj.get("format") not in (FORMAT, FORMAT_V1):
-            raise ValueError(f"{path} is not a PromptKD student export ({FORMAT}).")
-        self.device = torch.device(device)
-        sd = obj["state_dict"]
-        arch = obj.get("architecture") or architecture_from_shapes(sd)
-        self.model = build_student(arch, sd["logit_scale"])
-        self.model.load_state_dict(sd, strict=True)
+        obj = load_export(path)
+        self.device = resolve_device(device)
+        try:
+            sd = obj["state_dict"]
+            arch = obj.get("architecture") or architecture_from_shapes(sd)
+            self.model = build_student(arch, sd["logit_scale"])
+            self.model.load_state_dict(sd, strict=True)
+            self.classnames: list[str] = [str(c) for c in obj["classnames"]]
+            if len(self.classnames) != self.model.class_text_features.shape[0]:
+                raise ValueError(
+                    f"{len(self.classnames)} class names for "
+                    f"{self.model.class_text_features.shape[0]} class text features"
+                )
+            cfg = get_cfg_default()
+            for k, v in obj["preprocess"].items():
+                cfg.INPUT[k] = tuple(v) if k == "SIZE" else v
+            self.transform = build_transform(cfg, is_train=False)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            reason = (str(e).strip().splitlines() or [""])[0][:160]
+            raise UserError(
+                f"{path} is a damaged PromptKD student export ({type(e).__name__}: {reason}); "
+                "export the run again with scripts/export_student.py."
+            ) from None
         self.model.to(self.device).eval()
-        self.classnames: list[str] = obj["classnames"]
-        cfg = get_cfg_default()
-        for k, v in obj["preprocess"].items():
-            cfg.INPUT[k] = tuple(v) if k == "SIZE" else v
-        self.transform = build_transform(cfg, is_train=False)
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, C) of preprocessed images (B, 3, H, W) over all classes."""
         return self.model(images.to(self.device), self.model.class_text_features).float()
 
-    def predict(self, paths: Sequence[str], topk: int = 5, batch_size: int = 32) -> list[dict]:
-        """Top-k classes with probabilities for each image file."""
-        from PIL import Image
+    def load_image(self, path: str) -> torch.Tensor:
+        """One preprocessed image (3, H, W), read as training reads it (full range of
+        16-bit images); an unusable file is a UserError naming it and why."""
+        try:
+            return self.transform(read_image(path))
+        except (UserError, OSError, ValueError, RuntimeError, MemoryError, SyntaxError,
+                Image.DecompressionBombError) as e:  # fmt: skip
+            raise UserError(f"{path} {image_problem(path, e)}") from None
 
-        out = []
+    def iter_predictions(
+        self, paths: Sequence[str], topk: int = 5, batch_size: int = 32
+    ) -> Iterator[dict]:
+        """One dict per path, in order: ``{"image", "top": [{"class", "label", "prob"}]}``,
+        or ``{"image", "error"}`` for a file that cannot be used (the others go on)."""
         k = min(topk, len(self.classnames))
         for i in range(0, len(paths), batch_size):
-            chunk = paths[i : i + batch_size]
-            batch = torch.stack([self.transform(Image.open(p).convert("RGB")) for p in chunk])
-            probs = F.softmax(self.logits(batch), dim=1)
-            top_p, top_i = probs.topk(k, dim=1)
-            for p, ps, ids in zip(chunk, top_p.tolist(), top_i.tolist()):
-                out.append(
-                    {
-                        "image": p,
-                        "top": [
-                            {"class": self.classnames[j], "label": j, "prob": q}
-                            for j, q in zip(ids, ps)
-                        ],
-                    }
-                )
-        return out
+            chunk, images, errors = [], [], {}
+            for p in paths[i : i + batch_size]:
+                try:
+                    images.append(self.load_image(p))
+                    chunk.append(p)
+                except UserError as e:
+                    errors[p] = str(e)
+            probs = self._probabilities(images) if images else None
+            top = iter(zip(*probs.topk(k, dim=1))) if probs is not None else iter(())
+            for p in paths[i : i + batch_size]:
+                if p in errors:
+                    yield {"image": p, "error": errors[p]}
+                    continue
+                ps, ids = next(top)
+                yield {
+                    "image": p,
+                    "top": [
+                        {"class": self.classnames[j], "label": j, "prob": q}
+                        for j, q in zip(ids.tolist(), ps.tolist())
+                    ],
+                }
+
+    def _probabilities(self, images: list[torch.Tensor]) -> torch.Tensor:
+        try:
+            return F.softmax(self.logits(torch.stack(images)), dim=1)
+        except (MemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e):
+                raise
+            raise UserError(
+                f"Classifying a batch of {len(images)} images ran out of memory "
+                f"({type(e).__name__}); use a smaller --batch-size, e.g. "
+                f"{max(1, len(images) // 2)}."
+            ) from None
+
+    def predict(self, paths: Sequence[str], topk: int = 5, batch_size: int = 32) -> list[dict]:
+        """Top-k classes with probabilities for each usable image file (see
+        :meth:`iter_predictions`; unusable files are left out)."""
+        return [r for r in self.iter_predictions(paths, topk, batch_size) if "top" in r]
+
+
+def image_problem(path: str, error: BaseException) -> str:
+    """Why ``path`` cannot be classified, in words (after ``error`` reading it)."""
+    if not os.path.exists(path):
+        return "does not exist (any more)"
+    if os.path.isdir(path):
+        return "is a folder"
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        return "cannot be read (permission denied); make it readable"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if os.path.getsize(path) == 0:
+        return "is empty (0 bytes)"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"is too large to decode safely ({error})"
+    if isinstance(error, UserError):  # read_image's sentence names the file: keep its reason
+        text, marker = str(error), f"{path} ("
+        reason = text.split(marker, 1)[1].rsplit(")", 1)[0] if marker in text else text
+        return f"is not a readable image ({reason})"
+    return f"is not a readable image ({type(error).__name__}: {error})"
