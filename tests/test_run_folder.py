@@ -246,7 +246,8 @@ def test_stale_temporaries_are_removed_when_a_run_takes_the_folder(tiny):  # noq
     live = os.path.join(out, f".metrics.jsonl.{os.getpid()}.1.0a1b2c3d.tmp")  # a live writer's
     look_alike = os.path.join(out, "TinyNet", "notes.tmp")
     nested = os.path.join(out, "other_run", f".results.json.{dead}.1.0a1b2c3d.tmp")
-    for path in (stale, live, look_alike, nested):
+    deep = os.path.join(out, "data", "images", f".x.png.{dead}.1.0a1b2c3d.tmp")  # not a run's
+    for path in (stale, live, look_alike, nested, deep):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(b"half a checkpoint")
@@ -254,7 +255,7 @@ def test_stale_temporaries_are_removed_when_a_run_takes_the_folder(tiny):  # noq
 
     assert train.main(tiny_argv(root, out)) == 0
     assert not os.path.exists(stale)
-    assert all(os.path.exists(p) for p in (live, look_alike, nested))
+    assert all(os.path.exists(p) for p in (live, look_alike, nested, deep))
     removed = f"Removed 1 temporary file(s) of writes that a killed run left unfinished: {stale}"
     with open(os.path.join(out, "log.txt")) as f:
         assert removed in f.read()

@@ -123,22 +123,28 @@ def _alive_here(pid: int) -> bool:
 
 def remove_stale_temporaries(folder: str) -> list[str]:
     """Delete the temporary files of :func:`~dassl_ext.utils.atomic.atomic_write` (exact
-    name pattern) that writers killed mid-write left in ``folder`` and its subfolders;
-    returns their paths.
+    name pattern) that writers killed mid-write left in ``folder`` and its direct
+    subfolders (where a run writes: ``<folder>/<model>/model.pth.tar-<epoch>``); returns
+    their paths.
 
     Call it holding the folder's lock: no other run writes there then. Subfolders that are
     run folders of their own (they hold a lock file) are left to their runs, and a file
     whose process is still alive on this host is kept.
     """
+    subfolders = [e.path for e in _entries(folder) if e.is_dir(follow_symlinks=False)]
+    places = [folder] + [d for d in subfolders if not os.path.exists(os.path.join(d, LOCK_FILE))]
     removed = []
-    for here, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not os.path.exists(os.path.join(here, d, LOCK_FILE))]
-        for name in files:
-            pid = temporary_pid(name)
-            if pid is None or _alive_here(pid):
+    for place in places:
+        for entry in _entries(place):
+            pid = temporary_pid(entry.name)
+            if pid is None or not entry.is_file(follow_symlinks=False) or _alive_here(pid):
                 continue
-            path = os.path.join(here, name)
             with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-                removed.append(path)
+                os.remove(entry.path)
+                removed.append(entry.path)
     return removed
+
+
+def _entries(folder: str) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return sorted(it, key=lambda e: e.name)
