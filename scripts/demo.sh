@@ -11,8 +11,10 @@
 #   3. zero-shot CLIP with each stand-in, and the teacher evaluated on base and new;
 #   4. one base / new / HM table of the four, and the plots.
 # No download; about 3 minutes on 2 CPU cores.
-# Usage: bash scripts/demo.sh [SEED ...] [KEY VALUE ...]   (default seeds: 1 2)
-# Env: DATA (./data), OUTPUT (./output/demo), PYTHON (python).
+# Usage: bash scripts/demo.sh [SEED ...] [KEY VALUE ...]   (default seeds: $SEEDS, else 1 2)
+# Env: DATA (./data), OUTPUT (./output/demo), PYTHON (python), DRY_RUN (1: print the python
+# commands, run none). The table and plots take only the seeds of this call, not those of
+# earlier calls in the same OUTPUT; finished runs of the same configuration are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +28,13 @@ export STUDENT_CFG=${STUDENT_CFG:-configs/trainers/PromptKD/base2new/digits_stan
 export SEED_JOBS=${SEED_JOBS:-2}
 export SEEDS=${SEEDS:-1 2}
 PYTHON=${PYTHON:-python}
+# The seeds of this call (leading numbers; base2new.sh checks them): the table's rows.
+SEED_LIST=()
+for arg in "$@"; do
+  if [[ ! $arg =~ ^[-+]?[0-9]+$ ]]; then break; fi
+  SEED_LIST+=("$arg")
+done
+if [ ${#SEED_LIST[@]} = 0 ]; then read -ra SEED_LIST <<< "$SEEDS"; fi
 
 # The stand-ins see 32 x 32 images through 4 layers (prompt depth 4, not 9). Digits are
 # not mirror-symmetric: shifts by up to 2 pixels replace the flips and crops of photos.
@@ -50,11 +59,12 @@ run_eval "$OUT/teacher/digits_base_new" --trainer PromptSRC "${DIGITS[@]}" \
   --config-file "configs/trainers/PromptSRC/vit_l14_c2_ep20_batch8_4+4ctx.yaml" \
   --model-dir "$OUT/teacher/digits" MODEL.BACKBONE.NAME digits-teacher "${STANDIN_OPTS[@]}" DATASET.EVAL_SPLITS base_new
 
-echo "== Digits, base-to-new (5 + 5 classes), pretrained stand-ins"
-"$PYTHON" scripts/demo_table.py --markdown "$OUT/base2new/digits/demo_table.md" \
+echo "== Digits, base-to-new (5 + 5 classes), pretrained stand-ins, seeds ${SEED_LIST[*]}"
+run_python scripts/demo_table.py \
   "zero-shot CLIP (teacher)=$OUT/zeroshot/digits/digits-teacher" \
   "PromptSRC teacher (labels, base)=$OUT/teacher/digits_base_new" \
   "zero-shot CLIP (student)=$OUT/zeroshot/digits/digits-student" \
-  "PromptKD student (no labels)=$OUT/base2new/digits"
-"$PYTHON" scripts/plot_results.py "$OUT/base2new/digits" --paper
+  "PromptKD student (no labels)=$OUT/base2new/digits" \
+  --markdown "$OUT/base2new/digits/demo_table.md" --seeds "${SEED_LIST[@]}"
+run_python scripts/plot_results.py "$OUT/base2new/digits" --paper --seeds "${SEED_LIST[@]}"
 echo "Plots and tables: $OUT/base2new/digits"

@@ -99,12 +99,16 @@ def test_student_config_can_be_replaced(tmp_path, script):
 
 
 def test_teacher_trained_here_before_is_reused_only_when_finished(tmp_path):
+    """A finished teacher of this script is used through train.py --skip-finished, which
+    checks that it was trained with this configuration (tests/test_scripts_trust.py)."""
     own = tmp_path / "out" / "promptkd" / "teacher" / "dtd"
     put_checkpoint(own / "VLPromptLearner", "model.pth.tar-7")  # interrupted at epoch 7
     assert run_script("base2new.sh", tmp_path, "dtd").returncode == 1
     (own / "results.json").write_text("{}")
     run = run_script("base2new.sh", tmp_path, "dtd")
-    assert run.returncode == 0 and not teacher_runs(run.stdout)
+    (teacher,) = teacher_runs(run.stdout)
+    assert run.returncode == 0 and f"--output-dir {own} --skip-finished --seed 1" in teacher
+    assert "--resume" not in teacher and "done, skipped" in run.stdout
     assert f"TEACHER_CKPT {own / 'VLPromptLearner'}" in run.stdout
 
 

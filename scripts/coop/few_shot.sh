@@ -13,8 +13,6 @@ NCTX=${NCTX:-16}
 SHOTS=${SHOTS:-16}
 CSC=${CSC:-False}
 
-DATASET=$1
-shift
-few_shot "$DATASET" "nctx${NCTX}_csc${CSC}_ctp${CTP}" \
+few_shot "${1:-}" "nctx${NCTX}_csc${CSC}_ctp${CTP}" \
   TRAINER.COOP.N_CTX "$NCTX" TRAINER.COOP.CSC "$CSC" \
-  TRAINER.COOP.CLASS_TOKEN_POSITION "$CTP" "$@"
+  TRAINER.COOP.CLASS_TOKEN_POSITION "$CTP" "${@:2}"

@@ -11,7 +11,8 @@
 #      (configs/trainers/PromptKD/base2new/<dataset>.yaml: SHOTS 0, the dataset's KD_WEIGHT),
 #      tested on base and new classes;
 #   3. base / new / HM over the seeds (scripts/parse_results.py).
-# Re-running skips finished stages (a results.json in the run folder).
+# Re-running skips finished stages (a results.json made with the same configuration; one
+# made with another stops the script with the differences: train.py --skip-finished).
 # Usage: bash scripts/promptkd/base2new.sh DATASET [SEED ...] [KEY VALUE ...]
 #   DATASET: a file stem under configs/datasets/ (oxford_pets, dtd, digits ...).
 #   Environment variables: see scripts/promptkd/common.sh.
@@ -28,4 +29,5 @@ if [ -z "$TEACHER" ]; then
 fi
 
 train_students "${STUDENT_CFG:-configs/trainers/PromptKD/base2new/$DATASET.yaml}" "$OUT" "$TEACHER"
-run_python scripts/parse_results.py "$OUT"
+# shellcheck disable=SC2086  # a list of seeds: the table takes only these
+run_python scripts/parse_results.py "$OUT" --seeds $SEED_LIST

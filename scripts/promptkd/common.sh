@@ -20,7 +20,9 @@ TEACHER_SEED=${TEACHER_SEED:-1}
 TEACHER_CFG=configs/trainers/PromptSRC/vit_l14_c2_ep20_batch8_4+4ctx.yaml
 if [ -n "${CLIP_ROOT:-}" ]; then export CLIP_ROOT; fi
 
-# parse_args DATASET [SEED ...] [KEY VALUE ...] -> DATASET, SEED_LIST, OPTS (array)
+# parse_args DATASET [SEED ...] [KEY VALUE ...] -> DATASET, SEED_LIST, OPTS (array). Every
+# argument that looks like a number (1, 01, -1, +2) is taken as a seed and checked, so a bad
+# seed is named instead of ending up among the options.
 parse_args() {
   if [ $# -lt 1 ]; then
     echo "Usage: bash $0 DATASET [SEED ...] [KEY VALUE ...]  (DATASET: a configs/datasets/ file stem)" >&2
@@ -28,20 +30,14 @@ parse_args() {
   fi
   DATASET=${1%.yaml}
   shift
-  SEED_LIST=""
-  while [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; do SEED_LIST="$SEED_LIST $1"; shift; done
-  SEED_LIST=${SEED_LIST:-${SEEDS:-1 2 3}}
-  OPTS=("$@")
   dataset_yaml "$DATASET" > /dev/null
-}
-
-dataset_yaml() {
-  local f=configs/datasets/$1.yaml
-  if [ ! -f "$f" ]; then
-    echo "Unknown dataset '$1': no $f; use one of: $(cd configs/datasets && ls | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
-    exit 2
-  fi
-  echo "$f"
+  SEED_LIST=""
+  while [ $# -gt 0 ] && [[ $1 =~ ^[-+]?[0-9]+$ ]]; do SEED_LIST="$SEED_LIST $1"; shift; done
+  SEED_LIST=${SEED_LIST:-${SEEDS:-1 2 3}}
+  # shellcheck disable=SC2086  # a list of seeds
+  check_seeds $SEED_LIST
+  check_opts "$@"
+  OPTS=("$@")
 }
 
 # DATASET.NAME of a dataset config file (e.g. oxford_pets -> OxfordPets)
@@ -56,9 +52,11 @@ has_checkpoint() {
 
 # find_teacher MODAL DATASET_NAME OWN_RUN: sets TEACHER to $TEACHER_CKPT, else to the first
 # folder holding a checkpoint among the released teachers' places (trainers/teacher_folders.py
-# lists them) and OWN_RUN/VLPromptLearner (a teacher trained here that finished). With none,
-# TEACHER is "" when a teacher may be trained here (TRAIN_TEACHER=1, or a built-in demo
-# dataset); otherwise it stops, saying where it looked and what to do.
+# lists them). A teacher trained here that finished (OWN_RUN/results.json and a checkpoint)
+# sets TEACHER to "": train_teacher then runs train.py --skip-finished on OWN_RUN, which
+# uses it only when it was trained with this configuration. With none, TEACHER is "" when
+# a teacher may be trained here (TRAIN_TEACHER=1, or a built-in demo dataset); otherwise it
+# stops, saying where it looked and what to do.
 find_teacher() {
   local modal=$1 name=$2 own=$3 dir what
   if [ -n "${TEACHER_CKPT:-}" ]; then
@@ -77,8 +75,8 @@ find_teacher() {
     fi
   done
   if [ -f "$own/results.json" ] && has_checkpoint "$own/VLPromptLearner"; then
-    TEACHER=$own/VLPromptLearner
-    echo "== Teacher: using the one trained here before, $TEACHER"
+    TEACHER=""
+    echo "== Teacher: trained here before in $own; train.py checks that it was trained with this configuration"
     return 0
   fi
   TEACHER=""
@@ -97,20 +95,27 @@ find_teacher() {
   exit 1
 }
 
-# train_teacher SOURCE_DATASET SUBSAMPLE DIR: PromptSRC teacher (16 shots) into DIR
+# train_teacher SOURCE_DATASET SUBSAMPLE DIR: PromptSRC teacher (16 shots) into DIR (a
+# finished one of this configuration is skipped; one of another stops the script)
 train_teacher() {
+  local rc=0 finished=0
+  if [ -f "$3/results.json" ]; then finished=1; fi
   echo "== Teacher: PromptSRC on $TEACHER_BACKBONE, $1 ($2 classes, 16 shots) -> $3"
   run_train "$3" --seed "$TEACHER_SEED" --trainer PromptSRC \
     --dataset-config-file "$(dataset_yaml "$1")" --config-file "$TEACHER_CFG" \
     DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES "$2" MODEL.BACKBONE.NAME "$TEACHER_BACKBONE" \
-    "${OPTS[@]}"
+    "${OPTS[@]}" || rc=$?
+  if [ "$rc" != 0 ] && [ "$finished" = 1 ]; then
+    echo "Error: the teacher in $3 was trained with another configuration (above); delete $3 to train one with this configuration, or set TEACHER_CKPT=$3/VLPromptLearner to use it as it is." >&2
+  fi
+  if [ "$rc" != 0 ]; then exit "$rc"; fi
 }
 
 # train_students CONFIG OUT_ROOT TEACHER: one PromptKD run per seed. SEED_JOBS=N trains N
 # seeds at once, each with OMP_NUM_THREADS = cores / N (unless set) and its output in
 # <run folder>/stdout.txt: on a CPU, small models train faster side by side than threaded.
 train_students() {
-  local seed dir i jobs=${SEED_JOBS:-1} pids=() dirs=() failed=0 done_upto=0
+  local seed dir i jobs=${SEED_JOBS:-1} pids=() dirs=() failed=0 done_upto=0 status=0
   if [ ! -f "$1" ]; then
     echo "Error: no student config file $1 (STUDENT_CFG or configs/trainers/PromptKD/)." >&2
     exit 2
@@ -126,9 +131,11 @@ train_students() {
       --dataset-config-file "$(dataset_yaml "$DATASET")" --config-file "$1"
       MODEL.BACKBONE.NAME "$STUDENT_BACKBONE" TRAINER.PROMPTKD.TEACHER_NAME "$TEACHER_BACKBONE"
       TRAINER.PROMPTKD.TEACHER_CKPT "$3" "${OPTS[@]}")
-    if [ "$jobs" -le 1 ] || [ "${DRY_RUN:-0}" = 1 ]; then  # a dry run prints, in order
+    # A dry run prints in order; a folder with results.json runs in the foreground too:
+    # train.py skips it or refuses at once, and its stdout.txt is left as it is.
+    if [ "$jobs" -le 1 ] || [ "${DRY_RUN:-0}" = 1 ] || [ -f "$dir/results.json" ]; then
       echo "== Student: PromptKD on $STUDENT_BACKBONE, $DATASET, seed $seed -> $dir"
-      "${run[@]}"
+      "${run[@]}" || { status=$?; break; }  # no further seed starts; running ones finish
       continue
     fi
     if [ ${#pids[@]} -ge $((done_upto + jobs)) ]; then  # SEED_JOBS running: wait for the oldest
@@ -145,6 +152,7 @@ train_students() {
     wait "${pids[$i]}" || { echo "Error: the run in ${dirs[$i]} failed; see its stdout.txt" >&2; failed=1; }
   done
   trap - INT TERM
+  if [ "$status" != 0 ]; then exit "$status"; fi
   if [ "$failed" = 1 ]; then exit 1; fi
 }
 

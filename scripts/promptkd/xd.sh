@@ -9,12 +9,14 @@
 #      (configs/trainers/PromptKD/xd.yaml: prompt depth 3, KD_WEIGHT 1000), tested on all
 #      of its classes;
 #   3. accuracy over the seeds (scripts/parse_results.py).
-# Re-running skips finished stages.
+# Re-running skips finished stages (a results.json made with the same configuration; one
+# made with another stops the script with the differences: train.py --skip-finished).
 # Usage: bash scripts/promptkd/xd.sh DATASET [SEED ...] [KEY VALUE ...]
 #   Environment variables: see scripts/promptkd/common.sh, plus SOURCE (imagenet).
 source "$(dirname "$0")/common.sh"
 parse_args "$@"
 SOURCE=${SOURCE:-imagenet}
+dataset_yaml "$SOURCE" > /dev/null
 
 OUT=$OUTPUT/promptkd/xd/$DATASET
 TEACHER_DIR=$OUTPUT/promptkd/teacher_xd/$SOURCE
@@ -25,4 +27,5 @@ if [ -z "$TEACHER" ]; then
 fi
 
 train_students "${STUDENT_CFG:-configs/trainers/PromptKD/xd.yaml}" "$OUT" "$TEACHER"
-run_python scripts/parse_results.py "$OUT"
+# shellcheck disable=SC2086  # a list of seeds: the table takes only these
+run_python scripts/parse_results.py "$OUT" --seeds $SEED_LIST

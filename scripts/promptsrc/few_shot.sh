@@ -9,7 +9,9 @@ source "$(dirname "$0")/../lib/experiments.sh"
 TRAINER=PromptSRC
 CFG=${CFG:-vit_b16_c2_ep50_batch4_4+4ctx_few_shot}
 
-DATASET=$1
-SHOTS=$2
-shift 2
-few_shot "$DATASET" "" "$@"
+dataset_yaml "${1:-}" > /dev/null
+SHOTS=${2:-}
+if [[ ! $SHOTS =~ ^[1-9][0-9]*$ ]]; then
+  fail "SHOTS '$SHOTS' (the argument after the dataset) is not a number of shots per class (1, 2, 4, 8, 16)."
+fi
+few_shot "$1" "" "${@:3}"

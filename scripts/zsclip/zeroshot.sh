@@ -9,8 +9,10 @@ source "$(dirname "$0")/../lib/experiments.sh"
 TRAINER=${TRAINER:-ZeroshotCLIP}
 CFG=${CFG:-vit_b16}
 SUB=${SUB:-all}
-DATASET=$1
+DATASET=${1:-}
+dataset_yaml "$DATASET" > /dev/null
 shift
+check_opts "$@"
 
 run_eval "$OUTPUT/$TRAINER/$CFG/$DATASET/$SUB" --trainer "$TRAINER" \
   --dataset-config-file "configs/datasets/$DATASET.yaml" \
