@@ -60,3 +60,60 @@ def test_is_out_of_memory_ignores_our_own_sentences():
 
     assert not is_out_of_memory(UserError("The disk ran out of memory cards."))
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory."))
+
+
+# ---------------------------------------------------------------- class names and CLIP's tokens
+LONG_NAME = "_".join(["very"] * 80) + "_long_aircraft"  # 82 words: over CLIP's 77 tokens
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_clip_root):
+    from dassl_ext.modeling import load_clip
+
+    return load_clip("tiny-teacher", tiny_clip_root)
+
+
+def test_a_class_name_over_77_tokens_is_one_sentence_naming_it(tiny_teacher):
+    """CoOp-family prompts, PromptSRC's and zero-shot CLIP's templates: the class, its
+    token count and what to shorten, not the tokenizer's RuntimeError."""
+    from dassl_ext.modeling import build_prompt_buffers
+    from trainers.promptsrc import zero_shot_text_features
+    from trainers.zsclip import ZeroshotModel
+
+    names = ["cat", LONG_NAME]
+    with pytest.raises(UserError) as e:
+        build_prompt_buffers(tiny_teacher, names, "a photo of a", 4)
+    message = str(e.value)
+    assert message.startswith(f"Class 1 {LONG_NAME!r} is too long for CLIP: its prompt ")
+    # 4 prefix words + 82 name words + "." + start/end tokens
+    assert "is 89 tokens, and CLIP's text encoder reads at most 77 (7 of them" in message
+    assert "shorten the name in the dataset's class names" in message and "classname_fixes" in (
+        message
+    )
+    with pytest.raises(UserError, match="is too long for CLIP"):
+        zero_shot_text_features(tiny_teacher, None, names, ["a photo of a {}."])
+    with pytest.raises(UserError, match="is too long for CLIP"):
+        ZeroshotModel(tiny_teacher, names, ["a photo of a {}."]).text_features()
+
+
+def test_empty_class_name_is_refused_and_unusual_names_are_kept(tiny_teacher):
+    """An empty name is refused; non-ASCII names (accents, CJK) reach the tokenizer as they
+    are, and underscores become spaces (as CoOp)."""
+    from dassl_ext.modeling import build_prompt_buffers, clip
+
+    for empty in ("", "  ", "_"):
+        with pytest.raises(UserError, match=r"Class 1 has an empty name .*classname_fixes"):
+            build_prompt_buffers(tiny_teacher, ["cat", empty], "a photo of a", 4)
+    names = ["café", "猫", "sea_lion"]
+    tokens, _, _ = build_prompt_buffers(tiny_teacher, names, "a photo of a", 4)
+    decoded = [
+        clip.clip._tokenizer.decode([t for t in row.tolist() if t][1:-1]).strip() for row in tokens
+    ]
+    assert decoded == ["a photo of a café .", "a photo of a 猫 .", "a photo of a sea lion ."]
+
+
+def test_ctx_init_over_77_tokens_is_one_sentence(tiny_teacher):
+    from dassl_ext.modeling import word_ctx_or_random
+
+    with pytest.raises(UserError, match=r"CTX_INIT .* is 102 tokens; CLIP's text encoder"):
+        word_ctx_or_random(tiny_teacher, " ".join(["word"] * 100), 4)

@@ -28,7 +28,7 @@ from dassl_ext.config import Range, Rule, register_config_extension, register_co
 from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
 from dassl_ext.engine.hooks import HookBase, ModelSelection, ParameterAveraging, insert_before
 from dassl_ext.errors import UserError
-from dassl_ext.modeling import IMAGENET_TEMPLATES, ClipSizes, clip
+from dassl_ext.modeling import IMAGENET_TEMPLATES, ClipSizes, tokenize_class_prompts
 from trainers.base import PromptTrainer, l2_normalize
 from trainers.losses import gpa_weights, promptsrc_loss
 from trainers.vl_prompts import (
@@ -73,7 +73,8 @@ def zero_shot_text_features(
     names = [c.replace("_", " ") for c in classnames]
     total = None
     for template in templates:
-        tokens = clip.tokenize([template.format(n) for n in names]).to(device)
+        prompts = [template.format(n) for n in names]
+        tokens = tokenize_class_prompts(prompts, classnames).to(device)
         feats = text_encoder(embedding(tokens), tokens, deep_prompts=[]).float()
         total = feats if total is None else total + feats
     return total / len(templates)

@@ -18,9 +18,9 @@ from dassl_ext.modeling import (
     IMAGENET_TEMPLATES_SELECT,
     PromptedTextEncoder,
     cast_frozen_weights,
-    clip,
     clip_root_from_cfg,
     load_clip,
+    tokenize_class_prompts,
 )
 from trainers.base import CLIPClassifier, check_clip_model, l2_normalize
 
@@ -57,7 +57,8 @@ class ZeroshotModel(CLIPClassifier):
             names = [c.replace("_", " ") for c in self.classnames]
             feats = []
             for template in self.templates:
-                tokens = clip.tokenize([template.format(n) for n in names]).to(device)
+                prompts = [template.format(n) for n in names]
+                tokens = tokenize_class_prompts(prompts, self.classnames).to(device)
                 feats.append(l2_normalize(self.text_encoder(self.token_embedding(tokens), tokens)))
             self._text = l2_normalize(torch.stack(feats).float().mean(dim=0))
         return self._text if class_ids is None else self._text[class_ids.to(self._text.device)]

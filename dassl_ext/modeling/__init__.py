@@ -41,8 +41,10 @@ from dassl_ext.modeling.templates import (
 from dassl_ext.modeling.text_prompts import (
     assemble_prompts,
     build_prompt_buffers,
+    check_class_names,
     class_prompts,
     init_ctx_from_words,
+    tokenize_class_prompts,
     word_ctx_or_random,
 )
 from dassl_ext.modeling.tiny import TINY_SPECS, TinyClipSpec, build_tiny_clip, save_tiny_clip
@@ -63,6 +65,7 @@ __all__ = [
     "build_tiny_clip",
     "cast_frozen_weights",
     "class_prompts",
+    "check_class_names",
     "clip",
     "clip_filename",
     "clip_root_from_cfg",
@@ -75,5 +78,6 @@ __all__ = [
     "run_blocks",
     "save_tiny_clip",
     "set_trainable",
+    "tokenize_class_prompts",
     "word_ctx_or_random",
 ]

@@ -3,8 +3,45 @@
 import torch
 from torch import nn
 
+from dassl_ext.errors import UserError
 from dassl_ext.modeling._clip import clip
 from dassl_ext.modeling.prompted import PROMPT_STD
+
+CONTEXT_LENGTH = 77  # tokens CLIP's text encoder reads, start and end tokens included
+
+
+def token_count(text: str) -> int:
+    """Tokens of ``text`` in CLIP's text encoder, with the start and end tokens."""
+    return len(clip.clip._tokenizer.encode(text)) + 2
+
+
+def check_class_names(classnames: list[str]) -> None:
+    """Refuse a class name that is empty (its prompts would not name a class)."""
+    for label, name in enumerate(classnames):
+        if not str(name).replace("_", " ").strip():
+            raise UserError(
+                f"Class {label} has an empty name ({name!r}); give it a name in the dataset's "
+                "class names (its split file, or the dataset's classname_fixes)."
+            )
+
+
+def tokenize_class_prompts(prompts: list[str], classnames: list[str]) -> torch.Tensor:
+    """``clip.tokenize(prompts)`` (C, 77) for one prompt per class name (same order); an empty
+    class name, or a prompt longer than CLIP's 77 tokens, is a UserError naming the class,
+    its token count and what to shorten (instead of the tokenizer's RuntimeError)."""
+    check_class_names(classnames)
+    for label, (prompt, name) in enumerate(zip(prompts, classnames)):
+        n = token_count(prompt)
+        if n > CONTEXT_LENGTH:
+            others = n - token_count(name.replace("_", " ")) + 2  # the template's tokens
+            raise UserError(
+                f"Class {label} {name!r} is too long for CLIP: its prompt {prompt!r} is {n} "
+                f"tokens, and CLIP's text encoder reads at most {CONTEXT_LENGTH} "
+                f"({others} of them the prompt's other words and start/end tokens); shorten the "
+                "name in the dataset's class names (its split file, or the dataset's "
+                "classname_fixes) or the prompt context (N_CTX / CTX_INIT)."
+            )
+    return clip.tokenize(prompts)
 
 
 @torch.no_grad()
@@ -20,6 +57,11 @@ def init_ctx_from_words(
     """
     ctx_init = ctx_init.replace("_", " ").strip()
     if ctx_init and (max_word_ctx is None or n_ctx <= max_word_ctx):
+        if token_count(ctx_init) > CONTEXT_LENGTH:
+            raise UserError(
+                f"The prompt initialisation CTX_INIT {ctx_init!r} is {token_count(ctx_init)} "
+                f"tokens; CLIP's text encoder reads at most {CONTEXT_LENGTH}: shorten it."
+            )
         tokens = clip.tokenize(ctx_init).to(clip_model.token_embedding.weight.device)
         ctx = clip_model.token_embedding(tokens)[0, 1 : 1 + n_ctx].float().clone()
         return ctx, ctx_init
@@ -55,7 +97,7 @@ def build_prompt_buffers(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token ids (C, 77), SOS embeddings (C, 1, D) and the embeddings after the context,
     i.e. class tokens, ".", EOT and padding (C, 77-1-n_ctx, D), in the token embedding's dtype."""
-    tokenized = clip.tokenize(class_prompts(classnames, prompt_prefix))
+    tokenized = tokenize_class_prompts(class_prompts(classnames, prompt_prefix), classnames)
     embedding = clip_model.token_embedding(tokenized.to(clip_model.token_embedding.weight.device))
     return tokenized, embedding[:, :1].clone(), embedding[:, 1 + n_ctx :].clone()
 
