@@ -262,19 +262,17 @@ def test_export_then_predict_agrees_with_evaluation(student_run, tmp_path, capsy
         assert pred["top"][0]["prob"] == pytest.approx(float(row.softmax(0).max()), abs=1e-5)
 
 
-PRECISIONS = [("bf16", False), ("fp16", True), ("amp", True)]
-
-
-@pytest.mark.parametrize("prec, cuda", PRECISIONS, ids=[p[0] for p in PRECISIONS])
-def test_precisions(prec, cuda, digits_root, tiny_clip_root, teacher_dir, tmp_path):
-    """Frozen towers in the inference dtype, trainables and class vectors fp32, finite loss."""
-    if cuda and not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    extra = ("TRAINER.PROMPTKD.PREC", prec, "USE_CUDA", str(cuda), "TEST.NO_TEST", "True")
+@pytest.mark.parametrize("prec", ["bf16", "fp16", "amp"])
+def test_precisions(prec, digits_root, tiny_clip_root, teacher_dir, tmp_path, cpu_fp16):
+    """Frozen towers (student and teacher) in the inference dtype, trainables and class vectors
+    fp32, finite loss; fp16 / amp kept on the CPU by the test-only switch, with the scaler."""
+    extra = ("TRAINER.PROMPTKD.PREC", prec, "TEST.NO_TEST", "True")
     cfg = setup_cfg(
         train.parse_args(student_argv(digits_root, tiny_clip_root, tmp_path, teacher_dir, *extra))
     )
     trainer = build_trainer(cfg)
+    assert (trainer.prec.effective, trainer.teacher_prec.effective) == (prec, prec)
+    assert trainer.scaler.is_enabled() == (prec != "bf16")
     dtype = trainer.prec.weight_dtype
     assert trainer.teacher.image_encoder.conv1.weight.dtype == trainer.teacher_prec.weight_dtype
     assert trainer.model.image_encoder.conv1.weight.dtype == dtype
@@ -283,12 +281,16 @@ def test_precisions(prec, cuda, digits_root, tiny_clip_root, teacher_dir, tmp_pa
     before = trainer.model.image_encoder.VPT.detach().clone()
     batch = next(iter(trainer.train_loader_x))
     # fp16 / amp: the grad scaler skips steps until its scale stops overflowing
-    for _ in range(30 if trainer.scaler.is_enabled() else 1):
+    skipped = 0
+    while True:
         loss = trainer.forward_backward(batch)["loss"]
         assert loss == loss and abs(loss) < float("inf")
         if not torch.equal(before, trainer.model.image_encoder.VPT):
             break
-    assert not torch.equal(before, trainer.model.image_encoder.VPT)
+        skipped += 1
+        assert trainer.scaler.is_enabled() and skipped < 30
+    if trainer.scaler.is_enabled():  # each skipped (overflowing) step halved the scale
+        assert skipped > 0 and trainer.scaler.get_scale() == 2.0 ** (16 - skipped)
 
 
 def test_official_student_file_evaluates(student_run, digits_root, tiny_clip_root, teacher_dir,
