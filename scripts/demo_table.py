@@ -41,7 +41,8 @@ def row(label: str, folder: str, seeds: list[int] | None = None) -> list[str]:
         where = "; ".join(f"{r.path}: {r.config}" for r in sorted(runs, key=lambda r: r.path))
         raise UserError(
             f"Row '{label}' would mix runs of {len(configs)} configurations (config hashes: "
-            f"{where}); re-run the odd ones with the same options, or pass --seeds."
+            f"{where}); re-run the odd ones with the same options, or pass --seeds to leave out"
+            " the seeds of earlier runs."
         )
     base = [r.accuracy["base"] for r in runs]
     new = [r.accuracy["new"] for r in runs]

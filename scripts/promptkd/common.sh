@@ -158,10 +158,16 @@ train_students() {
 
 # _stop_runs PID...: TERM to each background run (the subshell and its python), then wait
 _stop_runs() {
-  local pid
+  local pid kid kids=()
   for pid in "$@"; do
+    kids+=($(pgrep -P "$pid" || true))
     pkill -TERM -P "$pid" 2>/dev/null || true
     kill -TERM "$pid" 2>/dev/null || true
   done
   wait || true
+  # The subshells end at once; their runs (python, now orphans) still finish what they are
+  # writing: wait for them too, so that the script ends after its runs.
+  for kid in "${kids[@]}"; do
+    while kill -0 "$kid" 2>/dev/null; do sleep 0.1; done
+  done
 }
