@@ -117,3 +117,114 @@ def test_ctx_init_over_77_tokens_is_one_sentence(tiny_teacher):
 
     with pytest.raises(UserError, match=r"CTX_INIT .* is 102 tokens; CLIP's text encoder"):
         word_ctx_or_random(tiny_teacher, " ".join(["word"] * 100), 4)
+
+
+# ---------------------------------------------------------------- corrupt files of our formats
+def _zero_shot_kd_trainer(digits_root, tiny_clip_root, out, cache):
+    """A PromptKD trainer whose teacher is zero-shot CLIP (no checkpoint to train)."""
+    from test_promptkd import student_argv
+
+    from dassl_ext.config import setup_cfg
+    from dassl_ext.engine import build_trainer
+
+    extra = ("TRAINER.PROMPTKD.TEACHER_TRAINER", "ZeroshotCLIP",
+             "TRAINER.PROMPTKD.TEXT_CACHE_DIR", str(cache), "USE_CUDA", "False")  # fmt: skip
+    return build_trainer(setup_cfg(train.parse_args(
+        student_argv(digits_root, tiny_clip_root, out, "", *extra)
+    )))  # fmt: skip
+
+
+def _truncate(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(40)
+
+
+def _garbage(path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(b"garbage")
+
+
+CACHE_DAMAGE = {
+    "truncated": _truncate,
+    "not-torch": _garbage,
+    "a-list": lambda path: torch.save([1, 2], path),
+    "no-features": lambda path: torch.save({"meta": {}}, path),
+    "wrong-rows": lambda path: torch.save({"text_features": torch.ones(3, 48)}, path),
+    "nan": lambda path: torch.save({"text_features": torch.full((10, 48), float("nan"))}, path),
+}
+
+
+def test_a_damaged_text_feature_cache_is_recomputed_with_a_warning(
+    digits_root, tiny_clip_root, tmp_path, caplog
+):
+    cache = tmp_path / "cache"
+    first = _zero_shot_kd_trainer(digits_root, tiny_clip_root, tmp_path / "a", cache)
+    expected = first.model.class_text_features.clone()
+    (entry,) = cache.glob("*.pt")
+    for name, damage in CACHE_DAMAGE.items():
+        damage(str(entry))
+        caplog.clear()
+        again = _zero_shot_kd_trainer(digits_root, tiny_clip_root, tmp_path / name, cache)
+        assert torch.equal(again.model.class_text_features, expected), name
+        assert f"Ignoring unreadable text-feature cache {entry}" in caplog.text, name
+        assert torch.equal(torch.load(entry, weights_only=True)["text_features"], expected)
+
+
+def test_an_unwritable_text_feature_cache_is_a_warning(
+    digits_root, tiny_clip_root, tmp_path, caplog
+):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("the cache folder cannot be created under a file")
+    trainer = _zero_shot_kd_trainer(digits_root, tiny_clip_root, tmp_path / "a", blocker / "c")
+    assert trainer.model.class_text_features.shape[0] == 10
+    assert f"Cannot write the teacher text-feature cache in {blocker / 'c'}" in caplog.text
+
+
+NOT_CHECKPOINTS = {
+    "a-list": ([1, 2], "it holds a list"),
+    "a-tensor": (torch.zeros(3), "it holds a Tensor"),
+    "no-state-dict": ({"epoch": 2, "optimizer": {}}, "it holds a dict without 'state_dict'"),
+    "state-dict-list": ({"state_dict": [1], "epoch": 2}, "it holds a 'state_dict' that is a list"),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_CHECKPOINTS)
+def test_a_checkpoint_of_another_structure_is_one_sentence(kind, tiny, capsys):  # noqa: F811
+    root, out = tiny
+    assert train.main(tiny_argv(root, out, "TEST.NO_TEST", "True")) == 0
+    obj, words = NOT_CHECKPOINTS[kind]
+    path = os.path.join(out, "TinyNet", "model.pth.tar-2")
+    torch.save(obj, path)
+    capsys.readouterr()
+    flags = ("--eval-only", "--model-dir", out)
+    assert train.main(tiny_argv(root, out + "_eval", flags=flags)) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"Error: Checkpoint {path} is not a model checkpoint: {words}")
+    assert "pass a model.pth.tar-<epoch> / model-best.pth.tar written by train.py" in err
+
+
+def test_a_clip_file_that_is_not_clip_is_one_sentence(tiny_clip_root, tmp_path):
+    """A zip that is not a torch file, an empty file, a state dict with a wrong shape or
+    missing keys: one line (torch's messages run over several), naming the file."""
+    import zipfile
+
+    from dassl_ext.modeling import load_clip
+
+    sd = torch.load(os.path.join(tiny_clip_root, "tiny-teacher.pt"), weights_only=True)
+    with zipfile.ZipFile(tmp_path / "zip.pt", "w") as z:
+        z.writestr("hello.txt", "not a model")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save({**sd, "visual.proj": torch.zeros(3, 3)}, tmp_path / "shape.pt")
+    torch.save({k: v for k, v in sd.items() if ".resblocks.0." not in k}, tmp_path / "keys.pt")
+    cases = {
+        "zip.pt": "Cannot read CLIP weights",
+        "empty.pt": "(EOFError: the file is empty or cut short); delete or replace it.",
+        "shape.pt": "size mismatch for visual.proj",
+        "keys.pt": "Missing key(s) in state_dict",
+    }
+    for name, words in cases.items():
+        with pytest.raises(UserError) as e:
+            load_clip(str(tmp_path / name))
+        assert str(tmp_path / name) in str(e.value) and words in str(e.value), name
+        assert "\n" not in str(e.value), name

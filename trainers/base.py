@@ -36,7 +36,7 @@ from dassl_ext.modeling import (
     set_trainable,
 )
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
-from dassl_ext.utils.checkpoint import load_checkpoint, strip_module_prefix
+from dassl_ext.utils.checkpoint import checkpoint_state_dict, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def load_weights_checked(module: nn.Module, path: str) -> int | None:
     key, or a shape mismatch, is a UserError naming the file and the key. Returns the epoch.
     """
     checkpoint = load_checkpoint(path, mmap=True)  # copied below: no second full copy
-    state_dict = drop_rebuilt_keys(strip_module_prefix(checkpoint["state_dict"]))
+    state_dict = drop_rebuilt_keys(checkpoint_state_dict(checkpoint, path))
     own = module.state_dict()
     for key, value in state_dict.items():
         if key not in own:

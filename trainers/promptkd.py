@@ -176,7 +176,9 @@ class PromptKD(TrainerX):
                 f"(sha256 {digests['clip_sha256']})"
             )
             self._cache_key = text_feature_key(cfg, self.classnames, digests, compute)
-            text_features = load_cached_text_features(self._cache_dir, self._cache_key)
+            text_features = load_cached_text_features(
+                self._cache_dir, self._cache_key, len(self.classnames)
+            )
             if text_features is not None:
                 logger.info(f"Teacher text features from the cache {self._cache_dir}")
             else:  # computing them needs the teacher, which training needs anyway

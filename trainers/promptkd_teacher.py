@@ -133,20 +133,42 @@ def text_cache_dir(cfg) -> str:
     return os.path.join(os.path.dirname(out), "teacher_text_features")
 
 
-def load_cached_text_features(folder: str, key: str) -> torch.Tensor | None:
-    """The cached (C, E) fp32 features for ``key``, or None."""
+def load_cached_text_features(
+    folder: str, key: str, num_classes: int | None = None
+) -> torch.Tensor | None:
+    """The cached (C, E) fp32 features for ``key``, or None (none, or an entry that is
+    truncated, corrupt, of another structure or shape, or not finite: recomputed, with a
+    warning naming the file)."""
     path = os.path.join(folder, f"{key}.pt")
     if not os.path.isfile(path):
         return None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        return obj["text_features"].float()
+        feats = obj["text_features"] if isinstance(obj, dict) else None
+        if not isinstance(feats, torch.Tensor) or feats.dim() != 2 or not feats.numel():
+            raise ValueError(f"it holds {type(obj).__name__}, not (C, E) text features")
+        if num_classes is not None and feats.shape[0] != num_classes:
+            raise ValueError(f"{feats.shape[0]} rows for {num_classes} classes")
+        feats = feats.float()
+        if not torch.isfinite(feats).all():
+            raise ValueError("non-finite values")
+        return feats
     except Exception as e:  # a corrupt cache entry is recomputed, never fatal
-        logger.warning("Ignoring unreadable text-feature cache %s (%s)", path, e)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        logger.warning(f"Ignoring unreadable text-feature cache {path} ({reason}); recomputing it")
         return None
 
 
-def save_cached_text_features(folder: str, key: str, feats: torch.Tensor, meta: dict) -> str:
-    """Write the cache entry atomically (parallel seeds or ranks may race)."""
+def save_cached_text_features(folder: str, key: str, feats: torch.Tensor, meta: dict) -> str | None:
+    """Write the cache entry atomically (parallel seeds or ranks may race); a folder that
+    cannot be written is a warning (the features are in hand, only the reuse is lost)."""
     entry = {"text_features": feats.detach().float().cpu(), "meta": meta}
-    return write_torch_atomic(os.path.join(folder, f"{key}.pt"), entry)
+    try:
+        return write_torch_atomic(os.path.join(folder, f"{key}.pt"), entry)
+    except OSError as e:  # FileWriteError (full disk, read-only folder) is an OSError
+        logger.warning(
+            f"Cannot write the teacher text-feature cache in {folder} ({e}); continuing "
+            "without it (the next run computes the features again). Set "
+            "TRAINER.PROMPTKD.TEXT_CACHE_DIR to a writable folder to keep them."
+        )
+        return None

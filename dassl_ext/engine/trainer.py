@@ -23,11 +23,11 @@ from dassl_ext.engine.hooks import HookBase
 from dassl_ext.engine.teacher import TeacherSupport
 from dassl_ext.errors import UserError
 from dassl_ext.utils.checkpoint import (
+    checkpoint_state_dict,
     find_checkpoint,
     load_checkpoint,
     load_resumable,
     save_checkpoint,
-    strip_module_prefix,
 )
 from dassl_ext.utils.distributed import barrier, is_distributed, is_main_process
 from dassl_ext.utils.tools import get_rng_state, set_rng_state
@@ -241,7 +241,7 @@ class TrainerBase:
         return state_dict
 
     def _load_weights(self, name: str, path: str, checkpoint: dict) -> None:
-        raw = strip_module_prefix(checkpoint["state_dict"])
+        raw = checkpoint_state_dict(checkpoint, path)  # not a checkpoint: one sentence
         state_dict = self.filter_state_dict_on_load(name, raw)
         dropped = set(raw) - set(state_dict)
         try:

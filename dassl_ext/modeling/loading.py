@@ -114,6 +114,16 @@ def _download(url: str, target: str) -> str:
     return atomic_write(target, download)
 
 
+def _reason(e: BaseException) -> str:
+    """``Type: first line`` of an error (torch's load errors run over many lines)."""
+    if isinstance(e, EOFError) or not str(e).strip():
+        kind = "the file is empty or cut short" if isinstance(e, EOFError) else ""
+        return f"{type(e).__name__}{': ' + kind if kind else ''}"
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+    return f"{type(e).__name__}: {text[:200]}"
+
+
 def _is_torchscript(path: str) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -139,7 +149,9 @@ def read_clip_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tenso
         mmap = mmap and zipfile.is_zipfile(path)  # torch's legacy format cannot be mapped
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
-        raise UserError(f"Cannot read CLIP weights '{path}' ({e}); delete or replace it.") from e
+        raise UserError(
+            f"Cannot read CLIP weights '{path}' ({_reason(e)}); delete or replace it."
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -213,8 +225,8 @@ def load_clip(name: str, root: str | None = None, download: bool = True) -> "cli
     except (KeyError, RuntimeError, ValueError, AssertionError) as e:
         raise UserError(
             f"'{path}' is not a CLIP checkpoint that clip.model.build_model can read "
-            f"({type(e).__name__}: {e}); replace it with OpenAI's file."
-        ) from e
+            f"({_reason(e)}); replace it with OpenAI's file."
+        ) from None
     del state_dict  # the model now holds the only references: each cast below frees its source
     weights = {id(t) for t in clip_weight_tensors(model)}
     for t in [*model.parameters(), *model.buffers()]:

@@ -95,6 +95,26 @@ def strip_module_prefix(state_dict: dict[str, Any]) -> OrderedDict:
     )
 
 
+def checkpoint_state_dict(checkpoint: Any, path: str) -> OrderedDict:
+    """The model weights of a loaded Dassl checkpoint (``module.`` prefixes removed); a file
+    that holds something else (a list, a tensor, a dict without ``state_dict``) is a
+    UserError naming it and what it holds."""
+    state_dict = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if isinstance(state_dict, dict) and all(isinstance(k, str) for k in state_dict):
+        return strip_module_prefix(state_dict)
+    if not isinstance(checkpoint, dict):
+        what = f"a {type(checkpoint).__name__}"
+    elif state_dict is None:
+        keys = ", ".join(map(repr, list(checkpoint)[:4])) or "none"
+        what = f"a dict without 'state_dict' (keys: {keys})"
+    else:
+        what = f"a 'state_dict' that is a {type(state_dict).__name__}, not a dict of tensors"
+    raise UserError(
+        f"Checkpoint {path} is not a model checkpoint: it holds {what}; pass a "
+        "model.pth.tar-<epoch> / model-best.pth.tar written by train.py (or the official code)."
+    )
+
+
 def save_checkpoint(
     state: dict[str, Any],
     save_dir: str,
