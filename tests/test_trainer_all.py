@@ -15,6 +15,8 @@ import torch
 import train
 from dassl_ext.config import setup_cfg
 from dassl_ext.engine import FrozenTeacher, build_trainer
+from dassl_ext.utils import set_random_seed
+from dassl_ext.utils.checkpoint import load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_CFG = os.path.join(REPO, "configs", "datasets", "digits.yaml")
@@ -71,14 +73,23 @@ def test_train_base_then_eval_new(name, tiny_clip_root, digits_root, tmp_path):
     opts = ["DATASET.SUBSAMPLE_CLASSES", "base"]
     assert train.main(argv(name, base, digits_root, tiny_clip_root, *opts)) == 0
     model_name = CONFIGS[name][1]
-    assert os.path.isfile(base / model_name / "model.pth.tar-1")
-    assert read_results(base)["splits"]["test"]["num_images"] > 0
+    assert read_results(base)["splits"]["test"]["num_images"] == 271  # the 5 base classes
+    # The random tiny CLIP scores at chance, so check the training instead: the saved
+    # prompts are the seeded initial ones moved by the (1e-5 warm-up) steps.
+    trained = load_checkpoint(str(base / model_name / "model.pth.tar-1"))["state_dict"]
+    set_random_seed(1)
+    init = build_trainer(make_cfg(name, tmp_path / "init", digits_root, tiny_clip_root, *opts))
+    initial = init.registered_models()[0].state_dict()
+    assert trained.keys() == initial.keys()
+    moved = [k for k in trained if not torch.equal(trained[k], initial[k])]
+    assert moved and all(torch.allclose(trained[k], initial[k], atol=1e-2) for k in moved)
     # eval-only on the new classes: prompts rebuilt from the new class names
     flags = ("--eval-only", "--model-dir", str(base), "--load-epoch", "1")
     opts = ["DATASET.SUBSAMPLE_CLASSES", "new"]
     assert train.main(argv(name, new, digits_root, tiny_clip_root, *opts, flags=flags)) == 0
     res = read_results(new)
-    assert res["splits"]["test"]["num_images"] > 0 and res["trainer"] == name
+    assert res["trainer"] == name and res["splits"]["test"]["num_images"] == 269
+    assert res["splits"]["test"]["epoch"] == 1  # the trained prompts, loaded
 
 
 def _fixed_batch(trainer) -> dict:
@@ -136,10 +147,13 @@ def test_loss_falls_and_reload_is_identical(name, tiny_clip_root, digits_root, t
 
 @pytest.mark.parametrize("name", ["ZeroshotCLIP", "ZeroshotCLIP2"])
 def test_zero_shot_eval_only(name, tiny_clip_root, digits_root, tmp_path):
-    flags = ("--eval-only",)
-    args = argv(name, tmp_path, digits_root, tiny_clip_root, config=ZS_CONFIG, flags=flags)
+    """On the pretrained digits-teacher stand-in (a random tiny CLIP scores at chance): all
+    540 test images, 10 classes, far above chance (10%; the teacher scores ~97%)."""
+    flags, opts = ("--eval-only",), ("MODEL.BACKBONE.NAME", "digits-teacher")
+    args = argv(name, tmp_path, digits_root, tiny_clip_root, *opts, config=ZS_CONFIG, flags=flags)
     assert train.main(args) == 0
-    assert read_results(tmp_path)["splits"]["test"]["num_images"] > 0
+    test = read_results(tmp_path)["splits"]["test"]
+    assert test["num_images"] == 540 and test["accuracy"] >= 90.0, test
 
 
 def test_zero_shot_frozen_model_matches_trainer(tiny_clip_root, digits_root, tmp_path):
