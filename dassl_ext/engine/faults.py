@@ -112,6 +112,7 @@ _OS_ADVICE = {
     errno.EISDIR: "it is a folder where a file is expected: pass the file",
     errno.ENOTDIR: "a part of that path is a file where a folder is expected: fix the path",
     errno.ENOENT: "it does not exist: check the path",
+    errno.EEXIST: "a file is in the way (a folder was expected?): choose another path",
     errno.ENOSPC: "free space on that disk, then run again",
     errno.EDQUOT: "free space within your disk quota, then run again",
     errno.ENAMETOOLONG: "the name is too long for the file system: use a shorter path",
