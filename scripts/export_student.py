@@ -6,6 +6,9 @@ RUN_DIR is a PromptKD output folder (config.yaml + VLPromptLearner/). The studen
 loaded by the trainer itself (model-best.pth.tar, else the newest epoch), so the class
 text features come from the checkpoint, or else from the teacher cache / the teacher.
 Trailing KEY VALUE pairs override the saved config (e.g. DATASET.ROOT /new/data).
+``-o`` may name a folder (the file is then FOLDER/student.pt). Exporting a run that has
+not finished (no best file, newest epoch below OPTIM.MAX_EPOCH) prints a note naming the
+epoch exported.
 The file holds the student encoder, prompts, projector, class text features, class
 names and preprocessing, and loads with ``torch.load(..., weights_only=True)``.
 """
@@ -26,6 +29,52 @@ from dassl_ext.config.setup import (  # noqa: E402
 )
 from dassl_ext.engine import build_trainer  # noqa: E402
 from dassl_ext.errors import UserError  # noqa: E402
+from dassl_ext.utils.checkpoint import (  # noqa: E402
+    BEST_FILE,
+    checkpoint_epochs,
+    find_checkpoint,
+)
+
+MODEL_NAME = "VLPromptLearner"  # PromptKD's registered model (its checkpoint folder)
+
+
+def student_checkpoint(run_dir: str, epoch: int | None) -> str:
+    """The checkpoint the trainer will load (best, else newest epoch, or ``epoch``); a run
+    folder without one is a UserError saying what is there."""
+    folder = os.path.join(run_dir, MODEL_NAME)
+    path = find_checkpoint(folder, epoch)
+    if os.path.isfile(path):
+        return path
+    epochs = checkpoint_epochs(folder)
+    if epoch is not None and epochs:
+        raise UserError(
+            f"{run_dir} has no epoch {epoch} checkpoint ({path}); its epochs are "
+            f"{', '.join(map(str, epochs))}: pass one of them to --load-epoch, or leave it out."
+        )
+    raise UserError(
+        f"{run_dir} holds no student checkpoint (no {BEST_FILE} or model.pth.tar-<N> in "
+        f"{folder}/): the run has not saved one yet; wait until it has (TRAIN.CHECKPOINT_FREQ "
+        "saves every few epochs) or train it to the end."
+    )
+
+
+def write_export(trainer, path: str) -> None:
+    """``export_student`` to ``path``; a path that cannot be written is a UserError."""
+    from trainers.promptkd_export import export_student
+
+    try:
+        export_student(trainer, path)
+    except UserError:
+        raise
+    except OSError as e:  # -o in a folder that does not exist, or under a file
+        raise UserError(f"Cannot write {path} ({e.strerror or e}); choose another -o.") from None
+
+
+def output_path(run_dir: str, output: str) -> str:
+    """Where the export goes: ``-o`` (a folder: FOLDER/student.pt), else RUN_DIR/student.pt."""
+    if not output:
+        return os.path.join(run_dir, "student.pt")
+    return os.path.join(output, "student.pt") if os.path.isdir(output) else output
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,22 +85,42 @@ def main(argv: list[str] | None = None) -> int:
     args, opts = p.parse_known_args(argv)  # the rest: KEY VALUE config overrides
     import datasets  # noqa: F401  (registers the datasets)
     import trainers  # noqa: F401  (registers the trainers and their config sections)
-    from trainers.promptkd_export import export_student
 
+    run_dir = args.run_dir
+    path = output_path(run_dir, args.output)
     try:
+        config = os.path.join(run_dir, "config.yaml")
+        if not os.path.isfile(config):
+            what = "does not exist" if not os.path.exists(run_dir) else "holds no config.yaml"
+            raise UserError(
+                f"{run_dir} {what}, so it is not a run folder; pass the --output-dir of a "
+                "PromptKD training run."
+            )
         cfg = apply_config_extensions(get_cfg_default())
-        merge_from_file(cfg, os.path.join(args.run_dir, "config.yaml"))
+        merge_from_file(cfg, config)
         merge_from_list(cfg, opts)
         if cfg.TRAINER.NAME != "PromptKD":
-            raise UserError(f"{args.run_dir} is a {cfg.TRAINER.NAME} run, not a PromptKD one.")
+            raise UserError(
+                f"{run_dir} is a {cfg.TRAINER.NAME} run, not a PromptKD one; only a PromptKD "
+                "student can be exported."
+            )
+        checkpoint = student_checkpoint(run_dir, args.load_epoch)
         cfg.freeze()
         trainer = build_trainer(cfg)
-        trainer.load_model(args.run_dir, epoch=args.load_epoch)
-        path = export_student(trainer, args.output or os.path.join(args.run_dir, "student.pt"))
+        epoch = trainer.load_model(run_dir, epoch=args.load_epoch)
+        write_export(trainer, path)
     except UserError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
-    print(f"Wrote {path} ({len(trainer.classnames)} classes)")
+    print(f"Wrote {path} ({len(trainer.classnames)} classes) from {checkpoint}")
+    max_epoch = cfg.OPTIM.MAX_EPOCH
+    unfinished = isinstance(epoch, int) and epoch < max_epoch and args.load_epoch is None
+    if unfinished and not checkpoint.endswith(BEST_FILE):
+        print(
+            f"Note: that is epoch {epoch} of OPTIM.MAX_EPOCH {max_epoch}: the run has not "
+            "finished (or stopped early); export it again when it has.",
+            file=sys.stderr,
+        )
     return 0
 
 

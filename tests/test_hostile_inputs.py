@@ -228,3 +228,76 @@ def test_a_clip_file_that_is_not_clip_is_one_sentence(tiny_clip_root, tmp_path):
             load_clip(str(tmp_path / name))
         assert str(tmp_path / name) in str(e.value) and words in str(e.value), name
         assert "\n" not in str(e.value), name
+
+
+# ---------------------------------------------------------------- scripts/export_student.py
+@pytest.fixture(scope="module")
+def kd_run(digits_root, tiny_clip_root, tmp_path_factory):
+    """A 2-epoch PromptKD run (zero-shot teacher) with both epochs' checkpoints."""
+    from test_promptkd import student_argv
+
+    out = tmp_path_factory.mktemp("kd") / "run"
+    extra = ("TRAINER.PROMPTKD.TEACHER_TRAINER", "ZeroshotCLIP", "TEST.NO_TEST", "True",
+             "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1", "USE_CUDA", "False")  # fmt: skip
+    assert train.main(student_argv(digits_root, tiny_clip_root, out, "", *extra)) == 0
+    return out
+
+
+def _export(capsys, *argv) -> tuple[int, list[str], list[str]]:
+    from test_promptkd import load_script
+
+    rc = load_script("export_student").main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return rc, out.splitlines(), [line for line in err.splitlines() if line[:2] != "20"]
+
+
+def test_export_of_a_folder_that_is_not_a_finished_promptkd_run(kd_run, tmp_path, capsys):
+    """Missing folder, no config.yaml, a CoOp run, no checkpoint yet, a missing epoch: one
+    sentence each, before any model is built."""
+    coop = tmp_path / "coop"
+    coop.mkdir()
+    config = (kd_run / "config.yaml").read_text()
+    (coop / "config.yaml").write_text(config.replace("  NAME: PromptKD", "  NAME: CoOp"))
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.yaml").write_text(config)
+    cases = [
+        ((tmp_path / "nope",), "does not exist, so it is not a run folder"),
+        ((tmp_path,), "holds no config.yaml, so it is not a run folder"),
+        ((coop,), "is a CoOp run, not a PromptKD one; only a PromptKD student"),
+        ((started,), "holds no student checkpoint (no model-best.pth.tar or model.pth.tar-<N>"),
+        ((kd_run, "--load-epoch", "7"), "has no epoch 7 checkpoint (" + str(kd_run)),
+    ]
+    for argv, words in cases:
+        rc, out, err = _export(capsys, *argv)
+        assert rc == 1 and out == [] and len(err) == 1, argv
+        assert err[0].startswith(f"Error: {argv[0]} ") and words in err[0], (argv, err)
+
+
+def test_export_of_an_unfinished_run_says_which_epoch(kd_run, tmp_path, capsys):
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "VLPromptLearner").mkdir(parents=True)
+    (unfinished / "config.yaml").write_text((kd_run / "config.yaml").read_text())
+    first = kd_run / "VLPromptLearner" / "model.pth.tar-1"
+    (unfinished / "VLPromptLearner" / "model.pth.tar-1").write_bytes(first.read_bytes())
+    rc, out, err = _export(capsys, unfinished, "-o", tmp_path)  # -o a folder: <it>/student.pt
+    assert rc == 0 and os.path.isfile(tmp_path / "student.pt")
+    assert out[-1].startswith(f"Wrote {tmp_path / 'student.pt'} (10 classes) from {unfinished}")
+    assert err[-1] == (
+        "Note: that is epoch 1 of OPTIM.MAX_EPOCH 2: the run has not finished (or stopped "
+        "early); export it again when it has."
+    )
+    rc, out, err = _export(capsys, kd_run, "-o", tmp_path / "done.pt")
+    assert rc == 0 and not [line for line in err if line.startswith("Note:")]
+
+
+def test_export_to_a_path_that_cannot_be_written(kd_run, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    rc, out, err = _export(capsys, kd_run, "-o", a_file / "student.pt")
+    assert rc == 1 and out == []
+    assert (
+        err[-1]
+        == f"Error: Cannot write {a_file / 'student.pt'} (Not a directory); choose another -o."
+    )  # noqa: E501
