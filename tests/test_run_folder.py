@@ -314,3 +314,33 @@ def test_train_prints_environment_errors_and_raises_bugs(tiny, monkeypatch, caps
     with pytest.raises(TypeError, match="a programming error"):
         train.main(tiny_argv(root, out + "_2"))
     assert not os.path.exists(os.path.join(out + "_2", INFO_FILE))  # the lock was released
+
+
+def test_a_refusal_stops_every_torchrun_rank(tiny, monkeypatch, capfd):  # noqa: F811
+    """Only rank 0 takes the lock; rank 1 gets its decision and stops with the same sentence
+    at once, instead of going on until a collective finds rank 0 gone (NCCL: DIST.TIMEOUT)."""
+    import multiprocessing as mp
+
+    from test_ddp import _free_port, _spawned, _torchrun_env
+
+    root, out = tiny
+    argv = tiny_argv(root, out, "DIST.TIMEOUT", "120")
+    holder = _hold_lock(out)
+    port = _free_port()
+    child = mp.get_context("spawn").Process(target=_spawned, args=(1, 2, port, argv, ""))
+    child.start()
+    try:
+        with monkeypatch.context() as m:
+            for k, v in _torchrun_env(0, 2, port).items():
+                m.setenv(k, v)
+            assert train.main(argv) == 1
+        child.join(timeout=60)  # well before DIST.TIMEOUT
+        assert child.exitcode == 1
+    finally:
+        holder.kill()
+        holder.wait()
+        if child.is_alive():
+            child.kill()
+    err = capfd.readouterr().err  # both processes' (the child writes to the same fd)
+    assert err.count(f"{out} is in use by another run: process {holder.pid}") == 2, err
+    assert "lost the others" not in err and "Traceback" not in err
