@@ -301,3 +301,25 @@ def test_export_to_a_path_that_cannot_be_written(kd_run, tmp_path, capsys):
         err[-1]
         == f"Error: Cannot write {a_file / 'student.pt'} (Not a directory); choose another -o."
     )  # noqa: E501
+
+
+# ---------------------------------------------------------------- evaluation
+def test_nan_logits_at_evaluation_are_refused_not_scored(tiny, monkeypatch, capsys):  # noqa: F811
+    """fp16 overflow or NaN weights at test time: argmax of NaN is class 0, so without the
+    check a results.json with a meaningless accuracy is written and the run exits 0."""
+    root, out = tiny
+    real = TinyEngineTrainer.model_inference
+
+    def half_nan(self, image):
+        logits = real(self, image)
+        logits[::2] = float("nan")  # batches of 5, 5, 2: 3 + 3 + 1 images
+        return logits
+
+    monkeypatch.setattr(TinyEngineTrainer, "model_inference", half_nan)
+    assert train.main(tiny_argv(root, out)) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(
+        "Error: The model's outputs are NaN or infinite for 7 of 12 images of the test split, e.g. "
+    )
+    assert "evaluate in fp32" in err[0]
+    assert not os.path.exists(os.path.join(out, "results.json"))

@@ -45,6 +45,8 @@ class Classification:
         self._impaths: list[str] = []
         self._indices: list[int] = []
         self._logits: list[torch.Tensor] = []
+        self._non_finite = 0  # images whose logits hold NaN or inf
+        self._first_non_finite: str | None = None
 
     def process(
         self,
@@ -55,6 +57,11 @@ class Classification:
     ) -> None:
         """Add one batch: ``logits`` (B, C), ``labels`` (B,); ``indices`` = dataset order."""
         pred = logits.max(1)[1]
+        bad = ~torch.isfinite(logits.detach()).all(dim=1)
+        if bad.any():  # argmax of NaN is an arbitrary class: an accuracy from it is meaningless
+            self._non_finite += int(bad.sum())
+            if self._first_non_finite is None and impaths is not None:
+                self._first_non_finite = str(impaths[int(bad.nonzero()[0])])
         self._y_true.extend(int(v) for v in labels.detach().cpu().tolist())
         self._y_pred.extend(int(v) for v in pred.detach().cpu().tolist())
         if impaths is not None:
@@ -78,8 +85,11 @@ class Classification:
         if not is_distributed():
             return
         logits = torch.cat(self._logits) if self._logits else None
-        mine = (self._y_true, self._y_pred, self._impaths, self._indices, logits)
+        bad = (self._non_finite, self._first_non_finite)
+        mine = (self._y_true, self._y_pred, self._impaths, self._indices, logits, bad)
         parts: list[Any] = all_gather_object(mine)
+        self._non_finite = sum(p[5][0] for p in parts)  # every rank raises alike in evaluate
+        self._first_non_finite = next((p[5][1] for p in parts if p[5][1]), None)
         y_true = [v for p in parts for v in p[0]]
         y_pred = [v for p in parts for v in p[1]]
         impaths = [v for p in parts for v in p[2]]
@@ -110,6 +120,14 @@ class Classification:
             raise UserError(
                 "The evaluator received no images: the evaluated split is empty; "
                 "check the dataset's split file and DATASET.SUBSAMPLE_CLASSES."
+            )
+        if self._non_finite:
+            first = f", e.g. {self._first_non_finite}" if self._first_non_finite else ""
+            raise UserError(
+                f"The model's outputs are NaN or infinite for {self._non_finite} of {total} "
+                f"images of the {split or 'evaluated'} split{first}, so their predictions (and "
+                "the accuracy) would be meaningless; evaluate in fp32 (the trainer's PREC key, "
+                "e.g. TRAINER.PROMPTKD.PREC fp32) or check the checkpoint for NaN weights."
             )
         y_true, y_pred = np.asarray(self._y_true), np.asarray(self._y_pred)
         correct = int((y_true == y_pred).sum())
