@@ -42,6 +42,18 @@ def _load_predict():
 predict = _load_predict()
 
 
+@pytest.fixture(autouse=True)
+def no_train_log_handlers():
+    """predict.py sets up no logging; drop the console handlers an earlier train.main in
+    this process left on the root logger (they write to a closed captured stream)."""
+    import logging
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_dassl_ext", False)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
 @pytest.fixture(scope="module")
 def student(tmp_path_factory) -> str:
     """A 3-class export of an untrained tiny student (32 px)."""
