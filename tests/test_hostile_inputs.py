@@ -323,3 +323,21 @@ def test_nan_logits_at_evaluation_are_refused_not_scored(tiny, monkeypatch, caps
     )
     assert "evaluate in fp32" in err[0]
     assert not os.path.exists(os.path.join(out, "results.json"))
+
+
+def test_a_teacher_checkpoint_of_another_structure_is_one_sentence(
+    digits_root, tiny_clip_root, tmp_path
+):
+    from test_promptkd import student_argv
+
+    from dassl_ext.config import setup_cfg
+    from dassl_ext.engine import TRAINER_REGISTRY
+
+    cfg = setup_cfg(train.parse_args(student_argv(digits_root, tiny_clip_root, tmp_path, "")))
+    path = tmp_path / "teacher.pth.tar"
+    torch.save({"epoch": 20, "model": {}}, path)
+    with pytest.raises(UserError, match="it holds a dict without 'state_dict'") as e:
+        TRAINER_REGISTRY.get("PromptSRC").build_frozen_model(
+            cfg, ["zero", "one"], "tiny-teacher", str(path)
+        )
+    assert str(e.value).startswith(f"Checkpoint {path} is not a model checkpoint: ")
