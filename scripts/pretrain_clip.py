@@ -303,6 +303,9 @@ def environment() -> dict:
     return {
         "torch": torch.__version__,
         "cpu": cpu_model(),
+        # The vector instruction set torch's CPU kernels were dispatched to (e.g. AVX2,
+        # AVX512): CPUs sold under one model name differ in it, and so do the results.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
     }

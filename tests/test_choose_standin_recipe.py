@@ -55,3 +55,4 @@ def test_pretrain_manifest_records_torch_cpu_and_threads(digits_root, tmp_path):
     assert env["torch"] == torch.__version__
     assert env["threads"] == 1
     assert env["cpu"] == pretrain_clip.cpu_model() != "unknown"
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
