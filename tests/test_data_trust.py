@@ -14,7 +14,7 @@ from dataset_fixtures import WRITERS, make_cfg, write_image
 from PIL import Image
 
 import datasets  # noqa: F401  (registers the readers)
-from dassl_ext.config import validate_config
+from dassl_ext.config import apply_config_extensions, validate_config
 from dassl_ext.data import DATASET_REGISTRY, read_image
 from dassl_ext.data.images import check_images
 from dassl_ext.data.tensor_transforms import read_image_tensor
@@ -154,6 +154,7 @@ def test_empty_val_under_best_val_and_base_split_without_base_new(tmp_path):
     with pytest.raises(UserError, match="no validation split to select a checkpoint on"):
         dtd(tmp_path, *opts)
     cfg = make_cfg(tmp_path, "DescribableTextures", "TEST.SPLIT", "new")
+    apply_config_extensions(cfg)  # the trainers' sections, which their registered rules read
     with pytest.raises(UserError, match="TEST.SPLIT is 'new', which only DATASET.EVAL_SPLITS"):
         validate_config(cfg)
 
