@@ -85,7 +85,9 @@ class ModelSelection(HookBase):
 
 class MetricsWriter(HookBase):
     """``<output>/metrics.jsonl``: epoch, LR, mean losses and val accuracy, one row per epoch
-    (rank 0). A resumed run first drops the rows of the epochs it trains again."""
+    (rank 0). Before training, the file keeps only the rows of the epochs already trained
+    (none for a new run: rows an earlier run in the folder left would mix two runs' curves),
+    and damaged rows (a line cut short, not an epoch record) are dropped with a warning."""
 
     def path(self) -> str:
         return os.path.join(self.trainer.output_dir, "metrics.jsonl")
@@ -93,14 +95,28 @@ class MetricsWriter(HookBase):
     def _rows(self) -> list[str]:
         if not os.path.exists(self.path()):
             return []
-        with open(self.path()) as f:
+        with open(self.path(), encoding="utf-8", errors="replace") as f:
             return [r if r.endswith("\n") else r + "\n" for r in f if r.strip()]
 
     def before_train(self) -> None:
+        if not (is_main_process() and os.path.exists(self.path())):
+            return
         start = self.trainer.start_epoch
-        if start > 0 and is_main_process() and os.path.exists(self.path()):
-            rows = [r for r in self._rows() if json.loads(r)["epoch"] <= start]
-            write_text_atomic(self.path(), "".join(rows))
+        rows = self._rows()
+        epochs = [_row_epoch(r) for r in rows]
+        kept = [r for r, e in zip(rows, epochs) if e is not None and e <= start]
+        damaged = sum(e is None for e in epochs)
+        if damaged:
+            logger.warning(
+                f"Dropped {damaged} damaged row(s) of {self.path()} (a line cut short, or not "
+                "an epoch record)."
+            )
+        if start == 0 and len(kept) < len(rows) - damaged:
+            logger.warning(
+                f"Dropped the rows an earlier run left in {self.path()} (no "
+                "checkpoint of it is resumed, so its curve is not this run's)."
+            )
+        write_text_atomic(self.path(), "".join(kept))
 
     def after_epoch(self) -> None:
         if not is_main_process():
@@ -114,6 +130,15 @@ class MetricsWriter(HookBase):
             "val_accuracy": getattr(trainer, "epoch_val_accuracy", None),
         }
         write_text_atomic(self.path(), "".join(self._rows()) + json.dumps(row) + "\n")
+
+
+def _row_epoch(row: str) -> int | None:
+    """The epoch of one ``metrics.jsonl`` row; None for a damaged row."""
+    try:
+        epoch = json.loads(row).get("epoch")
+    except (ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 class PeriodicCheckpointer(HookBase):

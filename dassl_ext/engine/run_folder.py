@@ -134,7 +134,21 @@ def _check_folder(cfg: Any, args: Any, out: str) -> tuple[str | None, list[str]]
     """The refusals that depend on what ``out`` (and the ``--resume`` folder) hold;
     returns (the skip line or None, notes)."""
     notes: list[str] = []
-    if os.path.isfile(os.path.join(out, "results.json")):
+    results = os.path.join(out, "results.json")
+    if os.path.lexists(results):
+        damage = _results_damage(results)
+        if damage and getattr(args, "skip_finished", False):
+            # a damaged record cannot show that the run finished: never "Done, skipped"
+            again = (
+                f"delete it and run again with --resume {out} (the run is evaluated again)"
+                if resumable_models(out)
+                else f"delete {out} to run again there"
+            )
+            raise UserError(
+                f"{results} {damage}, so it cannot show that the run in {out} finished; "
+                f"{again}, or choose another --output-dir."
+            )
+    if os.path.isfile(results):
         diffs = _differences_from_run(out, cfg, notes)
         if diffs:
             raise UserError(
@@ -152,6 +166,14 @@ def _check_folder(cfg: Any, args: Any, out: str) -> tuple[str | None, list[str]]
             raise UserError(
                 f"{out} already holds checkpoints of {held[0]}; pass --resume {out} to "
                 "continue, or choose another --output-dir."
+            )
+        held = loadable_models(out) if os.path.isfile(results) else []
+        if held:  # a finished run kept only its best model: training again would replace it
+            raise UserError(
+                f"{out} already holds a finished run (results.json) and its model "
+                f"{held[0]}/model-best.pth.tar, without epoch checkpoints to resume from; "
+                f"evaluate it with --eval-only --model-dir {out}, or choose another "
+                "--output-dir (or delete the folder to train again there)."
             )
         return None, notes
     run = cfg.RESUME
@@ -186,6 +208,8 @@ def _differences_from_run(run: str, cfg: Any, notes: list[str]) -> list[tuple[st
     try:
         old = read_results(os.path.join(run, "results.json"))
     except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict):
         notes.append(f"{run} has no config.yaml; its configuration could not be compared.")
         return []
     diffs = []
@@ -194,6 +218,22 @@ def _differences_from_run(run: str, cfg: Any, notes: list[str]) -> list[tuple[st
     if "seed" in old and old["seed"] != cfg.SEED:
         diffs.append(("SEED", old["seed"], cfg.SEED))
     return diffs
+
+
+def _results_damage(path: str) -> str | None:
+    """Why the ``results.json`` at ``path`` is not a run's record (a phrase), or None."""
+    from dassl_ext.evaluation import read_results
+
+    if not os.path.isfile(path):
+        return "is not a file"
+    try:
+        record = read_results(path)
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError included
+        return f"is truncated or not JSON ({type(e).__name__})"
+    splits = record.get("splits") if isinstance(record, dict) else None
+    if not (isinstance(splits, dict) and splits):
+        return "holds no results (no splits)"
+    return None
 
 
 def _hint(diffs: list[tuple[str, Any, Any]], cfg: Any) -> str:
