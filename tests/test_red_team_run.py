@@ -108,3 +108,17 @@ def test_a_new_run_drops_metrics_rows_an_earlier_run_left(tiny):  # noqa: F811
     os.remove(os.path.join(out, "results.json"))  # as a run killed before its checkpoint
     assert train.main(tiny_argv(root, out)) == 0
     assert [row["epoch"] for row in _metrics(out)] == [1, 2]  # was [1, 2, 1, 2]
+
+
+def test_a_config_yaml_cut_short_is_named_as_such(finished, capsys):
+    root, out = finished
+    path = os.path.join(out, "config.yaml")
+    with open(path) as f:
+        lines = f.read().splitlines(True)
+    with open(path, "w") as f:
+        f.write("".join(lines[: len(lines) // 2]))  # cut at a line: still valid yaml
+    capsys.readouterr()
+    argv = tiny_argv(root, out, *CKPT_EVERY_EPOCH, flags=("--skip-finished",))
+    assert train.main(argv) == 1
+    # was only a list of "(absent) -> value", as if another experiment had run there
+    _refused(capsys, "already holds the results of another configuration", "config.yaml cut short")

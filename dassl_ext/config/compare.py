@@ -41,6 +41,8 @@ RESULT_NEUTRAL_KEYS = (
 )
 
 ABSENT = "(absent)"
+# From this many keys missing in a saved config, say that the record itself may be damaged
+MANY_ABSENT = 5
 
 
 def flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -82,7 +84,14 @@ def format_differences(diffs: list[tuple[str, Any, Any]], most: int = 8) -> str:
         return repr(v) if isinstance(v, str) and v != ABSENT else str(v)
 
     shown = "; ".join(f"{k}: {show(a)} -> {show(b)}" for k, a, b in diffs[:most])
-    return shown + (f"; and {len(diffs) - most} more" if len(diffs) > most else "")
+    shown += f"; and {len(diffs) - most} more" if len(diffs) > most else ""
+    lacking = sum(a == ABSENT for _, a, _ in diffs)
+    if lacking >= MANY_ABSENT:  # not another experiment, but a record that lost its tail
+        shown += (
+            f" (the saved config lacks {lacking} keys: a config.yaml cut short or damaged, "
+            "or one written by an older version of this code)"
+        )
+    return shown
 
 
 def read_saved_config(path: str) -> dict | None:
