@@ -3,19 +3,21 @@
 import os
 
 from dassl_ext.data import DATASET_REGISTRY, DatasetBase, Datum
-from dassl_ext.data.splits import listdir_sorted
+from dassl_ext.data.splits import listdir_sorted, read_lines, unique_keys
 from dassl_ext.errors import UserError
 
 
 def read_classnames(path: str) -> dict[str, str]:
-    """`classnames.txt` lines "n01440764 tench" -> {wnid: name}, in file order."""
-    names = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                wnid, name = line.strip().split(" ", 1)
-                names[wnid] = name
-    return names
+    """`classnames.txt` lines "n01440764 tench" -> {wnid: name}, in file order (spaces or a
+    tab after the wnid; a wnid listed twice, or a line without a name, is a UserError)."""
+    rows = read_lines(path, _classname_row, "'<wnid> <class name>', e.g. 'n01440764 tench'")
+    unique_keys(path, [wnid for wnid, _ in rows], "the wnid")
+    return dict(rows)
+
+
+def _classname_row(line: str) -> tuple[str, str]:
+    wnid, name = line.split(maxsplit=1)
+    return wnid, name.strip()
 
 
 def read_class_folders(

@@ -3,6 +3,7 @@
 import os
 
 from dassl_ext.data import DATASET_REGISTRY, DatasetBase, Datum
+from dassl_ext.data.splits import read_lines
 
 
 @DATASET_REGISTRY.register()
@@ -21,13 +22,13 @@ class OxfordPets(DatasetBase):
         # Lines: "<image name> <class id> <species> <breed id>"; the breed is the file name
         # without its trailing "_<number>".
         path = self.require(os.path.join(self.dataset_dir, "annotations", name))
-        items = []
-        with open(path) as f:
-            for line in f:
-                if not line.strip() or line.startswith("#"):
-                    continue
-                imname, label = line.split()[:2]
-                breed = imname.rsplit("_", 1)[0].lower()
-                impath = os.path.join(self.image_dir, imname + ".jpg")
-                items.append(Datum(impath, int(label) - 1, 0, breed))
-        return items
+        return read_lines(
+            path, self._parse, "'<image name> <class id from 1> <species> <breed id>'"
+        )
+
+    def _parse(self, line: str) -> Datum:
+        imname, label = line.split()[:2]
+        if int(label) < 1:
+            raise ValueError(label)  # class ids count from 1
+        breed = imname.rsplit("_", 1)[0].lower()
+        return Datum(os.path.join(self.image_dir, imname + ".jpg"), int(label) - 1, 0, breed)

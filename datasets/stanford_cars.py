@@ -3,6 +3,8 @@
 import os
 
 from dassl_ext.data import DATASET_REGISTRY, DatasetBase, Datum
+from dassl_ext.data.splits import read_mat
+from dassl_ext.errors import UserError
 
 
 @DATASET_REGISTRY.register()
@@ -21,15 +23,25 @@ class StanfordCars(DatasetBase):
         return train, val, self._read_annotations("cars_test", test_annos, meta)
 
     def _read_annotations(self, image_dir: str, anno_file: str, meta_file: str) -> list[Datum]:
-        from scipy.io import loadmat  # scipy comes with scikit-learn
-
-        annos = loadmat(self.require(anno_file))["annotations"][0]
-        names = loadmat(self.require(meta_file))["class_names"][0]
+        annos = read_mat(self.require(anno_file), "annotations")
+        names = read_mat(self.require(meta_file), "class_names")
         items = []
-        for anno in annos:
-            label = int(anno["class"][0, 0]) - 1
-            *model, year = str(names[label][0]).split(" ")
-            cname = " ".join([year, *model])  # "Tesla Model S 2012" -> "2012 Tesla Model S"
-            impath = os.path.join(self.dataset_dir, image_dir, str(anno["fname"][0]))
-            items.append(Datum(impath, label, 0, cname))
+        try:
+            names = [str(name[0]) for name in names[0]]
+            for anno in annos[0]:
+                label = int(anno["class"][0, 0]) - 1
+                fname = str(anno["fname"][0])
+                if not 0 <= label < len(names):
+                    raise IndexError(label)
+                *model, year = names[label].split(" ")
+                cname = " ".join([year, *model])  # "Tesla Model S 2012" -> "2012 Tesla Model S"
+                items.append(
+                    Datum(os.path.join(self.dataset_dir, image_dir, fname), label, 0, cname)
+                )
+        except (ValueError, IndexError, KeyError, TypeError) as e:
+            raise UserError(
+                f"{self.name}: {anno_file} (with {meta_file}) is not in the layout of the Stanford "
+                f"Cars devkit ({type(e).__name__}: {e}; annotation {len(items) + 1}); download "
+                "the dataset's own files again."
+            ) from None
         return items

@@ -4,6 +4,7 @@ import os
 import re
 
 from dassl_ext.data import DATASET_REGISTRY, DatasetBase, Datum
+from dassl_ext.data.splits import read_lines, unique_keys
 
 
 @DATASET_REGISTRY.register()
@@ -14,26 +15,27 @@ class UCF101(DatasetBase):
     download_name = "ucf101"
 
     def read_raw(self):
-        cname2lab = {}
-        with open(
-            self.require(os.path.join(self.dataset_dir, "ucfTrainTestlist", "classInd.txt"))
-        ) as f:
-            for line in f:
-                if line.strip():
-                    label, action = line.split()
-                    cname2lab[action] = int(label) - 1
-        trainval = self._read_list(cname2lab, "trainlist01.txt")
+        path = self.require(os.path.join(self.dataset_dir, "ucfTrainTestlist", "classInd.txt"))
+        rows = read_lines(path, _class_row, "'<class id from 1> <action>'")
+        unique_keys(path, [action for _, action in rows], "the action")
+        cname2lab = {action: label for label, action in rows}
+        trainval = self._read_list(cname2lab, "trainlist01.txt", path)
         train, val = self.split_trainval(trainval)
-        return train, val, self._read_list(cname2lab, "testlist01.txt")
+        return train, val, self._read_list(cname2lab, "testlist01.txt", path)
 
-    def _read_list(self, cname2lab: dict[str, int], name: str) -> list[Datum]:
-        items = []
-        with open(self.require(os.path.join(self.dataset_dir, "ucfTrainTestlist", name))) as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                action, filename = line.split()[0].split("/")  # "ApplyEyeMakeup/v_x.avi [label]"
-                cname = "_".join(re.findall("[A-Z][^A-Z]*", action))  # "Apply_Eye_Makeup"
-                impath = os.path.join(self.image_dir, cname, filename.replace(".avi", ".jpg"))
-                items.append(Datum(impath, cname2lab[action], 0, cname))
-        return items
+    def _read_list(self, cname2lab: dict[str, int], name: str, class_file: str) -> list[Datum]:
+        def parse(line: str) -> Datum:
+            action, filename = line.split()[0].split("/")  # "ApplyEyeMakeup/v_x.avi [label]"
+            cname = "_".join(re.findall("[A-Z][^A-Z]*", action))  # "Apply_Eye_Makeup"
+            impath = os.path.join(self.image_dir, cname, filename.replace(".avi", ".jpg"))
+            return Datum(impath, cname2lab[action], 0, cname)
+
+        path = self.require(os.path.join(self.dataset_dir, "ucfTrainTestlist", name))
+        return read_lines(path, parse, "'<Action>/<video>.avi [class id]'", class_file)
+
+
+def _class_row(line: str) -> tuple[int, str]:
+    label, action = line.split()
+    if int(label) < 1:
+        raise ValueError(label)
+    return int(label) - 1, action

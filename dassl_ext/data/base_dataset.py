@@ -337,12 +337,15 @@ class DatasetBase:
                 f"{self.name}: no training images were found in {source}; {self.fix_hint()}."
             )
         labels = {d.label for d in train}
-        missing = sorted(set(range(max(labels) + 1)) - labels)
-        if missing or min(labels) < 0:
-            bad = missing[0] if missing else min(labels)
+        # The first gap, without building range(max + 1): a label of 10**9 is a typo, not
+        # a billion classes.
+        ordered = sorted(labels)
+        missing = next((i for i, y in enumerate(ordered) if y != i), None)
+        if missing is not None or min(labels) < 0:
+            bad = min(labels) if min(labels) < 0 else missing
             raise UserError(
                 f"{self.name}: class label {bad} has no training images in {source}; "
-                f"labels must run 0..{max(labels)} with images in every class."
+                f"labels must run 0..{_number(max(labels))} with images in every class."
             )
         for name, items in (("val", val), ("test", test)):
             extra = sorted({d.label for d in items} - labels)
@@ -360,6 +363,7 @@ class DatasetBase:
                         f"split of {source} but '{d.classname}' in its {name} split "
                         f"({d.impath}); fix or regenerate the split file."
                     )
+        self._warn_duplicates(source, names, train, val, test)
         if self.has_val_split:  # test-only datasets train on their test images on purpose
             leaked = {d.impath for d in train} & {d.impath for d in test}
             if leaked:
@@ -371,6 +375,44 @@ class DatasetBase:
                     source,
                     min(leaked),
                 )
+
+    def _warn_duplicates(self, source: str, names: dict[int, str], *splits: list[Datum]) -> None:
+        """Warn about an image listed twice in one split (it counts twice in training and in
+        the accuracy) and about classes whose names CLIP cannot tell apart (its tokenizer
+        lowercases: 'Cat' and 'cat' get the same text features; ImageNet's own list has
+        two 'crane's)."""
+        for name, items in zip(("train", "val", "test"), splits):
+            counts = Counter(d.impath for d in items)
+            twice = sorted(p for p, n in counts.items() if n > 1)
+            if twice:
+                logger.warning(
+                    "%s: %d image(s) are listed more than once in the %s split of %s (e.g. %s); "
+                    "each copy counts (in training and in the accuracy).",
+                    self.name,
+                    len(twice),
+                    name,
+                    source,
+                    twice[0],
+                )
+        by_text: dict[str, list[int]] = {}
+        for label in sorted(names):
+            by_text.setdefault(" ".join(names[label].lower().split()), []).append(label)
+        same = [labels for labels in by_text.values() if len(labels) > 1]
+        if same:
+            listed = "; ".join(
+                " and ".join(f"{y} '{names[y]}'" for y in labels) for labels in same[:3]
+            )
+            more = f" (and {len(same) - 3} more)" if len(same) > 3 else ""
+            logger.warning(
+                "%s: %d group(s) of classes in %s have names CLIP cannot tell apart (its "
+                "tokenizer ignores case): labels %s%s; their text prompts are the same, so "
+                "text-based classifiers confuse them: rename one of each.",
+                self.name,
+                len(same),
+                source,
+                listed,
+                more,
+            )
 
     def _check_inside(self, items: list[Datum]) -> None:
         # Text check, as for split-file rows (splits.read_split): symlinks may point out.
@@ -429,6 +471,11 @@ class DatasetBase:
             "replace or re-download them, or remove them from the split file "
             "(DATASET.CHECK_IMAGES off skips this check)."
         )
+
+
+def _number(n: int) -> str:
+    text = str(n)
+    return text if len(text) <= 12 else f"{text[:6]}... ({len(text)} digits)"
 
 
 def _choice(value: str, allowed: tuple[str, ...], key: str) -> str:

@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from dassl_ext.data.base_dataset import DatasetBase
-from dassl_ext.data.images import read_image
+from dassl_ext.data.images import read_image, too_large
 from dassl_ext.data.samplers import GlobalBatchSampler, RankStridedSampler
 from dassl_ext.data.splits import Datum
 from dassl_ext.data.tensor_transforms import read_image_tensor
@@ -64,8 +64,12 @@ class DatasetWrapper(Dataset):
 
     def __getitem__(self, idx: int) -> dict:
         item = self.data[idx]
+        try:
+            img = self.reader(item.impath)
+        except Image.DecompressionBombError as e:  # not an OSError: it escaped as a traceback
+            raise too_large(item.impath, e) from None
         return {
-            "img": self.transform(self.reader(item.impath)),
+            "img": self.transform(img),
             "label": item.label,
             "impath": item.impath,
             "index": idx,

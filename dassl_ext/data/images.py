@@ -67,10 +67,37 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def too_large(path: str, why: object) -> UserError:
+    """The error for an image over PIL's decompression-bomb limit (``why``: PIL's reason);
+    decoding it would take gigabytes, so neither backend does."""
+    return UserError(
+        f"Image {path} is too large to decode ({str(why).rstrip('.')}); shrink it, or "
+        "remove it from the split file."
+    )
+
+
+def check_pixels(path: str) -> None:
+    """Raise :func:`too_large` when the header of ``path`` is over PIL's limit of
+    2 x ``Image.MAX_IMAGE_PIXELS`` (what :func:`read_image` refuses); other faults are
+    left to the decoder, which names them."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.open(path).close()
+    except Image.DecompressionBombError as e:
+        raise too_large(path, e) from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        pass
+
+
 def read_image(path: str) -> Image.Image:
     """Open an image as 8-bit RGB with its full range (:func:`to_rgb`); a missing or
     unreadable file is a UserError naming it (the dataset checks that its images exist
-    when it is built, so a missing one went away)."""
+    when it is built, so a missing one went away). An image over PIL's decompression-bomb
+    limit raises PIL's ``DecompressionBombError`` (``DatasetWrapper`` and
+    ``scripts/predict.py`` turn it into a sentence). Of a multi-frame file (animated GIF or
+    WebP, TIFF pages) the first frame is read; EXIF orientation is not applied (as in Dassl,
+    CLIP and torchvision's decoder: the pixels as stored)."""
     try:
         with Image.open(path) as img:
             return to_rgb(img)
@@ -92,6 +119,8 @@ def header_problem(path: str) -> str | None:
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
                 width, height = img.size
+    except Image.DecompressionBombError as e:  # not an OSError: PIL refuses to decode it
+        return f"is too large to decode ({str(e).rstrip('.')})"
     except FileNotFoundError:
         return "does not exist"
     except IsADirectoryError:

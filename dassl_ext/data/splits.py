@@ -13,8 +13,9 @@ import math
 import os
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from dassl_ext.errors import UserError
 from dassl_ext.utils.atomic import write_json_atomic
@@ -23,6 +24,8 @@ from dassl_ext.utils.atomic import write_json_atomic
 # and shared by all runs, so it must not depend on the seed of whichever run came
 # first; 1 is the seed the official scripts start with.
 SPLIT_SEED = 1
+
+T = TypeVar("T")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -45,6 +48,74 @@ def listdir_sorted(path: str, images_only: bool = False) -> list[str]:
     return sorted(names)
 
 
+# ------------------------------------------------------------ raw annotation files
+
+
+def read_lines(
+    path: str, parse: Callable[[str], T], expected: str, classes_from: str = ""
+) -> list[T]:
+    """``parse(line)`` of every non-blank, non-``#`` line of the text file ``path`` (UTF-8;
+    a byte-order mark is ignored). A line ``parse`` cannot read (ValueError, IndexError) is
+    a UserError naming the file, the line number and ``expected``; a KeyError (a class
+    the class list lacks) names ``classes_from`` as well."""
+    out = []
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            try:
+                out.append(parse(text))
+            except KeyError as e:
+                raise UserError(
+                    f"{path} line {number} ({_short(text)}) uses class {e}, which "
+                    f"{classes_from or 'the class list'} does not define; fix the line, or use "
+                    "the dataset's own files."
+                ) from None
+            except (ValueError, IndexError):
+                raise UserError(
+                    f"{path} line {number} is {_short(text)}; expected {expected} (fix the line, "
+                    "or use the dataset's own files)."
+                ) from None
+    return out
+
+
+def unique_keys(path: str, keys: list[str], what: str) -> dict[str, int]:
+    """``{key: position}`` of a class list read from ``path``; a key listed twice is a
+    UserError (a dict would keep one of them silently and shift every later label)."""
+    index: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in index:
+            raise UserError(
+                f"{path} lists {what} '{key}' twice (entries {index[key] + 1} and {i + 1}); "
+                "each class must appear once: use the dataset's own file."
+            )
+        index[key] = i
+    return index
+
+
+def read_mat(path: str, key: str):
+    """``loadmat(path)[key]``; a file scipy cannot read (not a .mat, cut short, MATLAB
+    v7.3) or without ``key`` is a UserError naming it."""
+    from scipy.io import loadmat  # scipy comes with scikit-learn
+    from scipy.io.matlab import MatReadError
+
+    try:
+        mat = loadmat(path)
+    except (MatReadError, OSError, ValueError, TypeError, NotImplementedError) as e:
+        raise UserError(
+            f"{path} is not a MATLAB file scipy can read ({type(e).__name__}: {e}); download "
+            "it again (the dataset's own file)."
+        ) from None
+    if key not in mat:
+        found = ", ".join(k for k in mat if not k.startswith("__")) or "nothing"
+        raise UserError(
+            f"{path} holds no '{key}' (it holds {found}); it is not the dataset's own file: "
+            "download it again."
+        )
+    return mat[key]
+
+
 # ----------------------------------------------------------------- split-file IO
 
 
@@ -52,14 +123,53 @@ def read_json(path: str) -> dict:
     """Read a JSON object from a file; a malformed file is a UserError naming it."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is harmless
-            obj = json.load(f)
+            obj = json.load(f, object_pairs_hook=_no_duplicate_keys(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(
             f"{path} is not valid JSON ({e}); delete it so that it is rebuilt."
         ) from None
+    except RecursionError:  # e.g. [[[[...]]]] nested thousands deep
+        raise UserError(
+            f"{path} is not a split file: it is nested too deep to read; delete it so that it "
+            "is rebuilt."
+        ) from None
     if not isinstance(obj, dict):
         raise UserError(f"{path} is not a split file: expected a JSON object with split lists.")
     return obj
+
+
+def _no_duplicate_keys(path: str):
+    """A json ``object_pairs_hook`` refusing a key given twice in one object (json keeps the
+    last silently: a second "train" list would replace the first)."""
+
+    def hook(pairs: list[tuple[str, object]]) -> dict:
+        obj = dict(pairs)
+        if len(obj) < len(pairs):
+            seen: set[str] = set()
+            twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise UserError(
+                f"{path} gives the key '{twice}' twice in one object (JSON keeps only the "
+                "last); keep one of them."
+            )
+        return obj
+
+    return hook
+
+
+def _label(value: object) -> int:
+    """A split row's label: an int (or a whole number written as 3.0 or "3"); a bool, a
+    fraction or a non-finite number is a ValueError (int() would silently truncate)."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, float):
+        if not value.is_integer():  # also nan and inf
+            raise ValueError(value)
+        return int(value)
+    if isinstance(value, str):
+        return int(value.strip())
+    if isinstance(value, int):
+        return value
+    raise ValueError(value)
 
 
 def _encode(items: Iterable[Datum], prefix: str) -> list[list]:
@@ -73,13 +183,13 @@ def _decode(rows: list, prefix: str, path: str, name: str) -> list[Datum]:
     for i, row in enumerate(rows):
         try:
             rel, label, cname = row
-            label = int(label)
+            label = _label(label)
             if not isinstance(rel, str) or not isinstance(cname, str):
                 raise TypeError
         except (TypeError, ValueError):
             raise UserError(
-                f"{path} is not a split file: row {i} of '{name}' is {row!r}, expected "
-                "[relative_path, label, classname]."
+                f"{path} is not a split file: row {i} of '{name}' is {_short(row)}, expected "
+                "[relative_path, label, classname] with an integer label from 0."
             ) from None
         # Checked on the text, not the resolved path: a symlink inside the image folder
         # may point elsewhere (datasets are often linked in), a row may not.
@@ -89,8 +199,18 @@ def _decode(rows: list, prefix: str, path: str, name: str) -> list[Datum]:
                 f"folder {prefix}; split files may only name images inside it (fix the row or "
                 "regenerate the split file)."
             )
+        if label < 0:
+            raise UserError(
+                f"{path}: row {i} of '{name}' has label {label}; labels run from 0 (fix the row "
+                "or regenerate the split file)."
+            )
         items.append(Datum(os.path.join(prefix, rel), label, 0, cname))
     return items
+
+
+def _short(row: object) -> str:
+    text = repr(row)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def save_split(

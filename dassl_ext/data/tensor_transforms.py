@@ -16,7 +16,7 @@ import torch
 import torchvision.io as tvio
 from torchvision.transforms import InterpolationMode, v2
 
-from dassl_ext.data.images import read_image
+from dassl_ext.data.images import check_pixels, read_image
 from dassl_ext.errors import UserError
 
 TENSOR_TRANSFORMS = (
@@ -33,8 +33,11 @@ def read_image_tensor(path: str) -> torch.Tensor:
 
     16-bit PNGs, which torchvision decodes to uint16, become 8-bit by ``value >> 8``, as
     :func:`dassl_ext.data.images.read_image` does. Formats torchvision cannot decode (TIFF,
-    BMP, ...) are read by that PIL reader, so both backends read the same files alike.
+    BMP, ...) are read by that PIL reader, so both backends read the same files alike: the
+    first frame of an animated GIF / WebP (torchvision decodes every frame), and an image
+    over PIL's decompression-bomb limit is refused (torchvision would decode it).
     """
+    check_pixels(path)  # a header read (~0.1 ms; page-cached for the decoder)
     try:
         with warnings.catch_warnings():  # the deprecation notice, once per image otherwise
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -43,6 +46,8 @@ def read_image_tensor(path: str) -> torch.Tensor:
         return _pil_tensor(path)  # the PIL reader's sentence for a file that went away
     except (RuntimeError, OSError):
         return _pil_tensor(path)  # not a format torchvision decodes, or a broken file
+    if img.ndim == 4:  # (frames, 3, H, W): an animated GIF / WebP
+        img = img[0]
     if img.dtype == torch.uint16:
         img = (img.view(torch.int16).to(torch.int32) & 0xFFFF) >> 8
     return img.to(torch.uint8)
