@@ -224,3 +224,20 @@ def test_flowers_cat_to_name_json_must_map_ids_to_names(tmp_path, content):
     with pytest.raises(UserError, match="is not a JSON object of class names"):
         build(tmp_path, "OxfordFlowers")
     assert os.path.isfile(path)
+
+
+# ------------------------------------------------------------------ CLIP weights
+
+
+def test_clip_weights_that_are_a_folder_or_an_empty_name_are_one_sentence(tmp_path):
+    from dassl_ext.modeling.loading import load_clip
+
+    (tmp_path / "tiny-teacher.pt").mkdir()  # was: IsADirectoryError writing the tiny model
+    (tmp_path / "ViT-B-16.pt").mkdir()  # was: "not found in <that folder>"
+    for name in ("tiny-teacher", "ViT-B/16"):
+        with pytest.raises(UserError) as e:
+            load_clip(name, str(tmp_path), download=False)
+        path = tmp_path / ("tiny-teacher.pt" if name == "tiny-teacher" else "ViT-B-16.pt")
+        assert str(e.value).startswith(f"CLIP weights {path} is a folder, not a weights file;")
+    with pytest.raises(UserError, match=r"The CLIP model name is empty \(MODEL.BACKBONE.NAME"):
+        load_clip("", str(tmp_path), download=False)

@@ -64,10 +64,20 @@ def find_clip_file(name: str, root: str | None = None, download: bool = True) ->
     """
     if os.path.isfile(name):
         return name
+    if not name.strip():
+        raise UserError(
+            "The CLIP model name is empty (MODEL.BACKBONE.NAME ''); use an OpenAI name such as "
+            f"ViT-B/16 ({', '.join(clip.clip._MODELS)}), a tiny model or a weights file's path."
+        )
     filename = clip_filename(name)
     dirs = clip_search_dirs(root)
     for d in dirs:
         path = os.path.join(d, filename)
+        if os.path.isdir(path):  # else "not found" (or a failed write) while it is there
+            raise UserError(
+                f"CLIP weights {path} is a folder, not a weights file; move it away and put the "
+                "weights file there (or set MODEL.CLIP_ROOT to another folder)."
+            )
         if os.path.isfile(path):
             if name in TINY_SPECS and not tiny_file_matches(path, name):
                 logger.warning("%s does not match the tiny spec %r; rebuilding it", path, name)
