@@ -241,3 +241,28 @@ def test_clip_weights_that_are_a_folder_or_an_empty_name_are_one_sentence(tmp_pa
         assert str(e.value).startswith(f"CLIP weights {path} is a folder, not a weights file;")
     with pytest.raises(UserError, match=r"The CLIP model name is empty \(MODEL.BACKBONE.NAME"):
         load_clip("", str(tmp_path), download=False)
+
+
+@pytest.mark.parametrize("backend", ["tensor"])  # pil: the DatasetWrapper test above
+def test_a_bomb_found_at_evaluation_stops_train_py_with_one_line(
+    backend, digits_root, tiny_clip_root, tmp_path, monkeypatch, capsys
+):
+    """DATASET.CHECK_IMAGES off: the image is met by the loader, which says one sentence."""
+    import shutil
+
+    from test_trainer_all import ZS_CONFIG, argv
+
+    import train
+
+    shutil.copytree(digits_root / "digits", tmp_path / "data" / "digits")
+    split = json.loads((tmp_path / "data" / "digits" / "split_zhou_Digits.json").read_text())
+    bomb = tmp_path / "data" / "digits" / "images" / split["test"][-1][0]
+    Image.new("L", (100, 100)).save(bomb, format="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels: over 2 x 1000
+    opts = ("DATASET.CHECK_IMAGES", "off", "INPUT.BACKEND", backend, "DATALOADER.NUM_WORKERS", "0")
+    args = argv("ZeroshotCLIP", tmp_path / "out", tmp_path / "data", tiny_clip_root, *opts,
+                config=ZS_CONFIG, flags=("--eval-only",))  # fmt: skip
+    assert train.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: Image {bomb} is too large to decode (Image size (10000 pix")
+    assert "Traceback" not in err and not (tmp_path / "out" / "results.json").exists()
