@@ -22,6 +22,7 @@ with the winning recipe on the same copy.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -196,8 +197,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def pretrain_stage(work, data, base_env, teacher, rows, winner, args) -> list[str]:
-    """Student stand-ins pretrained for each of --pretrain-steps, scored by the winner."""
+    """Student stand-ins pretrained here for each of --pretrain-steps, scored by the winner,
+    beside the packaged digits-student (made elsewhere; from the winner's own runs)."""
     overrides = dict(CANDIDATES)[winner]
+    index = [name for name, _ in CANDIDATES].index(winner)
+    env = dict(base_env, OUTPUT=os.path.join(work, f"c{index}"), TEACHER_CKPT=teacher)
+    run_candidate(work, winner, overrides, args.pretrain_seeds, env)  # done above: skipped
+    packaged = student_scores(env["OUTPUT"], args.pretrain_seeds)
     stage = []
     for steps in args.pretrain_steps:
         weights = os.path.join(work, f"student_{steps}")
@@ -207,16 +213,23 @@ def pretrain_stage(work, data, base_env, teacher, rows, winner, args) -> list[st
             cmd += ["--out", weights, "--steps", str(steps), "--threads", "1", "--log-every", "0"]
             print(f"== pretraining the student for {steps} steps -> {pt}", flush=True)
             subprocess.run(cmd, cwd=REPO, env=base_env, check=True)
+        with open(pt, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:12]
         env = dict(base_env, OUTPUT=os.path.join(work, f"p{steps}"), TEACHER_CKPT=teacher)
         env["STUDENT_BACKBONE"] = pt
         run_candidate(work, f"{steps} steps", overrides, args.pretrain_seeds, env)
         scores = student_scores(env["OUTPUT"], args.pretrain_seeds)
-        stage.append((f"student pretrained {steps} steps", scores))
+        stage.append((f"pretrained here, {steps} steps (sha256 {digest}...)", scores))
+    best = max(stage, key=lambda r: mean_hm(r[1]))[0]
     return [
         "## Student stand-in pretraining length, scored with the winner",
         "",
-        table(stage, args.pretrain_seeds),
-        f"Best by the same rule: **{max(stage, key=lambda r: mean_hm(r[1]))[0]}**.",
+        "Each student stand-in pretrained here (scripts/pretrain_clip.py, one thread, the",
+        "copy's train split = the original train split), and the packaged digits-student (1500",
+        "steps, made earlier in an unrecorded environment; a re-run here gives another file).",
+        "",
+        table([("packaged digits-student (1500 steps)", packaged), *stage], args.pretrain_seeds),
+        f"Best of those pretrained here, by the same rule: **{best}**.",
         "",
     ]
 
