@@ -266,3 +266,19 @@ def test_a_bomb_found_at_evaluation_stops_train_py_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith(f"Error: Image {bomb} is too large to decode (Image size (10000 pix")
     assert "Traceback" not in err and not (tmp_path / "out" / "results.json").exists()
+
+
+def test_clip_weights_holding_nan_are_refused_when_loaded(tiny_clip_root, tmp_path):
+    import torch
+
+    from dassl_ext.modeling.loading import load_clip
+
+    sd = torch.load(os.path.join(tiny_clip_root, "tiny-student.pt"), weights_only=True)
+    sd["ln_final.weight"] = torch.full_like(sd["ln_final.weight"], float("nan"))
+    path = str(tmp_path / "nan.pt")
+    torch.save(sd, path)  # was: loaded; a NaN loss ("lower OPTIM.LR") or NaN logits later
+    with pytest.raises(UserError) as e:
+        load_clip(path)
+    assert str(e.value).startswith(
+        f"CLIP weights '{path}' hold NaN or infinite values (tensor 'ln_final.weight');"
+    )
