@@ -185,6 +185,29 @@ def test_replaced_teacher_gets_new_text_features(
     assert "Teacher text features from the cache" in build("again")  # same content: a hit
 
 
+def test_teacher_ckpt_names_a_run_folder_or_a_student(
+    student_run, digits_root, tiny_clip_root, teacher_dir, tmp_path, capsys
+):
+    """TEACHER_CKPT may name the teacher's run folder (its VLPromptLearner/ is used); a
+    student's run, model folder or checkpoint is refused as what it is, before training."""
+    argv = student_argv(digits_root, tiny_clip_root, tmp_path / "a", teacher_dir.parent,
+                        "OPTIM.MAX_EPOCH", "1")  # fmt: skip
+    assert train.main(argv) == 0
+    assert read_json(tmp_path / "a" / "results.json")["teacher"]["checkpoint"].startswith(
+        str(teacher_dir)
+    )
+    out, _ = student_run
+    for i, student in enumerate(
+        [out, out / "VLPromptLearner", out / "VLPromptLearner" / "model-best.pth.tar"]
+    ):
+        capsys.readouterr()
+        run = tmp_path / f"b{i}"
+        assert train.main(student_argv(digits_root, tiny_clip_root, run, student)) == 1
+        err = capsys.readouterr().err
+        assert f"TEACHER_CKPT {student} belongs to a PromptKD student run, not a teacher" in err
+        assert not (run / "results.json").exists() and not (run / "VLPromptLearner").exists()
+
+
 def test_eval_only_needs_no_teacher(
     student_run, digits_root, tiny_clip_root, tmp_path, monkeypatch
 ):

@@ -247,7 +247,9 @@ def test_text_feature_key_is_a_pure_function(tmp_path, monkeypatch):
         text_feature_key(cfg, names, digests, "cuda-fp16"),
         text_feature_key(_cfg(TRAINER__PROMPTSRC__N_CTX_TEXT=2), names, digests, "cpu-fp32"),
     ]
-    assert len({key, *others}) == 6
+    monkeypatch.setattr("trainers.promptkd_teacher.TEXT_FEATURES_VERSION", 2)
+    others.append(text_feature_key(cfg, names, digests, "cpu-fp32"))  # another code version
+    assert len({key, *others}) == 7
 
 
 def test_export_stores_the_architecture_and_reads_old_files(tmp_path):

@@ -137,10 +137,12 @@ def test_base2new_script_loops_seeds_passes_opts_and_skips_finished(tmp_path):
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     runs = [line for line in out.splitlines() if line.startswith("train.py")]
-    assert len(runs) == 2 and "Skip" in out  # seeds 1 and 3; seed 2 is finished
+    # every seed goes to train.py, which skips seed 2 if its results are of this configuration
+    assert len(runs) == 3 and all("--skip-finished" in r for r in runs)
     assert all("--root /data" in r and "--trainer PromptSRC" in r for r in runs)
     assert all(r.endswith("DATASET.SUBSAMPLE_CLASSES base OPTIM.MAX_EPOCH 2") for r in runs)
-    assert "--resume" not in runs[0] and f"--resume {unfinished.parent}" in runs[1]
+    assert "--resume" not in runs[0] and "--resume" not in runs[1]  # seed 2 is finished
+    assert f"--resume {unfinished.parent}" in runs[2]
     assert "--gpu" not in out and "CUDA_VISIBLE_DEVICES" not in out
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 
 import torch
+import yaml
 
 from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
 from dassl_ext.errors import UserError
@@ -26,6 +27,10 @@ from dassl_ext.utils.digest import file_digest
 from trainers.teacher_folders import RELEASED_TEACHERS, teacher_dirs
 
 logger = logging.getLogger(__name__)
+
+# Part of the text-feature cache key: raise it when the way the features are computed from
+# the same files changes (prompt construction, normalisation), so old entries are not used.
+TEXT_FEATURES_VERSION = 1
 
 
 def teacher_trainer(cfg) -> tuple[type, TeacherSupport]:
@@ -63,11 +68,16 @@ def resolve_teacher_checkpoint(cfg) -> tuple[str | None, str]:
     _, support = teacher_trainer(cfg)
     if not support.needs_checkpoint:
         return None, "none (zero-shot teacher)"
+    if pk.TEACHER_CKPT:
+        _refuse_student_run(pk.TEACHER_CKPT)
     if pk.TEACHER_CKPT and not os.path.isdir(pk.TEACHER_CKPT):
         path = pk.TEACHER_CKPT
         return (path if os.path.isfile(path) else None), path
     if pk.TEACHER_CKPT:
         folders = [pk.TEACHER_CKPT]
+        model_folder = os.path.join(pk.TEACHER_CKPT, support.default_model_name or "")
+        if support.default_model_name and os.path.isdir(model_folder):
+            folders.append(model_folder)  # the teacher's run folder: its model folder inside
     elif support.default_model_name is None:
         raise UserError(
             f"TRAINER.PROMPTKD.TEACHER_CKPT is empty, and a {pk.TEACHER_TRAINER} teacher has "
@@ -81,6 +91,33 @@ def resolve_teacher_checkpoint(cfg) -> tuple[str | None, str]:
             return path, folder
     listed = ", ".join(f"{folder}/" for folder in folders)
     return None, f"no {BEST_FILE} or model.pth.tar-<N> in {listed} (relative to {os.getcwd()})"
+
+
+def _run_trainer(path: str) -> str | None:
+    """``TRAINER.NAME`` of the run that ``path`` (a run folder, its model folder or a
+    checkpoint in it) belongs to, read from the run's ``config.yaml``; None if there is none."""
+    folder = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path))
+    for _ in range(3):  # the run folder, or one or two levels above a model file
+        config = os.path.join(folder, "config.yaml")
+        if os.path.isfile(config):
+            try:
+                with open(config, encoding="utf-8") as f:
+                    name = yaml.safe_load(f)["TRAINER"]["NAME"]
+            except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
+                return None  # not a run's record: the checkpoint itself will be checked
+            return name if isinstance(name, str) else None
+        folder = os.path.dirname(folder)
+    return None
+
+
+def _refuse_student_run(path: str) -> None:
+    """A PromptKD student's run is no teacher: say so, instead of a key mismatch later."""
+    if _run_trainer(path) == "PromptKD":
+        raise UserError(
+            f"TRAINER.PROMPTKD.TEACHER_CKPT {path} belongs to a PromptKD student run, not a "
+            "teacher; point it at the teacher's checkpoint or folder (e.g. the PromptSRC run "
+            "trained by scripts/promptkd/base2new.sh in output/promptkd/teacher/<dataset>)."
+        )
 
 
 def missing_teacher_error(description: str) -> UserError:
@@ -106,9 +143,9 @@ def text_feature_key(cfg, classnames: list[str], digests: dict, compute: str) ->
 
     The teacher trainer and its config section (prompt length/depth, templates ...), the
     content of the teacher CLIP weights and checkpoint (``digests``: :func:`file_digests`),
-    the class names in label order, and ``compute`` (device type + precision they are
-    computed in). Paths and timestamps are not in it: a file replaced by another gets a new
-    key, a copy of the same file elsewhere the same one.
+    the class names in label order, ``compute`` (device type + precision they are
+    computed in) and :data:`TEXT_FEATURES_VERSION`. Paths and timestamps are not in it: a
+    file replaced by another gets a new key, a copy of the same file elsewhere the same one.
     """
     pk = cfg.TRAINER.PROMPTKD
     section = cfg.TRAINER.get(pk.TEACHER_TRAINER.upper())
@@ -120,6 +157,7 @@ def text_feature_key(cfg, classnames: list[str], digests: dict, compute: str) ->
         "checkpoint_sha256": digests["checkpoint_sha256"],
         "classnames": list(classnames),
         "compute": compute,
+        "version": TEXT_FEATURES_VERSION,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
