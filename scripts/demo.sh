@@ -10,7 +10,7 @@
 #      digits_standins.yaml);
 #   3. zero-shot CLIP with each stand-in, and the teacher evaluated on base and new;
 #   4. one base / new / HM table of the four, and the plots.
-# No download; about 3 minutes on 2 CPU cores.
+# No download; about 1.5 minutes on 2 CPU cores (a re-run skips every finished run).
 # Usage: bash scripts/demo.sh [SEED ...] [KEY VALUE ...]   (default seeds: $SEEDS, else 1 2)
 # Env: DATA (./data), OUTPUT (./output/demo), PYTHON (python), DRY_RUN (1: print the python
 # commands, run none). The table and plots take only the seeds of this call, not those of
@@ -22,7 +22,8 @@ export DATA=${DATA:-./data}
 export OUTPUT=${OUTPUT:-./output/demo}
 export TEACHER_BACKBONE=digits-teacher STUDENT_BACKBONE=digits-student
 export TRAIN_TEACHER=1  # no released teacher for Digits: train one (a minute on a CPU)
-# The students' recipe for the stand-ins, chosen on the val split (see the file); the two
+# The students' recipe for the stand-ins, chosen on a val-only copy of Digits by
+# scripts/choose_standin_recipe.py (see the file); the two
 # seeds train side by side (on a CPU, small models run faster in processes than threads).
 export STUDENT_CFG=${STUDENT_CFG:-configs/trainers/PromptKD/base2new/digits_standins.yaml}
 export SEED_JOBS=${SEED_JOBS:-2}
