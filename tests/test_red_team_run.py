@@ -9,26 +9,10 @@ import shutil
 
 import pytest
 from test_engine_tiny import tiny, tiny_argv  # noqa: F401  (fixture)
+from test_run_folder import CKPT_EVERY_EPOCH, finished  # noqa: F401  (fixture)
+from test_run_folder import refused as _refused
 
 import train
-
-CKPT_EVERY_EPOCH = ("TRAIN.CHECKPOINT_FREQ", "1")
-
-
-def _refused(capsys, *fragments: str) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("Error: ") and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    return err
-
-
-@pytest.fixture
-def finished(tiny):  # noqa: F811
-    """(data root, a finished 2-epoch run's folder with checkpoints of epochs 1-2)."""
-    root, out = tiny
-    assert train.main(tiny_argv(root, out, *CKPT_EVERY_EPOCH)) == 0
-    return root, out
 
 
 @pytest.mark.parametrize(
@@ -40,7 +24,7 @@ def finished(tiny):  # noqa: F811
         ('{"splits": {}}', "holds no results (no splits)"),
     ],
 )
-def test_skip_finished_refuses_a_damaged_results_json(finished, capsys, damage, why):
+def test_skip_finished_refuses_a_damaged_results_json(finished, capsys, damage, why):  # noqa: F811
     root, out = finished
     results = os.path.join(out, "results.json")
     with open(results, "w") as f:
@@ -53,7 +37,7 @@ def test_skip_finished_refuses_a_damaged_results_json(finished, capsys, damage, 
         assert f.read() == damage  # the refusal changed nothing
 
 
-def test_results_json_of_another_shape_without_config_yaml_is_not_a_traceback(finished, capsys):
+def test_results_json_of_another_shape_without_config_yaml_is_not_a_traceback(finished, capsys):  # noqa: F811
     root, out = finished
     os.remove(os.path.join(out, "config.yaml"))
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -110,7 +94,7 @@ def test_a_new_run_drops_metrics_rows_an_earlier_run_left(tiny):  # noqa: F811
     assert [row["epoch"] for row in _metrics(out)] == [1, 2]  # was [1, 2, 1, 2]
 
 
-def test_a_config_yaml_cut_short_is_named_as_such(finished, capsys):
+def test_a_config_yaml_cut_short_is_named_as_such(finished, capsys):  # noqa: F811
     root, out = finished
     path = os.path.join(out, "config.yaml")
     with open(path) as f:
