@@ -9,10 +9,29 @@ Multi-GPU: ``torchrun --nproc_per_node N train.py ...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
+
+
+def _stopped_while_starting(signum: int, frame) -> None:
+    """Until the run's own handlers are in place (the imports take seconds), a signal ends
+    the process with one line instead of a KeyboardInterrupt traceback: nothing is written
+    before then."""
+    name = signal.Signals(signum).name
+    line = f"Interrupted by {name} while starting; nothing was written. Run again.\n"
+    with contextlib.suppress(OSError):  # stderr gone (SIGHUP: the terminal closed)
+        os.write(2, line.encode("ascii", "backslashreplace"))
+    os._exit(128 + signum)
+
+
+if __name__ == "__main__":
+    for _name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, _name):
+            signal.signal(getattr(signal, _name), _stopped_while_starting)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # our `datasets` wins
 
@@ -28,9 +47,11 @@ from dassl_ext.engine.faults import (  # noqa: E402
     as_user_error,
     how_to_continue,
     interrupted_message,
+    signals_ignored,
     signals_raise_interrupted,
 )
 from dassl_ext.engine.run_folder import claim_run_folder  # noqa: E402
+from dassl_ext.errors import UserError  # noqa: E402
 from dassl_ext.utils import set_random_seed, setup_logger  # noqa: E402
 from dassl_ext.utils.checkpoint import NothingToResumeError  # noqa: E402
 from dassl_ext.utils.distributed import (  # noqa: E402
@@ -39,6 +60,7 @@ from dassl_ext.utils.distributed import (  # noqa: E402
     init_distributed_from_env,
     is_main_process,
 )
+from dassl_ext.utils.logger import tolerant_console  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +101,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_argv_text(argv: list[str]) -> None:
+    """Refuse arguments that are not text in this process's encoding: under LC_ALL=C with
+    PYTHONUTF8=0, a UTF-8 path arrives with undecodable bytes as lone surrogates, which
+    log.txt, config.yaml, results.json and tensorboard would each record differently or
+    not at all."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(
+                f"The argument {arg!a} is not text in this process's encoding "
+                f"({sys.getfilesystemencoding()}: the locale is C or POSIX and PYTHONUTF8 is "
+                "0); run with a UTF-8 locale (e.g. LC_ALL=C.UTF-8) or PYTHONUTF8=1."
+            ) from None
+
+
+def _say(text: str, log_file: bool) -> None:
+    """Print ``text`` on stderr and, when this run opened its log.txt (it holds the
+    folder), append it there too: after SIGHUP (terminal closed) or with stderr
+    redirected away, log.txt is where the user looks for the error or the resume line."""
+    with contextlib.suppress(OSError, ValueError):  # stderr closed or gone with the terminal
+        print(text, file=sys.stderr, flush=True)
+    if not log_file:
+        return
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler) and getattr(h, "_dassl_ext", False):
+            h.emit(logging.LogRecord("train", logging.ERROR, __file__, 0, text, None, None))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one experiment; returns the exit status: 1 with a message for bad input or a
     fault, 130 / 143 with a line saying how to resume after SIGINT / SIGTERM."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    tolerant_console()
     args = parse_args(argv)
     cfg = trainer = folder = None
     training = False  # trainer.train() has started: a stop may leave checkpoints to resume
+    logged = False  # this run opened its log.txt (it holds the folder)
     try:
         with signals_raise_interrupted():
+            check_argv_text(argv)
             import_plugins()
             cfg = setup_cfg(args)
             # every value in range before anything is written or loaded
@@ -101,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(folder.skipped)
                 return 0
             setup_logger(cfg.OUTPUT_DIR)
+            logged = True
             folder.log_notes()
             if cfg.SEED >= 0:
                 set_random_seed(cfg.SEED)
@@ -116,26 +171,29 @@ def main(argv: list[str] | None = None) -> int:
                 training = True
                 trainer.train()
     except Exception as e:  # bad input or a fault: a message; a programming error: raised
-        error = as_user_error(e, trainer)
-        if error is None:
-            raise
-        print(f"Error: {error}", file=sys.stderr)
-        resumable = training and not isinstance(e, NothingToResumeError)
-        resume = how_to_continue(argv, cfg.OUTPUT_DIR, resumable) if cfg else None
-        if resume and is_main_process():
-            print(resume, file=sys.stderr)
+        with signals_ignored():
+            error = as_user_error(e, trainer)
+            if error is None:
+                raise
+            _say(f"Error: {error}", logged)
+            resumable = training and not isinstance(e, NothingToResumeError)
+            resume = how_to_continue(argv, cfg.OUTPUT_DIR, resumable) if cfg else None
+            if resume and is_main_process():
+                _say(resume, logged)
         return 1
     except Interrupted as e:
-        run_dir = cfg.OUTPUT_DIR if cfg else ""
-        if is_main_process():
-            print(interrupted_message(e, trainer, argv, run_dir, training), file=sys.stderr)
+        with signals_ignored():
+            run_dir = cfg.OUTPUT_DIR if cfg else ""
+            if is_main_process():
+                _say(interrupted_message(e, trainer, argv, run_dir, training), logged)
         return e.exit_code
     finally:
-        if trainer is not None:
-            trainer.close_writer()
-        if folder is not None:
-            folder.release()
-        destroy_distributed()
+        with signals_ignored():  # a second Ctrl-C must not leave the folder's note behind
+            if trainer is not None:
+                trainer.close_writer()
+            if folder is not None:
+                folder.release()
+            destroy_distributed()
     return 0
 
 

@@ -34,7 +34,11 @@ import torch
 from dassl_ext.errors import UserError
 from dassl_ext.utils.checkpoint import last_epoch_checkpoint
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP: the terminal closed (an ssh session dropped); stop as for SIGTERM rather than die
+# without the resume line and with the folder's note left behind
+_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -43,7 +47,8 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived; ``exit_code`` is 128 + the signal number (130, 143)."""
+    """SIGINT, SIGTERM or SIGHUP arrived; ``exit_code`` is 128 + the signal number (130, 143,
+    129)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -132,6 +137,14 @@ def environment_error(e: BaseException, trainer=None) -> UserError | None:
         where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "CPU"
         at = f" at {training_position(trainer)}" if getattr(trainer, "num_batches", None) else ""
         return UserError(f"Out of {where} memory{at}: {_MEMORY_ADVICE}.")
+    if isinstance(e, UnicodeEncodeError):
+        text = e.object[e.start : e.end] if isinstance(e.object, str) else ""
+        return UserError(
+            f"A path or text this run uses holds characters ({text!a}) that this process's "
+            f"{e.encoding} encoding cannot write (locale {_locale_name()}, file names as "
+            f"{sys.getfilesystemencoding()}); run with a UTF-8 locale (e.g. LC_ALL=C.UTF-8) "
+            "or PYTHONUTF8=1."
+        )
     if isinstance(e, UnicodeDecodeError):
         name = _file_being_read(e)
         what = f"{name} is" if name else "a text file this run reads (config, split, names) is"
@@ -144,6 +157,13 @@ def environment_error(e: BaseException, trainer=None) -> UserError | None:
         also = f" -> {e.filename2}" if e.filename2 else ""
         return UserError(f"Cannot use{name}{also} ({e.strerror}): {advice}.")
     return None
+
+
+def _locale_name() -> str:
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        if os.environ.get(name):
+            return f"{name}={os.environ[name]}"
+    return "unset"
 
 
 def _file_being_read(e: BaseException) -> str | None:
@@ -173,7 +193,8 @@ def non_finite_loss_error(trainer, loss: torch.Tensor) -> NonFiniteLossError:
 
 @contextlib.contextmanager
 def signals_raise_interrupted() -> Iterator[None]:
-    """While active (main thread only), SIGINT and SIGTERM raise :class:`Interrupted`."""
+    """While active (main thread only), SIGINT, SIGTERM and SIGHUP raise
+    :class:`Interrupted`."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -182,6 +203,22 @@ def signals_raise_interrupted() -> Iterator[None]:
         raise Interrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in _SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """While active (main thread only), SIGINT, SIGTERM and SIGHUP are ignored: a second
+    Ctrl-C while a stopped run reports and releases its folder would otherwise end it with
+    a KeyboardInterrupt traceback, half reported."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in _SIGNALS}
     try:
         yield
     finally:

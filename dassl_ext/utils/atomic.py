@@ -6,7 +6,7 @@ the folder, so a reader (another rank, a parallel test, a run after a crash) see
 file or the new one, never a partial one. The variants below write bytes, text, JSON or a
 ``torch.save`` object through it. Importing this module does not import torch.
 
-Faults: SIGINT / SIGTERM wait while a file is written and act once it is in place, so an
+Faults: SIGINT / SIGTERM / SIGHUP wait while a file is written and act once it is in place, so an
 interrupt never abandons a write halfway. A full disk, a quota or a folder that cannot be
 written is a :class:`FileWriteError` naming the file (the old file stays as it was).
 """
@@ -26,7 +26,9 @@ from typing import Any
 
 from dassl_ext.errors import UserError
 
-_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_HELD_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 # The temporary file of atomic_write: ``.<target name>.<pid>.<thread id>.<8 hex>.tmp``
@@ -94,7 +96,7 @@ def _write_error(path: str, e: OSError) -> FileWriteError:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Block SIGINT / SIGTERM in this thread while the body runs; a signal that arrives
+    """Block SIGINT / SIGTERM / SIGHUP in this thread while the body runs; a signal that arrives
     meanwhile is delivered (and its handler runs) when they are unblocked."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows: the finally clauses clean up
         yield

@@ -13,6 +13,16 @@ _FMT = "%(asctime)s %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 
+def tolerant_console() -> None:
+    """Let stdout and stderr write any text: where their encoding is not UTF-8 (LC_ALL=C
+    with PYTHONUTF8=0: ASCII), a character they cannot hold is written as a backslash
+    escape instead of raising (a lost log line and a traceback, or a lost error message)."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def setup_logger(output_dir: str | None = None, name: str = "") -> logging.Logger:
     """Configure the logger ``name`` (root by default): console, plus ``log.txt`` in
     ``output_dir`` (``log.txt`` exists already -> append). Other ranks log warnings only.
@@ -24,6 +34,7 @@ def setup_logger(output_dir: str | None = None, name: str = "") -> logging.Logge
         if getattr(h, "_dassl_ext", False):
             logger.removeHandler(h)
             h.close()
+    tolerant_console()
     rank = get_rank()
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     formatter = logging.Formatter(_FMT if rank == 0 else f"[rank {rank}] {_FMT}", _DATEFMT)
@@ -34,7 +45,11 @@ def setup_logger(output_dir: str | None = None, name: str = "") -> logging.Logge
         path = os.path.join(output_dir, "log.txt")
         try:
             os.makedirs(output_dir, exist_ok=True)
-            handlers.append(logging.FileHandler(path, mode="a"))
+            # UTF-8 whatever the locale (LC_ALL=C would make it ASCII), and never an
+            # exception for a character it cannot write (a path from an odd locale)
+            handlers.append(
+                logging.FileHandler(path, mode="a", encoding="utf-8", errors="backslashreplace")
+            )
         except OSError as e:  # the first file a run writes: say so instead of a traceback
             raise UserError(
                 f"Cannot write {path} ({e.strerror}); make {output_dir} writable or choose "
