@@ -140,9 +140,9 @@ def test_every_trainer_runs_on_the_standins(name, digits_root, tmp_path):
 def _distil(out, data, seed: int, *opts: str) -> dict:
     """A short PromptKD run from the zero-shot digits-teacher with shuffled labels; ``opts``
     override the short settings. Batches of 32 at LR 0.008 (the earlier recipe's 0.002 at
-    batch 8, scaled linearly) for 6 epochs: at batch 8 for 3 epochs one seed of four ended BELOW its zero-shot
-    accuracy on new classes; at 32 the new-class gains of seeds 1-5 were +3.3 to +6.7
-    (+5.9 and +6.3 at seeds 1 and 2)."""
+    batch 8, scaled linearly) for 6 epochs: at batch 8 for 3 epochs one seed of four ended
+    BELOW its zero-shot accuracy on new classes; at 32 the new-class gains of seeds 1-5
+    were +3.3 to +6.7 (+5.9 and +6.3 at seeds 1 and 2)."""
     short = [
         "DATASET.NUM_SHOTS", "0", "OPTIM.MAX_EPOCH", "6", "TEST.FINAL_MODEL", "last_step",
         "DATALOADER.TRAIN_X.BATCH_SIZE", "32", "OPTIM.LR", "0.008", "OPTIM.WARMUP_EPOCH", "0",
