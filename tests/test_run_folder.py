@@ -138,7 +138,8 @@ def test_resume_refuses_result_changes_and_allows_neutral_ones(tiny, capsys):  #
     assert train.main(tiny_argv(root, out, *CKPT_EVERY_EPOCH, epochs=5, flags=resume)) == 1
     refused(capsys, "OPTIM.MAX_EPOCH: 3 -> 5", "another LR schedule, not a continuation")
 
-    neutral = ("TRAIN.PRINT_FREQ", "1", "DATALOADER.TEST.BATCH_SIZE", "3", "DIST.TIMEOUT", "60")
+    neutral = ("TRAIN.PRINT_FREQ", "1", "DATALOADER.TEST.BATCH_SIZE", "3", "DIST.TIMEOUT", "60",
+               "DATASET.CHECK_IMAGES", "exists")  # fmt: skip
     argv = tiny_argv(root, out, *CKPT_EVERY_EPOCH, *neutral, epochs=3, flags=resume)
     assert train.main(argv) == 0
     assert os.path.isfile(os.path.join(out, "TinyNet", "model.pth.tar-3"))

@@ -27,6 +27,7 @@ PLACE_KEYS = (
     "TEST.PER_CLASS_RESULT",
     "TEST.COMPUTE_CMAT",
     "MODEL.GRAD_CHECKPOINTING",  # memory only: the same results
+    "DATASET.CHECK_IMAGES",  # which input checks run before training, not what is trained
 )
 # ... plus how the run uses the machine it is on. The same experiment, though with another
 # DATALOADER.NUM_WORKERS the random augmentations are drawn by other worker processes
