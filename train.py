@@ -35,13 +35,8 @@ if __name__ == "__main__":
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # our `datasets` wins
 
-from dassl_ext.config import (  # noqa: E402
-    scale_for_world_size,
-    setup_cfg,
-    validate_config,
-    write_config,
-)
-from dassl_ext.engine import build_trainer  # noqa: E402
+from dassl_ext.config import setup_cfg, validate_config  # noqa: E402
+from dassl_ext.engine import build_trainer, scale_for_world_size  # noqa: E402
 from dassl_ext.engine.faults import (  # noqa: E402
     Interrupted,
     as_user_error,
@@ -50,7 +45,7 @@ from dassl_ext.engine.faults import (  # noqa: E402
     signals_ignored,
     signals_raise_interrupted,
 )
-from dassl_ext.engine.run_folder import claim_run_folder  # noqa: E402
+from dassl_ext.engine.run_folder import claim_run_folder, write_config  # noqa: E402
 from dassl_ext.errors import UserError  # noqa: E402
 from dassl_ext.utils import set_random_seed, setup_logger  # noqa: E402
 from dassl_ext.utils.checkpoint import NothingToResumeError  # noqa: E402

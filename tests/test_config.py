@@ -11,9 +11,9 @@ from dassl_ext.config import (
     load_yaml_with_base,
     register_config_extension,
     setup_cfg,
-    write_config,
 )
 from dassl_ext.config import setup as config_setup
+from dassl_ext.engine.run_folder import write_config
 from dassl_ext.errors import UserError
 
 

@@ -396,7 +396,8 @@ def test_batch_per_rank_and_batches_that_do_not_split(dtd_cfg, monkeypatch):
 
 
 def test_linear_lr_scaling_only_for_per_rank_batches():
-    from dassl_ext.config import get_cfg_default, scale_for_world_size
+    from dassl_ext.config import get_cfg_default
+    from dassl_ext.engine import scale_for_world_size
 
     cfg = get_cfg_default()
     cfg.OPTIM.LR = 0.002

@@ -14,8 +14,9 @@ import torch
 from test_engine_tiny import tiny, tiny_argv  # noqa: F401  (fixture)
 
 import train
-from dassl_ext.config import get_cfg_default, scale_for_world_size
+from dassl_ext.config import get_cfg_default
 from dassl_ext.config.compare import config_differences, format_differences
+from dassl_ext.engine import scale_for_world_size
 from dassl_ext.engine.faults import environment_error
 from dassl_ext.utils.atomic import TEMPORARY_NAME, atomic_write, temporary_pid
 from dassl_ext.utils.run_lock import INFO_FILE, LOCK_FILE, remove_stale_temporaries

@@ -17,9 +17,7 @@ from dassl_ext.config.setup import (
     merge_from_file,
     merge_from_list,
     register_config_extension,
-    scale_for_world_size,
     setup_cfg,
-    write_config,
 )
 
 __all__ = [
@@ -36,8 +34,6 @@ __all__ = [
     "merge_from_list",
     "register_config_extension",
     "register_config_rules",
-    "scale_for_world_size",
     "setup_cfg",
     "validate_config",
-    "write_config",
 ]

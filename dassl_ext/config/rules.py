@@ -1,26 +1,22 @@
 """Config rules: what each key allows, checked once before any work.
 
-A rule names one key (``*`` stands for any section, as in ``TRAINER.*.PREC``) and says
-which values it allows. A value outside gives one sentence naming the key, the value and
-what is allowed::
+A key is validated in one of two ways:
 
-    TRAINER.PROMPTKD.TEMPERATURE is 0.0; use a number > 0 (the softmax temperature).
+- a **rule** (:class:`Range`, :class:`OneOf`, :class:`Check`) on one key, registered with
+  :func:`register_config_rules` by the module that defines the key's choices (the optimizers
+  in ``dassl_ext/optim``, a trainer's section next to its config extension ...). ``*``
+  stands for any section (``TRAINER.*.PREC``). A value outside gives one sentence::
 
-The engine's keys have their rules in :mod:`dassl_ext.config.default_rules`; a trainer
-registers the rules of its own section next to its config extension::
+      TRAINER.PROMPTKD.TEMPERATURE is 0.0; use a number > 0 (the softmax temperature).
 
-    register_config_rules(
-        Range("TRAINER.MYMETHOD.TEMPERATURE", low=0, low_open=True),
-        OneOf("TRAINER.MYMETHOD.MODE", ("fast", "exact")),
-    )
+- a registered trainer's or dataset's classmethod ``check_config(cfg)``, for what one key
+  cannot say: keys that depend on each other, values that must fit a model (it reads the
+  model's sizes from the weights' shapes and passes rules built from them to
+  :func:`check_rules`).
 
-What a rule on one key cannot say (keys that depend on each other, values that must fit a
-model: its input resolution, its number of layers) is the trainer's: a registered trainer
-class may define a classmethod ``check_config(cfg)`` that raises UserError. To check a
-model it reads the model's sizes (from the weights' tensor shapes, building nothing),
-builds rules from them and passes them to :func:`check_rules`. A registered dataset
-class may do the same (what its files cannot offer, such as a validation split).
-:func:`validate_config` calls them last.
+:func:`validate_config` runs both. Config imports nothing of the project above it, so the
+rules are those of the modules imported so far: ``import dassl_ext.engine`` registers the
+engine's, the data's, the optimizers' and the evaluator's.
 """
 
 from __future__ import annotations
@@ -62,6 +58,13 @@ class Rule:
             return None
         note = f" ({self.note})" if self.note else ""
         return f"{key} is {short_repr(value)}; {allowed}{note}."
+
+    def check(self, value: Any) -> None:
+        """Raise the sentence for ``value`` unless allowed (for code given a config that was
+        not validated, such as a library caller's)."""
+        sentence = self.problem(self.key, value)
+        if sentence:
+            raise UserError(sentence)
 
 
 def _is_number(value: Any, integer: bool) -> bool:
@@ -161,11 +164,6 @@ def register_config_rules(*rules: Rule) -> None:
         _RULES[rule.key] = rule
 
 
-def registered_rules() -> list[Rule]:
-    """The rules registered so far (by the trainers), in registration order."""
-    return list(_RULES.values())
-
-
 def _values(cfg: CfgNode, pattern: str) -> list[tuple[str, Any]]:
     """``(key, value)`` of every key matching ``pattern``; a key without ``*`` must exist."""
     found: list[tuple[str, Any]] = [("", cfg)]
@@ -228,12 +226,8 @@ def check_config_values(cfg: CfgNode) -> None:
 
 
 def config_rules() -> list[Rule]:
-    """The engine's rules and every registered trainer's rules."""
-    # Imported here: the engine's choices live in modules that import torch, and building
-    # a config (``dassl_ext.config``) should not need it.
-    from dassl_ext.config.default_rules import DEFAULT_RULES
-
-    return [*DEFAULT_RULES, *registered_rules()]
+    """The rules registered so far, in registration order."""
+    return list(_RULES.values())
 
 
 def validate_config(cfg: CfgNode, will_train: bool = False) -> None:

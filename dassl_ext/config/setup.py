@@ -20,7 +20,6 @@ from dassl_ext.config.defaults import _C
 from dassl_ext.config.rules import short_repr as _shown
 from dassl_ext.config.yaml_file import read_yaml_file
 from dassl_ext.errors import UserError
-from dassl_ext.utils.atomic import write_text_atomic
 
 BASE_KEY = "_BASE_"
 NO_SEED = -1  # the documented "no fixed seed" (Dassl's default)
@@ -272,20 +271,4 @@ def setup_cfg(args: Any) -> CfgNode:
     reset_cfg(cfg, args)
     merge_from_list(cfg, getattr(args, "opts", None) or [])
     cfg.freeze()
-    return cfg
-
-
-def write_config(cfg: CfgNode, output_dir: str) -> str:
-    """Write ``cfg`` as ``<output_dir>/config.yaml`` (atomically) and return the path."""
-    return write_text_atomic(os.path.join(output_dir, "config.yaml"), cfg.dump())
-
-
-def scale_for_world_size(cfg: CfgNode, world_size: int) -> CfgNode:
-    """With ``DATALOADER.TRAIN_X.BATCH_SIZE_PER_RANK`` the global batch grows with the number
-    of processes, so ``OPTIM.LR`` is multiplied by it (the linear scaling rule); the config
-    written to ``config.yaml`` holds the LR used. Otherwise nothing changes."""
-    if cfg.DATALOADER.TRAIN_X.BATCH_SIZE_PER_RANK and world_size > 1:
-        cfg.defrost()
-        cfg.OPTIM.LR = float(cfg.OPTIM.LR) * world_size
-        cfg.freeze()
     return cfg

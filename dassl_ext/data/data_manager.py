@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -23,20 +24,29 @@ from dassl_ext.utils.distributed import broadcast_object, get_rank, get_world_si
 logger = logging.getLogger(__name__)
 
 
-def global_batch_size(cfg, world_size: int) -> int:
-    """The images one training step reads over all processes: ``DATALOADER.TRAIN_X.BATCH_SIZE``
-    (split over the processes), or that many per process with ``BATCH_SIZE_PER_RANK``."""
-    batch = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
-    if cfg.DATALOADER.TRAIN_X.BATCH_SIZE_PER_RANK:
-        return batch * world_size
-    if batch % world_size:
-        raise UserError(
-            f"DATALOADER.TRAIN_X.BATCH_SIZE {batch} is the global batch and does not split "
-            f"over {world_size} processes; use a multiple of {world_size}, or set "
-            "DATALOADER.TRAIN_X.BATCH_SIZE_PER_RANK True (each process reads BATCH_SIZE "
-            "images and OPTIM.LR is scaled by the number of processes)."
-        )
-    return batch
+@dataclass(frozen=True)
+class TrainBatch:
+    """What ``DATALOADER.TRAIN_X.BATCH_SIZE`` means under ``world_size`` processes, decided
+    here once: by default the global batch of a step, split over the processes (the same
+    optimisation on any number); with ``BATCH_SIZE_PER_RANK`` each process reads that many,
+    so the global batch and ``OPTIM.LR`` (``lr_factor``: linear scaling) grow with them."""
+
+    global_batch: int
+    lr_factor: int
+
+    @classmethod
+    def of(cls, cfg, world_size: int) -> TrainBatch:
+        batch = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+        if cfg.DATALOADER.TRAIN_X.BATCH_SIZE_PER_RANK:
+            return cls(batch * world_size, world_size)
+        if batch % world_size:
+            raise UserError(
+                f"DATALOADER.TRAIN_X.BATCH_SIZE {batch} is the global batch and does not split "
+                f"over {world_size} processes; use a multiple of {world_size}, or set "
+                "DATALOADER.TRAIN_X.BATCH_SIZE_PER_RANK True (each process reads BATCH_SIZE "
+                "images and OPTIM.LR is scaled by the number of processes)."
+            )
+        return cls(batch, 1)
 
 
 def build_dataset(cfg) -> DatasetBase:
@@ -128,7 +138,7 @@ class DataManager:
         self.tfm_train = custom_tfm_train or build_transform(cfg, is_train=True)
         self.tfm_test = custom_tfm_test or build_transform(cfg, is_train=False)
         self.rank, self.world_size = get_rank(), get_world_size()
-        self.global_batch = global_batch_size(cfg, self.world_size)
+        self.global_batch = TrainBatch.of(cfg, self.world_size).global_batch
         # Seeded per epoch by set_epoch, so every process and a resumed run see the same
         # order; without a seed (SEED < 0) from rank 0's random seed.
         self.seed = cfg.SEED if cfg.SEED >= 0 else broadcast_object(random.randrange(2**31))
@@ -140,7 +150,6 @@ class DataManager:
         self.val_loader = self._eval_loader(ds.val) if ds.val else None
         self.eval_loaders = {name: self._eval_loader(s.items) for name, s in ds.eval_splits.items()}
         self.test_loader = next(iter(self.eval_loaders.values()))
-        self.train_loader_u = None  # Dassl attribute; unlabeled source data is unused here
 
     @property
     def num_classes(self) -> int:

@@ -1,6 +1,11 @@
-"""Training engine: trainers, precision, and the trainer registry."""
+"""Training engine: trainers, precision, and the trainer registry.
 
-from dassl_ext.engine.build import build_trainer
+Importing it registers the config rules of the engine's, the data's, the optimizers' and
+the evaluator's keys (:mod:`dassl_ext.engine.config_rules`).
+"""
+
+import dassl_ext.engine.config_rules  # noqa: F401
+from dassl_ext.engine.build import build_trainer, scale_for_world_size
 from dassl_ext.engine.precision import (
     Precision,
     has_fast_bf16,
@@ -24,4 +29,5 @@ __all__ = [
     "has_fast_bf16",
     "resolve_frozen_precision",
     "resolve_precision",
+    "scale_for_world_size",
 ]

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 import torch
 
+from dassl_ext.config.rules import OneOf, register_config_rules
 from dassl_ext.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
+register_config_rules(OneOf("TRAINER.*.PREC", PRECISIONS, ignore_case=True))
 CPU_FP16_ENV = "DASSL_CPU_FP16"  # tests only: "1" keeps fp16 / amp on the CPU
 _warned: set[tuple[str, str]] = set()
 

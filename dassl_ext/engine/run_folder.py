@@ -27,6 +27,7 @@ from typing import Any
 from dassl_ext.config.compare import config_differences, format_differences, read_saved_config
 from dassl_ext.errors import UserError
 from dassl_ext.registry import TRAINER_REGISTRY
+from dassl_ext.utils.atomic import write_text_atomic
 from dassl_ext.utils.checkpoint import NothingToResumeError, loadable_models, resumable_models
 from dassl_ext.utils.distributed import broadcast_object, is_main_process
 from dassl_ext.utils.run_lock import (
@@ -77,6 +78,11 @@ def claim_run_folder(cfg: Any, args: Any) -> RunFolder:
         raise
     broadcast_object(("skip", folder.skipped) if folder.skipped else ("ok", None))
     return folder
+
+
+def write_config(cfg: Any, output_dir: str) -> str:
+    """Write ``cfg`` as ``<output_dir>/config.yaml`` (atomically) and return the path."""
+    return write_text_atomic(os.path.join(output_dir, "config.yaml"), cfg.dump())
 
 
 def check_request(cfg: Any, args: Any) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, f1_score
 
+from dassl_ext.config.rules import OneOf, register_config_rules
 from dassl_ext.errors import UserError
 from dassl_ext.utils.atomic import write_torch_atomic
 from dassl_ext.utils.distributed import all_gather_object, is_distributed, is_main_process
@@ -27,12 +28,11 @@ class Classification:
     """
 
     def __init__(self, cfg: Any, lab2cname: dict[int, str] | None = None) -> None:
-        test = cfg.TEST
-        self.per_class = bool(getattr(test, "PER_CLASS_RESULT", False))
-        self.compute_cmat = bool(getattr(test, "COMPUTE_CMAT", False))
+        self.per_class = cfg.TEST.PER_CLASS_RESULT
+        self.compute_cmat = cfg.TEST.COMPUTE_CMAT
         # Logits are kept only when asked for: N x C floats can be large (ImageNet).
-        self.keep_logits = bool(getattr(test, "SAVE_LOGITS", False))
-        self.output_dir = str(getattr(cfg, "OUTPUT_DIR", "") or ".")
+        self.keep_logits = cfg.TEST.SAVE_LOGITS
+        self.output_dir = cfg.OUTPUT_DIR or "."
         self.lab2cname = lab2cname
         self.reset()
 
@@ -185,11 +185,11 @@ class Classification:
 
 
 EVALUATORS = {"Classification": Classification}
+_EVALUATOR = OneOf("TEST.EVALUATOR", tuple(EVALUATORS))
+register_config_rules(_EVALUATOR)
 
 
 def build_evaluator(cfg: Any, lab2cname: dict[int, str] | None = None) -> Classification:
-    """Build the evaluator named by ``TEST.EVALUATOR`` (default ``Classification``)."""
-    name = getattr(cfg.TEST, "EVALUATOR", "Classification") or "Classification"
-    if name not in EVALUATORS:
-        raise UserError(f"TEST.EVALUATOR is {name!r}; use one of {sorted(EVALUATORS)}.")
-    return EVALUATORS[name](cfg, lab2cname=lab2cname)
+    """Build the evaluator named by ``TEST.EVALUATOR``."""
+    _EVALUATOR.check(cfg.TEST.EVALUATOR)
+    return EVALUATORS[cfg.TEST.EVALUATOR](cfg, lab2cname=lab2cname)

@@ -27,10 +27,22 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from dassl_ext.config.rules import OneOf, Range, register_config_rules
 from dassl_ext.errors import UserError
 
 AVAI_SCHEDS = ("single_step", "multi_step", "cosine")
 AVAI_WARMUPS = ("constant", "linear")
+_SCHEDULE = OneOf("OPTIM.LR_SCHEDULER", AVAI_SCHEDS)
+_WARMUP = OneOf("OPTIM.WARMUP_TYPE", AVAI_WARMUPS)
+register_config_rules(
+    _SCHEDULE,
+    _WARMUP,
+    Range("OPTIM.MAX_EPOCH", 1, integer=True),
+    Range("OPTIM.GAMMA", 0, low_open=True),
+    Range("OPTIM.WARMUP_EPOCH", 0, integer=True, also=(-1,), note="-1 or 0: no warm-up"),
+    Range("OPTIM.WARMUP_CONS_LR", 0),
+    Range("OPTIM.WARMUP_MIN_LR", 0),
+)
 
 
 class DasslLRScheduler(LRScheduler):
@@ -103,40 +115,31 @@ class DasslLRScheduler(LRScheduler):
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> DasslLRScheduler:
     """Build the scheduler named by ``OPTIM.LR_SCHEDULER``; call ``step()`` once per epoch."""
-    name = optim_cfg.LR_SCHEDULER
-    if name not in AVAI_SCHEDS:
-        raise UserError(f"OPTIM.LR_SCHEDULER is {name!r}; use one of {list(AVAI_SCHEDS)}.")
-    max_epoch = int(optim_cfg.MAX_EPOCH)
-    stepsize: Any = optim_cfg.STEPSIZE
+    name, max_epoch, stepsize = optim_cfg.LR_SCHEDULER, optim_cfg.MAX_EPOCH, optim_cfg.STEPSIZE
+    _SCHEDULE.check(name)
     if name == "cosine":
         stepsize = -1
     elif name == "single_step":
-        if isinstance(stepsize, (list, tuple)):
-            stepsize = stepsize[-1]
+        stepsize = stepsize[-1] if isinstance(stepsize, (list, tuple)) else stepsize
         if not isinstance(stepsize, int):
             raise UserError(f"OPTIM.STEPSIZE must be an integer for single_step, got {stepsize!r}.")
-        if stepsize <= 0:
-            stepsize = max_epoch
-    elif name == "multi_step":
-        if not isinstance(stepsize, (list, tuple)):
-            raise UserError(f"OPTIM.STEPSIZE must be a list for multi_step, got {stepsize!r}.")
-        stepsize = [int(s) for s in stepsize]
-    warmup_epoch = int(optim_cfg.WARMUP_EPOCH)
-    warmup_type = optim_cfg.WARMUP_TYPE
-    if warmup_epoch > 0 and warmup_type not in AVAI_WARMUPS:
-        raise UserError(f"OPTIM.WARMUP_TYPE is {warmup_type!r}; use one of {list(AVAI_WARMUPS)}.")
-    recount = bool(optim_cfg.WARMUP_RECOUNT)
-    if name == "cosine" and warmup_epoch > 0 and not recount and warmup_epoch >= max_epoch:
+        stepsize = stepsize if stepsize > 0 else max_epoch
+    elif not isinstance(stepsize, (list, tuple)):
+        raise UserError(f"OPTIM.STEPSIZE must be a list for multi_step, got {stepsize!r}.")
+    warmup_epoch, recount = max(int(optim_cfg.WARMUP_EPOCH), 0), optim_cfg.WARMUP_RECOUNT
+    if warmup_epoch:
+        _WARMUP.check(optim_cfg.WARMUP_TYPE)
+    if name == "cosine" and warmup_epoch and not recount and warmup_epoch >= max_epoch:
         raise UserError("OPTIM.WARMUP_EPOCH must be below OPTIM.MAX_EPOCH when not recounting.")
     return DasslLRScheduler(
         optimizer,
         name,
         max_epoch,
         stepsize=stepsize,
-        gamma=float(optim_cfg.GAMMA),
-        warmup_epoch=max(warmup_epoch, 0),
-        warmup_type=warmup_type,
-        warmup_cons_lr=float(optim_cfg.WARMUP_CONS_LR),
-        warmup_min_lr=float(optim_cfg.WARMUP_MIN_LR),
+        gamma=optim_cfg.GAMMA,
+        warmup_epoch=warmup_epoch,
+        warmup_type=optim_cfg.WARMUP_TYPE,
+        warmup_cons_lr=optim_cfg.WARMUP_CONS_LR,
+        warmup_min_lr=optim_cfg.WARMUP_MIN_LR,
         warmup_recount=recount,
     )
