@@ -1,21 +1,9 @@
 """DatasetBase: reads a dataset folder once and assigns the split roles from the config.
 
-A benchmark subclass declares where its files are and, when the CoOp split file
-may be missing, how to build the splits from the raw annotations::
-
-    @DATASET_REGISTRY.register()
-    class OxfordPets(DatasetBase):
-        dataset_dir = "oxford_pets"
-        image_dir = "images"
-        split_file = "split_zhou_OxfordPets.json"
-        download_name = "oxford_pets"
-
-        def read_raw(self):  # only used when the split file is missing
-            ...
-            return train, val, test
-
-Everything else (split files, few-shot caching, base/new classes, protocols,
-validation of the files on disk) lives here, once.
+A benchmark subclass declares its folder, image folder, CoOp split file, class-name fixes
+and, where the split file may be missing, ``read_raw()`` building the splits from the raw
+annotations. Split files, few-shot caching, base/new classes, protocols and the checks of
+the files on disk live here, once.
 """
 
 from __future__ import annotations
@@ -57,10 +45,8 @@ register_config_rules(OneOf("DATASET.CHECK_IMAGES", CHECK_IMAGES_MODES))
 
 @dataclass
 class EvalSplit:
-    """Images of one evaluated split, relabelled 0..len(class_ids)-1.
-
-    `class_ids[k]` is the index into the dataset's `classnames` of local label k.
-    """
+    """Images of one evaluated split, relabelled 0..len(class_ids)-1; `class_ids[k]` is the
+    index into the dataset's `classnames` of local label k."""
 
     items: list[Datum]
     class_ids: list[int]
@@ -81,12 +67,9 @@ class DatasetBase:
     download_name: str = ""  # argument of scripts/download_data.py ("" if not downloadable)
     has_val_split: bool = True  # False: its files hold no validation images (ImageNet)
 
-    # Dassl's static helpers, kept reachable from subclasses under their usual names.
-    read_split = staticmethod(read_split)
-    save_split = staticmethod(save_split)
+    # Dassl's static helpers, under their usual names for read_raw().
     split_trainval = staticmethod(split_trainval)
     read_and_split_data = staticmethod(read_and_split_data)
-    subsample_classes = staticmethod(subsample_classes)
 
     def __init__(self, cfg) -> None:
         self.name = type(self).__name__
@@ -101,8 +84,7 @@ class DatasetBase:
         self.require(self.dataset_dir)
 
         # Everything that can be known about the data is checked here, before training.
-        train, val, test = self.read_data()
-        train, val, test = (self._fix_names(items) for items in (train, val, test))
+        train, val, test = (self._fix_names(items) for items in self.read_data())
         self._check_labels(train, val, test)
         self._assign_roles(cfg, train, val, test)
         self._check_not_empty(cfg)
@@ -112,8 +94,8 @@ class DatasetBase:
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        """Before any work (called by ``validate_config``): what the config asks of the
-        dataset's files that they do not have."""
+        """What the config asks of the dataset's files that they do not have (called by
+        ``validate_config``, before any work)."""
         if cfg.DATASET.PROTOCOL == "clean" and not cls.has_val_split:
             cls._require_val_for_selection(cfg)
         if cfg.TEST.SPLIT in ("base", "new") and cfg.DATASET.EVAL_SPLITS != "base_new":
@@ -142,6 +124,11 @@ class DatasetBase:
     def split_path(self) -> str:
         return os.path.join(self.dataset_dir, self.split_file or "")
 
+    @property
+    def _source(self) -> str:
+        """Where the splits were read from, for messages."""
+        return self.split_path if self.split_file else self.dataset_dir
+
     def read_data(self) -> tuple[list[Datum], list[Datum], list[Datum]]:
         """Train, val and test lists: the split file if present, else read_raw() (then saved)."""
         if self.split_file and os.path.isfile(self.split_path):
@@ -154,16 +141,24 @@ class DatasetBase:
                 f"{self.name}: the annotation files in {self.dataset_dir} use class {e}, which "
                 f"their class list does not define; {self.fix_hint()}."
             ) from None
-        self._check_inside(train + val + test)
-        if self.split_file:
-            try:
-                save_split(
-                    {"train": train, "val": val, "test": test}, self.split_path, self.image_dir
+        # Text check, as for split-file rows (splits.read_split): symlinks may point out.
+        for d in train + val + test:
+            if not os.path.normpath(d.impath).startswith(self.dataset_dir + os.sep):
+                raise UserError(
+                    f"{self.name}: the annotation files in {self.dataset_dir} name image "
+                    f"{d.impath}, which is outside that folder; fix the annotation files."
                 )
-                logger.info("Saved split to %s", self.split_path)
-            except OSError as e:  # a read-only dataset folder still trains
-                logger.warning("Could not save split file %s: %s", self.split_path, e)
+        if self.split_file:
+            splits = {"train": train, "val": val, "test": test}
+            self._save(splits, self.split_path, "split file")
         return train, val, test
+
+    def _save(self, splits: dict, path: str, what: str, extra: dict | None = None) -> None:
+        try:
+            save_split(splits, path, self.image_dir, extra)
+            logger.info("Saved %s to %s", what, path)
+        except OSError as e:  # a read-only dataset folder still trains
+            logger.warning("Could not save %s %s: %s", what, path, e)
 
     def read_raw(self) -> tuple[list[Datum], list[Datum], list[Datum]]:
         """Build train/val/test from the raw annotation files; override where they exist."""
@@ -182,64 +177,37 @@ class DatasetBase:
 
     def fix_hint(self) -> str:
         """How to get the dataset, for error messages."""
-        folder = os.path.basename(self.dataset_dir)
         get = "see DATASETS.md"
         if self.download_name:
             get = f"run `python scripts/download_data.py {self.download_name}`"
+        folder = os.path.basename(self.dataset_dir)
         return f"{get}, or set DATASET.ROOT to the folder that contains {folder}/ (see DATASETS.md)"
 
     # ------------------------------------------------------------- split roles
 
-    def fewshot_path(self, num_shots: int, seed: int) -> str:
-        return os.path.join(self.dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{seed}.json")
-
-    def fewshot_key(self, train: list[Datum], val: list[Datum], num_shots: int, seed: int) -> dict:
-        """What a few-shot draw depends on; stored in its cache file and compared on load."""
-        return {
-            "split_sha256": split_digest({"train": train, "val": val}, self.image_dir),
-            "num_shots": num_shots,
-            "seed": seed,
-            "version": FEWSHOT_VERSION,
-        }
-
     def generate_fewshot(
         self, train: list[Datum], val: list[Datum], num_shots: int, seed: int
     ) -> tuple[list[Datum], list[Datum]]:
-        """K-shot train and min(K, 4)-shot val, cached as JSON with relative paths.
-
-        The cache ``split_fewshot/shot_K-seed_S.json`` holds, under ``derived_from``, the
-        digest of the train/val rows it was drawn from, K, the seed and FEWSHOT_VERSION; a
-        cache whose key differs (the split file changed), or that cannot be read, is drawn
-        again and rewritten. Without a fixed seed (SEED < 0) nothing is cached.
-        """
+        """K-shot train and min(K, 4)-shot val (Dassl's draws after random.seed(SEED): train
+        first, then val), cached in ``split_fewshot/shot_K-seed_S.json`` under a key of the
+        rows it was drawn from, K, the seed and FEWSHOT_VERSION; a cache with another key,
+        or unreadable, is drawn again. Without a fixed seed (SEED < 0) nothing is cached."""
         self._warn_short_classes(train, num_shots)
-        if seed < 0:
-            # One draw for all processes (rank 0's), logged so that it can be repeated.
+        if seed < 0:  # one draw for all processes (rank 0's), logged so it can be repeated
             draw_seed = broadcast_object(random.randrange(2**31))
             logger.info(
-                "SEED %d (no fixed seed): few-shot split drawn with seed %d, not cached",
-                seed,
-                draw_seed,
+                f"SEED {seed} (no fixed seed): few-shot split drawn with seed {draw_seed}, "
+                "not cached"
             )
-            rng = random.Random(draw_seed)
-            return (
-                generate_fewshot_dataset(train, num_shots, rng),
-                generate_fewshot_dataset(val, min(num_shots, 4), rng),
-            )
-        path = self.fewshot_path(num_shots, seed)
-        key = self.fewshot_key(train, val, num_shots, seed)
+            return _draw(train, val, num_shots, draw_seed)
+        path = os.path.join(self.dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{seed}.json")
+        digest = split_digest({"train": train, "val": val}, self.image_dir)
+        key = dict(split_sha256=digest, num_shots=num_shots, seed=seed, version=FEWSHOT_VERSION)
         cached = self._read_fewshot_cache(path, key, train, val)
         if cached is not None:
             return cached
-        # Same draws as Dassl's random.sample after random.seed(SEED): train first, then val.
-        rng = random.Random(seed)
-        train = generate_fewshot_dataset(train, num_shots, rng)
-        val = generate_fewshot_dataset(val, min(num_shots, 4), rng)
-        try:
-            save_split({"train": train, "val": val}, path, self.image_dir, {"derived_from": key})
-            logger.info("Saved few-shot split to %s", path)
-        except OSError as e:
-            logger.warning("Could not save few-shot split %s: %s", path, e)
+        train, val = _draw(train, val, num_shots, seed)
+        self._save({"train": train, "val": val}, path, "few-shot split", {"derived_from": key})
         return train, val
 
     def _read_fewshot_cache(
@@ -257,20 +225,18 @@ class DatasetBase:
             return None
         if stored != key:
             old = stored if isinstance(stored, dict) else {}
-            diff = [f"{k} {old.get(k)} -> {v}" for k, v in key.items() if old.get(k) != v]
-            changed = ", ".join(diff)
+            changed = ", ".join(
+                f"{k} {old.get(k)} -> {v}" for k, v in key.items() if old.get(k) != v
+            )
             logger.info(
-                "Few-shot split %s was drawn from other data or by another version (%s); "
-                "drawing it again",
-                path,
-                changed,
+                f"Few-shot split {path} was drawn from other data or by another version "
+                f"({changed}); drawing it again"
             )
             return None
         if not set(cached["train"]) <= set(train) or not set(cached["val"]) <= set(val):
             logger.warning(
-                "Few-shot split %s names images that are not in the train/val lists it was "
-                "drawn from; drawing it again",
-                path,
+                f"Few-shot split {path} names images that are not in the train/val lists it "
+                "was drawn from; drawing it again"
             )
             return None
         logger.info("Loading few-shot split from %s", path)
@@ -281,20 +247,13 @@ class DatasetBase:
         counts = Counter(d.label for d in train)
         names = {d.label: d.classname for d in train}
         short = sorted((n, names[y]) for y, n in counts.items() if n < num_shots)
-        if not short:
-            return
-        listed = ", ".join(f"'{name}' ({n})" for n, name in short[:10])
-        more = f" and {len(short) - 10} more" if len(short) > 10 else ""
-        logger.warning(
-            "%s: DATASET.NUM_SHOTS is %d, but %d of %d classes have fewer training images and "
-            "use all they have: %s%s.",
-            self.name,
-            num_shots,
-            len(short),
-            len(counts),
-            listed,
-            more,
-        )
+        if short:
+            logger.warning(
+                f"{self.name}: DATASET.NUM_SHOTS is {num_shots}, but {len(short)} of "
+                f"{len(counts)} classes have fewer training images and use all they have: "
+                + _listed([f"'{name}' ({n})" for n, name in short], ", ", 10, " and {} more")
+                + "."
+            )
 
     def _assign_roles(self, cfg, train: list[Datum], val: list[Datum], test: list[Datum]) -> None:
         if cfg.DATASET.NUM_SHOTS >= 1:
@@ -331,23 +290,22 @@ class DatasetBase:
     # --------------------------------------------------------------- validation
 
     def _check_labels(self, train: list[Datum], val: list[Datum], test: list[Datum]) -> None:
-        source = self.split_path if self.split_file else self.dataset_dir
+        source = self._source
         if not train:
             raise UserError(
                 f"{self.name}: no training images were found in {source}; {self.fix_hint()}."
             )
         labels = {d.label for d in train}
-        # The first gap, without building range(max + 1): a label of 10**9 is a typo, not
-        # a billion classes.
-        ordered = sorted(labels)
-        missing = next((i for i, y in enumerate(ordered) if y != i), None)
+        # The first gap, without building range(max + 1): a label of 10**9 is a typo.
+        missing = next((i for i, y in enumerate(sorted(labels)) if y != i), None)
         if missing is not None or min(labels) < 0:
             bad = min(labels) if min(labels) < 0 else missing
             raise UserError(
                 f"{self.name}: class label {bad} has no training images in {source}; "
                 f"labels must run 0..{_number(max(labels))} with images in every class."
             )
-        for name, items in (("val", val), ("test", test)):
+        splits = {"train": train, "val": val, "test": test}
+        for name, items in splits.items():
             extra = sorted({d.label for d in items} - labels)
             if extra:
                 raise UserError(
@@ -355,7 +313,7 @@ class DatasetBase:
                     "no training images; fix or regenerate the split file."
                 )
         names = {d.label: d.classname for d in train}
-        for name, items in (("train", train), ("val", val), ("test", test)):
+        for name, items in splits.items():
             for d in items:
                 if names[d.label] != d.classname:
                     raise UserError(
@@ -363,72 +321,46 @@ class DatasetBase:
                         f"split of {source} but '{d.classname}' in its {name} split "
                         f"({d.impath}); fix or regenerate the split file."
                     )
-        self._warn_duplicates(source, names, train, val, test)
+            # An image listed twice counts twice, in training and in the accuracy.
+            twice = sorted(p for p, n in Counter(d.impath for d in items).items() if n > 1)
+            if twice:
+                logger.warning(
+                    f"{self.name}: {len(twice)} image(s) are listed more than once in the "
+                    f"{name} split of {source} (e.g. {twice[0]}); each copy counts (in "
+                    "training and in the accuracy)."
+                )
+        self._warn_indistinct_names(names)
         if self.has_val_split:  # test-only datasets train on their test images on purpose
             leaked = {d.impath for d in train} & {d.impath for d in test}
             if leaked:
                 logger.warning(
-                    "%s: %d image(s) of %s are in both the train and the test split (e.g. %s); "
-                    "test accuracy on them is not a test.",
-                    self.name,
-                    len(leaked),
-                    source,
-                    min(leaked),
+                    f"{self.name}: {len(leaked)} image(s) of {source} are in both the train "
+                    f"and the test split (e.g. {min(leaked)}); test accuracy on them is not a "
+                    "test."
                 )
 
-    def _warn_duplicates(self, source: str, names: dict[int, str], *splits: list[Datum]) -> None:
-        """Warn about an image listed twice in one split (it counts twice in training and in
-        the accuracy) and about classes whose names CLIP cannot tell apart (its tokenizer
-        lowercases: 'Cat' and 'cat' get the same text features; ImageNet's own list has
-        two 'crane's)."""
-        for name, items in zip(("train", "val", "test"), splits):
-            counts = Counter(d.impath for d in items)
-            twice = sorted(p for p, n in counts.items() if n > 1)
-            if twice:
-                logger.warning(
-                    "%s: %d image(s) are listed more than once in the %s split of %s (e.g. %s); "
-                    "each copy counts (in training and in the accuracy).",
-                    self.name,
-                    len(twice),
-                    name,
-                    source,
-                    twice[0],
-                )
+    def _warn_indistinct_names(self, names: dict[int, str]) -> None:
+        """CLIP's tokenizer lowercases: 'Cat' and 'cat' get the same text features (ImageNet's
+        own list has two 'crane's)."""
         by_text: dict[str, list[int]] = {}
         for label in sorted(names):
             by_text.setdefault(" ".join(names[label].lower().split()), []).append(label)
-        same = [labels for labels in by_text.values() if len(labels) > 1]
+        same = [
+            " and ".join(f"{y} '{names[y]}'" for y in ys) for ys in by_text.values() if len(ys) > 1
+        ]
         if same:
-            listed = "; ".join(
-                " and ".join(f"{y} '{names[y]}'" for y in labels) for labels in same[:3]
-            )
-            more = f" (and {len(same) - 3} more)" if len(same) > 3 else ""
             logger.warning(
-                "%s: %d group(s) of classes in %s have names CLIP cannot tell apart (its "
-                "tokenizer ignores case): labels %s%s; their text prompts are the same, so "
-                "text-based classifiers confuse them: rename one of each.",
-                self.name,
-                len(same),
-                source,
-                listed,
-                more,
+                f"{self.name}: {len(same)} group(s) of classes in {self._source} have names CLIP "
+                "cannot tell apart (its tokenizer ignores case): labels "
+                + _listed(same, "; ", 3, " (and {} more)")
+                + "; their text prompts are the same, so text-based classifiers confuse them: "
+                "rename one of each."
             )
-
-    def _check_inside(self, items: list[Datum]) -> None:
-        # Text check, as for split-file rows (splits.read_split): symlinks may point out.
-        inside = self.dataset_dir + os.sep
-        for d in items:
-            if not os.path.normpath(d.impath).startswith(inside):
-                raise UserError(
-                    f"{self.name}: the annotation files in {self.dataset_dir} name image "
-                    f"{d.impath}, which is outside that folder; fix the annotation files."
-                )
 
     def _check_not_empty(self, cfg) -> None:
         """Every split and class subset the run will use holds images (else training would
         run to its end and fail at the first evaluation)."""
-        source = self.split_path if self.split_file else self.dataset_dir
-        subsample = cfg.DATASET.SUBSAMPLE_CLASSES
+        source, subsample = self._source, cfg.DATASET.SUBSAMPLE_CLASSES
         if not self.train_x:
             raise UserError(
                 f"{self.name}: DATASET.SUBSAMPLE_CLASSES {subsample} selects no classes of "
@@ -456,21 +388,31 @@ class DatasetBase:
         for split in self.eval_splits.values():
             paths.update(d.impath for d in split.items)
         bad = check_images(paths, mode)
-        if not bad:
-            return
         missing = [p for p, why in bad if why == "does not exist"]
-        if len(missing) == len(bad):  # a dataset only partly present: how to get it
+        if bad and len(missing) == len(bad):  # a dataset only partly present: how to get it
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise UserError(
                 f"{self.name}: image {missing[0]} does not exist{more}; {self.fix_hint()}."
             )
-        listed = "; ".join(f"{p} {why}" for p, why in bad[:3])
-        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise UserError(
-            f"{self.name}: {len(bad)} of {len(paths)} images cannot be used: {listed}{more}; "
-            "replace or re-download them, or remove them from the split file "
-            "(DATASET.CHECK_IMAGES off skips this check)."
-        )
+        if bad:
+            raise UserError(
+                f"{self.name}: {len(bad)} of {len(paths)} images cannot be used: "
+                + _listed([f"{p} {why}" for p, why in bad], "; ", 3, " (and {} more)")
+                + "; replace or re-download them, or remove them from the split file "
+                "(DATASET.CHECK_IMAGES off skips this check)."
+            )
+
+
+def _draw(train: list[Datum], val: list[Datum], num_shots: int, seed: int):
+    rng = random.Random(seed)
+    train = generate_fewshot_dataset(train, num_shots, rng)
+    return train, generate_fewshot_dataset(val, min(num_shots, 4), rng)
+
+
+def _listed(items: list[str], sep: str, limit: int, more: str) -> str:
+    """The first `limit` of `items` joined by `sep`, then `more` with the count left out."""
+    rest = f"{more.format(len(items) - limit)}" if len(items) > limit else ""
+    return sep.join(items[:limit]) + rest
 
 
 def _number(n: int) -> str:

@@ -1,9 +1,5 @@
-"""Split files, split generation, few-shot sampling and class subsampling.
-
-These are the pieces every CoOp-style dataset reader shares. They are pure
-functions over lists of :class:`Datum`; :class:`~dassl_ext.data.base_dataset.DatasetBase`
-wires them to a dataset folder and to the config.
-"""
+"""Split files, split generation, few-shot sampling and class subsampling: pure functions
+over lists of :class:`Datum` that every CoOp-style dataset reader shares."""
 
 from __future__ import annotations
 
@@ -15,7 +11,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 from dassl_ext.errors import UserError
 from dassl_ext.utils.atomic import write_json_atomic
@@ -24,8 +20,6 @@ from dassl_ext.utils.atomic import write_json_atomic
 # and shared by all runs, so it must not depend on the seed of whichever run came
 # first; 1 is the seed the official scripts start with.
 SPLIT_SEED = 1
-
-T = TypeVar("T")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -52,12 +46,11 @@ def listdir_sorted(path: str, images_only: bool = False) -> list[str]:
 
 
 def read_lines(
-    path: str, parse: Callable[[str], T], expected: str, classes_from: str = ""
-) -> list[T]:
-    """``parse(line)`` of every non-blank, non-``#`` line of the text file ``path`` (UTF-8;
-    a byte-order mark is ignored). A line ``parse`` cannot read (ValueError, IndexError) is
-    a UserError naming the file, the line number and ``expected``; a KeyError (a class
-    the class list lacks) names ``classes_from`` as well."""
+    path: str, parse: Callable[[str], Any], expected: str, classes_from: str = ""
+) -> list:
+    """``parse(line)`` of every non-blank, non-``#`` line of ``path`` (UTF-8, BOM ignored); a
+    line it cannot read is a UserError naming the file, the line and ``expected`` (a KeyError:
+    a class that ``classes_from`` lacks)."""
     out = []
     with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
@@ -82,7 +75,7 @@ def read_lines(
 
 def unique_keys(path: str, keys: list[str], what: str) -> dict[str, int]:
     """``{key: position}`` of a class list read from ``path``; a key listed twice is a
-    UserError (a dict would keep one of them silently and shift every later label)."""
+    UserError (a dict would keep one silently and shift every later label)."""
     index: dict[str, int] = {}
     for i, key in enumerate(keys):
         if key in index:
@@ -95,8 +88,7 @@ def unique_keys(path: str, keys: list[str], what: str) -> dict[str, int]:
 
 
 def read_mat(path: str, key: str):
-    """``loadmat(path)[key]``; a file scipy cannot read (not a .mat, cut short, MATLAB
-    v7.3) or without ``key`` is a UserError naming it."""
+    """``loadmat(path)[key]``; a file scipy cannot read, or without ``key``: UserError."""
     from scipy.io import loadmat  # scipy comes with scikit-learn
     from scipy.io.matlab import MatReadError
 
@@ -120,7 +112,7 @@ def read_mat(path: str, key: str):
 
 
 def read_json(path: str) -> dict:
-    """Read a JSON object from a file; a malformed file is a UserError naming it."""
+    """The JSON object in ``path``; a malformed file is a UserError naming it."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is harmless
             obj = json.load(f, object_pairs_hook=_no_duplicate_keys(path))
@@ -157,17 +149,13 @@ def _no_duplicate_keys(path: str):
 
 
 def _label(value: object) -> int:
-    """A split row's label: an int (or a whole number written as 3.0 or "3"); a bool, a
-    fraction or a non-finite number is a ValueError (int() would silently truncate)."""
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, float):
-        if not value.is_integer():  # also nan and inf
-            raise ValueError(value)
-        return int(value)
+    """A split row's label: an int, 3.0 or "3"; a bool, a fraction, nan or inf is a
+    ValueError (int() would silently truncate)."""
     if isinstance(value, str):
         return int(value.strip())
-    if isinstance(value, int):
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise ValueError(value)
 
@@ -216,22 +204,16 @@ def _short(row: object) -> str:
 def save_split(
     splits: dict[str, list[Datum]], path: str, prefix: str, extra: dict | None = None
 ) -> None:
-    """Write a CoOp split file `{"train"|"val"|"test": [[relpath, label, classname], ...]}`.
-
-    Paths are stored relative to `prefix` (normally the dataset's image folder). `extra`
-    adds other top-level entries (readers of CoOp split files ignore them).
-    """
+    """Write a CoOp split file `{"train"|"val"|"test": [[relpath, label, classname], ...]}`,
+    paths relative to `prefix` (the image folder); `extra`: more top-level entries."""
     obj = {name: _encode(items, prefix) for name, items in splits.items()}
     obj.update(extra or {})
     write_json_atomic(path, obj, indent=4)
 
 
 def read_split(path: str, prefix: str, names: Sequence[str] = ("train", "val", "test")) -> dict:
-    """Read a CoOp split file; returns {name: list[Datum]} with paths joined to `prefix`.
-
-    A row whose path is absolute or leaves `prefix` (``../``) is a UserError naming the
-    file and the row: a split file must not make the program read arbitrary files.
-    """
+    """{name: list[Datum]} of a CoOp split file, paths joined to `prefix`; a row that leaves
+    `prefix` is a UserError (a split file must not make the program read arbitrary files)."""
     obj = read_json(path)
     return {name: _decode(obj.get(name, []), prefix, path, name) for name in names}
 
@@ -246,11 +228,9 @@ def split_digest(splits: dict[str, list[Datum]], prefix: str) -> str:
 # ------------------------------------------------------------- split generation
 
 
-def split_trainval(
-    trainval: list[Datum], p_val: float = 0.2, seed: int = SPLIT_SEED
-) -> tuple[list[Datum], list[Datum]]:
+def split_trainval(trainval: list[Datum], p_val: float = 0.2) -> tuple[list[Datum], list[Datum]]:
     """Hold out `round(p_val * n)` images per class as val (Dassl's split_trainval)."""
-    rng = random.Random(seed)
+    rng = random.Random(SPLIT_SEED)
     by_label: dict[int, list[int]] = defaultdict(list)
     for idx, item in enumerate(trainval):
         by_label[item.label].append(idx)
@@ -270,21 +250,15 @@ def split_trainval(
 
 def split_by_class(
     groups: Sequence[tuple[int, str, list[str]]],
-    p_trn: float = 0.5,
-    p_val: float = 0.2,
-    seed: int = SPLIT_SEED,
 ) -> tuple[list[Datum], list[Datum], list[Datum]]:
-    """Split each class's images into train/val/test fractions (Dassl's 50/20/30 default).
-
-    `groups` holds (label, classname, image paths) per class, in the order to process.
-    """
-    rng = random.Random(seed)
+    """Split each class's images 50/20/30 into train/val/test (Dassl's default); `groups`
+    holds (label, classname, image paths) per class, in the order to process."""
+    rng = random.Random(SPLIT_SEED)
     train, val, test = [], [], []
     for label, cname, impaths in groups:
         impaths = list(impaths)
         rng.shuffle(impaths)
-        n_train = round(len(impaths) * p_trn)
-        n_val = round(len(impaths) * p_val)
+        n_train, n_val = round(len(impaths) * 0.5), round(len(impaths) * 0.2)
         if n_train < 1 or n_val < 1 or len(impaths) - n_train - n_val < 1:
             raise UserError(
                 f"Class '{cname}' has {len(impaths)} image(s): too few for a train/val/test "
@@ -297,18 +271,10 @@ def split_by_class(
 
 
 def read_and_split_data(
-    image_dir: str,
-    p_trn: float = 0.5,
-    p_val: float = 0.2,
-    ignored: Sequence[str] = (),
-    new_cnames: dict[str, str] | None = None,
-    seed: int = SPLIT_SEED,
+    image_dir: str, ignored: Sequence[str] = ()
 ) -> tuple[list[Datum], list[Datum], list[Datum]]:
-    """Build train/val/test from `image_dir/<class>/<image>` (DTD's reader), 50/20/30 per class.
-
-    Class folders are sorted; the label is the index in that order. An empty class
-    folder is a UserError naming it.
-    """
+    """Train/val/test of `image_dir/<class>/<image>` (DTD's reader), 50/20/30 per class; the
+    label is the index of the class folder in sorted order."""
     groups = []
     categories = [c for c in listdir_sorted(image_dir) if c not in ignored]
     categories = [c for c in categories if os.path.isdir(os.path.join(image_dir, c))]
@@ -317,21 +283,18 @@ def read_and_split_data(
         names = listdir_sorted(folder, images_only=True)
         if not names:
             raise UserError(f"Class folder {folder} holds no images; add images or remove it.")
-        cname = (new_cnames or {}).get(category, category)
-        groups.append((label, cname, [os.path.join(folder, n) for n in names]))
+        groups.append((label, category, [os.path.join(folder, n) for n in names]))
     if not groups:
         raise UserError(f"{image_dir} has no class folders; expected <class>/<image> inside.")
-    return split_by_class(groups, p_trn, p_val, seed)
+    return split_by_class(groups)
 
 
 # ------------------------------------------------------ few-shot and subsampling
 
 
 def generate_fewshot_dataset(items: list[Datum], num_shots: int, rng: random.Random) -> list[Datum]:
-    """K images per class, grouped by label in first-appearance order (Dassl semantics).
-
-    A class with fewer than K images keeps all of them; `num_shots < 1` returns `items`.
-    """
+    """K images per class, grouped by label in first-appearance order (Dassl semantics); a
+    class with fewer keeps all of them; `num_shots < 1` returns `items`."""
     if num_shots < 1:
         return items
     by_label: dict[int, list[Datum]] = defaultdict(list)

@@ -2,16 +2,16 @@
 
 Train: the listed augmentations, then ToTensor and (if listed) Normalize.
 Test: Resize(shorter side to max(INPUT.SIZE)) -> CenterCrop(INPUT.SIZE) -> ToTensor -> Normalize.
-``INPUT.BACKEND tensor`` builds the same on uint8 tensors (``tensor_transforms``).
+``INPUT.BACKEND tensor`` builds the same crops with torchvision's v2 transforms on uint8
+tensors (decoded by ``tensor_transforms.read_image_tensor``), cropped before they become float.
 """
 
 from __future__ import annotations
 
 import torch
 import torchvision.transforms as T
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, v2
 
-from dassl_ext.data.tensor_transforms import build_tensor_transform
 from dassl_ext.errors import UserError
 
 INTERPOLATION_MODES = {
@@ -34,11 +34,14 @@ AVAILABLE_TRANSFORMS = (
     "gaussian_noise",
     "instance_norm",
 )
-
-
-def _size(cfg) -> tuple[int, int]:
-    size = cfg.INPUT.SIZE
-    return (size, size) if isinstance(size, int) else tuple(size)
+# What INPUT.BACKEND tensor implements: the transforms CLIP prompt learners use.
+TENSOR_TRANSFORMS = (
+    "random_resized_crop",
+    "random_crop",
+    "center_crop",
+    "random_flip",
+    "normalize",
+)
 
 
 def build_transform(cfg, is_train: bool = True, choices: list[str] | None = None) -> T.Compose:
@@ -56,29 +59,36 @@ def build_transform(cfg, is_train: bool = True, choices: list[str] | None = None
             f"INPUT.INTERPOLATION is '{cfg.INPUT.INTERPOLATION}'; "
             f"use one of: {', '.join(INTERPOLATION_MODES)}."
         )
-    interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
-    size = _size(cfg)
-    if cfg.INPUT.BACKEND == "tensor":
-        return build_tensor_transform(cfg, is_train, choices, size, interp)
-    if cfg.INPUT.BACKEND != "pil":
+    tensor = cfg.INPUT.BACKEND == "tensor"
+    unsupported = [c for c in choices if c not in TENSOR_TRANSFORMS]
+    if tensor and unsupported:
+        raise UserError(
+            f"INPUT.BACKEND tensor does not implement the transform '{unsupported[0]}'; "
+            f"use INPUT.BACKEND pil or only: {', '.join(TENSOR_TRANSFORMS)}."
+        )
+    if cfg.INPUT.BACKEND not in ("pil", "tensor"):
         raise UserError(f"INPUT.BACKEND is '{cfg.INPUT.BACKEND}'; use pil or tensor.")
+    tv = v2 if tensor else T  # the same classes, for uint8 tensors or PIL images
+    interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
+    size = cfg.INPUT.SIZE
+    size = (size, size) if isinstance(size, int) else tuple(size)
     if cfg.INPUT.NO_TRANSFORM:
-        tfms = [T.Resize(size, interpolation=interp)]
+        tfms = [tv.Resize(size, interpolation=interp)]
     elif is_train:
-        tfms = _train_transforms(cfg, choices, size, interp)
+        tfms = _train_transforms(tv, cfg, choices, size, interp)
     else:
         # Resize the shorter side, then crop, as Dassl and CLIP's own preprocessing do.
-        tfms = [T.Resize(max(size), interpolation=interp), T.CenterCrop(size)]
-    tfms.append(T.ToTensor())
+        tfms = [tv.Resize(max(size), interpolation=interp), tv.CenterCrop(size)]
+    tfms.append(v2.ToDtype(torch.float32, scale=True) if tensor else T.ToTensor())
     if is_train and "cutout" in choices:
         tfms.append(Cutout(cfg.INPUT.CUTOUT_N, cfg.INPUT.CUTOUT_LEN))
     if "normalize" in choices:
-        tfms.append(T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD))
+        tfms.append(tv.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD))
     if is_train and "gaussian_noise" in choices:
         tfms.append(GaussianNoise(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD))
     if "instance_norm" in choices:
         tfms.append(InstanceNormalization())
-    return T.Compose(tfms)
+    return tv.Compose(tfms)
 
 
 class Cutout:
@@ -118,31 +128,31 @@ class InstanceNormalization:
         return (img - mean[:, None, None]) / std[:, None, None]
 
 
-def _train_transforms(cfg, choices: list[str], size: tuple[int, int], interp) -> list:
+def _train_transforms(tv, cfg, choices: list[str], size: tuple[int, int], interp) -> list:
     tfms = []
     if "random_crop" not in choices and "random_resized_crop" not in choices:
-        tfms.append(T.Resize(size, interpolation=interp))  # make sure the size matches
+        tfms.append(tv.Resize(size, interpolation=interp))  # make sure the size matches
     if "random_translation" in choices:
         # Dassl's Random2DTranslation: upscale by 1/8 half of the time, then crop.
         big = tuple(round(s * 1.125) for s in size)
         grow = T.Compose([T.Resize(big, interpolation=interp), T.RandomCrop(size)])
         tfms.append(T.RandomApply([grow], p=0.5))
     if "random_crop" in choices:
-        tfms.append(T.RandomCrop(size, padding=cfg.INPUT.CROP_PADDING))
+        tfms.append(tv.RandomCrop(size, padding=cfg.INPUT.CROP_PADDING))
     if "random_resized_crop" in choices:
         scale = tuple(cfg.INPUT.RRCROP_SCALE)
-        tfms.append(T.RandomResizedCrop(size, scale=scale, interpolation=interp))
+        tfms.append(tv.RandomResizedCrop(size, scale=scale, interpolation=interp))
     if "center_crop" in choices:
-        tfms.append(T.CenterCrop(size))
+        tfms.append(tv.CenterCrop(size))
     if "random_flip" in choices:
-        tfms.append(T.RandomHorizontalFlip())
+        tfms.append(tv.RandomHorizontalFlip())
+    i = cfg.INPUT
     if "colorjitter" in choices:
-        i = cfg.INPUT
         tfms.append(
             T.ColorJitter(i.COLORJITTER_B, i.COLORJITTER_C, i.COLORJITTER_S, i.COLORJITTER_H)
         )
     if "randomgrayscale" in choices:
-        tfms.append(T.RandomGrayscale(p=cfg.INPUT.RGS_P))
+        tfms.append(T.RandomGrayscale(p=i.RGS_P))
     if "gaussian_blur" in choices:
-        tfms.append(T.RandomApply([T.GaussianBlur(cfg.INPUT.GB_K)], p=cfg.INPUT.GB_P))
+        tfms.append(T.RandomApply([T.GaussianBlur(i.GB_K)], p=i.GB_P))
     return tfms
