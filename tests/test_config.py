@@ -9,6 +9,8 @@ from yacs.config import CfgNode as CN
 from dassl_ext.config import (
     get_cfg_default,
     load_yaml_with_base,
+    merge_from_file,
+    merge_from_list,
     register_config_extension,
     setup_cfg,
 )
@@ -111,6 +113,27 @@ def test_write_config_round_trip(tmp_path):
     path = write_config(cfg, str(tmp_path / "out"))
     with open(path) as f:
         assert CN.load_cfg(f).OPTIM.LR == 0.5
+
+
+def test_retired_keys_are_accepted_ignored_and_hashed_as_before(tmp_path):
+    """Dassl keys nothing read (DATALOADER.TRAIN_U ...) left the defaults: a run's older
+    config.yaml that holds them still merges and compares equal, and the config hash of the
+    defaults is the one from before the removal."""
+    from dassl_ext.config.compare import config_differences
+    from dassl_ext.evaluation import config_hash
+
+    cfg = get_cfg_default()
+    assert "TRAIN_U" not in cfg.DATALOADER and "HEAD" not in cfg.MODEL
+    older = yaml.safe_load(cfg.dump())
+    older["DATALOADER"]["TRAIN_U"] = {"SAME_AS_X": True, "BATCH_SIZE": 32}
+    older["MODEL"]["HEAD"] = {"NAME": "", "DROPOUT": 0.0}
+    older["VERSION"] = 1
+    assert merge_from_file(get_cfg_default(), _yaml(tmp_path / "config.yaml", older)) == cfg
+    assert merge_from_list(get_cfg_default(), ["DATALOADER.TRAIN_U.BATCH_SIZE", "64"]) == cfg
+    assert config_differences(older, cfg) == []
+    assert config_hash(cfg) == "cf76ab172f85"  # with the retired keys, before their removal
+    with pytest.raises(UserError, match="Unknown config key DATALOADER.TRAIN_Z"):
+        merge_from_list(get_cfg_default(), ["DATALOADER.TRAIN_Z.BATCH_SIZE", "64"])
 
 
 def test_ints_widen_to_float_keys_but_not_the_reverse(tmp_path):

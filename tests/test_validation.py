@@ -309,9 +309,9 @@ def _float_keys(node: CN, prefix: str = "") -> list[str]:
 
 
 def test_every_float_key_refuses_nan_and_inf():
-    """Keys without a range rule (INPUT.GN_MEAN, MODEL.HEAD.DROPOUT, PIXEL_MEAN ...) too."""
+    """Keys without a range rule (INPUT.GN_MEAN, INPUT.PIXEL_MEAN ...) too."""
     keys = _float_keys(_full_default_cfg())
-    assert len(keys) > 30
+    assert len(keys) > 25
     for key in keys:
         for bad in (float("nan"), float("inf")):
             cfg = _full_default_cfg()

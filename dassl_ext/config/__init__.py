@@ -21,19 +21,7 @@ from dassl_ext.config.setup import (
 )
 
 __all__ = [
-    "Check",
-    "OneOf",
-    "Range",
-    "Rule",
-    "apply_config_extensions",
-    "check_rules",
-    "config_rules",
-    "get_cfg_default",
-    "load_yaml_with_base",
-    "merge_from_file",
-    "merge_from_list",
-    "register_config_extension",
-    "register_config_rules",
-    "setup_cfg",
-    "validate_config",
-]
+    "Check", "OneOf", "Range", "Rule", "apply_config_extensions", "check_rules", "config_rules",
+    "get_cfg_default", "load_yaml_with_base", "merge_from_file", "merge_from_list",
+    "register_config_extension", "register_config_rules", "setup_cfg", "validate_config",
+]  # fmt: skip

@@ -1,10 +1,7 @@
-"""Which differences between two configurations change a run's results.
-
-A run continued with ``--resume``, or a folder that already holds a ``results.json``, must
-keep the configuration its record describes. :func:`config_differences` lists the keys
-whose values differ, leaving out :data:`RESULT_NEUTRAL_KEYS`: keys that say where a run
-is, how it reports or how it uses this machine, not what it computes.
-"""
+"""Which differences between two configurations change a run's results: a run continued
+with ``--resume``, or a folder that holds a ``results.json``, must keep the configuration its
+record describes, less :data:`RESULT_NEUTRAL_KEYS` (where a run is, how it reports, how it
+uses this machine)."""
 
 from __future__ import annotations
 
@@ -14,32 +11,24 @@ from typing import Any
 
 import yaml
 
+from dassl_ext.config.defaults import RETIRED
 from dassl_ext.errors import UserError
 
 # Where a run is and how it reports (the config hash of results.json leaves them out too)
 PLACE_KEYS = (
-    "OUTPUT_DIR",
-    "RESUME",
-    "DATASET.ROOT",
-    "MODEL.CLIP_ROOT",
-    "TRAIN.PRINT_FREQ",
-    "TEST.SAVE_LOGITS",
-    "TEST.PER_CLASS_RESULT",
-    "TEST.COMPUTE_CMAT",
+    "OUTPUT_DIR", "RESUME", "DATASET.ROOT", "MODEL.CLIP_ROOT", "TRAIN.PRINT_FREQ",
+    "TEST.SAVE_LOGITS", "TEST.PER_CLASS_RESULT", "TEST.COMPUTE_CMAT",
     "MODEL.GRAD_CHECKPOINTING",  # memory only: the same results
     "DATASET.CHECK_IMAGES",  # which input checks run before training, not what is trained
-)
+)  # fmt: skip
 # ... plus how the run uses the machine it is on. The same experiment, though with another
 # DATALOADER.NUM_WORKERS the random augmentations are drawn by other worker processes
 RESULT_NEUTRAL_KEYS = (
-    *PLACE_KEYS,
-    "DATALOADER.NUM_WORKERS",
+    *PLACE_KEYS, "DATALOADER.NUM_WORKERS", "DIST.TIMEOUT",
     "DATALOADER.TEST.BATCH_SIZE",  # evaluation batches: the same predictions
-    "DIST.TIMEOUT",
     "USE_CUDA",  # a preference: the device is the machine's, as the number of processes
-    "VERBOSE",
     "TRAIN.CHECKPOINT_FREQ",  # which epochs are saved, not what is trained
-)
+)  # fmt: skip
 
 ABSENT = "(absent)"
 # From this many keys missing in a saved config, say that the record itself may be damaged
@@ -51,11 +40,10 @@ def flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
     become lists (as in a yaml file)."""
     flat: dict[str, Any] = {}
     for key, value in node.items():
-        full = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(flatten(value, full + "."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[full] = _plain(value)
+            flat[f"{prefix}{key}"] = _plain(value)
     return flat
 
 
@@ -69,13 +57,10 @@ def config_differences(
     """``[(key, old value, new value), ...]`` for every key (sorted) whose value differs
     between ``saved`` and ``new`` and that is not ``neutral``; a key only one side has
     shows :data:`ABSENT` on the other."""
-    old, cur = flatten(saved), flatten(new)
-    keys = sorted(set(old) | set(cur))
-    return [
-        (k, old.get(k, ABSENT), cur.get(k, ABSENT))
-        for k in keys
-        if k not in neutral and old.get(k, ABSENT) != cur.get(k, ABSENT)
-    ]
+    old = {k: v for k, v in flatten(saved).items() if k not in RETIRED}  # never read
+    cur = flatten(new)
+    pairs = [(k, old.get(k, ABSENT), cur.get(k, ABSENT)) for k in sorted(set(old) | set(cur))]
+    return [(k, a, b) for k, a, b in pairs if k not in neutral and a != b]
 
 
 def format_differences(diffs: list[tuple[str, Any, Any]], most: int = 8) -> str:
@@ -103,11 +88,9 @@ def read_saved_config(path: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        reason = getattr(e, "strerror", None) or type(e).__name__
-        data, bad = None, reason
-    else:
         bad = None if isinstance(data, dict) else "not a mapping of keys"
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        bad = getattr(e, "strerror", None) or type(e).__name__
     if bad:
         raise UserError(
             f"Cannot read the configuration of the run in {os.path.dirname(path)} from {path} "

@@ -53,24 +53,15 @@ class Rule:
 
     def problem(self, key: str, value: Any) -> str | None:
         """The sentence for a value that is not allowed, else None."""
-        allowed = self.allowed(value)
-        if allowed is None:
-            return None
-        note = f" ({self.note})" if self.note else ""
-        return f"{key} is {short_repr(value)}; {allowed}{note}."
+        allowed, note = self.allowed(value), f" ({self.note})" if self.note else ""
+        return None if allowed is None else f"{key} is {short_repr(value)}; {allowed}{note}."
 
     def check(self, value: Any) -> None:
-        """Raise the sentence for ``value`` unless allowed (for code given a config that was
-        not validated, such as a library caller's)."""
+        """Raise the sentence for ``value`` unless allowed (for a config that was not
+        validated, such as a library caller's)."""
         sentence = self.problem(self.key, value)
         if sentence:
             raise UserError(sentence)
-
-
-def _is_number(value: Any, integer: bool) -> bool:
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, int) if integer else isinstance(value, (int, float))
 
 
 def _fmt(x: float) -> str:
@@ -90,28 +81,20 @@ class Range(Rule):
     also: tuple = ()
     note: str = ""
 
-    def _inside(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or value <= self.high
-
     def allowed(self, value: Any) -> str | None:
-        if _is_number(value, self.integer) and (value in self.also or self._inside(value)):
-            return None
-        kind = "an integer" if self.integer else "a number"
-        if self.low is not None and self.high is not None and not self.low_open:
+        kind = int if self.integer else (int, float)
+        if isinstance(value, kind) and not isinstance(value, bool):
+            low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+            inside = math.isfinite(value) and low_ok and (self.high is None or value <= self.high)
+            if inside or value in self.also:
+                return None
+        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {_fmt(self.low)}"
+        high = "" if self.high is None else f"<= {_fmt(self.high)}"
+        bound = " and ".join(b for b in (low, high) if b)
+        if low and high and not self.low_open:
             bound = f"from {_fmt(self.low)} to {_fmt(self.high)}"
-        else:
-            parts = []
-            if self.low is not None:
-                parts.append(f"{'>' if self.low_open else '>='} {_fmt(self.low)}")
-            if self.high is not None:
-                parts.append(f"<= {_fmt(self.high)}")
-            bound = " and ".join(parts)
         also = "".join(f"{_fmt(a)} or " for a in self.also)
-        return f"use {also}{kind} {bound}".rstrip()
+        return f"use {also}{'an integer' if self.integer else 'a number'} {bound}".rstrip()
 
 
 @dataclass(frozen=True)
@@ -126,10 +109,8 @@ class OneOf(Rule):
 
     def allowed(self, value: Any) -> str | None:
         choices = list(self.choices() if callable(self.choices) else self.choices)
-        if self.ignore_case and isinstance(value, str):
-            if value.lower() in [str(c).lower() for c in choices]:
-                return None
-        elif value in choices:
+        fold = self.ignore_case and isinstance(value, str)
+        if value.lower() in [str(c).lower() for c in choices] if fold else value in choices:
             return None
         if len(choices) == 1:
             return f"use {choices[0]}"
@@ -168,32 +149,25 @@ def _values(cfg: CfgNode, pattern: str) -> list[tuple[str, Any]]:
     """``(key, value)`` of every key matching ``pattern``; a key without ``*`` must exist."""
     found: list[tuple[str, Any]] = [("", cfg)]
     for part in pattern.split("."):
-        step = []
-        for prefix, node in found:
-            if not isinstance(node, CfgNode):
-                continue
-            names = list(node.keys()) if part == "*" else [part]
-            step += [(f"{prefix}{n}", node[n]) for n in names if n in node]
+        nodes = [(prefix, node) for prefix, node in found if isinstance(node, CfgNode)]
+        for prefix, node in nodes:
             if part != "*" and part not in node:
                 raise KeyError(f"Config rule for {pattern}: no key {prefix}{part}")
-        found = [(k + ".", v) for k, v in step]
+        found = [(f"{p}{k}.", n[k]) for p, n in nodes for k in (n if part == "*" else [part])]
     return [(k[:-1], v) for k, v in found]
 
 
 def _rule_problems(cfg: CfgNode, rules: Sequence[Rule]) -> list[tuple[str, str]]:
     """``(key, sentence)`` for each key whose value a rule does not allow."""
-    problems = []
-    for rule in rules:
-        for key, value in _values(cfg, rule.key):
-            sentence = rule.problem(key, value)
-            if sentence:
-                problems.append((key, sentence))
-    return problems
+    found = [
+        (key, rule.problem(key, value)) for rule in rules for key, value in _values(cfg, rule.key)
+    ]
+    return [(key, sentence) for key, sentence in found if sentence]
 
 
-def _floats(value: Any) -> list[float]:
-    items = value if isinstance(value, (list, tuple)) else [value]
-    return [x for x in items if isinstance(x, float)]
+def _raise(problems: list[tuple[str, str]]) -> None:
+    if problems:
+        raise UserError("\n".join(sentence for _, sentence in problems))
 
 
 def non_finite_problems(cfg: CfgNode, prefix: str = "") -> list[tuple[str, str]]:
@@ -201,28 +175,24 @@ def non_finite_problems(cfg: CfgNode, prefix: str = "") -> list[tuple[str, str]]
     no key has a meaning for them, and keys without a range rule would pass them on."""
     problems = []
     for k, v in cfg.items():
+        key, items = f"{prefix}{k}", v if isinstance(v, (list, tuple)) else [v]
         if isinstance(v, CfgNode):
-            problems += non_finite_problems(v, f"{prefix}{k}.")
-        elif not all(math.isfinite(x) for x in _floats(v)):
-            key = f"{prefix}{k}"
+            problems += non_finite_problems(v, key + ".")
+        elif any(isinstance(x, float) and not math.isfinite(x) for x in items):
             problems.append((key, f"{key} is {short_repr(v)}; use finite numbers."))
     return problems
 
 
 def check_rules(cfg: CfgNode, rules: Sequence[Rule]) -> None:
     """Raise one UserError with a sentence per key whose value a rule does not allow."""
-    problems = _rule_problems(cfg, rules)
-    if problems:
-        raise UserError("\n".join(sentence for _, sentence in problems))
+    _raise(_rule_problems(cfg, rules))
 
 
 def check_config_values(cfg: CfgNode) -> None:
     """:func:`config_rules`, and no NaN or infinity in any key (one sentence per key)."""
     problems = _rule_problems(cfg, config_rules())
     named = {key for key, _ in problems}
-    problems += [p for p in non_finite_problems(cfg) if p[0] not in named]
-    if problems:
-        raise UserError("\n".join(sentence for _, sentence in problems))
+    _raise(problems + [p for p in non_finite_problems(cfg) if p[0] not in named])
 
 
 def config_rules() -> list[Rule]:
@@ -231,18 +201,15 @@ def config_rules() -> list[Rule]:
 
 
 def validate_config(cfg: CfgNode, will_train: bool = False) -> None:
-    """Check the config of a run before any work: :func:`check_config_values`, then the dataset and
-    trainer it names (unknown: the registry's error, which lists the names), each one's own
-    checks (classmethod ``check_config(cfg)``, if any), and, when the run ``will_train``,
-    that the trainer has something to train."""
+    """Check the config of a run before any work: :func:`check_config_values`, then the
+    dataset (none yet: library use) and trainer it names (unknown: the registry's error,
+    which lists the names), each one's ``check_config(cfg)`` if any, and, when the run
+    ``will_train``, that the trainer has something to train."""
     check_config_values(cfg)
-    if cfg.DATASET.NAME:  # empty: the run has no dataset config yet (library use)
-        dataset_checks = getattr(DATASET_REGISTRY.get(cfg.DATASET.NAME), "check_config", None)
-        if dataset_checks is not None:
-            dataset_checks(cfg)
-    trainer_cls = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
-    if will_train and getattr(trainer_cls, "evaluation_only", False):
+    no_checks = lambda cfg: None  # noqa: E731
+    dataset = DATASET_REGISTRY.get(cfg.DATASET.NAME) if cfg.DATASET.NAME else None
+    getattr(dataset, "check_config", no_checks)(cfg)
+    trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    if will_train and getattr(trainer, "evaluation_only", False):
         raise UserError(f"{cfg.TRAINER.NAME} has nothing to train; run it with --eval-only.")
-    trainer_checks = getattr(trainer_cls, "check_config", None)
-    if trainer_checks is not None:
-        trainer_checks(cfg)
+    getattr(trainer, "check_config", no_checks)(cfg)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from yacs.config import CfgNode
 
-from dassl_ext.config.defaults import _C
+from dassl_ext.config.defaults import _C, is_retired
 from dassl_ext.config.rules import short_repr as _shown
 from dassl_ext.config.yaml_file import read_yaml_file
 from dassl_ext.errors import UserError
@@ -48,10 +49,8 @@ def apply_config_extensions(cfg: CfgNode) -> CfgNode:
 
 
 def load_yaml_with_base(path: str, _stack: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Read a yaml file into a dict, resolving ``_BASE_`` recursively (relative to the file).
-
-    The file is read strictly (:func:`read_yaml_file`): a duplicated key, a key that is not
-    a name, a file that is not UTF-8 text ... are a UserError naming the file and line."""
+    """Read a yaml file (strictly: :func:`read_yaml_file`) into a dict, resolving ``_BASE_``
+    recursively (relative to the file)."""
     path = os.path.abspath(path)
     if not os.path.exists(path):
         raise UserError(f"Config file {path} does not exist; check the path you passed.")
@@ -60,15 +59,14 @@ def load_yaml_with_base(path: str, _stack: tuple[str, ...] = ()) -> dict[str, An
     data = read_yaml_file(path)
     data = {} if data is None else data
     if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"the single value {_shown(data)}"
         raise UserError(
-            f"Config file {path} holds {_kind_of(data)} at its top level; it must hold "
+            f"Config file {path} holds {kind} at its top level; it must hold "
             "sections of keys (e.g. OPTIM: followed by indented LR: 0.002)."
         )
     bases = data.pop(BASE_KEY, None)
-    if bases is None:
-        return data
     merged: dict[str, Any] = {}
-    for base in _base_paths(path, bases):
+    for base in _base_paths(path, bases) if bases is not None else []:
         if not os.path.exists(base):
             raise UserError(
                 f"Config file {path} inherits from {base} (_BASE_), which does not exist; "
@@ -77,10 +75,6 @@ def load_yaml_with_base(path: str, _stack: tuple[str, ...] = ()) -> dict[str, An
         _deep_update(merged, load_yaml_with_base(base, (*_stack, path)))
     _deep_update(merged, data)
     return merged
-
-
-def _kind_of(value: Any) -> str:
-    return "a list" if isinstance(value, list) else f"the single value {_shown(value)}"
 
 
 def _base_paths(path: str, bases: Any) -> list[str]:
@@ -103,10 +97,9 @@ def _deep_update(dst: dict, src: dict) -> None:
 
 
 def _unknown_key_error(full_key: str, node: CfgNode, source: str) -> UserError:
-    last = full_key.split(".")[-1]
+    section, _, last = full_key.rpartition(".")
     close = difflib.get_close_matches(last, list(node.keys()), n=1)
-    hint = f" (did you mean {full_key.rsplit('.', 1)[0] + '.' if '.' in full_key else ''}"
-    hint = f"{hint}{close[0]}?)" if close else ""
+    hint = f" (did you mean {section + '.' if section else ''}{close[0]}?)" if close else ""
     return UserError(
         f"Unknown config key {full_key} in {source}{hint}; remove it, or make sure the trainer "
         "that defines it is registered."
@@ -118,12 +111,9 @@ _BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": Fals
 
 def _kind(current: Any, value: Any) -> str:
     """What a key whose default is ``current`` takes ("use ...")."""
-    if isinstance(current, bool):
-        return "True or False"
-    if isinstance(current, int):
-        return "an integer"
-    if isinstance(current, float):
-        return "a number"
+    for kind, text in ((bool, "True or False"), (int, "an integer"), (float, "a number")):
+        if isinstance(current, kind):
+            return text
     if isinstance(current, str):
         quote = " (quote yes, no, on, off: unquoted, yaml reads them as True / False)"
         return "text" + (quote if isinstance(value, bool) else "")
@@ -133,11 +123,10 @@ def _kind(current: Any, value: Any) -> str:
 
 
 def _conform(key: str, current: Any, value: Any, source: str) -> Any:
-    """``value`` as the type of the default ``current``, or a UserError saying what to use.
-
-    Text is decoded as yacs does (``"1e-3"`` -> 0.001); integers widen to floats (official
-    files and scripts write ``KD_WEIGHT 1000``); true/yes/on and false/no/off are booleans
-    (as in yaml); a list fits a tuple key and the reverse."""
+    """``value`` as the type of the default ``current``, or a UserError saying what to use:
+    text is decoded as yacs does (``"1e-3"`` -> 0.001), integers widen to floats (official
+    files write ``KD_WEIGHT 1000``), true/yes/on and false/no/off are booleans (as in yaml),
+    a list fits a tuple key and the reverse."""
     if isinstance(current, CfgNode):
         first = next(iter(current.keys()), "KEY")
         shown = "empty" if value is None else _shown(value)
@@ -173,24 +162,16 @@ def _conform(key: str, current: Any, value: Any, source: str) -> Any:
 
 def _conform_tree(data: dict, node: CfgNode, source: str, prefix: str = "") -> None:
     """Check every key of ``data`` against ``node`` and conform its value (in place)."""
-    for k, v in data.items():
+    for k, v in list(data.items()):
         full_key = f"{prefix}{k}"
-        if k not in node:
+        if k not in node and is_retired(full_key):
+            del data[k]  # accepted and ignored, as when the defaults held it
+        elif k not in node:
             raise _unknown_key_error(full_key, node, source)
-        if isinstance(v, dict) and isinstance(node[k], CfgNode):
+        elif isinstance(v, dict) and isinstance(node[k], CfgNode):
             _conform_tree(v, node[k], source, full_key + ".")
         else:
             data[k] = _conform(full_key, node[k], v, source)
-
-
-def _assign(node: CfgNode, data: dict) -> None:
-    """Set the (conformed) values of ``data`` in ``node``; yacs' own merge would decode
-    text again ("123" -> 123) and refuse it for a text key."""
-    for k, v in data.items():
-        if isinstance(v, dict):
-            _assign(node[k], v)
-        else:
-            node[k] = v
 
 
 def merge_from_file(cfg: CfgNode, path: str) -> CfgNode:
@@ -198,7 +179,7 @@ def merge_from_file(cfg: CfgNode, path: str) -> CfgNode:
     of the wrong type -> UserError."""
     data = load_yaml_with_base(path)
     _conform_tree(data, cfg, path)
-    _assign(cfg, data)
+    _deep_update(cfg, data)  # not yacs' merge: it would decode text again ("123" -> 123)
     return cfg
 
 
@@ -214,14 +195,17 @@ def merge_from_list(cfg: CfgNode, opts: Sequence[str]) -> CfgNode:
                 f"Command-line key {key!r} has an empty part; write a full dotted name such "
                 "as OPTIM.LR."
             )
+        if is_retired(".".join(parts)):
+            continue
         node = cfg
         for i, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: i + 1])
             if part not in node:
-                raise _unknown_key_error(".".join(parts[: i + 1]), node, "the command line")
+                raise _unknown_key_error(where, node, "the command line")
             if not isinstance(node[part], CfgNode):
                 raise UserError(
-                    f"Unknown config key {key} in the command line: {'.'.join(parts[: i + 1])} "
-                    "is a value, not a section."
+                    f"Unknown config key {key} in the command line: {where} is a value, not a "
+                    "section."
                 )
             node = node[part]
         if parts[-1] not in node:
@@ -230,13 +214,21 @@ def merge_from_list(cfg: CfgNode, opts: Sequence[str]) -> CfgNode:
     return cfg
 
 
+# Dassl's command-line flags and the keys they set when given (--resume and --seed: below)
+_FLAG_KEYS = {
+    "root": "DATASET.ROOT", "output_dir": "OUTPUT_DIR", "source_domains": "DATASET.SOURCE_DOMAINS",
+    "target_domains": "DATASET.TARGET_DOMAINS", "transforms": "INPUT.TRANSFORMS",
+    "trainer": "TRAINER.NAME", "backbone": "MODEL.BACKBONE.NAME",
+}  # fmt: skip
+
+
 def reset_cfg(cfg: CfgNode, args: Any) -> None:
     """Apply Dassl's CLI flags (``--root``, ``--seed`` ...) to ``cfg``; ``--seed 0`` counts."""
     arg = lambda name: getattr(args, name, None)  # noqa: E731
-    if arg("root"):
-        cfg.DATASET.ROOT = arg("root")
-    if arg("output_dir"):
-        cfg.OUTPUT_DIR = arg("output_dir")
+    for flag, key in _FLAG_KEYS.items():
+        if arg(flag):
+            *section, name = key.split(".")
+            setattr(functools.reduce(getattr, section, cfg), name, arg(flag))
     if arg("resume"):
         cfg.RESUME = arg("resume")
         if not arg("output_dir"):  # continue writing where the run was
@@ -249,16 +241,6 @@ def reset_cfg(cfg: CfgNode, args: Any) -> None:
                 f"seed from 0 to {MAX_SEED}."
             )
         cfg.SEED = seed
-    if arg("source_domains"):
-        cfg.DATASET.SOURCE_DOMAINS = arg("source_domains")
-    if arg("target_domains"):
-        cfg.DATASET.TARGET_DOMAINS = arg("target_domains")
-    if arg("transforms"):
-        cfg.INPUT.TRANSFORMS = arg("transforms")
-    if arg("trainer"):
-        cfg.TRAINER.NAME = arg("trainer")
-    if arg("backbone"):
-        cfg.MODEL.BACKBONE.NAME = arg("backbone")
 
 
 def setup_cfg(args: Any) -> CfgNode:

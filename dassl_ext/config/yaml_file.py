@@ -23,12 +23,10 @@ _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _MERGE = "tag:yaml.org,2002:merge"
 _BOMS = (  # UTF-32 first: its little-endian BOM starts with UTF-16's
-    (codecs.BOM_UTF32_LE, "utf-32"),
-    (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"),
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
     (codecs.BOM_UTF8, "utf-8-sig"),
-)
+)  # fmt: skip
 _OCTAL = re.compile(r"[-+]?0[0-9_]+")  # YAML 1.1 octal (PyYAML): 010 is 8
 
 
@@ -97,10 +95,11 @@ class ConfigLoader(yaml.SafeLoader):
         text = node.value
         if node.tag == _INT and _OCTAL.fullmatch(text):
             meaning = f"the octal number {self.construct_yaml_int(node)}"
-        elif node.tag == _INT and ":" in text:
-            meaning = f"the base-60 number {self.construct_yaml_int(node)}"
-        elif node.tag == _FLOAT and ":" in text:
-            meaning = f"the base-60 number {self.construct_yaml_float(node)}"
+        elif node.tag in (_INT, _FLOAT) and ":" in text:
+            number = (self.construct_yaml_int if node.tag == _INT else self.construct_yaml_float)(
+                node
+            )
+            meaning = f"the base-60 number {number}"
         else:
             return
         raise UserError(

@@ -14,14 +14,6 @@ from dassl_ext.data.transforms import build_transform
 from dassl_ext.registry import DATASET_REGISTRY
 
 __all__ = [
-    "DATASET_REGISTRY",
-    "DataManager",
-    "DatasetBase",
-    "DatasetWrapper",
-    "Datum",
-    "EvalSplit",
-    "TrainBatch",
-    "build_dataset",
-    "build_transform",
-    "read_image",
-]
+    "DATASET_REGISTRY", "DataManager", "DatasetBase", "DatasetWrapper", "Datum", "EvalSplit",
+    "TrainBatch", "build_dataset", "build_transform", "read_image",
+]  # fmt: skip

@@ -25,35 +25,19 @@ def _numbers(v: Any, n: int, positive: bool = False) -> bool:
 
 
 register_config_rules(
-    Check(
-        "INPUT.SIZE",
-        lambda v: _count(v) or (len(v) == 2 and all(map(_count, v))),
-        "use (height, width), two integers >= 1",
-    ),
+    Check("INPUT.SIZE", lambda v: _count(v) or (len(v) == 2 and all(map(_count, v))),
+          "use (height, width), two integers >= 1"),
     OneOf("INPUT.INTERPOLATION", tuple(INTERPOLATION_MODES)),
-    Check(
-        "INPUT.TRANSFORMS",
-        lambda v: all(t in AVAILABLE_TRANSFORMS for t in v),
-        f"use names from {', '.join(AVAILABLE_TRANSFORMS)}",
-    ),
+    Check("INPUT.TRANSFORMS", lambda v: all(t in AVAILABLE_TRANSFORMS for t in v),
+          f"use names from {', '.join(AVAILABLE_TRANSFORMS)}"),
     Check("INPUT.PIXEL_MEAN", lambda v: _numbers(v, 3), "use three numbers, one per channel"),
     Check("INPUT.PIXEL_STD", lambda v: _numbers(v, 3, True), "use three numbers > 0"),
-    Check(
-        "INPUT.RRCROP_SCALE",
-        lambda v: _numbers(v, 2) and 0 < v[0] <= v[1] <= 1,
-        "use (min, max) with 0 < min <= max <= 1",
-    ),
+    Check("INPUT.RRCROP_SCALE", lambda v: _numbers(v, 2) and 0 < v[0] <= v[1] <= 1,
+          "use (min, max) with 0 < min <= max <= 1"),
     Range("INPUT.COLORJITTER_H", 0, 0.5),
-    Check(
-        "INPUT.GB_K",
-        lambda v: _count(v) and v % 2,
-        "use an odd integer >= 1",
-        "the blur kernel size",
-    ),
-    *(
-        Range(f"INPUT.{k}", 0)
-        for k in ("GN_STD", "COLORJITTER_B", "COLORJITTER_C", "COLORJITTER_S")
-    ),
+    Check("INPUT.GB_K", lambda v: _count(v) and v % 2, "use an odd integer >= 1",
+          note="the blur kernel size"),
+    *(Range(f"INPUT.{k}", 0) for k in ("GN_STD", *(f"COLORJITTER_{c}" for c in "BCS"))),
     *(Range(f"INPUT.{k}", 0, 1) for k in ("RGS_P", "GB_P")),
     *(Range(f"INPUT.{k}", 0, integer=True) for k in ("CROP_PADDING", "CUTOUT_N", "CUTOUT_LEN")),
     Range("DATASET.NUM_SHOTS", 0, integer=True, also=(-1,), note="0 or -1: all images"),
@@ -63,4 +47,4 @@ register_config_rules(
     Range("DATALOADER.NUM_WORKERS", 0, integer=True),
     OneOf("DATALOADER.TRAIN_X.SAMPLER", SAMPLERS),
     *(Range(f"DATALOADER.{k}.BATCH_SIZE", 1, integer=True) for k in ("TRAIN_X", "TEST")),
-)
+)  # fmt: skip

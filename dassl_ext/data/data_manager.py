@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from dassl_ext.data.base_dataset import DatasetBase
 from dassl_ext.data.images import read_image, too_large
@@ -65,9 +65,7 @@ class DatasetWrapper(Dataset):
     def __init__(
         self, data: list[Datum], transform: Callable, reader: Callable = read_image
     ) -> None:
-        self.data = data
-        self.transform = transform
-        self.reader = reader
+        self.data, self.transform, self.reader = data, transform, reader
 
     def __len__(self) -> int:
         return len(self.data)
@@ -87,34 +85,22 @@ class DatasetWrapper(Dataset):
         }
 
 
-class _CleanErrorIter:
-    """Re-raises a worker's UserError with its own message, not the worker traceback."""
-
-    def __init__(self, inner: Iterator) -> None:
-        self.inner = inner
-
-    def __iter__(self) -> _CleanErrorIter:
-        return self
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __next__(self):
-        try:
-            return next(self.inner)
-        except UserError as e:
-            message = str(e).strip().rsplit("UserError: ", 1)[-1]
-            shutdown = getattr(self.inner, "_shutdown_workers", None)
-            if shutdown is not None:  # stop the workers now, not when the traceback is freed
-                shutdown()
-            raise UserError(message) from None
+def _clean_errors(batches: Iterator) -> Iterator:
+    """``batches``, with a worker's UserError re-raised as its own message (no traceback)."""
+    try:
+        yield from batches
+    except UserError as e:
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:  # stop the workers now, not when the traceback is freed
+            shutdown()
+        raise UserError(str(e).strip().rsplit("UserError: ", 1)[-1]) from None
 
 
 class Loader(DataLoader):
     """DataLoader whose iterator reports a worker's UserError as one clean sentence."""
 
-    def __iter__(self) -> _CleanErrorIter:
-        return _CleanErrorIter(super().__iter__())
+    def __iter__(self) -> Iterator:
+        return _clean_errors(super().__iter__())  # created now: the RNG draws stay in place
 
 
 class DataManager:
@@ -122,7 +108,7 @@ class DataManager:
 
     Attributes: `dataset`, `train_loader_x`, `val_loader` (None without val images),
     `eval_loaders` ({split name: loader}, the reported splits), `test_loader` (the
-    first reported split), `num_classes`, `classnames`, `lab2cname`.
+    first reported split), `global_batch`, `num_classes`, `classnames`, `lab2cname`.
     Call `set_epoch(epoch)` before each training epoch to fix its shuffling order.
     """
 
@@ -134,7 +120,12 @@ class DataManager:
         custom_tfm_test: Callable | None = None,
     ) -> None:
         self.cfg = cfg
-        self.dataset = dataset if dataset is not None else build_dataset(cfg)
+        self.dataset = ds = dataset if dataset is not None else build_dataset(cfg)
+        self.num_classes, self.classnames, self.lab2cname = (
+            ds.num_classes,
+            ds.classnames,
+            ds.lab2cname,
+        )
         self.tfm_train = custom_tfm_train or build_transform(cfg, is_train=True)
         self.tfm_test = custom_tfm_test or build_transform(cfg, is_train=False)
         self.rank, self.world_size = get_rank(), get_world_size()
@@ -144,41 +135,24 @@ class DataManager:
         self.seed = cfg.SEED if cfg.SEED >= 0 else broadcast_object(random.randrange(2**31))
         self.generator = torch.Generator()
         self.generator.manual_seed(self.seed)
-
-        ds = self.dataset
+        self._loader_kwargs = {
+            "num_workers": cfg.DATALOADER.NUM_WORKERS,
+            "pin_memory": torch.cuda.is_available() and cfg.USE_CUDA,
+        }
         self.train_loader_x = self._train_loader(ds.train_x)
         self.val_loader = self._eval_loader(ds.val) if ds.val else None
         self.eval_loaders = {name: self._eval_loader(s.items) for name, s in ds.eval_splits.items()}
         self.test_loader = next(iter(self.eval_loaders.values()))
-
-    @property
-    def num_classes(self) -> int:
-        return self.dataset.num_classes
-
-    @property
-    def classnames(self) -> list[str]:
-        return self.dataset.classnames
-
-    @property
-    def lab2cname(self) -> dict[int, str]:
-        return self.dataset.lab2cname
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the train shuffling for `epoch` (from cfg.SEED + epoch: the same order on
         every process, and after a resume)."""
         self.generator.manual_seed(self.seed + epoch)
 
-    def _loader_kwargs(self) -> dict:
-        cfg = self.cfg
-        return {
-            "num_workers": cfg.DATALOADER.NUM_WORKERS,
-            "pin_memory": torch.cuda.is_available() and cfg.USE_CUDA,
-        }
-
     def _train_loader(self, data: list[Datum]) -> Loader:
-        """Each step reads one global batch of ``global_batch`` images, split over the
-        processes (:class:`GlobalBatchSampler`); the incomplete last batch is dropped unless
-        it is the only one (as Dassl)."""
+        """Each step reads one global batch, split over the processes
+        (:class:`GlobalBatchSampler`); the incomplete last batch is dropped unless it is the
+        only one (as Dassl)."""
         shuffle = self.cfg.DATALOADER.TRAIN_X.SAMPLER != "SequentialSampler"
         sampler = GlobalBatchSampler(
             len(data),
@@ -193,19 +167,15 @@ class DataManager:
             DatasetWrapper(data, self.tfm_train, image_reader(self.cfg)),
             batch_sampler=sampler,
             generator=self.generator,  # also seeds the workers' base seed
-            **self._loader_kwargs(),
+            **self._loader_kwargs,
         )
 
     def _eval_loader(self, data: list[Datum]) -> Loader:
-        if self.world_size > 1:
-            sampler = RankStridedSampler(len(data), self.rank, self.world_size)
-        else:
-            sampler = SequentialSampler(data)
         return Loader(
             DatasetWrapper(data, self.tfm_test, image_reader(self.cfg)),
             batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE,
-            sampler=sampler,
-            **self._loader_kwargs(),
+            sampler=RankStridedSampler(len(data), self.rank, self.world_size),  # 1: in order
+            **self._loader_kwargs,
         )
 
     def show_dataset_summary(self) -> None:

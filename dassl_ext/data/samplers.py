@@ -1,12 +1,10 @@
 """Samplers that make N processes read what one process reads.
 
-Training: :class:`GlobalBatchSampler` orders the data once per epoch (the same order on every
-process: the same seeded generator), cuts that order into GLOBAL batches and gives each rank
-its contiguous share of every one. With one process its batches are those of a
-``RandomSampler`` with the same generator cut by a ``BatchSampler``; with N processes the
-union of the ranks' batches at each step is that same global batch.
-
-Evaluation: :class:`RankStridedSampler` gives every image to exactly one rank, no padding.
+:class:`GlobalBatchSampler` (training) orders the data once per epoch (seeded alike on every
+process), cuts the order into GLOBAL batches and gives each rank its contiguous share of
+each: with one process, a ``RandomSampler`` + ``BatchSampler`` with the same generator; with
+N, the union of the ranks' batches at each step is that same batch.
+:class:`RankStridedSampler` (evaluation) gives every image to exactly one rank, no padding.
 """
 
 from __future__ import annotations
@@ -30,10 +28,8 @@ def rank_share(batch: list[int], rank: int, world_size: int) -> list[int]:
 class GlobalBatchSampler(Sampler[list[int]]):
     """This rank's share of each global batch of ``global_batch`` indices of ``range(length)``.
 
-    ``shuffle``: a new order per epoch from ``generator`` (reseed it per epoch for a
-    resumable order; it must be seeded alike on every rank), else ``0 .. length-1``.
-    ``drop_last``: drop an incomplete last global batch. Every rank gets the same number of
-    batches; a global batch splits evenly unless it is an incomplete last one.
+    ``shuffle``: a new order per epoch from ``generator`` (reseeded per epoch, alike on every
+    rank), else ``0 .. length-1``; ``drop_last``: drop an incomplete last global batch.
     """
 
     def __init__(
@@ -55,18 +51,17 @@ class GlobalBatchSampler(Sampler[list[int]]):
             )
         self.length, self.global_batch = length, global_batch
         self.rank, self.world_size = rank, world_size
-        self.generator, self.shuffle, self.drop_last = generator, shuffle, drop_last
+        self.generator, self.shuffle = generator, shuffle
+        self.batches = full + int(rest > 0 and not drop_last)
 
     def __len__(self) -> int:
-        full, rest = divmod(self.length, self.global_batch)
-        return full + int(rest > 0 and not self.drop_last)
+        return self.batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        order = list(range(self.length))
         if self.shuffle:
             order = torch.randperm(self.length, generator=self.generator).tolist()
-        else:
-            order = list(range(self.length))
-        for k in range(len(self)):
+        for k in range(self.batches):
             batch = order[k * self.global_batch : (k + 1) * self.global_batch]
             yield rank_share(batch, self.rank, self.world_size)
 

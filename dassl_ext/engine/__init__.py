@@ -18,16 +18,7 @@ from dassl_ext.engine.trainer import TrainerBase
 from dassl_ext.registry import TRAINER_REGISTRY
 
 __all__ = [
-    "TRAINER_REGISTRY",
-    "FrozenTeacher",
-    "Precision",
-    "SimpleTrainer",
-    "TeacherSupport",
-    "TrainerBase",
-    "TrainerX",
-    "build_trainer",
-    "has_fast_bf16",
-    "resolve_frozen_precision",
-    "resolve_precision",
-    "scale_for_world_size",
-]
+    "TRAINER_REGISTRY", "FrozenTeacher", "Precision", "SimpleTrainer", "TeacherSupport",
+    "TrainerBase", "TrainerX", "build_trainer", "has_fast_bf16", "resolve_frozen_precision",
+    "resolve_precision", "scale_for_world_size",
+]  # fmt: skip

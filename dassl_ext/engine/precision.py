@@ -1,13 +1,10 @@
 """Precision names (fp32 / fp16 / bf16 / amp) mapped to dtypes and a ``torch.amp`` autocast.
 
 Trainable parameters always stay fp32 (master weights); ``weight_dtype`` is for frozen
-weights only. fp16 and amp need CUDA: on a CPU they warn once and run fp32. A frozen model
+weights only. fp16 and amp need CUDA: on a CPU they warn once and run fp32, unless the
+test-only switch ``DASSL_CPU_FP16=1`` (the ``cpu_fp16`` fixture) keeps them, so that the
+official configs' path runs in the CPU test suite. A frozen model
 (``resolve_frozen_precision``) also runs fp32 where bf16 would only be emulated.
-
-Tests only: with the environment variable ``DASSL_CPU_FP16=1`` (set by the ``cpu_fp16``
-pytest fixture in tests/conftest.py) fp16 and amp keep their fp16 weights, fp16 autocast and
-gradient scaler on the CPU as well (torch runs them there, slowly), so that the path the
-official configs take on CUDA runs in the CPU test suite. Users leave it unset.
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
 register_config_rules(OneOf("TRAINER.*.PREC", PRECISIONS, ignore_case=True))
-CPU_FP16_ENV = "DASSL_CPU_FP16"  # tests only: "1" keeps fp16 / amp on the CPU
+CPU_FP16_ENV = "DASSL_CPU_FP16"
 _warned: set[tuple[str, str]] = set()
 
 
@@ -54,6 +51,18 @@ class Precision:
         return torch.amp.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
 
+_DTYPES = {  # name: weight dtype, autocast dtype, gradient scaler
+    "fp32": (torch.float32, None, False), "bf16": (torch.bfloat16, torch.bfloat16, False),
+    "fp16": (torch.float16, torch.float16, True), "amp": (torch.float32, torch.float16, True),
+}  # fmt: skip
+
+
+def _warn_once(key: tuple[str, str], message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message)
+
+
 def resolve_precision(name: str, device: torch.device | str) -> Precision:
     """Map a precision name to dtypes for ``device``; fp16/amp off CUDA run (and say) fp32,
     except on the CPU under the test-only switch ``DASSL_CPU_FP16=1``."""
@@ -63,20 +72,13 @@ def resolve_precision(name: str, device: torch.device | str) -> Precision:
         raise UserError(f"Unknown precision {name!r} (PREC); use one of {', '.join(PRECISIONS)}.")
     kept = device.type == "cuda" or (device.type == "cpu" and cpu_fp16_enabled())
     if name in ("fp16", "amp") and not kept:
-        if (name, device.type) not in _warned:
-            _warned.add((name, device.type))
-            logger.warning(
-                f"Precision {name} needs CUDA; running fp32 on {device.type} instead "
-                "(results may differ slightly from a CUDA fp16 run)."
-            )
-        return Precision(name, "fp32", device, torch.float32, None, False)
-    if name == "fp32":
-        return Precision(name, "fp32", device, torch.float32, None, False)
-    if name == "bf16":
-        return Precision(name, "bf16", device, torch.bfloat16, torch.bfloat16, False)
-    if name == "fp16":
-        return Precision(name, "fp16", device, torch.float16, torch.float16, True)
-    return Precision(name, "amp", device, torch.float32, torch.float16, True)
+        _warn_once(
+            (name, device.type),
+            f"Precision {name} needs CUDA; running fp32 on {device.type} instead "
+            "(results may differ slightly from a CUDA fp16 run).",
+        )
+        return Precision(name, "fp32", device, *_DTYPES["fp32"])
+    return Precision(name, name, device, *_DTYPES[name])
 
 
 def has_fast_bf16(device: torch.device | str) -> bool:
@@ -99,10 +101,9 @@ def resolve_frozen_precision(name: str, device: torch.device | str) -> Precision
     prec = resolve_precision(name, device)
     if prec.effective != "bf16" or has_fast_bf16(prec.device):
         return prec
-    if ("bf16-frozen", prec.device.type) not in _warned:
-        _warned.add(("bf16-frozen", prec.device.type))
-        logger.warning(
-            f"This {prec.device.type} has no native bf16; running the frozen model in fp32 "
-            "instead of bf16."
-        )
-    return Precision(prec.name, "fp32", prec.device, torch.float32, None, False)
+    _warn_once(
+        ("bf16-frozen", prec.device.type),
+        f"This {prec.device.type} has no native bf16; running the frozen model in fp32 "
+        "instead of bf16.",
+    )
+    return Precision(prec.name, "fp32", prec.device, *_DTYPES["fp32"])

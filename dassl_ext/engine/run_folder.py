@@ -1,20 +1,13 @@
-"""Who may use an output folder, decided before anything in it is written.
+"""Who may use an output folder, decided before ``train.py`` writes anything in it.
 
-:func:`claim_run_folder` runs before ``train.py`` opens ``log.txt`` or writes
-``config.yaml``. It refuses (a UserError; nothing written) a request that cannot give an
-honest record:
-
-- ``--eval-only`` of a trainer with something to train, without ``--model-dir`` or with a
-  folder that holds no checkpoint (untrained weights would be reported as a result);
-- a folder locked by another live run (:mod:`dassl_ext.utils.run_lock`);
-- a folder whose ``results.json`` was made by a configuration that differs in a key that
-  changes results (:mod:`dassl_ext.config.compare`); with ``--skip-finished`` the same
-  configuration is reported as done and nothing runs;
-- training into a folder with checkpoints without ``--resume``; ``--resume`` of a folder
-  with nothing to resume, or with a configuration that changes results.
-
-Under torchrun only rank 0 takes the lock and reads the folder; the others receive its
-decision, so all stop (or go on) together.
+:func:`claim_run_folder` refuses (one UserError, nothing written) a request that cannot give
+an honest record: ``--eval-only`` of untrained weights (no ``--model-dir``, or one without
+checkpoints); a folder locked by another live run; a folder whose ``results.json`` came from
+a configuration that changes results (with ``--skip-finished`` the same configuration is
+reported done); training over checkpoints without ``--resume``; ``--resume`` of nothing, or
+with a configuration that changes results. Under torchrun rank 0 locks and reads the folder
+and the others receive its decision, so all stop (or go on) together. The folder's record,
+``config.yaml``, is written by :func:`write_config`.
 """
 
 from __future__ import annotations
@@ -26,6 +19,7 @@ from typing import Any
 
 from dassl_ext.config.compare import config_differences, format_differences, read_saved_config
 from dassl_ext.errors import UserError
+from dassl_ext.evaluation.results import config_hash, read_results
 from dassl_ext.registry import TRAINER_REGISTRY
 from dassl_ext.utils.atomic import write_text_atomic
 from dassl_ext.utils.checkpoint import NothingToResumeError, loadable_models, resumable_models
@@ -209,8 +203,6 @@ def _differences_from_run(run: str, cfg: Any, notes: list[str]) -> list[tuple[st
     saved = read_saved_config(_record(run))
     if saved is not None:
         return config_differences(saved, cfg)
-    from dassl_ext.evaluation import config_hash, read_results
-
     try:
         old = read_results(os.path.join(run, "results.json"))
     except (OSError, ValueError):
@@ -228,8 +220,6 @@ def _differences_from_run(run: str, cfg: Any, notes: list[str]) -> list[tuple[st
 
 def _results_damage(path: str) -> str | None:
     """Why the ``results.json`` at ``path`` is not a run's record (a phrase), or None."""
-    from dassl_ext.evaluation import read_results
-
     if not os.path.isfile(path):
         return "is not a file"
     try:

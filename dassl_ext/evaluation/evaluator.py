@@ -85,17 +85,13 @@ class Classification:
         if not is_distributed():
             return
         logits = torch.cat(self._logits) if self._logits else None
-        bad = (self._non_finite, self._first_non_finite)
-        mine = (self._y_true, self._y_pred, self._impaths, self._indices, logits, bad)
+        mine = (self._y_true, self._y_pred, self._impaths, self._indices, logits,
+                self._non_finite, self._first_non_finite)  # fmt: skip
         parts: list[Any] = all_gather_object(mine)
-        self._non_finite = sum(p[5][0] for p in parts)  # every rank raises alike in evaluate
-        self._first_non_finite = next((p[5][1] for p in parts if p[5][1]), None)
-        y_true = [v for p in parts for v in p[0]]
-        y_pred = [v for p in parts for v in p[1]]
-        impaths = [v for p in parts for v in p[2]]
-        indices = [v for p in parts for v in p[3]]
+        self._non_finite = sum(p[5] for p in parts)  # every rank raises alike in evaluate
+        self._first_non_finite = next((p[6] for p in parts if p[6]), None)
+        y_true, y_pred, impaths, indices = ([v for p in parts for v in p[i]] for i in range(4))
         logit_parts = [p[4] for p in parts if p[4] is not None]
-        all_logits = torch.cat(logit_parts) if logit_parts else None
         order = list(range(len(y_true)))
         if indices and len(indices) == len(y_true):
             first: dict[int, int] = {}
@@ -106,12 +102,7 @@ class Classification:
         self._y_pred = [y_pred[k] for k in order]
         self._impaths = [impaths[k] for k in order] if len(impaths) == len(y_true) else impaths
         self._indices = [indices[k] for k in order] if indices else []
-        self._logits = [all_logits[order]] if all_logits is not None else []
-
-    def _name(self, label: int) -> str:
-        if self.lab2cname and label in self.lab2cname:
-            return str(self.lab2cname[label])
-        return str(label)
+        self._logits = [torch.cat(logit_parts)[order]] if logit_parts else []
 
     def evaluate(self, split: str | None = None) -> OrderedDict:
         """Compute and log the metrics; the confusion matrix goes to ``cmat[_<split>].pt``."""
@@ -131,16 +122,13 @@ class Classification:
             )
         y_true, y_pred = np.asarray(self._y_true), np.asarray(self._y_pred)
         correct = int((y_true == y_pred).sum())
-        acc = 100.0 * correct / total
-        err = 100.0 - acc
+        acc, err = 100.0 * correct / total, 100.0 - 100.0 * correct / total
         macro_f1 = 100.0 * f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true))
         results: OrderedDict = OrderedDict(accuracy=acc, error_rate=err, macro_f1=float(macro_f1))
-        logger.info("=> result")
-        logger.info(f"* total: {total:,}")
-        logger.info(f"* correct: {correct:,}")
-        logger.info(f"* accuracy: {acc:.1f}%")
-        logger.info(f"* error: {err:.1f}%")
-        logger.info(f"* macro_f1: {macro_f1:.1f}%")
+        for line in ("=> result", f"* total: {total:,}", f"* correct: {correct:,}",
+                     f"* accuracy: {acc:.1f}%", f"* error: {err:.1f}%",
+                     f"* macro_f1: {macro_f1:.1f}%"):  # fmt: skip
+            logger.info(line)
 
         if self.per_class:
             logger.info("=> per-class result")
@@ -150,7 +138,7 @@ class Classification:
                 n, c = int(mask.sum()), int((y_pred[mask] == label).sum())
                 accs.append(100.0 * c / n)
                 logger.info(
-                    f"* class: {label} ({self._name(label)})\t"
+                    f"* class: {label} ({(self.lab2cname or {}).get(label, label)})\t"
                     f"total: {n:,}\tcorrect: {c:,}\tacc: {accs[-1]:.1f}%"
                 )
             results["perclass_accuracy"] = float(np.mean(accs))
@@ -158,17 +146,14 @@ class Classification:
 
         if self.compute_cmat and is_main_process():
             cmat = confusion_matrix(y_true, y_pred, normalize="true")
-            name = "cmat.pt" if split is None else f"cmat_{split}.pt"
-            path = os.path.join(self.output_dir, name)
+            path = os.path.join(self.output_dir, "cmat.pt" if split is None else f"cmat_{split}.pt")
             write_torch_atomic(path, torch.from_numpy(cmat))
             logger.info(f"Confusion matrix is saved to {path}")
         return results
 
     def save_logits(self, path: str) -> None:
-        """Write {"logits": (N, C) float32, "labels", "impaths"[, "classnames"]} to ``path``.
-
-        Loadable with ``torch.load(path, weights_only=True)``.
-        """
+        """Write {"logits": (N, C) float32, "labels", "impaths"[, "classnames"]} to ``path``
+        (loadable with ``torch.load(path, weights_only=True)``)."""
         if not self.keep_logits:
             raise RuntimeError(
                 "save_logits needs TEST.SAVE_LOGITS True when the evaluator is built."

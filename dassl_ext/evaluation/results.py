@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -11,6 +12,7 @@ from typing import Any
 import yaml
 
 from dassl_ext.config.compare import PLACE_KEYS
+from dassl_ext.config.defaults import RETIRED
 from dassl_ext.utils.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ def _plain(node: Any) -> Any:
 def config_hash(cfg: Any, exclude: tuple[str, ...] = RUN_IDENTITY_KEYS) -> str:
     """Short sha1 of the yaml dump of ``cfg`` without the ``exclude`` (dotted) keys."""
     d = _plain(cfg)
+    for key, value in RETIRED.items():  # as when the defaults held them: the same hash
+        *parents, leaf = key.split(".")
+        functools.reduce(lambda node, p: node.setdefault(p, {}), parents, d)[leaf] = value
     for key in exclude:
         *parents, leaf = key.split(".")
         node = d
@@ -50,19 +55,15 @@ def read_results(path: str) -> dict:
 
 
 def write_results(path: str, record: dict) -> dict:
-    """Merge ``record`` into the results.json at ``path`` (atomic) and return the result.
-
-    ``record["splits"]`` entries are added to / replace the existing ones; other keys
-    are overwritten. An existing file from a different ``config_hash`` (another
-    experiment in the same folder) or an unreadable one is replaced, not merged.
-    """
+    """Merge ``record`` into the results.json at ``path`` (atomically) and return the result:
+    its ``splits`` are added to / replace the file's, its other keys overwrite. A file from
+    another ``config_hash`` (another experiment) or an unreadable one is replaced."""
     merged: dict = {}
     if os.path.exists(path):
         try:
             merged = read_results(path)
         except (OSError, ValueError) as e:
             logger.warning(f"Replacing unreadable {path} ({e}).")
-            merged = {}
         old_hash, new_hash = merged.get("config_hash"), record.get("config_hash")
         if old_hash and new_hash and old_hash != new_hash:
             logger.warning(

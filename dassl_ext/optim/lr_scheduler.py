@@ -1,11 +1,9 @@
 """Per-epoch LR schedules with Dassl's semantics, as one closed-form torch scheduler.
 
-Dassl wraps a torch scheduler (``StepLR``, ``MultiStepLR``, ``CosineAnnealingLR``) in a
-warm-up scheduler that holds the first as an attribute; on current PyTorch that wrapper
-raises a TypeError, and its state_dict pickles the nested scheduler object. Here the
-learning rate of every epoch is computed in closed form from plain numbers, reproducing
-the sequence Dassl's chained schedulers produce (spec §5.3), and ``state_dict()`` holds
-only plain containers (loadable with ``torch.load(weights_only=True)``).
+Dassl's warm-up wrapper around a torch scheduler raises a TypeError on current PyTorch and
+pickles the nested scheduler. Here each epoch's LR is computed in closed form, reproducing
+the sequence of Dassl's chained schedulers (spec §5.3), and ``state_dict()`` holds only
+plain numbers (loadable with ``torch.load(weights_only=True)``).
 
 With ``W`` warm-up epochs and 0-based epoch ``e`` (the scheduler steps once per epoch):
 
@@ -86,14 +84,10 @@ class DasslLRScheduler(LRScheduler):
             return (1 + math.cos(math.pi * e / t)) / (1 + math.cos(math.pi * w / t))
         if self.schedule == "single_step":
             s = self.stepsize
-            n = (e - w) // s if recount else e // s - w // s
-            return self.gamma**n
+            return self.gamma ** ((e - w) // s if recount else e // s - w // s)
         # multi_step; a milestone at 0 fires when the torch scheduler is built.
-        if recount:
-            n = sum(1 for m in self.stepsize if m <= e - w)
-        else:
-            n = sum(1 for m in self.stepsize if m <= e and not 0 < m <= w)
-        return self.gamma**n
+        fired = [m for m in self.stepsize if (m <= e - w if recount else m <= e and not 0 < m <= w)]
+        return self.gamma ** len(fired)
 
     def lr_at(self, epoch: int) -> list[float]:
         """Learning rate of every param group at 0-based ``epoch``."""

@@ -19,15 +19,11 @@ _NAME = OneOf("OPTIM.NAME", AVAI_OPTIMS, ignore_case=True)
 register_config_rules(
     _NAME,
     Range("OPTIM.LR", 0, low_open=True),
-    *(
-        Range(f"OPTIM.{k}", 0)
-        for k in ("WEIGHT_DECAY", "BASE_LR_MULT", "SGD_DAMPNING", "RMSPROP_ALPHA", "MOMENTUM")
-    ),
-    *(
-        Check(f"OPTIM.ADAM_BETA{i}", lambda v: 0 <= v < 1, "use a number >= 0 and < 1")
-        for i in (1, 2)
-    ),
-)
+    *(Range(f"OPTIM.{k}", 0)
+      for k in ("WEIGHT_DECAY", "BASE_LR_MULT", "SGD_DAMPNING", "RMSPROP_ALPHA", "MOMENTUM")),
+    *(Check(f"OPTIM.ADAM_BETA{i}", lambda v: 0 <= v < 1, "use a number >= 0 and < 1")
+      for i in (1, 2)),
+)  # fmt: skip
 
 
 def _staged_groups(model: nn.Module, optim_cfg: Any) -> list[dict]:
