@@ -8,6 +8,8 @@ Hugging Face ``datasets`` for other software in the same environment.
 
 from setuptools import find_packages, setup
 
+ONNX = ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.18"]
+
 setup(
     name="promptkd-dassl",
     version="0.1.0",
@@ -33,5 +35,11 @@ setup(
         "numpy",
         "Pillow",
     ],
-    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+    extras_require={
+        # scripts/export_student.py --onnx (torch.export-based exporter: onnxscript) and
+        # scripts/predict.py -m student.onnx (onnxruntime); tested with onnx 1.23,
+        # onnxscript 0.7, onnxruntime 1.32.
+        "onnx": ONNX,
+        "test": ["pytest>=7", "ruff>=0.5", *ONNX],  # so CI runs the ONNX tests
+    },
 )

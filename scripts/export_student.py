@@ -1,6 +1,7 @@
 """Export a trained PromptKD student to ONE deployable file (see scripts/predict.py).
 
-    python scripts/export_student.py RUN_DIR [-o student.pt] [--load-epoch N] [KEY VALUE ...]
+    python scripts/export_student.py RUN_DIR [-o student.pt] [--onnx] [--load-epoch N] [KEY VAL..]
+    python scripts/export_student.py student.pt --onnx     # an existing export -> student.onnx
 
 RUN_DIR is a PromptKD output folder (config.yaml + VLPromptLearner/). The student is
 loaded by the trainer itself (model-best.pth.tar, else the newest epoch), so the class
@@ -11,6 +12,9 @@ not finished (no best file, newest epoch below OPTIM.MAX_EPOCH) prints a note na
 epoch exported.
 The file holds the student encoder, prompts, projector, class text features, class
 names and preprocessing, and loads with ``torch.load(..., weights_only=True)``.
+``--onnx`` also writes the same student as an ONNX model beside it (student.onnx: image
+batch in, class probabilities and logits out, the preprocessing in its metadata; see
+trainers/promptkd_onnx.py), checked against PyTorch; it needs ``pip install -e ".[onnx]"``.
 """
 
 from __future__ import annotations
@@ -82,13 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", help="PromptKD output folder (holds config.yaml)")
     p.add_argument("-o", "--output", default="", help="file to write (RUN_DIR/student.pt)")
     p.add_argument("--load-epoch", type=int, help="model.pth.tar-<N> instead of the best file")
+    p.add_argument("--onnx", action="store_true", help="also write student.onnx beside it")
     args, opts = p.parse_known_args(argv)  # the rest: KEY VALUE config overrides
+    if args.onnx and os.path.isfile(args.run_dir) and not opts:  # an export: convert it
+        return write_onnx_beside(args.run_dir)
     import datasets  # noqa: F401  (registers the datasets)
     import trainers  # noqa: F401  (registers the trainers and their config sections)
 
     run_dir = args.run_dir
     path = output_path(run_dir, args.output)
     try:
+        if args.onnx:  # before the long part: the packages are there
+            from trainers.promptkd_onnx import require_onnx_packages
+
+            require_onnx_packages()
         config = os.path.join(run_dir, "config.yaml")
         if not os.path.isfile(config):
             what = "does not exist" if not os.path.exists(run_dir) else "holds no config.yaml"
@@ -121,6 +132,25 @@ def main(argv: list[str] | None = None) -> int:
             "finished (or stopped early); export it again when it has.",
             file=sys.stderr,
         )
+    return write_onnx_beside(path) if args.onnx else 0
+
+
+def write_onnx_beside(pt_path: str) -> int:
+    """Write the ONNX model of export ``pt_path`` beside it (student.onnx); exit status."""
+    from trainers.promptkd_onnx import export_onnx, onnx_path_for
+
+    path = onnx_path_for(pt_path)
+    try:
+        diff = export_onnx(pt_path, path)
+    except UserError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(
+            f"Error: Cannot write {path} ({e.strerror or e}); choose another -o.", file=sys.stderr
+        )
+        return 1
+    print(f"Wrote {path} (agrees with {pt_path}: largest probability difference {diff:.1g})")
     return 0
 
 

@@ -1,6 +1,10 @@
 """Classify images with an exported PromptKD student (no teacher, no other weight files).
 
     python scripts/predict.py -m student.pt [--topk 5] [--device cpu] [--json] FILE_OR_FOLDER...
+    python scripts/predict.py -m student.onnx ...   # the same with onnxruntime
+
+``-m`` is either file of scripts/export_student.py: ``.onnx`` runs with onnxruntime
+(``pip install -e ".[onnx]"``), anything else with PyTorch; both classify the same way.
 
 Folders are searched recursively for images (sorted); a pattern the shell did not expand
 (``"imgs/*.png"``) is expanded here. Prints the top-k classes with their probabilities for
@@ -97,20 +101,22 @@ def emit(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=EXIT_STATUS)
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_FOLDER")
-    p.add_argument("-m", "--model", required=True, help="file from scripts/export_student.py")
+    p.add_argument(
+        "-m", "--model", required=True, help="student.pt or student.onnx (export_student.py)"
+    )
     p.add_argument("--topk", type=positive_int, help="classes shown (default 5, at most all)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index>")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--json", action="store_true", help="print one JSON list")
     args = p.parse_args(argv)
     from dassl_ext.errors import UserError
-    from trainers.promptkd_export import ExportedStudent
+    from trainers.promptkd_onnx import open_student
 
     paths, problems = list_images(args.inputs)
     for problem in problems:
         print(f"Skipped: {problem}.", file=sys.stderr)
     try:
-        student = ExportedStudent(args.model, args.device)
+        student = open_student(args.model, args.device)
     except UserError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1

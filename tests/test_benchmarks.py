@@ -251,3 +251,30 @@ def test_ddp_throughput_runs_one_and_two_processes_at_one_global_batch(tmp_path)
     rows = json.loads(out.read_text())
     assert [(r["procs"], r["global_batch"], r["per_rank"]) for r in rows] == [(1, 8, 8), (2, 8, 4)]
     assert all(r["img_per_s"] > 0 for r in rows)
+
+
+def test_student_speed_benchmark_at_tiny_size(monkeypatch, capsys):
+    """benchmarks/student_speed.py: eager and onnxruntime rows for the exported student and
+    the teacher, a torch.compile failure reported as a row (not raised), the speed-ups."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    bench = _bench("student_speed")
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    rows = bench.main(["--size", "tiny", "--iters", "1", "--batches", "1", "3", "--threads", "1"])
+    cells = {(r["model"], r["backend"], r["batch"]): r for r in rows}
+    assert set(cells) == {(m, b, n) for m in ("student", "teacher")
+                          for b in ("eager", "compile", "onnx") for n in (1, 3)}  # fmt: skip
+    for (_, backend, batch), r in cells.items():
+        if backend == "compile":
+            assert r["error"] == "RuntimeError: no C++ compiler here"
+        else:
+            assert r["images_per_s"] == pytest.approx(batch / r["sec"]) and r["sec"] > 0
+    assert cells[("teacher", "eager", 1)]["params"] > cells[("student", "eager", 1)]["params"]
+    speedups = {(s["backend"], s["batch"]) for s in bench.speedups(rows)}
+    assert speedups == {("eager", 1), ("eager", 3), ("onnx", 1), ("onnx", 3)}
+    out = capsys.readouterr().out
+    assert "student / teacher images/s:" in out and "failed: RuntimeError" in out
