@@ -2,8 +2,5 @@
 
 
 class UserError(RuntimeError):
-    """Bad input from the user (missing file, wrong key, ...).
-
-    The message is one sentence that names the offending thing and what to do.
-    ``train.py`` prints it and exits with status 1.
-    """
+    """Bad input from the user: one sentence naming the offending thing and what to do
+    (``train.py`` prints it and exits with status 1)."""

@@ -13,7 +13,6 @@ Registered datasets are called as ``DATASET_REGISTRY.get(cfg.DATASET.NAME)(cfg)`
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
 from typing import Any
 
 from tabulate import tabulate
@@ -33,21 +32,14 @@ class Registry:
         self._name = name
         self._obj_map: dict[str, Any] = {}
 
-    def _do_register(self, name: str, obj: Any) -> None:
-        if name in self._obj_map and self._obj_map[name] is not obj:
+    def register(self, obj: Any = None) -> Any:
+        """Register ``obj``; without it, return the decorator that registers (this method)."""
+        if obj is None:
+            return self.register
+        name = obj.__name__
+        if self._obj_map.get(name, obj) is not obj:
             raise KeyError(f"An object named {name!r} is already registered in {self._name!r}.")
         self._obj_map[name] = obj
-
-    def register(self, obj: Any = None) -> Any:
-        """Register ``obj``, or return a decorator that registers the decorated object."""
-        if obj is None:
-
-            def deco(func_or_class: Callable) -> Callable:
-                self._do_register(func_or_class.__name__, func_or_class)
-                return func_or_class
-
-            return deco
-        self._do_register(obj.__name__, obj)
         return obj
 
     def unregister(self, name: str) -> None:
@@ -67,7 +59,6 @@ class Registry:
         )
 
     def registered_names(self) -> list[str]:
-        """Sorted registered names."""
         return sorted(self._obj_map)
 
     def __contains__(self, name: object) -> bool:

@@ -1,19 +1,10 @@
 """Utilities: atomic file writing, checkpoint IO, logging, torchrun helpers, seeding, meters.
-
 Names are imported on first use, so that the torch-free modules (``atomic``, the checkpoint
-lookup the shell scripts call) load without torch.
-"""
+lookup the shell scripts call) load without torch."""
 
 from dassl_ext.utils.lazy import lazy_exports
 
-_EXPORTS = {
-    "AverageMeter": "dassl_ext.utils.tools",
-    "MetricMeter": "dassl_ext.utils.tools",
-    "load_checkpoint": "dassl_ext.utils.checkpoint",
-    "save_checkpoint": "dassl_ext.utils.checkpoint",
-    "set_random_seed": "dassl_ext.utils.tools",
-    "setup_logger": "dassl_ext.utils.logger",
-}
+_EXPORTS = {"set_random_seed": "dassl_ext.utils.tools", "setup_logger": "dassl_ext.utils.logger"}
 
 __all__ = sorted(_EXPORTS)
 

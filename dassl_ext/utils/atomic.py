@@ -1,14 +1,9 @@
-"""The one way this project writes a file: atomically and durably.
+"""The one way this project writes a file: atomically and durably (torch-free to import).
 
-:func:`atomic_write` has the content written to a temporary file in the target's folder,
-flushes it to disk (``fsync``), renames it over the target (``os.replace``) and flushes
-the folder, so a reader (another rank, a parallel test, a run after a crash) sees the old
-file or the new one, never a partial one. The variants below write bytes, text, JSON or a
-``torch.save`` object through it. Importing this module does not import torch.
-
-Faults: SIGINT / SIGTERM / SIGHUP wait while a file is written and act once it is in place, so an
-interrupt never abandons a write halfway. A full disk, a quota or a folder that cannot be
-written is a :class:`FileWriteError` naming the file (the old file stays as it was).
+A temporary file in the target's folder, fsync, ``os.replace``, fsync of the folder: a
+reader (another rank, a run after a crash) sees the old file or the new one, never a partial
+one. SIGINT / SIGTERM / SIGHUP wait until the file is in place; a full disk or a folder that
+cannot be written is a :class:`FileWriteError` naming the file (the old file stays as it was).
 """
 
 from __future__ import annotations
@@ -22,6 +17,7 @@ import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from dassl_ext.errors import UserError
@@ -36,8 +32,7 @@ TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.\d+\.[0-9a-f]{8}\
 
 
 class FileWriteError(UserError, OSError):
-    """A file could not be written (no space, not writable); also an OSError, so callers
-    that tolerate a failed write (a read-only dataset folder) still do."""
+    """A file could not be written; also an OSError for callers that tolerate that."""
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
@@ -45,13 +40,9 @@ class FileWriteError(UserError, OSError):
 
 
 def atomic_write(path: str, write: Callable[[str], Any]) -> str:
-    """Create ``path`` with ``write(tmp_path)``, which writes the whole content to the
-    temporary file it is given; then fsync, rename into place, fsync the folder.
-
-    Creates the folder. If ``write`` raises, the target is untouched and the temporary file
-    removed; no space left or a folder that cannot be written raise :class:`FileWriteError`.
-    Returns ``path``.
-    """
+    """Create ``path`` (and its folder) with ``write(tmp_path)``, which writes the whole
+    content to the temporary file it is given; if it raises, the target is untouched and the
+    temporary file removed. Returns ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     # unique per process, thread and call: concurrent writers of one file never share it
     unique = f"{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}"
@@ -71,33 +62,28 @@ def atomic_write(path: str, write: Callable[[str], Any]) -> str:
     except OSError as e:
         if isinstance(e, FileWriteError) or e.errno not in _NO_SPACE + _NOT_WRITABLE:
             raise
-        raise _write_error(path, e) from None
+        what = f"make {folder} writable or write elsewhere"
+        if e.errno in _NO_SPACE:
+            what = "free space on that disk, then run again"
+        raise FileWriteError(
+            f"Cannot write {path} ({e.strerror}); nothing there was changed (no partial file; "
+            f"an existing {os.path.basename(path)} is untouched): {what}.",
+            e.errno,
+        ) from None
     return path
 
 
 def temporary_pid(name: str) -> int | None:
-    """The process id in ``name`` if it is the name of an :func:`atomic_write` temporary
-    file (what a writer killed mid-write leaves behind), else None."""
+    """The process id in ``name`` if it names an :func:`atomic_write` temporary file (what a
+    writer killed mid-write leaves behind), else None."""
     m = TEMPORARY_NAME.match(name)
     return int(m.group("pid")) if m else None
 
 
-def _write_error(path: str, e: OSError) -> FileWriteError:
-    if e.errno in _NO_SPACE:
-        what = "free space on that disk, then run again"
-    else:
-        what = f"make {os.path.dirname(os.path.abspath(path))} writable or write elsewhere"
-    return FileWriteError(
-        f"Cannot write {path} ({e.strerror}); nothing there was changed (no partial file; "
-        f"an existing {os.path.basename(path)} is untouched): {what}.",
-        e.errno,
-    )
-
-
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Block SIGINT / SIGTERM / SIGHUP in this thread while the body runs; a signal that arrives
-    meanwhile is delivered (and its handler runs) when they are unblocked."""
+    """Block SIGINT / SIGTERM / SIGHUP in this thread while the body runs (a signal that
+    arrives meanwhile is delivered when they are unblocked)."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows: the finally clauses clean up
         yield
         return
@@ -118,12 +104,7 @@ def _fsync(path: str, flags: int) -> None:
 
 def write_bytes_atomic(path: str, data: bytes) -> str:
     """Write ``data`` to ``path`` atomically."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    return atomic_write(path, write)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_text_atomic(path: str, text: str) -> str:
@@ -138,6 +119,6 @@ def write_json_atomic(path: str, obj: Any, indent: int = 2) -> str:
 
 def write_torch_atomic(path: str, obj: Any) -> str:
     """``torch.save(obj, path)`` atomically."""
-    import torch  # here, so that the torch-free writers above do not pay for it
+    import torch  # here: the writers above are torch-free
 
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -1,12 +1,8 @@
-"""Content digests of files (sha256): what identifies a weights file in cache keys and
-results, whatever its name, location or timestamps.
-
-Hashing a 1 GB weights file takes seconds, so each file version is hashed once: the digest
-is remembered (in memory, and in an optional JSON store shared by runs) under the file's
-stat signature. The signature is only a shortcut to the digest, never a key itself, and it
-holds the inode and ctime besides path, size and mtime: ``cp -p`` or ``os.utime`` can give
-other content the same size and mtime, but writing a file always moves its ctime.
-"""
+"""sha256 of files: what identifies a weights file in cache keys and results, whatever its
+name, location or timestamps. Each file version is hashed once (a 1 GB file takes seconds):
+the digest is remembered, in memory and in an optional JSON store, under the file's stat
+signature, which holds the ctime and inode (``cp -p`` keeps size and mtime; a write always
+moves the ctime)."""
 
 from __future__ import annotations
 
@@ -37,11 +33,8 @@ def sha256_of(path: str) -> str:
 
 
 def file_digest(path: str, store: str | None = None) -> str:
-    """sha256 of ``path``, computed once per file version (see the module docstring).
-
-    ``store``: a JSON file that keeps the digests for later runs (written atomically; an
-    unreadable store is ignored and rewritten).
-    """
+    """sha256 of ``path``, computed once per file version; ``store``: a JSON file keeping the
+    digests for later runs (an unreadable one is ignored and rewritten)."""
     key, sig = os.path.abspath(path), _signature(path)
     with _lock:
         known = _memory.get(key)

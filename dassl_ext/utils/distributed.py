@@ -1,7 +1,5 @@
-"""torchrun support: process-group setup from the environment, rank helpers, collectives.
-
-One process is the default and needs none of this: every helper works uninitialised.
-"""
+"""torchrun support: process-group setup from the environment, rank helpers, collectives;
+every helper also works in one process, without a process group."""
 
 from __future__ import annotations
 
@@ -35,11 +33,8 @@ def is_main_process() -> bool:
 
 
 def init_distributed_from_env(use_cuda: bool = True, timeout_s: float = 1800) -> bool:
-    """Join the process group described by torchrun's env vars (RANK, WORLD_SIZE, MASTER_*).
-
-    nccl when CUDA is used, gloo otherwise; a collective waits at most ``timeout_s`` seconds
-    for the other processes. Returns True if running distributed.
-    """
+    """Join the process group of torchrun's env vars (nccl with CUDA, else gloo; a collective
+    waits at most ``timeout_s`` seconds); True if running distributed."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "RANK" not in os.environ:
         return False
     if dist.is_initialized():

@@ -14,9 +14,8 @@ _DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 
 def tolerant_console() -> None:
-    """Let stdout and stderr write any text: where their encoding is not UTF-8 (LC_ALL=C
-    with PYTHONUTF8=0: ASCII), a character they cannot hold is written as a backslash
-    escape instead of raising (a lost log line and a traceback, or a lost error message)."""
+    """Where stdout / stderr are not UTF-8 (LC_ALL=C: ASCII), write a character they cannot
+    hold as a backslash escape instead of raising (a lost log line or error message)."""
     for stream in (sys.stdout, sys.stderr):
         encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
         if encoding != "utf8" and hasattr(stream, "reconfigure"):
@@ -24,11 +23,9 @@ def tolerant_console() -> None:
 
 
 def setup_logger(output_dir: str | None = None, name: str = "") -> logging.Logger:
-    """Configure the logger ``name`` (root by default): console, plus ``log.txt`` in
-    ``output_dir`` (``log.txt`` exists already -> append). Other ranks log warnings only.
-
-    Calling it again replaces the handlers it added before (tests call ``main`` often).
-    """
+    """Configure the logger ``name`` (root by default): console, plus ``log.txt`` (appended
+    to) in ``output_dir``; other ranks log warnings only. Called again, it replaces the
+    handlers it added before."""
     logger = logging.getLogger(name)
     for h in list(logger.handlers):
         if getattr(h, "_dassl_ext", False):
@@ -38,9 +35,7 @@ def setup_logger(output_dir: str | None = None, name: str = "") -> logging.Logge
     rank = get_rank()
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     formatter = logging.Formatter(_FMT if rank == 0 else f"[rank {rank}] {_FMT}", _DATEFMT)
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(formatter)
-    handlers: list[logging.Handler] = [console]
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if output_dir and rank == 0:
         path = os.path.join(output_dir, "log.txt")
         try:

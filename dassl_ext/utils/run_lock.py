@@ -1,14 +1,11 @@
 """One live run per output folder: an OS file lock, plus a note saying who holds it.
 
-``<folder>/.run.lock`` is locked with :mod:`filelock` (``flock`` on POSIX) for as long as a
-run uses the folder; the operating system releases it when the process ends, however it
-ends (kill -9 included). ``<folder>/.run.json`` records the holder (pid, host, start time,
-command line) so that a second run can say who is using the folder. The note is removed
-when the run ends normally; one found by a run that got the lock was left by a run that
-died (a *stale* lock), and is reported and replaced.
-
-The lock file itself stays (empty): deleting a lock file that another process may be
-opening at the same moment would let two processes hold "the" lock.
+``<folder>/.run.lock`` is locked with :mod:`filelock` (``flock``) while a run uses the
+folder; the OS releases it when the process ends, however it ends (kill -9 included).
+``<folder>/.run.json`` names the holder (pid, host, start time, command) for a second run;
+it is removed when the run ends normally, so one found by a run that got the lock is a dead
+run's (*stale*). The lock file stays: deleting a lock file another process may be opening
+would let two processes hold "the" lock.
 """
 
 from __future__ import annotations
@@ -32,10 +29,6 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".run.lock"
 INFO_FILE = ".run.json"
-
-
-class FolderInUseError(UserError):
-    """Another live run holds the folder's lock."""
 
 
 def describe_holder(info: dict | None) -> str:
@@ -90,17 +83,15 @@ class RunLock:
 
 
 def acquire_run_lock(folder: str) -> RunLock:
-    """Lock ``folder`` (created if needed) for this process, without waiting.
-
-    Raises :class:`FolderInUseError` naming the holder when another live process has it.
-    """
+    """Lock ``folder`` (created if needed) for this process, without waiting; a UserError
+    naming the holder when another live process has it."""
     os.makedirs(folder, exist_ok=True)
     info_path = os.path.join(folder, INFO_FILE)
     lock = FileLock(os.path.join(folder, LOCK_FILE))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise FolderInUseError(
+        raise UserError(
             f"{folder} is in use by another run: {describe_holder(_read_info(info_path))}; "
             "wait for it to finish (or stop it), or choose another --output-dir."
         ) from None
@@ -110,26 +101,21 @@ def acquire_run_lock(folder: str) -> RunLock:
 
 
 def _alive_here(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: it exists, owned by someone else
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by someone else
-        return True
+    except PermissionError:
+        pass
     return True
 
 
 def remove_stale_temporaries(folder: str) -> list[str]:
-    """Delete the temporary files of :func:`~dassl_ext.utils.atomic.atomic_write` (exact
-    name pattern) that writers killed mid-write left in ``folder`` and its direct
-    subfolders (where a run writes: ``<folder>/<model>/model.pth.tar-<epoch>``); returns
-    their paths.
+    """Delete (and return) the :func:`~dassl_ext.utils.atomic.atomic_write` temporaries that
+    writers killed mid-write left in ``folder`` and its direct subfolders (``<model>/``).
 
-    Call it holding the folder's lock: no other run writes there then. Subfolders that are
-    run folders of their own (they hold a lock file) are left to their runs, and a file
-    whose process is still alive on this host is kept.
+    Call it holding the folder's lock. Subfolders that are run folders of their own (with a
+    lock file) are left to their runs; a file whose process is alive on this host is kept.
     """
     subfolders = [e.path for e in _entries(folder) if e.is_dir(follow_symlinks=False)]
     places = [folder] + [d for d in subfolders if not os.path.exists(os.path.join(d, LOCK_FILE))]

@@ -52,37 +52,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class AverageMeter:
-    """Running average of a scalar (``ema=False``: plain mean)."""
+    """The last value and the running mean of a scalar."""
 
-    def __init__(self, ema: bool = False, momentum: float = 0.1) -> None:
-        self.ema = ema
-        self.momentum = momentum
-        self.reset()
-
-    def reset(self) -> None:
-        self.val = 0.0
-        self.avg = 0.0
-        self.sum = 0.0
-        self.count = 0
+    def __init__(self) -> None:
+        self.val, self.avg, self.sum, self.count = 0.0, 0.0, 0.0, 0
 
     def update(self, val: float | torch.Tensor, n: int = 1) -> None:
-        if isinstance(val, torch.Tensor):
-            val = val.item()
-        self.val = val
-        self.sum += val * n
+        self.val = val.item() if isinstance(val, torch.Tensor) else val
+        self.sum += self.val * n
         self.count += n
-        if self.ema:
-            self.avg = self.avg * (1.0 - self.momentum) + val * self.momentum
-        else:
-            self.avg = self.sum / self.count
+        self.avg = self.sum / self.count
 
 
 class MetricMeter:
     """A group of :class:`AverageMeter` keyed by name; ``str`` is Dassl's ``name val (avg)``."""
 
-    def __init__(self, delimiter: str = " ") -> None:
+    def __init__(self) -> None:
         self.meters: dict[str, AverageMeter] = defaultdict(AverageMeter)
-        self.delimiter = delimiter
 
     def update(self, input_dict: dict[str, float | torch.Tensor] | None) -> None:
         if input_dict is None:
@@ -93,6 +79,6 @@ class MetricMeter:
             self.meters[k].update(v)
 
     def __str__(self) -> str:
-        return self.delimiter.join(
+        return " ".join(
             f"{name} {meter.val:.4f} ({meter.avg:.4f})" for name, meter in self.meters.items()
         )
