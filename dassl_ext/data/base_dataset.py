@@ -12,7 +12,7 @@ import logging
 import os
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dassl_ext.config.rules import OneOf, register_config_rules
 from dassl_ext.data.images import CHECK_IMAGES_MODES, check_images
@@ -53,12 +53,9 @@ class EvalSplit:
 
 
 class DatasetBase:
-    """Base class of all datasets; construct as ``DATASET_REGISTRY.get(name)(cfg)``.
-
-    After construction: `train_x`, `val`, `test` (lists of Datum), `classnames`,
-    `lab2cname`, `num_classes`, `protocol`, `eval_splits` ({name: EvalSplit}) and
-    `val_split` (EvalSplit or None).
-    """
+    """Base class of all datasets; ``DATASET_REGISTRY.get(name)(cfg)`` gives `train_x`, `val`,
+    `test` (lists of Datum), `classnames`, `lab2cname`, `num_classes`, `protocol`,
+    `eval_splits` ({name: EvalSplit}) and `val_split` (EvalSplit or None)."""
 
     dataset_dir: str = ""  # folder under DATASET.ROOT
     image_dir: str = ""  # folder under dataset_dir; split-file paths are relative to it
@@ -84,7 +81,11 @@ class DatasetBase:
         self.require(self.dataset_dir)
 
         # Everything that can be known about the data is checked here, before training.
-        train, val, test = (self._fix_names(items) for items in self.read_data())
+        fix = self.classname_fixes
+        train, val, test = (
+            [replace(d, classname=fix.get(d.classname, d.classname)) for d in items]
+            for items in self.read_data()
+        )
         self._check_labels(train, val, test)
         self._assign_roles(cfg, train, val, test)
         self._check_not_empty(cfg)
@@ -114,19 +115,12 @@ class DatasetBase:
 
     # ------------------------------------------------------------ reading hooks
 
-    def _fix_names(self, items: list[Datum]) -> list[Datum]:
-        fix = self.classname_fixes
-        return [
-            Datum(d.impath, d.label, d.domain, fix.get(d.classname, d.classname)) for d in items
-        ]
-
     @property
     def split_path(self) -> str:
         return os.path.join(self.dataset_dir, self.split_file or "")
 
     @property
-    def _source(self) -> str:
-        """Where the splits were read from, for messages."""
+    def _source(self) -> str:  # where the splits were read from, for messages
         return self.split_path if self.split_file else self.dataset_dir
 
     def read_data(self) -> tuple[list[Datum], list[Datum], list[Datum]]:

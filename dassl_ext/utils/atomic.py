@@ -117,6 +117,19 @@ def write_json_atomic(path: str, obj: Any, indent: int = 2) -> str:
     return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def read_json_dict(path: str) -> dict | None:
+    """The JSON object in ``path`` (one of this project's own records); None if there is no
+    file, {} if it cannot be read or holds no object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+        return obj if isinstance(obj, dict) else {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
 def write_torch_atomic(path: str, obj: Any) -> str:
     """``torch.save(obj, path)`` atomically."""
     import torch  # here: the writers above are torch-free

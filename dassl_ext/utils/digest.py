@@ -7,11 +7,10 @@ moves the ctime)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 
-from dassl_ext.utils.atomic import write_json_atomic
+from dassl_ext.utils.atomic import read_json_dict, write_json_atomic
 
 _CHUNK = 1 << 22
 _memory: dict[str, tuple[list, str]] = {}  # abspath -> (signature, digest)
@@ -40,7 +39,7 @@ def file_digest(path: str, store: str | None = None) -> str:
         known = _memory.get(key)
     if known is not None and known[0] == sig:
         return known[1]
-    saved = _read_store(store) if store else {}
+    saved = (read_json_dict(store) or {}) if store else {}
     if saved.get(key, {}).get("signature") == sig:
         digest = saved[key]["sha256"]
     else:
@@ -53,12 +52,3 @@ def file_digest(path: str, store: str | None = None) -> str:
     with _lock:
         _memory[key] = (sig, digest)
     return digest
-
-
-def _read_store(store: str) -> dict:
-    try:
-        with open(store, encoding="utf-8") as f:
-            saved = json.load(f)
-        return saved if isinstance(saved, dict) else {}
-    except (OSError, ValueError):
-        return {}

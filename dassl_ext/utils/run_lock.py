@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import os
 import shlex
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from filelock import FileLock, Timeout
 
 from dassl_ext.errors import UserError
-from dassl_ext.utils.atomic import temporary_pid, write_json_atomic
+from dassl_ext.utils.atomic import read_json_dict, temporary_pid, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +40,6 @@ def describe_holder(info: dict | None) -> str:
         f"process {info.get('pid', '?')} on host {info.get('host', '?')} "
         f"(since {info.get('since', '?')}: {command})"
     )
-
-
-def _read_info(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-        return info if isinstance(info, dict) else {}
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):  # unreadable note: still a sign that someone was here
-        return {}
 
 
 def _this_process() -> dict:
@@ -92,10 +80,10 @@ def acquire_run_lock(folder: str) -> RunLock:
         lock.acquire(timeout=0)
     except Timeout:
         raise UserError(
-            f"{folder} is in use by another run: {describe_holder(_read_info(info_path))}; "
+            f"{folder} is in use by another run: {describe_holder(read_json_dict(info_path))}; "
             "wait for it to finish (or stop it), or choose another --output-dir."
         ) from None
-    stale = _read_info(info_path)  # we hold the lock: a note left here is a dead run's
+    stale = read_json_dict(info_path)  # we hold the lock: a note left here is a dead run's
     write_json_atomic(info_path, _this_process())
     return RunLock(folder, lock, stale)
 
