@@ -1,13 +1,6 @@
-"""Name -> object registries (datasets, trainers), keyed by class name.
-
-Usage::
-
-    @TRAINER_REGISTRY.register()
-    class CoOp(TrainerX): ...
-
-    trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)   # called with the frozen cfg
-
-Registered datasets are called as ``DATASET_REGISTRY.get(cfg.DATASET.NAME)(cfg)``.
+"""Name -> object registries (datasets, trainers), keyed by class name. Register with
+``@TRAINER_REGISTRY.register()``; registered objects are called with the frozen cfg:
+``TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)``, ``DATASET_REGISTRY.get(cfg.DATASET.NAME)(cfg)``.
 """
 
 from __future__ import annotations
