@@ -21,19 +21,10 @@ INTERPOLATION_MODES = {
 }
 
 AVAILABLE_TRANSFORMS = (
-    "random_flip",
-    "random_resized_crop",
-    "random_crop",
-    "random_translation",
-    "center_crop",
-    "colorjitter",
-    "randomgrayscale",
-    "gaussian_blur",
-    "cutout",
-    "normalize",
-    "gaussian_noise",
+    "random_flip", "random_resized_crop", "random_crop", "random_translation", "center_crop",
+    "colorjitter", "randomgrayscale", "gaussian_blur", "cutout", "normalize", "gaussian_noise",
     "instance_norm",
-)
+)  # fmt: skip
 # What INPUT.BACKEND tensor implements: the transforms CLIP prompt learners use.
 TENSOR_TRANSFORMS = (
     "random_resized_crop",
