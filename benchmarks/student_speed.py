@@ -15,8 +15,9 @@ the same way (its ONNX model through the same exporter). Sizes, all with random 
 * standins: the packaged digits-student / digits-teacher towers, 10 classes, 32 px;
 * tiny: a few-layer pair at 32 px (the smoke test).
 
-Each cell: one warm-up call (compiles), then the median of ``--iters`` timed calls on
-preprocessed random images (no image decoding). Every backend gets ``--threads`` threads.
+Each cell: ``--warmup`` untimed calls (at least one for compile: it compiles), then the
+median of at least ``--iters`` timed calls (and ``--min-time`` seconds) on preprocessed
+random images (no image decoding). Every backend gets ``--threads`` threads.
 The table ends with the student/teacher speed-up per backend and batch size; on a shared
 machine compare the ratios, not the absolute numbers.
 """
@@ -119,12 +120,20 @@ def build_models(size: str, folder: str) -> tuple[str, nn.Module, int]:
     return path, teacher, encoder.input_resolution
 
 
-def time_calls(run: Callable[[], object], iters: int, sync: Callable[[], None]) -> float:
-    """Median seconds of one call of ``run``, after one warm-up call."""
-    run()
-    sync()
+def time_calls(
+    run: Callable[[], object],
+    iters: int,
+    sync: Callable[[], None],
+    warmup: int = 1,
+    min_time: float = 0.0,
+) -> float:
+    """Median seconds of one call of ``run``, after ``warmup`` calls: at least ``iters``
+    calls, and more until they took ``min_time`` seconds in all."""
+    for _ in range(warmup):
+        run()
+        sync()
     times = []
-    for _ in range(iters):
+    while len(times) < iters or sum(times) < min_time:
         start = time.perf_counter()
         run()
         sync()
@@ -207,7 +216,10 @@ def measure(args) -> list[dict]:
                     x = torch.randn(batch, 3, res, res, device=device)
                     try:
                         with torch.no_grad():
-                            sec = time_calls(lambda fn=fn, x=x: fn(x), args.iters, sync)
+                            warmup = max(args.warmup, backend == "compile")  # compiles
+                            sec = time_calls(
+                                lambda fn=fn, x=x: fn(x), args.iters, sync, warmup, args.min_time
+                            )
                         rows.append({**row, "sec": sec, "images_per_s": batch / sec})
                     except Exception as e:  # noqa: BLE001
                         rows.append({**row, "error": _reason(e)})
@@ -237,8 +249,10 @@ def speedups(rows: list[dict]) -> list[dict]:
 
 def table(rows: list[dict], args) -> str:
     lines = [
-        f"size {args.size}, device {args.device}, {args.threads} thread(s), median of "
-        f"{args.iters} call(s) after 1 warm-up",
+        f"size {args.size}, device {args.device}, {args.threads} thread(s), median of >= "
+        f"{args.iters} call(s) (>= {args.min_time:g} s) after {args.warmup} warm-up(s) "
+        f"(compile >= 1); load average before "
+        f"{args.load_before:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPU(s)",
         f"{'model':8} {'backend':8} {'batch':>5} {'images/s':>10} {'ms/batch':>10}",
     ]
     lines += [_row_text(r) for r in rows]
@@ -254,7 +268,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", choices=list(SIZES), default="standins")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    p.add_argument("--teacher-backends", nargs="+", choices=BACKENDS, help="(--backends)")
     p.add_argument("--iters", type=int, default=3, help="timed calls per cell (median)")
+    p.add_argument("--min-time", type=float, default=0.0, help="and calls until this many s")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls first (compile: >= 1)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu")
     return p.parse_args(argv)
@@ -262,6 +279,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    args.load_before = os.getloadavg()[0]  # other processes on a shared machine
     rows = measure(args)
     print(table(rows, args))
     return rows
