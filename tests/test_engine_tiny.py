@@ -20,7 +20,7 @@ import train
 from dassl_ext.config import setup as config_setup
 from dassl_ext.data import DatasetBase
 from dassl_ext.engine import TrainerX
-from dassl_ext.engine.hooks import HookBase, ModelSelection, insert_before
+from dassl_ext.engine.hooks import HookBase, Priority
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
 from dassl_ext.registry import DATASET_REGISTRY, TRAINER_REGISTRY
 
@@ -245,8 +245,8 @@ def test_precisions_train_fp32_master_weights(tiny, prec, cpu_fp16):
 class Recorder(HookBase):
     """Logs each stage it is called in, with what the hooks before it have done."""
 
-    def __init__(self, name: str, log: list) -> None:
-        self.name, self.log = name, log
+    def __init__(self, name: str, log: list, priority: int) -> None:
+        self.name, self.log, self.priority = name, log, priority
 
     def before_train(self) -> None:
         self.log.append((self.name, "before_train", self.trainer.start_epoch))
@@ -267,13 +267,12 @@ class Recorder(HookBase):
 class HookedTrainer(TinyEngineTrainer):
     log: list = []
 
-    def build_hooks(self):
-        early = Recorder("early", self.log)
-        hooks = insert_before(super().build_hooks(), ModelSelection, early)
-        return [*hooks, Recorder("late", self.log)]
+    def build_hooks(self):  # registered in the opposite order: the priorities decide
+        early = Recorder("early", self.log, Priority.NORMAL)
+        return [Recorder("late", self.log, Priority.LAST), *super().build_hooks(), early]
 
 
-def test_hooks_run_in_list_order(tiny):
+def test_hooks_run_in_priority_order(tiny):
     root, out = tiny
     TRAINER_REGISTRY.register(HookedTrainer)
     try:

@@ -79,7 +79,7 @@ def test_train_base_then_eval_new(name, tiny_clip_root, digits_root, tmp_path):
     trained = load_checkpoint(str(base / model_name / "model.pth.tar-1"))["state_dict"]
     set_random_seed(1)
     init = build_trainer(make_cfg(name, tmp_path / "init", digits_root, tiny_clip_root, *opts))
-    initial = init.registered_models()[0].state_dict()
+    initial = init.registered_module(init.model).state_dict()
     assert trained.keys() == initial.keys()
     moved = [k for k in trained if not torch.equal(trained[k], initial[k])]
     assert moved and all(torch.allclose(trained[k], initial[k], atol=1e-2) for k in moved)

@@ -25,7 +25,6 @@ from torch import nn
 
 from dassl_ext.config import Check, Rule, check_rules
 from dassl_ext.engine import TeacherSupport, TrainerX
-from dassl_ext.errors import UserError
 from dassl_ext.modeling import (
     ClipSizes,
     build_prompt_buffers,
@@ -36,7 +35,7 @@ from dassl_ext.modeling import (
     set_trainable,
 )
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
-from dassl_ext.utils.checkpoint import checkpoint_state_dict, load_checkpoint
+from dassl_ext.utils.checkpoint import load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -70,33 +69,6 @@ def drop_rebuilt_keys(state_dict: dict) -> dict:
         for k, v in state_dict.items()
         if k.rsplit(".", 1)[-1] not in REBUILT_KEYS and not k.startswith(IGNORED_PREFIXES)
     }
-
-
-def load_weights_checked(module: nn.Module, path: str) -> int | None:
-    """Load a Dassl checkpoint file into ``module`` with the trainers' key handling.
-
-    Prefix/suffix buffers and ZS-encoder keys are dropped; any other missing or unexpected
-    key, or a shape mismatch, is a UserError naming the file and the key. Returns the epoch.
-    """
-    checkpoint = load_checkpoint(path, mmap=True)  # copied below: no second full copy
-    state_dict = drop_rebuilt_keys(checkpoint_state_dict(checkpoint, path))
-    own = module.state_dict()
-    for key, value in state_dict.items():
-        if key not in own:
-            raise UserError(f"Checkpoint {path} has unexpected key {key!r} for this model.")
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise UserError(
-                f"Checkpoint {path}: key {key!r} has shape {tuple(value.shape)}, the model "
-                f"expects {tuple(own[key].shape)}; check the prompt length/depth and backbone."
-            )
-    missing = [k for k in own if k not in state_dict]
-    if missing:
-        raise UserError(
-            f"Checkpoint {path} lacks key {missing[0]!r} ({len(missing)} missing); it was "
-            "written for another model or prompt configuration."
-        )
-    module.load_state_dict(state_dict, strict=True)
-    return checkpoint.get("epoch")
 
 
 def register_prompt_buffers(
@@ -224,7 +196,7 @@ class PromptTrainer(TrainerX):
         logger.info(f"Parameters to be updated: {names}")
         logger.info(f"Parameters count: {sum(p.numel() for p in params):,}")
         if cfg.MODEL.INIT_WEIGHTS:
-            load_weights_checked(self.registered_module(self.model), cfg.MODEL.INIT_WEIGHTS)
+            self.load_trained(self.model, cfg.MODEL.INIT_WEIGHTS)
         self.model.to(self.device)
         self.after_build(clip_model)
         cast_frozen_weights(self.model, self.prec.weight_dtype)  # trainable stay fp32
@@ -244,8 +216,13 @@ class PromptTrainer(TrainerX):
         clip_model = load_clip(backbone, clip_root_from_cfg(cfg))
         model = cls.build_custom_clip(cfg, list(classnames), clip_model)
         if checkpoint:
-            load_weights_checked(cls.registered_module(model), checkpoint)
+            cls.load_trained(model, checkpoint)
         return model.requires_grad_(False).eval()
+
+    @classmethod
+    def load_trained(cls, model: CLIPClassifier, path: str) -> None:
+        """Load a checkpoint of this trainer into ``model``, strictly (see ``load_weights``)."""
+        load_weights(cls.registered_module(model), path, select=drop_rebuilt_keys)
 
     # ------------------------------------------------------------------ training
     def forward_backward(self, batch: dict) -> dict[str, float]:
@@ -272,10 +249,7 @@ class PromptTrainer(TrainerX):
         with self.prec.autocast():
             if self._eval_text is None:
                 self._eval_text = self.model.text_features(self.eval_class_ids)
-            image_features = self.model.image_features(images)
-            logits = self.model.logit_scale.exp() * image_features @ self._eval_text.t()
-        return logits.float()
+            image = self.model.image_features(images)
+            return (self.model.logit_scale.exp() * image @ self._eval_text.t()).float()
 
-    # ------------------------------------------------------------------ loading
-    def filter_state_dict_on_load(self, name: str, state_dict: dict) -> dict:
-        return drop_rebuilt_keys(state_dict)
+    filter_state_dict_on_load = staticmethod(drop_rebuilt_keys)

@@ -26,7 +26,7 @@ from torch import nn
 
 from dassl_ext.config import Range, Rule, register_config_extension, register_config_rules
 from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
-from dassl_ext.engine.hooks import HookBase, ModelSelection, ParameterAveraging, insert_before
+from dassl_ext.engine.hooks import HookBase, ParameterAveraging
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import IMAGENET_TEMPLATES, ClipSizes, tokenize_class_prompts
 from trainers.base import PromptTrainer, l2_normalize
@@ -92,7 +92,6 @@ class PromptSRC(PromptTrainer):
     """PromptSRC; registered "VLPromptLearner" (same keys as IVLP, spec §2.6)."""
 
     prec_section = "PROMPTSRC"
-    model_name = "VLPromptLearner"
     frozen_teacher = TeacherSupport(default_model_name="VLPromptLearner")  # the paper's teacher
 
     @classmethod
@@ -139,16 +138,15 @@ class PromptSRC(PromptTrainer):
             image_weight=float(src.IMAGE_LOSS_WEIGHT),
         )
         self.model_backward_and_update(loss)
-        summary = {"loss": loss.item()}
-        summary.update({k: v.item() for k, v in parts.items()})
-        summary["acc"] = (logits.argmax(dim=1) == labels).float().mean().item() * 100
-        return summary
+        acc = (logits.argmax(dim=1) == labels).float().mean().item() * 100
+        return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}, "acc": acc}
 
     # ------------------------------------------------------------------ GPA
     def build_hooks(self) -> list[HookBase]:
-        """GPA runs after each epoch before model selection and checkpointing, so those see
-        (and ``model.pth.tar-<MAX_EPOCH>`` holds) the aggregated prompts, as official."""
+        """GPA runs after each epoch before model selection and checkpointing (its priority
+        is NORMAL), so those see (and ``model.pth.tar-<MAX_EPOCH>`` holds) the aggregated
+        prompts, as official."""
         gpa = ParameterAveraging(
             self.gpa_weights, self.model.trainable_parameters(), GPA_FILE, name="GPA"
         )
-        return insert_before(super().build_hooks(), ModelSelection, gpa)
+        return [*super().build_hooks(), gpa]

@@ -1,20 +1,10 @@
 """Faults during a run: what stops it, and the one line that says how to continue.
 
-- A NaN / inf loss stops training before that step changes the weights
-  (:func:`non_finite_loss_error`, raised by ``TrainerBase.detect_anomaly``).
-- SIGINT / SIGTERM raise :class:`Interrupted` while :func:`signals_raise_interrupted` is
-  active (``train.py`` wraps the whole run in it); files are written atomically and a
-  write in progress finishes first (:mod:`dassl_ext.utils.atomic`), so nothing partial is
-  left, and the exit status is the shell's 128 + signal number.
-- A collective that fails because another torchrun process died or stopped answering
-  (``DIST.TIMEOUT``) becomes one sentence (:func:`lost_process_error`): this process stops
-  too, and the others' logs say why.
-- An error of the user's environment rather than of the program (a file that cannot be
-  opened, read or written, text in another encoding, memory exhausted) becomes one
-  sentence naming the file or what to lower (:func:`environment_error`); programming
-  errors stay tracebacks.
-- :func:`resume_command` is the exact ``train.py --resume`` command that continues a run
-  from its last epoch checkpoint.
+A NaN / inf loss stops training before its step changes the weights; SIGINT / SIGTERM /
+SIGHUP raise :class:`Interrupted` (files are written atomically, so nothing partial is
+left; the exit status is 128 + the signal number); a lost torchrun peer and the user's
+environment (files, encodings, memory) become one sentence, while programming errors keep
+their tracebacks; :func:`resume_command` is the command that continues a stopped run.
 """
 
 from __future__ import annotations
@@ -59,10 +49,13 @@ class Interrupted(KeyboardInterrupt):
 def training_position(trainer) -> str:
     """``epoch E/N, batch B/M`` of the step the trainer is in (1-based)."""
     epoch, batch = getattr(trainer, "epoch", 0) + 1, getattr(trainer, "batch_idx", 0) + 1
-    return (
-        f"epoch {epoch}/{getattr(trainer, 'max_epoch', '?')}, "
-        f"batch {batch}/{getattr(trainer, 'num_batches', '?')}"
-    )
+    total = getattr(trainer, "max_epoch", "?")
+    return f"epoch {epoch}/{total}, batch {batch}/{getattr(trainer, 'num_batches', '?')}"
+
+
+def _at(trainer) -> str:
+    """`` at epoch E/N, batch B/M`` once the trainer has started an epoch, else empty."""
+    return f" at {training_position(trainer)}" if getattr(trainer, "num_batches", None) else ""
 
 
 # What gloo says (as a plain RuntimeError) when a peer is gone or a collective waited past
@@ -81,13 +74,12 @@ def lost_process_error(e: BaseException, trainer=None) -> UserError | None:
     if not (dist.is_available() and dist.is_initialized()):
         return None
     text = str(e)
-    is_dist = isinstance(e, getattr(dist, "DistError", ()))
-    if not (is_dist or (isinstance(e, RuntimeError) and _matches(text))):
+    lost_peer = isinstance(e, RuntimeError) and any(s in text.lower() for s in _LOST_PEER_SIGNS)
+    if not (lost_peer or isinstance(e, getattr(dist, "DistError", ()))):
         return None
-    where = f" at {training_position(trainer)}" if getattr(trainer, "num_batches", None) else ""
     first = (text.strip().splitlines() or [type(e).__name__])[0][:160]
     return UserError(
-        f"Process {get_rank()} of {dist.get_world_size()} lost the others{where}: another "
+        f"Process {get_rank()} of {dist.get_world_size()} lost the others{_at(trainer)}: another "
         f"process stopped, or did not answer within DIST.TIMEOUT seconds ({first}); this one "
         "stops too. The first error is in the log of the process that stopped."
     )
@@ -102,11 +94,6 @@ def as_user_error(e: Exception, trainer=None) -> Exception | None:
     if isinstance(e, (UserError, RegistryKeyError)):
         return e
     return lost_process_error(e, trainer) or environment_error(e, trainer)
-
-
-def _matches(text: str) -> bool:
-    low = text.lower()
-    return any(sign in low for sign in _LOST_PEER_SIGNS)
 
 
 # What to do about an OSError, by errno; any other errno: check the path
@@ -131,12 +118,12 @@ _MEMORY_ADVICE = (
 
 
 def environment_error(e: BaseException, trainer=None) -> UserError | None:
-    """For an error caused by the user's environment (see the module doc), a UserError
-    with one sentence naming the file or what to lower; None for any other error."""
+    """For an error of the user's environment rather than of the program (a file that cannot
+    be used, text in another encoding, memory exhausted), a UserError with one sentence
+    naming the file or what to lower; None for any other error."""
     if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
         where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "CPU"
-        at = f" at {training_position(trainer)}" if getattr(trainer, "num_batches", None) else ""
-        return UserError(f"Out of {where} memory{at}: {_MEMORY_ADVICE}.")
+        return UserError(f"Out of {where} memory{_at(trainer)}: {_MEMORY_ADVICE}.")
     if isinstance(e, UnicodeEncodeError):
         text = e.object[e.start : e.end] if isinstance(e.object, str) else ""
         return UserError(
@@ -160,10 +147,8 @@ def environment_error(e: BaseException, trainer=None) -> UserError | None:
 
 
 def _locale_name() -> str:
-    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
-        if os.environ.get(name):
-            return f"{name}={os.environ[name]}"
-    return "unset"
+    names = [n for n in ("LC_ALL", "LC_CTYPE", "LANG") if os.environ.get(n)]
+    return f"{names[0]}={os.environ[names[0]]}" if names else "unset"
 
 
 def _file_being_read(e: BaseException) -> str | None:
@@ -192,16 +177,11 @@ def non_finite_loss_error(trainer, loss: torch.Tensor) -> NonFiniteLossError:
 
 
 @contextlib.contextmanager
-def signals_raise_interrupted() -> Iterator[None]:
-    """While active (main thread only), SIGINT, SIGTERM and SIGHUP raise
-    :class:`Interrupted`."""
+def _signals_handled_by(handler) -> Iterator[None]:
+    """While active (main thread only), SIGINT, SIGTERM and SIGHUP go to ``handler``."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, frame) -> None:
-        raise Interrupted(signum)
-
     previous = {s: signal.signal(s, handler) for s in _SIGNALS}
     try:
         yield
@@ -210,20 +190,21 @@ def signals_raise_interrupted() -> Iterator[None]:
             signal.signal(s, h)
 
 
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def signals_raise_interrupted() -> contextlib.AbstractContextManager[None]:
+    """While active (main thread only), SIGINT, SIGTERM and SIGHUP raise
+    :class:`Interrupted`."""
+    return _signals_handled_by(_raise_interrupted)
+
+
+def signals_ignored() -> contextlib.AbstractContextManager[None]:
     """While active (main thread only), SIGINT, SIGTERM and SIGHUP are ignored: a second
     Ctrl-C while a stopped run reports and releases its folder would otherwise end it with
     a KeyboardInterrupt traceback, half reported."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in _SIGNALS}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    return _signals_handled_by(signal.SIG_IGN)
 
 
 def resume_command(argv: list[str], run_dir: str) -> str:

@@ -1,14 +1,8 @@
-"""Work around the epoch loop as an ordered list of hooks (as detectron2's ``HookBase``).
+"""Work around the epoch loop as hooks (as detectron2's ``HookBase``).
 
 The trainer calls ``before_train``, ``before_epoch``, ``after_epoch`` and ``after_train`` of
-each hook in list order, so the order of the epoch-end work is the order of the list that
-``SimpleTrainer.build_hooks`` returns, not the order of ``super()`` calls. The default list:
-
-1. hooks that change the weights to be evaluated and saved (PromptSRC inserts
-   :class:`ParameterAveraging` here: before selection, with :func:`insert_before`);
-2. :class:`ModelSelection`: evaluate on val, keep the best as ``model-best.pth.tar``;
-3. :class:`MetricsWriter`: one ``metrics.jsonl`` row per epoch;
-4. :class:`PeriodicCheckpointer`: ``model.pth.tar-<epoch>`` every ``CHECKPOINT_FREQ`` and last.
+its hooks in the order of their :class:`Priority` (equal priorities in registration order).
+Hooks share values through the trainer's :class:`~dassl_ext.engine.events.EventStorage`.
 """
 
 from __future__ import annotations
@@ -17,6 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from enum import IntEnum
 from typing import Any
 
 import torch
@@ -29,10 +24,21 @@ from dassl_ext.utils.distributed import is_main_process
 logger = logging.getLogger(__name__)
 
 
+class Priority(IntEnum):
+    """When a hook runs among the trainer's hooks: lower first."""
+
+    NORMAL = 50  # the default: prepare the run, or change the weights evaluated and saved
+    SELECTION = 60  # ModelSelection: evaluate on val, keep the best
+    METRICS = 70  # MetricsWriter: one metrics.jsonl row per epoch
+    CHECKPOINT = 80  # PeriodicCheckpointer: model.pth.tar-<epoch>
+    LAST = 90  # look at everything the epoch wrote
+
+
 class HookBase:
     """A hook; ``trainer`` is set when the trainer registers it."""
 
     trainer: Any = None
+    priority: int = Priority.NORMAL
 
     def before_train(self) -> None:
         """After resuming (``trainer.start_epoch`` is known), before the first epoch."""
@@ -58,36 +64,32 @@ class CallbackHook(HookBase):
             setattr(self, stage, lambda fn=fn: fn(self.trainer))
 
 
-def insert_before(hooks: list[HookBase], kind: type, hook: HookBase) -> list[HookBase]:
-    """``hooks`` with ``hook`` in front of the first hook of type ``kind``."""
-    index = next(i for i, h in enumerate(hooks) if isinstance(h, kind))
-    return [*hooks[:index], hook, *hooks[index:]]
-
-
 class ModelSelection(HookBase):
-    """With ``TEST.FINAL_MODEL best_val``: evaluate on val after each epoch and save
-    ``model-best.pth.tar`` when the accuracy is strictly higher (the earliest best wins).
+    """With ``TEST.FINAL_MODEL best_val``: evaluate on val after each epoch (its metrics go
+    to the trainer's storage as ``val/<metric>``) and save ``model-best.pth.tar`` when the
+    accuracy is strictly higher (the earliest best wins)."""
 
-    Sets ``trainer.epoch_val_accuracy`` (None when not selecting) for the hooks after it.
-    """
+    priority = Priority.SELECTION
 
     def after_epoch(self) -> None:
         trainer, cfg = self.trainer, self.trainer.cfg
-        trainer.epoch_val_accuracy = None
         if cfg.TEST.NO_TEST or cfg.TEST.FINAL_MODEL != "best_val":
             return
-        val_acc = trainer.epoch_val_accuracy = trainer.test(split="val")
+        val_acc = trainer.test(split="val")
         if val_acc > trainer.best_result:
             trainer.best_result, trainer.best_epoch = val_acc, trainer.epoch + 1
-            out = trainer.output_dir
-            trainer.save_model(trainer.epoch, out, val_result=val_acc, model_name=BEST_FILE)
+            trainer.save_model(trainer.epoch, trainer.output_dir, val_acc, BEST_FILE)
 
 
 class MetricsWriter(HookBase):
     """``<output>/metrics.jsonl``: epoch, LR, mean losses and val accuracy, one row per epoch
-    (rank 0). Before training, the file keeps only the rows of the epochs already trained
+    (rank 0), from what the epoch put in the trainer's storage (``train/lr``,
+    ``train/<loss>``: running means over the epoch; ``val/accuracy``: None when not
+    selecting). Before training, the file keeps only the rows of the epochs already trained
     (none for a new run: rows an earlier run in the folder left would mix two runs' curves),
     and damaged rows (a line cut short, not an epoch record) are dropped with a warning."""
+
+    priority = Priority.METRICS
 
     def path(self) -> str:
         return os.path.join(self.trainer.output_dir, "metrics.jsonl")
@@ -121,13 +123,13 @@ class MetricsWriter(HookBase):
     def after_epoch(self) -> None:
         if not is_main_process():
             return
-        trainer = self.trainer
-        meters = getattr(trainer, "epoch_losses", None)
+        storage = self.trainer.storage
+        losses = storage.epoch_scalars("train/")
         row = {
-            "epoch": trainer.epoch + 1,
-            "lr": getattr(trainer, "epoch_lr", None),
-            "loss": {k: m.avg for k, m in meters.meters.items()} if meters else {},
-            "val_accuracy": getattr(trainer, "epoch_val_accuracy", None),
+            "epoch": self.trainer.epoch + 1,
+            "lr": losses.pop("lr", None),
+            "loss": losses,
+            "val_accuracy": storage.epoch_scalars("val/").get("accuracy"),
         }
         write_text_atomic(self.path(), "".join(self._rows()) + json.dumps(row) + "\n")
 
@@ -145,6 +147,8 @@ class PeriodicCheckpointer(HookBase):
     """Save every registered model as ``model.pth.tar-<epoch>`` every
     ``TRAIN.CHECKPOINT_FREQ`` epochs (0: never) and after the last epoch."""
 
+    priority = Priority.CHECKPOINT
+
     def after_epoch(self) -> None:
         trainer = self.trainer
         freq = trainer.cfg.TRAIN.CHECKPOINT_FREQ
@@ -156,12 +160,14 @@ class PeriodicCheckpointer(HookBase):
 class ParameterAveraging(HookBase):
     """A weighted average of parameters over the epochs (PromptSRC's Gaussian Prompt
     Aggregation): after epoch e, ``weights[e] * p`` is added to a running sum; after the last
-    epoch the sum is loaded into the parameters, so the hooks after this one evaluate and
-    save the average.
+    epoch the sum is loaded into the parameters, so selection and checkpointing (later
+    priorities) evaluate and save the average.
 
     The running sum after every epoch is kept in ``<output>/<state_file>`` (parameters only:
     small), so that a run resumed from any checkpoint continues the same average.
     """
+
+    priority = Priority.NORMAL
 
     def __init__(
         self, weights: list[float], params: list[nn.Parameter], state_file: str, name: str
@@ -197,7 +203,7 @@ class ParameterAveraging(HookBase):
         trainer = self.trainer
         w = self.weights[trainer.epoch]
         if self.sum is None:
-            self.sum = [w * p.detach().clone() for p in self.params]
+            self.sum = [w * p.detach() for p in self.params]
         else:
             for total, p in zip(self.sum, self.params):
                 total += w * p.detach()

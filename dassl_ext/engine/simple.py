@@ -3,8 +3,8 @@
 A method subclasses :class:`TrainerX` and implements ``build_model`` (calling
 ``register_model``) and ``forward_backward`` (calling ``model_backward_and_update``);
 ``model_inference`` must return logits over ``self.eval_class_ids`` during ``test``.
-Work around the epoch loop (selection, metrics, checkpoints ...) is an ordered list of
-hooks (:mod:`dassl_ext.engine.hooks`); a method adds its own by overriding ``build_hooks``.
+Work around the epoch loop (selection, metrics, checkpoints ...) is hooks
+(:mod:`dassl_ext.engine.hooks`); a method adds its own by overriding ``build_hooks``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ class SimpleTrainer(TrainerBase):
 
     def __init__(self, cfg) -> None:
         super().__init__()
-        self.check_cfg(cfg)
         self.cfg = cfg
         cuda = cfg.USE_CUDA and torch.cuda.is_available()
         self.device = torch.device(f"cuda:{get_local_rank()}" if cuda else "cpu")
@@ -51,10 +50,8 @@ class SimpleTrainer(TrainerBase):
         self.prec = resolve_precision(self.precision_name(), self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.prec.use_scaler)
         self.grad_clip_norm = float(cfg.TRAIN.GRAD_CLIP_NORM)
-        self.start_epoch = self.epoch = 0
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
         self.grad_checkpointing = bool(cfg.MODEL.GRAD_CHECKPOINTING)
-        self.eval_split: str | None = None
         self.eval_class_ids: torch.Tensor | None = None
         self._model_epoch: int | None = None  # epoch of the weights being tested
 
@@ -62,15 +59,8 @@ class SimpleTrainer(TrainerBase):
         self.build_model()
         from dassl_ext.evaluation import build_evaluator
 
-        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+        self.evaluator = build_evaluator(cfg, lab2cname=self.dm.lab2cname)
         self.register_hooks(self.build_hooks())
-
-    def check_cfg(self, cfg) -> None:
-        """Hook: reject configs the trainer cannot run (raise UserError)."""
-        if cfg.TEST.FINAL_MODEL not in FINAL_MODELS:
-            raise UserError(
-                f"TEST.FINAL_MODEL is {cfg.TEST.FINAL_MODEL!r}; use one of {FINAL_MODELS}."
-            )
 
     def precision_name(self) -> str:
         """``cfg.TRAINER.<SECTION>.PREC`` of this trainer, or fp32 if it has none."""
@@ -80,36 +70,24 @@ class SimpleTrainer(TrainerBase):
 
     # ------------------------------------------------------------------ building
     def build_data_loader(self) -> None:
-        """Create the DataManager and expose its loaders and class information."""
+        """Create the DataManager and expose its training loader and class information."""
         from dassl_ext.data import DataManager
 
         self.dm = dm = DataManager(self.cfg)
         self.train_loader_x = dm.train_loader_x
-        self.val_loader = dm.val_loader
-        self.test_loader = dm.test_loader
         self.eval_loaders: dict[str, Any] = dict(dm.eval_loaders)
-        self.num_classes = dm.num_classes
-        self.lab2cname = dm.lab2cname
-        self.classnames = dm.classnames
-        splits = dm.dataset.eval_splits
-        self.eval_class_ids_of = {n: list(splits[n].class_ids) for n in self.eval_loaders}
-        val_split = getattr(dm.dataset, "val_split", None)
-        all_ids = list(range(self.num_classes))
-        self.eval_class_ids_of["val"] = list(val_split.class_ids) if val_split else all_ids
-        if hasattr(dm, "show_dataset_summary") and is_main_process():
+        self.num_classes, self.classnames = dm.num_classes, dm.classnames
+        if is_main_process():
             dm.show_dataset_summary()
 
     def build_model(self) -> None:
         raise NotImplementedError("A trainer builds its model(s) and calls register_model().")
 
     def build_hooks(self) -> list[HookBase]:
-        """The hooks run around each epoch, in order (see :mod:`dassl_ext.engine.hooks`)."""
+        """The hooks run around each epoch (in the order of their priority)."""
         return [ModelSelection(), MetricsWriter(), PeriodicCheckpointer()]
 
     # ------------------------------------------------------------------ training
-    def train(self) -> None:  # type: ignore[override]
-        super().train(self.start_epoch, self.max_epoch)
-
     def before_train(self) -> None:
         if self.cfg.RESUME:
             self.start_epoch = self.resume_model_if_exist(self.cfg.RESUME)
@@ -121,15 +99,13 @@ class SimpleTrainer(TrainerBase):
                         f"--resume {self.output_dir} to continue, or choose another --output-dir."
                     )
         super().before_train()  # the hooks (after resuming: they see start_epoch)
-        self.init_writer(os.path.join(self.output_dir, "tensorboard"))
+        if is_main_process():
+            self.storage.open_tensorboard(os.path.join(self.output_dir, "tensorboard"))
         self.time_start = time.time()
         self.restore_resumed_rng()  # last: nothing may draw random numbers after it
 
     def before_epoch(self) -> None:
-        if hasattr(self.dm, "set_epoch"):
-            self.dm.set_epoch(self.epoch)
-        elif hasattr(getattr(self.train_loader_x, "sampler", None), "set_epoch"):
-            self.train_loader_x.sampler.set_epoch(self.epoch)
+        self.dm.set_epoch(self.epoch)
         super().before_epoch()
 
     def after_train(self) -> None:
@@ -149,25 +125,26 @@ class SimpleTrainer(TrainerBase):
         self.close_writer()
 
     # ------------------------------------------------------------------ evaluation
-    def _split_loader(self, split: str):
+    def _split_loader(self, split: str) -> tuple[Any, list[int]]:
+        """The loader of ``split`` and the class ids of its labels."""
+        dataset = self.dm.dataset
+        if split == "val" and self.dm.val_loader is not None:
+            val = getattr(dataset, "val_split", None)
+            return self.dm.val_loader, list(val.class_ids if val else range(self.num_classes))
         if split == "val":
-            if self.val_loader is not None:
-                return self.val_loader, self.eval_class_ids_of["val"]
-            first = next(iter(self.eval_loaders))
-            logger.warning(f"No val split: selecting on the *{first}* split instead")
-            return self.eval_loaders[first], self.eval_class_ids_of[first]
-        if split not in self.eval_loaders:
+            split = next(iter(self.eval_loaders))
+            logger.warning(f"No val split: selecting on the *{split}* split instead")
+        elif split not in self.eval_loaders:
             raise UserError(
                 f"Unknown evaluation split {split!r}; use val or {', '.join(self.eval_loaders)}."
             )
-        return self.eval_loaders[split], self.eval_class_ids_of[split]
+        return self.eval_loaders[split], list(dataset.eval_splits[split].class_ids)
 
     @torch.no_grad()
     def evaluate_split(self, split: str) -> OrderedDict:
         """Run the model on one split and return the evaluator's metrics (gathered)."""
         loader, class_ids = self._split_loader(split)
         self.set_model_mode("eval")
-        self.eval_split = split
         self.eval_class_ids = torch.as_tensor(class_ids, dtype=torch.long, device=self.device)
         lab2cname = {k: self.classnames[c] for k, c in enumerate(class_ids)}
         self.evaluator.reset(lab2cname)
@@ -186,7 +163,7 @@ class SimpleTrainer(TrainerBase):
         self.evaluator.sync()
         results = self.evaluator.evaluate(split=split)
         for k, v in results.items():
-            self.write_scalar(f"{split}/{k}", v, self.epoch)
+            self.storage.put_scalar(f"{split}/{k}", v, self.epoch)
         if self.cfg.TEST.SAVE_LOGITS and split != "val" and is_main_process():
             self.evaluator.save_logits(os.path.join(self.output_dir, f"logits_{split}.pt"))
         results["num_images"] = self.evaluator.num_samples
@@ -232,11 +209,8 @@ class SimpleTrainer(TrainerBase):
             "global_batch": self.dm.global_batch,
             "splits": {
                 name: {
-                    "accuracy": float(r["accuracy"]),
-                    "macro_f1": float(r["macro_f1"]),
-                    "error_rate": float(r["error_rate"]),
-                    "num_images": int(r["num_images"]),
-                    "epoch": epoch,
+                    **{k: float(r[k]) for k in ("accuracy", "macro_f1", "error_rate")},
+                    **{"num_images": int(r["num_images"]), "epoch": epoch},
                 }
                 for name, r in results.items()
             },
@@ -265,15 +239,10 @@ class TrainerX(SimpleTrainer):
         losses = MetricMeter()
         batch_time, data_time = AverageMeter(), AverageMeter()
         self.num_batches = len(self.train_loader_x)
-        self.epoch_losses, self.epoch_lr = losses, self.get_current_lr()  # for MetricsWriter
         print_freq = self.cfg.TRAIN.PRINT_FREQ
+        desc = f"epoch {self.epoch + 1}/{self.max_epoch}"
+        bar = tqdm(self.train_loader_x, desc=desc, leave=False, disable=_tqdm_off())
         end = time.time()
-        bar = tqdm(
-            self.train_loader_x,
-            desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
-            leave=False,
-            disable=_tqdm_off(),
-        )
         for self.batch_idx, batch in enumerate(bar):
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
@@ -293,10 +262,9 @@ class TrainerX(SimpleTrainer):
                     f"{losses} lr {self.get_current_lr():.4e} eta {eta}"
                 )
             n_iter = self.epoch * self.num_batches + self.batch_idx
-            for name, meter in losses.meters.items():
-                self.write_scalar("train/" + name, meter.avg, n_iter)
-            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+            for name, meter in losses.meters.items():  # the last step's: the epoch's means
+                self.storage.put_scalar("train/" + name, meter.avg, n_iter)
+            self.storage.put_scalar("train/lr", self.get_current_lr(), n_iter)
             end = time.time()
 
-    def parse_batch_train(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch["img"].to(self.device), batch["label"].to(self.device)
+    parse_batch_train = SimpleTrainer.parse_batch_test  # (images, labels) on the device

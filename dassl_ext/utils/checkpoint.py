@@ -1,9 +1,10 @@
-"""Dassl-format checkpoints: file names, the best-else-newest lookup, atomic saving, safe loading.
+"""Dassl-format checkpoints: file names, the best-else-newest lookup, atomic saving, safe
+loading, the strict weight loader and resuming a run.
 
-Layout: ``<dir>/model.pth.tar-<epoch>`` (or ``model_name``), ``model-best.pth.tar`` when
-``is_best``, and a ``checkpoint`` text file naming the last file written. Keys:
-``state_dict, epoch, optimizer, scheduler, val_result`` (+ ours, e.g. ``rng_state``).
-Every file is written by :mod:`dassl_ext.utils.atomic` (temporary file, fsync, rename).
+Layout: ``<dir>/model.pth.tar-<epoch>`` (or ``model-best.pth.tar``), and a ``checkpoint``
+text file naming the last file written. Keys: ``state_dict, epoch, optimizer, scheduler,
+val_result`` (+ ours: ``rng_state, best_result, scaler``). Every file is written by
+:mod:`dassl_ext.utils.atomic` (temporary file, fsync, rename).
 
 Our files hold only tensors and plain containers and load with ``weights_only=True``.
 Files from Dassl / the official code pickle scheduler objects; they are read with a
@@ -19,19 +20,20 @@ experiment scripts ask this module which file to use without loading torch::
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pickle
 import re
-import shutil
 import sys
 import types
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from dassl_ext.errors import UserError
-from dassl_ext.utils.atomic import atomic_write, write_text_atomic, write_torch_atomic
+from dassl_ext.utils.atomic import write_text_atomic, write_torch_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -67,25 +69,20 @@ def find_checkpoint(folder: str, epoch: int | None = None) -> str:
     return os.path.join(folder, epoch_file(epochs[-1]))
 
 
+def _model_folders(run_dir: str, holds: Callable[[str], Any]) -> list[str]:
+    names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    return sorted(name for name in names if holds(os.path.join(run_dir, name)))
+
+
 def resumable_models(run_dir: str) -> list[str]:
     """Model folders of ``run_dir`` that hold epoch files (a run that can be resumed)."""
-    if not os.path.isdir(run_dir):
-        return []
-    return sorted(
-        name for name in os.listdir(run_dir) if checkpoint_epochs(os.path.join(run_dir, name))
-    )
+    return _model_folders(run_dir, checkpoint_epochs)
 
 
 def loadable_models(run_dir: str, epoch: int | None = None) -> list[str]:
     """Model folders of ``run_dir`` holding a file :func:`find_checkpoint` would load
     (``model.pth.tar-<epoch>`` when ``epoch`` is given): what ``--model-dir`` can evaluate."""
-    if not os.path.isdir(run_dir):
-        return []
-    return sorted(
-        name
-        for name in os.listdir(run_dir)
-        if os.path.isfile(find_checkpoint(os.path.join(run_dir, name), epoch))
-    )
+    return _model_folders(run_dir, lambda folder: os.path.isfile(find_checkpoint(folder, epoch)))
 
 
 def strip_module_prefix(state_dict: dict[str, Any]) -> OrderedDict:
@@ -115,42 +112,74 @@ def checkpoint_state_dict(checkpoint: Any, path: str) -> OrderedDict:
     )
 
 
-def save_checkpoint(
-    state: dict[str, Any],
-    save_dir: str,
-    is_best: bool = False,
-    remove_module_from_keys: bool = True,
-    model_name: str = "",
-) -> str:
-    """Write ``state`` atomically as ``model_name`` or ``model.pth.tar-<epoch>``; returns the path.
-
-    ``is_best`` also writes ``model-best.pth.tar``. The ``checkpoint`` file is updated.
-    """
-    if remove_module_from_keys and "state_dict" in state:
+def save_checkpoint(state: dict[str, Any], save_dir: str, model_name: str = "") -> str:
+    """Write ``state`` atomically as ``model_name`` or ``model.pth.tar-<epoch>`` (``module.``
+    prefixes removed) and name it in the ``checkpoint`` file; returns the path."""
+    if "state_dict" in state:
         state = {**state, "state_dict": strip_module_prefix(state["state_dict"])}
     fname = model_name or epoch_file(state["epoch"])
     fpath = write_torch_atomic(os.path.join(save_dir, fname), state)
-    if is_best:
-        atomic_write(os.path.join(save_dir, BEST_FILE), lambda tmp: shutil.copyfile(fpath, tmp))
     write_text_atomic(os.path.join(save_dir, LAST_FILE), f"{fname}\n")
     logger.info(f"Checkpoint saved to {fpath}")
     return fpath
 
 
+def model_state(model, optim, sched, epoch: int, val_result=None, **ours: Any) -> dict[str, Any]:
+    """One model's checkpoint: Dassl's keys, then ``ours`` (ignored by Dassl and the official
+    code; ``rng_state``, ``best_result``, ``scaler`` for an exact resume)."""
+    return {
+        "state_dict": model.state_dict(),
+        "epoch": epoch,
+        "optimizer": optim.state_dict() if optim is not None else None,
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "val_result": val_result,
+        **ours,
+    }
+
+
+def load_weights(
+    module, path: str, checkpoint: Any = None, select: Callable[[dict], dict] | None = None
+) -> dict[str, Any]:
+    """Load the weights of checkpoint ``path`` (``checkpoint``: its content, if already
+    read) into ``module``, strictly: after ``select`` (which may drop keys the model rebuilds
+    itself), a missing or unexpected key or a shape mismatch is a UserError naming the file
+    and the key. Returns the checkpoint."""
+    import torch
+
+    if checkpoint is None:
+        checkpoint = load_checkpoint(path, mmap=True)  # copied below: no second full copy
+    state_dict = checkpoint_state_dict(checkpoint, path)
+    state_dict = select(state_dict) if select is not None else state_dict
+    own = module.state_dict()
+    other = "it was written for another model or configuration (prompt length/depth, backbone)"
+    for key, value in state_dict.items():
+        if key not in own:
+            raise UserError(f"Checkpoint {path} has unexpected key {key!r} for this model.")
+        shape = tuple(value.shape) if torch.is_tensor(value) else None
+        if shape != tuple(own[key].shape):
+            got = f"has shape {shape}" if shape is not None else f"holds a {type(value).__name__}"
+            raise UserError(
+                f"Checkpoint {path}: key {key!r} {got}, the model expects "
+                f"{tuple(own[key].shape)}; {other}."
+            )
+    missing = [k for k in own if k not in state_dict]
+    if missing:
+        raise UserError(
+            f"Checkpoint {path} lacks key {missing[0]!r} ({len(missing)} missing); {other}."
+        )
+    module.load_state_dict(state_dict, strict=True)
+    return checkpoint
+
+
 class Placeholder:
-    """Stands in for any pickled object that is not a tensor or plain container.
+    """Stands in for any pickled object that is not a tensor or plain container: it records
+    what it was (``module``, ``name``), the constructor arguments and the pickled state,
+    and does nothing else."""
 
-    It records what it was (``module``, ``name``), the constructor arguments and the
-    pickled state, and does nothing else.
-    """
-
-    module = "?"
-    name = "?"
+    module = name = "?"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-        self.kwargs = kwargs
-        self.state: Any = None
+        self.args, self.kwargs, self.state = args, kwargs, None
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
@@ -172,30 +201,22 @@ def _placeholder(module: str, name: str) -> type:
     return type("Placeholder", (Placeholder,), {"module": module, "name": name})
 
 
+_SAFE = {  # module -> the names that may be unpickled from it
+    "collections": {"OrderedDict"},
+    "torch._utils": {"_rebuild_tensor_v2", "_rebuild_parameter"},
+    "torch": {"Size", "device"},
+    "builtins": {"set", "frozenset", "slice", "complex", "bytearray"},
+    "_codecs": {"encode"},  # how protocol 2 pickles bytes
+}
+
+
 def _allowed(module: str, name: str) -> Any | None:
     """The real object for safe globals (tensor rebuilding, dtypes, containers), else None."""
     import torch
 
-    safe = {
-        ("collections", "OrderedDict"): OrderedDict,
-        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-        ("torch", "Size"): torch.Size,
-        ("torch", "device"): torch.device,
-        ("builtins", "set"): set,
-        ("builtins", "frozenset"): frozenset,
-        ("builtins", "slice"): slice,
-        ("builtins", "complex"): complex,
-        ("builtins", "bytearray"): bytearray,
-    }
-    if (module, name) in safe:
-        return safe[(module, name)]
-    if module == "_codecs" and name == "encode":  # how protocol 2 pickles bytes
-        import codecs
-
-        return codecs.encode
-    if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-        return getattr(torch, name)
+    dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+    if name in _SAFE.get(module, ()) or dtype:
+        return getattr(importlib.import_module(module), name)
     return None
 
 
@@ -265,44 +286,60 @@ class NothingToResumeError(UserError):
     """``--resume`` found no epoch checkpoint, or none that loads."""
 
 
-def load_resumable(run_dir: str, names: list[str]) -> tuple[int, dict[str, tuple[str, dict]]]:
-    """The newest epoch whose ``model.pth.tar-<epoch>`` of every model in ``names`` loads:
-    ``(epoch, {name: (path, checkpoint)})``. A truncated or corrupt file is skipped with a
-    warning (the epoch before is tried); none at all, or none intact, is a
-    :class:`NothingToResumeError`."""
-    folders = [os.path.join(run_dir, name) for name in names]
-    common = set.intersection(*(set(checkpoint_epochs(f)) for f in folders))
+def _common_epochs(run_dir: str, names: list[str]) -> list[int]:
+    """Epochs whose ``model.pth.tar-<epoch>`` every model folder in ``names`` holds."""
+    epochs = [set(checkpoint_epochs(os.path.join(run_dir, n))) for n in names]
+    return sorted(set.intersection(*epochs)) if epochs else []
+
+
+def resume_training(
+    run_dir: str, parts: dict[str, tuple], scaler, select: Callable[[dict], dict] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Restore each model of ``parts`` (name -> (model, optimizer, scheduler)) and the
+    gradient ``scaler`` from the newest epoch whose ``model.pth.tar-<epoch>`` of every model
+    loads; returns that epoch and the last checkpoint read (its ``best_result`` and
+    ``rng_state``). A truncated or corrupt file is skipped with a warning (the epoch before
+    is tried); none at all, or none intact, is a :class:`NothingToResumeError`."""
+    names = list(parts)
+    common = _common_epochs(run_dir, names)
     if not common:
         raise NothingToResumeError(
             f"Nothing to resume in {run_dir}: no model.pth.tar-<epoch> for "
             f"{', '.join(names)}; set TRAIN.CHECKPOINT_FREQ to save every few epochs."
         )
-    for epoch in sorted(common, reverse=True):
+    for epoch in reversed(common):
         try:
-            loaded = {}
-            for name, folder in zip(names, folders):
-                path = os.path.join(folder, epoch_file(epoch))
-                loaded[name] = (path, load_checkpoint(path))
-            return epoch, loaded
+            paths = {n: os.path.join(run_dir, n, epoch_file(epoch)) for n in names}
+            loaded = {n: load_checkpoint(path) for n, path in paths.items()}
+            break
         except CorruptCheckpointError as e:
             logger.warning(
                 f"Checkpoint {e.path} is truncated or corrupt ({e.reason}); resuming from "
                 "an earlier epoch instead."
             )
-    raise NothingToResumeError(
-        f"Every model.pth.tar-<epoch> in {run_dir} is truncated or corrupt, so there is "
-        "nothing to resume; start again in another --output-dir."
-    )
+    else:
+        raise NothingToResumeError(
+            f"Every model.pth.tar-<epoch> in {run_dir} is truncated or corrupt, so there is "
+            "nothing to resume; start again in another --output-dir."
+        )
+    for name, ckpt in loaded.items():
+        model, optim, sched = parts[name]
+        load_weights(model, paths[name], ckpt, select)
+        for obj, key in ((optim, "optimizer"), (sched, "scheduler")):
+            if obj is not None and ckpt.get(key) is not None:
+                obj.load_state_dict(ckpt[key])
+        if ckpt.get("scaler") is not None and scaler.is_enabled():
+            scaler.load_state_dict(ckpt["scaler"])
+        logger.info(f"Resume {name} from {paths[name]} (epoch {epoch})")
+    return epoch, ckpt
 
 
 def last_epoch_checkpoint(run_dir: str) -> str | None:
     """The newest ``model.pth.tar-<epoch>`` that every model folder of ``run_dir`` holds
     (of the first model), i.e. what ``--resume run_dir`` continues from; None if none."""
     names = resumable_models(run_dir)
-    if not names:
-        return None
-    epochs = set.intersection(*(set(checkpoint_epochs(os.path.join(run_dir, n))) for n in names))
-    return os.path.join(run_dir, names[0], epoch_file(max(epochs))) if epochs else None
+    epochs = _common_epochs(run_dir, names)
+    return os.path.join(run_dir, names[0], epoch_file(epochs[-1])) if epochs else None
 
 
 def main(argv: list[str]) -> int:
@@ -314,10 +351,9 @@ def main(argv: list[str]) -> int:
     if command == "resumable":
         return 0 if resumable_models(folder) else 1
     path = find_checkpoint(folder)
-    if not os.path.isfile(path):
-        return 1
-    print(path)
-    return 0
+    if os.path.isfile(path):
+        print(path)
+    return 0 if os.path.isfile(path) else 1
 
 
 if __name__ == "__main__":
