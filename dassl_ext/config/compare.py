@@ -43,12 +43,15 @@ def flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[f"{prefix}{key}"] = _plain(value)
+            flat[f"{prefix}{key}"] = plain(value)
     return flat
 
 
-def _plain(value: Any) -> Any:
-    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+def plain(value: Any) -> Any:
+    """Mappings (a CfgNode) and tuples as plain dicts and lists, as in a yaml file."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def config_differences(

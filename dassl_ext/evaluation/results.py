@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from dassl_ext.config.compare import PLACE_KEYS
+from dassl_ext.config.compare import PLACE_KEYS, plain
 from dassl_ext.config.defaults import RETIRED
 from dassl_ext.utils.atomic import write_json_atomic
 
@@ -22,18 +22,9 @@ logger = logging.getLogger(__name__)
 RUN_IDENTITY_KEYS = ("SEED", *PLACE_KEYS)
 
 
-def _plain(node: Any) -> Any:
-    """CfgNode / dict / tuple -> plain dicts and lists (yaml.safe_dump can write them)."""
-    if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return [_plain(v) for v in node]
-    return node
-
-
 def config_hash(cfg: Any, exclude: tuple[str, ...] = RUN_IDENTITY_KEYS) -> str:
     """Short sha1 of the yaml dump of ``cfg`` without the ``exclude`` (dotted) keys."""
-    d = _plain(cfg)
+    d = plain(cfg)
     for key, value in RETIRED.items():  # as when the defaults held them: the same hash
         *parents, leaf = key.split(".")
         functools.reduce(lambda node, p: node.setdefault(p, {}), parents, d)[leaf] = value
