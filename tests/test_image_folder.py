@@ -347,7 +347,9 @@ def test_folder_student_beats_its_zero_shot_on_new_classes(digits_root, tmp_path
     """Issue 23's end-to-end claim (the stand-ins, about a minute per run): on Digits written
     as a folder of unlabeled images plus a labeled folder, the student distilled from the
     zero-shot digits-teacher beats its own zero-shot accuracy on the new classes, for seeds
-    1 and 2 (the short recipe of tests/test_standins.py)."""
+    1 and 2 (the short recipe of tests/test_standins.py). Measured (seed 1, 2): zero-shot
+    base 88.9 / new 83.7; distilled 92.6 / 89.8 and 88.9 / 89.3 (new +6.0 and +5.6; base is
+    not what is claimed, so it may lose one point)."""
     from tests.test_standins import KD, KD_CONFIG, STANDIN
 
     f = _digits_as_folders(digits_root, str(tmp_path / "mine"))
