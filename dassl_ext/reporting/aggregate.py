@@ -1,15 +1,11 @@
 """Aggregate runs over seeds into per-dataset base / new / HM tables.
 
-Inputs are the ``results.json`` files under an output tree (one per run) and, in
-folders without one, Dassl ``log.txt`` files of runs made with the official code.
-Runs form one table per (trainer, protocol, eval_splits, backbone); a row per
-dataset (and per config, if a dataset was run with several); seeds are averaged.
-A :class:`~dassl_ext.reporting.reference.Reference` orders the rows and tells how
-official logs report; formatting is in :mod:`dassl_ext.reporting.tables`.
-
-Conventions (../shared/reference/paper-numbers.md): a row's HM is the HM of its mean
-base and mean new accuracy; the Average row's HM is the HM of the averaged base and
-averaged new (not the mean of the per-dataset HMs). Std is the sample std (n - 1).
+Inputs: the ``results.json`` of each run under an output tree, else Dassl ``log.txt`` files
+of runs made with the official code. One table per (trainer, protocol, eval_splits,
+backbone); a row per dataset (and config, if a dataset was run with several); seeds are
+averaged. Conventions (../shared/reference/paper-numbers.md): a row's HM is the HM of its
+mean base and mean new; the Average row's HM is the HM of the averaged base and averaged
+new (not the mean of the per-dataset HMs). Std is the sample std (n - 1).
 """
 
 from __future__ import annotations
@@ -60,6 +56,12 @@ class Run:
     accuracy: dict[str, float]
     selected: bool | None = None  # a checkpoint was chosen on val (None: unknown)
 
+    @property
+    def key(self) -> tuple:
+        """Its table (the first four) and row: runs with one key differ by seed only."""
+        return (self.trainer, self.protocol, self.eval_splits, self.backbone, self.dataset,
+                self.config)  # fmt: skip
+
 
 @dataclass
 class Stat:
@@ -81,16 +83,12 @@ class Stat:
 
     @property
     def ci95(self) -> float:
-        """Half-width of the 95% CI of the mean (t distribution; normal without scipy)."""
+        """Half-width of the 95% CI of the mean (t distribution)."""
         if self.n < 2:
             return math.nan
-        try:
-            from scipy.stats import t
+        from scipy.stats import t  # installed with scikit-learn; imported when asked: slow
 
-            q = float(t.ppf(0.975, self.n - 1))
-        except ImportError:
-            q = 1.959964
-        return q * self.std / math.sqrt(self.n)
+        return float(t.ppf(0.975, self.n - 1)) * self.std / math.sqrt(self.n)
 
 
 @dataclass
@@ -141,15 +139,8 @@ class Table:
         return first + sorted(names - set(first))
 
 
-def run_from_record(record: dict, path: str) -> Run | None:
-    """Run from a results.json-like dict; None when it has no split results."""
-    acc = {
-        name: float(v["accuracy"])
-        for name, v in (record.get("splits") or {}).items()
-        if isinstance(v, dict) and v.get("accuracy") is not None
-    }
-    if not acc:
-        return None
+def run_from_record(record: dict, path: str) -> Run:
+    """Run from a checked results.json (``read_run_record``) or a parsed Dassl log."""
     seed = record.get("seed")
     return Run(
         path=path,
@@ -160,16 +151,14 @@ def run_from_record(record: dict, path: str) -> Run | None:
         eval_splits=str(record.get("eval_splits") or "standard"),
         backbone=str(record.get("backbone") or ""),
         config=str(record.get("config_hash") or ""),
-        accuracy=acc,
+        accuracy={name: float(v["accuracy"]) for name, v in record["splits"].items()},
         selected=(record["selection"] is not None) if "selection" in record else None,
     )
 
 
 def read_run_record(path: str) -> dict:
-    """One results.json, checked: a dict whose ``splits`` give each split a numeric
-    ``accuracy`` and whose ``seed`` is an integer or null. Raises UserError naming the file
-    when it is truncated, not JSON or not a results file (a table must not lose a seed
-    quietly)."""
+    """One results.json: its ``splits`` each with a numeric ``accuracy``, ``seed`` an integer
+    or null; else a UserError naming the file (a table must not lose a seed quietly)."""
     fix = "re-run that run (delete its folder first) or move the file out of the tree"
     try:
         record = read_results(path)
@@ -195,10 +184,9 @@ def read_run_record(path: str) -> dict:
 
 
 def collect_runs(root: str, reference: Reference | None = None) -> list[Run]:
-    """Every run under ``root``: results.json, else the newest parsable Dassl log (read as
-    ``reference`` says). A corrupt results.json stops with a UserError naming it; a run of
-    this code without results.json (unfinished: it has a config.yaml) and a Dassl log
-    without an accuracy line are left out with a warning naming them."""
+    """Every run under ``root``: results.json, else the newest parsable Dassl log. A corrupt
+    results.json is a UserError; a run of ours without one (unfinished: it has a config.yaml)
+    and a Dassl log without a result are left out with a warning naming them."""
     runs: list[Run] = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
@@ -223,9 +211,8 @@ def collect_runs(root: str, reference: Reference | None = None) -> list[Run]:
                     f"{os.path.join(folder, logs[-1])} holds no result (no '* accuracy:' line"
                     " of a finished run); left out."
                 )
-        run = run_from_record(record, path) if record else None
-        if run:
-            runs.append(run)
+        if record:
+            runs.append(run_from_record(record, path))
     return runs
 
 
@@ -240,21 +227,16 @@ def _run_folder(run: Run, seed: int) -> str:
 
 
 def select_seeds(runs: list[Run], seeds: list[int]) -> list[Run]:
-    """The runs of the requested ``seeds`` only (leftovers of other seeds in the same tree
-    are dropped); runs without a fixed seed (zero-shot: seed -1 or none) are kept.
-
-    Raises UserError when an experiment (trainer, protocol, splits, backbone, dataset and
-    config hash) lacks a requested seed, naming the folder it should be in, or when the
-    requested seeds of one dataset were run with different configurations (config hashes):
-    a row never mixes them.
-    """
+    """The runs of the requested ``seeds`` only, and those without a fixed seed (zero-shot:
+    -1 or none). A UserError when an experiment (``Run.key``) lacks a requested seed, naming
+    the folder it should be in, or when that folder holds another configuration's run: a
+    row never mixes configurations."""
     wanted = set(seeds)
     kept = [r for r in runs if r.seed is None or r.seed < 0 or r.seed in wanted]
     rows: dict[tuple, dict[int, Run]] = {}
     for r in kept:
         if r.seed is not None and r.seed >= 0:
-            key = (r.trainer, r.protocol, r.eval_splits, r.backbone, r.dataset, r.config)
-            rows.setdefault(key, {})[r.seed] = r
+            rows.setdefault(r.key, {})[r.seed] = r
     for key, by_seed in sorted(rows.items()):
         missing = sorted(wanted - set(by_seed))
         if not missing:
@@ -296,11 +278,10 @@ def _merge_seeds(runs: list[Run]) -> tuple[dict, dict]:
     out: dict[tuple, dict] = {}
     dup: dict[tuple, list[str]] = {}
     for r in sorted(runs, key=lambda r: r.path):
-        key = (r.trainer, r.protocol, r.eval_splits, r.backbone, r.dataset, r.config)
-        acc = out.setdefault(key, {}).setdefault(r.seed, {})
+        acc = out.setdefault(r.key, {}).setdefault(r.seed, {})
         twice = sorted(set(acc) & set(r.accuracy))
         if twice:
-            dup.setdefault(key, []).append(
+            dup.setdefault(r.key, []).append(
                 f"{r.dataset} seed {r.seed}: {twice} found again in {r.path}; using that one."
             )
         acc.update(r.accuracy)
@@ -331,6 +312,12 @@ def _collapsed(name: str, values: dict, where: str) -> list[str]:
     return msgs
 
 
+def _seed_hms(per_seed: dict, seeds: list) -> dict:
+    """seed -> HM of that seed's base and new, for the seeds that have both."""
+    both = [s for s in seeds if {"base", "new"} <= set(per_seed[s])]
+    return {s: hm(per_seed[s]["base"], per_seed[s]["new"]) for s in both}
+
+
 def _row(dataset: str, config: str, per_seed: dict) -> Row:
     seeds = sorted(per_seed, key=lambda s: (s is None, s))
     names = sorted({n for acc in per_seed.values() for n in acc})
@@ -338,8 +325,7 @@ def _row(dataset: str, config: str, per_seed: dict) -> Row:
     row = Row(dataset, config, seeds, stats, per_seed=per_seed)
     if "base" in stats and "new" in stats:
         row.hm = hm(stats["base"].mean, stats["new"].mean)
-        both = [s for s in seeds if {"base", "new"} <= set(per_seed[s])]
-        row.hm_seeds = Stat([hm(per_seed[s]["base"], per_seed[s]["new"]) for s in both])
+        row.hm_seeds = Stat(list(_seed_hms(per_seed, seeds).values()))
     return row
 
 
@@ -354,18 +340,13 @@ def _row_warnings(row: Row) -> list[str]:
         values = {s: per_seed[s][n] for s in row.seeds if n in per_seed[s]}
         out.extend(_collapsed(n, values, row.label))
     if row.hm_seeds is not None:
-        both = [s for s in row.seeds if {"base", "new"} <= set(per_seed[s])]
-        per_hm = {s: hm(per_seed[s]["base"], per_seed[s]["new"]) for s in both}
-        out.extend(_collapsed("HM", per_hm, row.label))
+        out.extend(_collapsed("HM", _seed_hms(per_seed, row.seeds), row.label))
     return out
 
 
 def _average(rows: list[Row], names: list[str]) -> Row | None:
-    """Mean over datasets of each split's mean; HM of the averaged base and new.
-
-    When every dataset has the same seeds, the spread is that of the per-seed
-    averages over datasets; otherwise only the mean is given.
-    """
+    """Mean over datasets of each split's mean; HM of the averaged base and new. When every
+    dataset has the same seeds, the spread is that of the per-seed averages over datasets."""
     if len(rows) < 2 or len({r.dataset for r in rows}) != len(rows):
         return None
     names = [n for n in names if all(n in r.stats for r in rows)]
@@ -375,19 +356,17 @@ def _average(rows: list[Row], names: list[str]) -> Row | None:
     common = all(
         r.seeds == seeds and all(n in r.per_seed[s] for s in seeds for n in names) for r in rows
     )
-    per_seed: dict = {}
     if common:
         per_seed = {
             s: {n: statistics.fmean(r.per_seed[s][n] for r in rows) for n in names} for s in seeds
         }
-        stats = {n: Stat([per_seed[s][n] for s in seeds]) for n in names}
+        avg = _row("Average", "", per_seed)
     else:
         stats = {n: Stat([statistics.fmean(r.stats[n].mean for r in rows)]) for n in names}
-    avg = Row("Average", "", seeds if common else [], stats, label="Average", per_seed=per_seed)
-    if "base" in stats and "new" in stats:
-        avg.hm = hm(stats["base"].mean, stats["new"].mean)
-        if common:
-            avg.hm_seeds = Stat([hm(v["base"], v["new"]) for v in per_seed.values()])
+        avg = Row("Average", "", [], stats)
+        if "base" in stats and "new" in stats:
+            avg.hm = hm(stats["base"].mean, stats["new"].mean)
+    avg.label = "Average"
     return avg
 
 
@@ -398,14 +377,11 @@ def aggregate(runs: list[Run], reference: Reference | None = None) -> list[Table
     tables: dict[tuple, Table] = {}
     merged, duplicates = _merge_seeds(runs)
     for key in sorted(merged, key=lambda k: (k[:4], order(k[4]), k[5])):
-        trainer, protocol, eval_splits, backbone, dataset, config = key
-        tkey = (trainer, protocol, eval_splits, backbone)
-        table = tables.setdefault(tkey, Table(trainer, protocol, eval_splits, backbone, []))
-        table.rows.append(_row(dataset, config, merged[key]))
+        table = tables.setdefault(key[:4], Table(*key[:4], rows=[]))
+        table.rows.append(_row(key[4], key[5], merged[key]))
         table.warnings.extend(duplicates.get(key, []))
     for r in runs:
-        tkey = (r.trainer, r.protocol, r.eval_splits, r.backbone)
-        tables[tkey].selected.add(r.selected)
+        tables[r.key[:4]].selected.add(r.selected)
     for table in tables.values():
         counts = Counter(r.dataset for r in table.rows)
         for r in table.rows:

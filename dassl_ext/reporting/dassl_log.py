@@ -1,17 +1,11 @@
 """Read the result of a run made with Dassl / the official code from its ``log.txt``.
 
-Dassl logs the CLI arguments (``** Arguments **``), the full config (``** Config **``),
-then ``* accuracy: X%`` after every evaluation. What a log reports:
-
-* runs the :class:`~dassl_ext.reporting.reference.Reference` names as logging base and new
-  in one log (official PromptKD with ``TRAINER.MODAL base2novel``): the val split is the
-  base test split, evaluated after every epoch; base = the best of those accuracies
-  (printed before ``Finish training``); new = the accuracy printed after it (the best-val
-  checkpoint on the new-class test split).
-* any other run: the last accuracy; ``DATASET.SUBSAMPLE_CLASSES`` base / new / all names
-  the split ("base" / "new" / "test"). Dassl's base-to-new scripts write base and new into
-  two logs (``train_base/...`` and ``test_new/...``); the aggregator joins them by trainer,
-  config file, dataset and seed.
+Dassl logs ``** Arguments **``, ``** Config **``, then ``* accuracy: X%`` after every
+evaluation. Runs the ``Reference`` names as logging base and new in one log (official
+PromptKD, ``TRAINER.MODAL base2novel``): base = the best per-epoch accuracy on the base
+test split (before ``Finish training``), new = the accuracy after it. Any other run: the
+last accuracy, of the split ``DATASET.SUBSAMPLE_CLASSES`` names; the aggregator joins the
+two logs of Dassl's base-to-new scripts by trainer, config file, dataset and seed.
 """
 
 from __future__ import annotations
@@ -72,11 +66,8 @@ def _from_path(path: str, dataset_dirs: dict[str, str]) -> tuple[str, int | None
 
 
 def parse_dassl_log(path: str, reference: Reference | None = None) -> dict | None:
-    """A results.json-like record for one Dassl log, or None when it holds no result.
-
-    Keys: trainer, dataset, seed, protocol ("official"), eval_splits, backbone,
-    config_hash (the config file's name, plus shots), splits {name: {"accuracy"}}.
-    """
+    """A results.json-like record for one Dassl log (``config_hash``: the config file's name,
+    plus shots), or None when it holds no result."""
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.readlines()
     args, cfg = _blocks(lines)

@@ -35,20 +35,15 @@ def _epoch_record(line: str) -> dict | None:
         rec = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(rec, dict) or isinstance(rec.get("epoch"), bool):
-        return None
-    if not isinstance(rec.get("epoch"), int):
-        return None
-    loss = rec.get("loss")
-    numbers = (int, float)
-    if loss is not None and not (
-        isinstance(loss, dict) and all(isinstance(v, numbers) for v in loss.values())
-    ):
-        return None
-    for key in ("lr", "val_accuracy"):
-        if rec.get(key) is not None and not isinstance(rec[key], numbers):
-            return None
-    return rec
+    num = (int, float)
+    ok = (
+        isinstance(rec, dict)
+        and type(rec.get("epoch")) is int  # not a bool
+        and all(rec.get(k) is None or isinstance(rec[k], num) for k in ("lr", "val_accuracy"))
+        and (rec.get("loss") is None or (isinstance(rec["loss"], dict)
+             and all(isinstance(v, num) for v in rec["loss"].values())))
+    )  # fmt: skip
+    return rec if ok else None
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -108,11 +103,8 @@ def plot_training_curves(run_dir: str, out_png: str | None = None) -> str:
 
 
 def plot_base_new_bars(table: Table, out_png: str, paper: Numbers | None = None) -> str:
-    """Base / new / HM bars (std as error bars) per dataset plus Average.
-
-    ``paper`` (dataset -> (base, new, HM)) adds hatched bars beside ours. A table
-    without base/new splits is drawn as one accuracy bar per dataset.
-    """
+    """Base / new / HM bars (std as error bars) per dataset plus Average; ``paper`` (dataset
+    -> (base, new, HM)) adds hatched bars beside ours. Without base/new: one accuracy bar."""
     rows = table.rows + ([table.average] if table.average else [])
     labels = [r.label or r.dataset for r in rows]
     b2n = "base" in table.split_names and "new" in table.split_names
@@ -130,13 +122,10 @@ def plot_base_new_bars(table: Table, out_png: str, paper: Numbers | None = None)
     for i, metric in enumerate(metrics):
         means, errs = [], []
         for r in rows:
-            if metric == "HM":
-                means.append(r.hm if r.hm is not None else math.nan)
-                errs.append(r.hm_seeds.std if r.hm_seeds and r.hm_seeds.n > 1 else 0.0)
-            else:
-                s = r.stats.get(metric)
-                means.append(s.mean if s else math.nan)
-                errs.append(s.std if s and s.n > 1 else 0.0)
+            s = r.hm_seeds if metric == "HM" else r.stats.get(metric)
+            mean = r.hm if metric == "HM" else s and s.mean  # a row's HM: of its means
+            means.append(math.nan if mean is None else mean)
+            errs.append(s.std if s and s.n > 1 else 0.0)
         slot = i * (2 if show_paper else 1)
         xs = [k + (slot - (per_group - 1) / 2) * width for k in range(len(rows))]
         color = colors.get(metric, "tab:blue")

@@ -1,10 +1,8 @@
-"""What the reports compare with and how they read official logs, given by a yaml file.
-
-The reporting package knows no method, paper or dataset by name. A reference file (the
-PromptKD paper's: ``configs/reporting/promptkd.yaml``) gives the row order, the published
-base / new / HM numbers per trainer and dataset, which official runs log base and new in
-one ``log.txt``, and the dataset folder names of the official scripts. All keys are
-optional; an empty :class:`Reference` (the default everywhere) means none of this.
+"""What the reports compare with and how they read official logs, from a yaml file (the
+PromptKD paper's: ``configs/reporting/promptkd.yaml``): row order, published base / new / HM
+per trainer and dataset, which official runs log base and new in one ``log.txt``, and the
+official scripts' dataset folder names. All keys are optional; an empty :class:`Reference`
+(the default everywhere) means none of this.
 """
 
 from __future__ import annotations

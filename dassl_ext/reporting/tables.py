@@ -1,8 +1,5 @@
-"""Aggregated tables as text: Markdown (printed by scripts/parse_results.py) and CSV.
-
-With a :class:`~dassl_ext.reporting.reference.Reference`, base-to-new tables get the
-published numbers beside ours and the HM difference.
-"""
+"""Aggregated tables as Markdown (printed by scripts/parse_results.py) and CSV; with a
+``Reference``, base-to-new tables get the published numbers beside ours and the HM gap."""
 
 from __future__ import annotations
 
@@ -91,15 +88,9 @@ def write_csv(tables: list[Table], path: str) -> None:
     lines = []
     for t in tables:
         for row in t.rows + ([t.average] if t.average else []):
-            line = {
-                "trainer": t.trainer,
-                "protocol": t.protocol,
-                "eval_splits": t.eval_splits,
-                "backbone": t.backbone,
-                "dataset": row.dataset,
-                "config": row.config,
-                "seeds": " ".join(str(s) for s in row.seeds),
-            }
+            seeds = " ".join(str(s) for s in row.seeds)
+            values = [t.trainer, t.protocol, t.eval_splits, t.backbone, row.dataset, row.config]
+            line = dict(zip(fields, [*values, seeds]))  # the first seven fields
             for n, s in row.stats.items():
                 line.update({f"{n}_mean": s.mean, f"{n}_std": s.std, f"{n}_ci95": s.ci95})
                 line[f"{n}_n"] = s.n
