@@ -11,8 +11,11 @@ Typical use (IVLP / PromptSRC; see each name's docstring)::
     txt = text(assemble_prompts(sos, nn.Parameter(ctx), suffix), tokenized)  # (C, E)
     img = image(images)  # (B, E)
     cast_frozen_weights(model, prec.weight_dtype)  # optional: fp16/bf16 frozen weights
+
+The names imported below are this package's public API.
 """
 
+# ruff: noqa: F401 (re-exports)
 from dassl_ext.modeling._clip import clip
 from dassl_ext.modeling.loading import (
     ClipSizes,
@@ -28,9 +31,7 @@ from dassl_ext.modeling.maple import CoupledDeepPrompts
 from dassl_ext.modeling.prompted import (
     PromptedImageEncoder,
     PromptedTextEncoder,
-    add_deep_prompts,
     cast_frozen_weights,
-    run_blocks,
     set_trainable,
 )
 from dassl_ext.modeling.templates import (
@@ -41,43 +42,9 @@ from dassl_ext.modeling.templates import (
 from dassl_ext.modeling.text_prompts import (
     assemble_prompts,
     build_prompt_buffers,
-    check_class_names,
     class_prompts,
     init_ctx_from_words,
     tokenize_class_prompts,
     word_ctx_or_random,
 )
 from dassl_ext.modeling.tiny import TINY_SPECS, TinyClipSpec, build_tiny_clip, save_tiny_clip
-
-__all__ = [
-    "CUSTOM_TEMPLATES",
-    "ClipSizes",
-    "IMAGENET_TEMPLATES",
-    "IMAGENET_TEMPLATES_SELECT",
-    "TINY_SPECS",
-    "CoupledDeepPrompts",
-    "PromptedImageEncoder",
-    "PromptedTextEncoder",
-    "TinyClipSpec",
-    "add_deep_prompts",
-    "assemble_prompts",
-    "build_prompt_buffers",
-    "build_tiny_clip",
-    "cast_frozen_weights",
-    "class_prompts",
-    "check_class_names",
-    "clip",
-    "clip_filename",
-    "clip_root_from_cfg",
-    "clip_search_dirs",
-    "clip_sizes",
-    "find_clip_file",
-    "init_ctx_from_words",
-    "load_clip",
-    "read_clip_state_dict",
-    "run_blocks",
-    "save_tiny_clip",
-    "set_trainable",
-    "tokenize_class_prompts",
-    "word_ctx_or_random",
-]

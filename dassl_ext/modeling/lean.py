@@ -1,9 +1,7 @@
-"""Leaner backward through frozen CLIP blocks: QuickGELU that keeps one tensor, not two.
-
-CLIP's ``QuickGELU`` is ``x * sigmoid(1.702 x)``; autograd keeps both ``x`` and the sigmoid
-for the backward, (L, B, 4 x width) each per block: 40% of what a ViT-B/16 keeps for the
-backward of its prompts. :class:`LeanQuickGELU` computes the same forward, keeps ``x``
-only and recomputes the sigmoid in the backward (one cheap elementwise op).
+"""Leaner backward through frozen CLIP blocks: CLIP's ``QuickGELU`` (``x * sigmoid(1.702 x)``)
+keeps ``x`` and the sigmoid for the backward, (L, B, 4 x width) each per block: 40% of what
+a ViT-B/16 keeps for the backward of its prompts. :class:`LeanQuickGELU` keeps ``x`` only
+and recomputes the sigmoid (one cheap elementwise op).
 """
 
 from __future__ import annotations

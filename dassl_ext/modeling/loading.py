@@ -1,10 +1,9 @@
 """Find and load CLIP weights by model name, offline-first.
 
-Folders searched, in order: the ``root`` argument (config ``MODEL.CLIP_ROOT``), the
-environment variable ``CLIP_ROOT``, OpenAI's cache folder ``~/.cache/clip``. A missing
-OpenAI model is downloaded into the first of them (checksum verified) when the network
-allows; a missing tiny model is built and written there; the pretrained stand-ins
-(``digits-teacher``, ``digits-student``) are read from the repository's own copy.
+Folders searched, in order: ``root`` (config ``MODEL.CLIP_ROOT``), the environment variable
+``CLIP_ROOT``, OpenAI's ``~/.cache/clip``. A missing OpenAI model is downloaded into the
+first (checksum verified) when the network allows, a missing tiny model built there; the
+pretrained stand-ins are read from the repository's own copy.
 """
 
 import contextlib
@@ -42,13 +41,8 @@ def clip_filename(name: str) -> str:
 
 def clip_search_dirs(root: str | None = None) -> list[str]:
     """The folders searched for weights, most specific first, without duplicates."""
-    dirs = []
-    for d in (root, os.environ.get("CLIP_ROOT"), OPENAI_CACHE):
-        if d:
-            d = os.path.abspath(os.path.expanduser(d))
-            if d not in dirs:
-                dirs.append(d)
-    return dirs
+    dirs = (root, os.environ.get("CLIP_ROOT"), OPENAI_CACHE)
+    return list(dict.fromkeys(os.path.abspath(os.path.expanduser(d)) for d in dirs if d))
 
 
 def clip_root_from_cfg(cfg) -> str:
@@ -58,10 +52,8 @@ def clip_root_from_cfg(cfg) -> str:
 
 
 def find_clip_file(name: str, root: str | None = None, download: bool = True) -> str:
-    """Path of the weights of ``name``; builds tiny models and downloads OpenAI ones if missing.
-
-    ``name`` may also be the path of an existing file.
-    """
+    """Path of the weights of ``name`` (or ``name``, a file's path); builds tiny models and
+    downloads OpenAI ones if missing."""
     if os.path.isfile(name):
         return name
     if not name.strip():
@@ -142,13 +134,10 @@ def _is_torchscript(path: str) -> bool:
 
 
 def read_clip_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
-    """State dict of an OpenAI TorchScript archive or of a plain (``torch.save``) state dict.
-
-    Plain files are read with ``weights_only=True``: no pickled code runs. ``mmap`` maps a
-    plain file instead of reading it (TorchScript archives cannot be), for a look at shapes
-    or a few tensors. ``load_clip`` reads: all tensors of a file share one mapping, so the
-    fp32 tensors a model keeps as they are would keep every page read resident, while read
-    tensors are freed one by one as they are cast.
+    """State dict of an OpenAI TorchScript archive or of a plain (``torch.save``) state dict,
+    read with ``weights_only=True`` (no pickled code runs). ``mmap`` maps a plain file, for a
+    look at shapes or a few tensors; ``load_clip`` reads (one mapping would keep every page
+    of the fp32 tensors it keeps resident, while read tensors are freed as they are cast).
     """
     try:
         if _is_torchscript(path):
@@ -222,12 +211,9 @@ def clip_sizes(name: str, root: str | None = None) -> ClipSizes:
 
 
 def load_clip(name: str, root: str | None = None, download: bool = True) -> "clip.model.CLIP":
-    """Load CLIP ``name`` (OpenAI name, tiny name or file path): fp32, eval mode, on the CPU
-    (conv / linear weights in another dtype inside ``clip_weight_dtype``).
-
-    The architecture is read from the weights by ``clip.model.build_model``, so any
-    CLIP-shaped state dict works. Missing files: see ``find_clip_file``.
-    """
+    """Load CLIP ``name`` (OpenAI name, tiny name or file path; see ``find_clip_file``): fp32,
+    eval mode, on the CPU (conv / linear weights in another dtype inside ``clip_weight_dtype``).
+    Any CLIP-shaped state dict works: ``clip.model.build_model`` reads the architecture."""
     path = find_clip_file(name, root, download)
     state_dict = read_clip_state_dict(path)
     # NaN weights would surface as a NaN loss ("lower OPTIM.LR") or NaN logits much later;

@@ -1,21 +1,15 @@
 """CLIP encoders with deep prompts, built by walking the ``clip`` package's blocks.
 
-Semantics are those of the official IVLP / PromptSRC / PromptKD / MaPLe code (spec §1.2,
-§1.3). With depth J, block 0 sees the layer-0 prompts that are part of its input, and
-blocks 1..J-1 each replace the previous layer's prompt outputs by their own set before
-running; later blocks let the prompt tokens flow through as ordinary tokens.
+Semantics are the official IVLP / PromptSRC / PromptKD / MaPLe code's (spec §1.2, §1.3):
+with depth J, block 0 sees the layer-0 prompts in its input, and blocks 1..J-1 each replace
+the previous layer's prompt outputs by their own set (text: positions 1..n after SOS;
+vision: the LAST n, appended after the patch tokens); later blocks let them flow through.
 
-* text: positions 1..n (right after SOS) are replaced;
-* vision: the prompts are appended after the patch tokens and the LAST n are replaced.
-
-The encoders hold CLIP's submodules directly (not under ``.visual``) and register the
-deep prompts on the blocks as ``VPT_shallow``, so their state-dict keys are the official
-``text_encoder.*`` / ``image_encoder.*`` keys and official checkpoints load as they are.
-The submodules are shared with the CLIP model passed in, not copied.
-
-Prompts are fp32 parameters; they are cast to the activation dtype where they are
-inserted, so the frozen weights may be fp16/bf16 while the prompts stay fp32. (The official
-code hard-codes ``.half()`` there, rounding prompts to fp16 even in fp32 runs: spec §7.2.)
+The encoders hold CLIP's submodules (shared, not copied) directly and register the deep
+prompts on the blocks as ``VPT_shallow``, so their state-dict keys are the official
+``text_encoder.*`` / ``image_encoder.*`` ones. Prompts are fp32 parameters, cast to the
+activation dtype where they are inserted, so frozen weights may be fp16/bf16 (the official
+``.half()`` there rounds prompts to fp16 even in fp32 runs: spec §7.2).
 """
 
 from collections.abc import Sequence
@@ -34,19 +28,11 @@ def add_deep_prompts(blocks: nn.Sequential, n_ctx: int, depth: int) -> None:
     """Register ``VPT_shallow`` (n_ctx, width) ~ N(0, 0.02²) on blocks 1..depth-1."""
     if depth > len(blocks):
         raise UserError(f"Prompt depth {depth} exceeds the {len(blocks)} layers of this CLIP.")
-    if depth > 1 and n_ctx < 1:
-        raise UserError(f"Deep prompts (depth {depth}) need a prompt length >= 1, got {n_ctx}.")
     for block in list(blocks)[1:depth]:
         if hasattr(block, "VPT_shallow"):
             raise ValueError("These CLIP blocks already carry prompts; load a fresh CLIP model.")
         prompt = torch.empty(n_ctx, block.attn.embed_dim).normal_(std=PROMPT_STD)
         block.register_parameter("VPT_shallow", nn.Parameter(prompt))
-
-
-def own_deep_prompts(blocks: nn.Sequential, depth: int) -> list[torch.Tensor]:
-    """The ``VPT_shallow`` parameters of blocks 1..depth-1. By depth, not by presence: an
-    unprompted encoder sharing blocks with a prompted one must not pick up its prompts."""
-    return [block.VPT_shallow for block in list(blocks)[1:depth]]
 
 
 def run_blocks(
@@ -58,8 +44,7 @@ def run_blocks(
 ) -> torch.Tensor:
     """Run ``x`` (L, N, D) through ``blocks``; block k (k >= 1) first replaces the prompt
     tokens by ``deep_prompts[k-1]`` (n, D): positions 1..n, or the last n if ``at_end``.
-    ``checkpoint``: when autograd records, keep only each block's input and recompute the
-    block in the backward (less memory, one more forward of the blocks)."""
+    ``checkpoint``: when autograd records, keep each block's input only and recompute it."""
     if len(deep_prompts) > len(blocks) - 1:
         raise ValueError(f"{len(deep_prompts)} deep prompt sets for only {len(blocks)} blocks")
     for k, block in enumerate(blocks):
@@ -76,22 +61,29 @@ def run_blocks(
     return x
 
 
-class PromptedTextEncoder(nn.Module):
-    """CLIP's text tower taking prompt embeddings instead of token ids.
-
-    ``depth`` J >= 2 adds J-1 learnable deep prompt sets (n_ctx tokens) for blocks 1..J-1.
-    Depth 0 or 1 adds none (CoOp, CoCoOp, MaPLe, ZS: the text prompts are in the input).
-    ``grad_checkpointing`` True recomputes the blocks in the backward (``run_blocks``).
-    """
+class _PromptedEncoder(nn.Module):
+    """Both towers: their own deep prompts, and ``grad_checkpointing`` (``run_blocks``), which
+    ``MODEL.GRAD_CHECKPOINTING`` turns on."""
 
     grad_checkpointing = False
+    transformer: nn.Module
+    depth: int
+
+    def deep_prompts(self) -> list[torch.Tensor]:
+        """The ``VPT_shallow`` of blocks 1..J-1. By depth, not by presence: an unprompted
+        encoder sharing blocks with a prompted one must not pick up its prompts."""
+        return [block.VPT_shallow for block in list(self.transformer.resblocks)[1 : self.depth]]
+
+
+class PromptedTextEncoder(_PromptedEncoder):
+    """CLIP's text tower taking prompt embeddings instead of token ids. ``depth`` J >= 2 adds
+    J-1 deep prompt sets (n_ctx tokens) for blocks 1..J-1; 0 or 1 adds none (CoOp, CoCoOp,
+    MaPLe, ZS: the text prompts are in the input)."""
 
     def __init__(self, clip_model: "clip.model.CLIP", n_ctx: int = 0, depth: int = 0):
         super().__init__()
-        self.transformer = clip_model.transformer
-        self.positional_embedding = clip_model.positional_embedding
-        self.ln_final = clip_model.ln_final
-        self.text_projection = clip_model.text_projection
+        for name in ("transformer", "positional_embedding", "ln_final", "text_projection"):
+            setattr(self, name, getattr(clip_model, name))
         self.n_ctx, self.depth = n_ctx, depth
         add_deep_prompts(self.transformer.resblocks, n_ctx, depth)
 
@@ -100,21 +92,14 @@ class PromptedTextEncoder(nn.Module):
         """Dtype of the frozen weights, which the activations take."""
         return self.text_projection.dtype
 
-    def deep_prompts(self) -> list[torch.Tensor]:
-        """This encoder's own deep prompts, one (n_ctx, width) tensor per block 1..J-1."""
-        return own_deep_prompts(self.transformer.resblocks, self.depth)
-
     def forward(
         self,
         prompts: torch.Tensor,
         tokenized: torch.Tensor,
         deep_prompts: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Text features (C, E) of prompt embeddings ``prompts`` (C, 77, D).
-
-        ``tokenized`` (C, 77) are the token ids, used only to find EOT (the largest id).
-        ``deep_prompts`` (MaPLe) replaces this encoder's own deep prompts.
-        """
+        """Text features (C, E) of prompt embeddings ``prompts`` (C, 77, D); ``tokenized``
+        (C, 77) finds EOT (the largest id); ``deep_prompts`` (MaPLe) replace the own ones."""
         if deep_prompts is None:
             deep_prompts = self.deep_prompts()
         x = prompts.to(self.dtype) + self.positional_embedding.to(self.dtype)  # (C, L, D)
@@ -125,15 +110,10 @@ class PromptedTextEncoder(nn.Module):
         return eot @ self.text_projection
 
 
-class PromptedImageEncoder(nn.Module):
-    """CLIP's ViT image tower with visual prompts appended after the patch tokens.
-
-    ``depth`` 0: no prompts; 1: the input prompt ``VPT`` (n_ctx, width) only; J >= 2: plus
-    J-1 deep sets for blocks 1..J-1. MaPLe builds it with depth 0 and passes its projected
-    prompts to ``forward``. ``grad_checkpointing`` as for the text encoder.
-    """
-
-    grad_checkpointing = False
+class PromptedImageEncoder(_PromptedEncoder):
+    """CLIP's ViT image tower with visual prompts appended after the patch tokens. ``depth``
+    0: none (MaPLe passes its projected prompts to ``forward``); 1: the input prompt ``VPT``
+    (n_ctx, width) only; J >= 2: plus J-1 deep sets for blocks 1..J-1."""
 
     def __init__(self, visual: nn.Module, n_ctx: int = 0, depth: int = 0):
         super().__init__()
@@ -142,17 +122,11 @@ class PromptedImageEncoder(nn.Module):
                 f"Visual prompts need a ViT CLIP backbone, got {type(visual).__name__}; "
                 "set MODEL.BACKBONE.NAME to a ViT model (e.g. ViT-B/16)."
             )
-        if depth > 0 and n_ctx < 1:
-            raise UserError(f"Visual prompts (depth {depth}) need a prompt length >= 1.")
         self.input_resolution, self.output_dim = visual.input_resolution, visual.output_dim
         self.n_ctx, self.depth = n_ctx, depth
-        self.conv1 = visual.conv1
-        self.class_embedding = visual.class_embedding
-        self.positional_embedding = visual.positional_embedding
-        self.ln_pre = visual.ln_pre
-        self.transformer = visual.transformer
-        self.ln_post = visual.ln_post
-        self.proj = visual.proj
+        for name in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer",
+                     "ln_post", "proj"):  # fmt: skip
+            setattr(self, name, getattr(visual, name))
         if depth > 0:
             width = self.conv1.out_channels
             self.VPT = nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_STD))
@@ -163,20 +137,14 @@ class PromptedImageEncoder(nn.Module):
         """Dtype of the frozen weights, which the activations take (as ``CLIP.dtype``)."""
         return self.conv1.weight.dtype
 
-    def deep_prompts(self) -> list[torch.Tensor]:
-        """This encoder's own deep prompts, one (n_ctx, width) tensor per block 1..J-1."""
-        return own_deep_prompts(self.transformer.resblocks, self.depth)
-
     def forward(
         self,
         images: torch.Tensor,
         first_prompt: torch.Tensor | None = None,
         deep_prompts: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Image features (B, E) of ``images`` (B, 3, H, W), pooled at CLS.
-
-        ``first_prompt`` (n, width) and ``deep_prompts`` (MaPLe) replace the own prompts.
-        """
+        """Image features (B, E) of ``images`` (B, 3, H, W), pooled at CLS; ``first_prompt``
+        (n, width) and ``deep_prompts`` (MaPLe) replace the own prompts."""
         if first_prompt is None:
             first_prompt = getattr(self, "VPT", None)
         if deep_prompts is None:

@@ -15,21 +15,16 @@ def token_count(text: str) -> int:
     return len(clip.clip._tokenizer.encode(text)) + 2
 
 
-def check_class_names(classnames: list[str]) -> None:
-    """Refuse a class name that is empty (its prompts would not name a class)."""
+def tokenize_class_prompts(prompts: list[str], classnames: list[str]) -> torch.Tensor:
+    """``clip.tokenize(prompts)`` (C, 77) for one prompt per class name (same order); an empty
+    class name, or a prompt longer than CLIP's 77 tokens, is a UserError naming the class,
+    its token count and what to shorten (instead of the tokenizer's RuntimeError)."""
     for label, name in enumerate(classnames):
         if not str(name).replace("_", " ").strip():
             raise UserError(
                 f"Class {label} has an empty name ({name!r}); give it a name in the dataset's "
                 "class names (its split file, or the dataset's classname_fixes)."
             )
-
-
-def tokenize_class_prompts(prompts: list[str], classnames: list[str]) -> torch.Tensor:
-    """``clip.tokenize(prompts)`` (C, 77) for one prompt per class name (same order); an empty
-    class name, or a prompt longer than CLIP's 77 tokens, is a UserError naming the class,
-    its token count and what to shorten (instead of the tokenizer's RuntimeError)."""
-    check_class_names(classnames)
     for label, (prompt, name) in enumerate(zip(prompts, classnames)):
         n = token_count(prompt)
         if n > CONTEXT_LENGTH:
@@ -50,10 +45,9 @@ def init_ctx_from_words(
 ) -> tuple[torch.Tensor, str]:
     """Initial context vectors (n_ctx, D) fp32 and the prompt prefix written before class names.
 
-    If ``ctx_init`` is non-empty and ``n_ctx <= max_word_ctx`` (IVLP/PromptSRC/PromptKD/MaPLe
-    rule; ``None`` = no limit, as CoOp/CoCoOp after setting n_ctx = #words), the vectors are
-    the embeddings of the first ``n_ctx`` tokens of ``ctx_init`` and the prefix is all of
-    ``ctx_init``. Otherwise they are N(0, 0.02²) from the global RNG and the prefix is "X X ... X".
+    With ``ctx_init`` and ``n_ctx <= max_word_ctx`` (IVLP/PromptSRC/PromptKD/MaPLe rule; None:
+    no limit), the embeddings of the first ``n_ctx`` tokens of ``ctx_init``, which is all the
+    prefix; else N(0, 0.02²) from the global RNG and the prefix "X X ... X".
     """
     ctx_init = ctx_init.replace("_", " ").strip()
     if ctx_init and (max_word_ctx is None or n_ctx <= max_word_ctx):
@@ -79,11 +73,9 @@ def word_ctx_or_random(
     ctx_init = ctx_init.replace("_", " ").strip()
     if ctx_init:
         return init_ctx_from_words(clip_model, ctx_init, len(ctx_init.split(" ")), None)
-    if n_cls:
-        width = clip_model.token_embedding.weight.shape[1]
-        ctx = nn.init.normal_(torch.empty(n_cls, n_ctx, width), std=PROMPT_STD)
-        return ctx, " ".join(["X"] * n_ctx)
-    return init_ctx_from_words(clip_model, "", n_ctx)
+    width = clip_model.token_embedding.weight.shape[1]
+    shape = (n_cls, n_ctx, width) if n_cls else (n_ctx, width)
+    return nn.init.normal_(torch.empty(shape), std=PROMPT_STD), " ".join(["X"] * n_ctx)
 
 
 def class_prompts(classnames: list[str], prompt_prefix: str) -> list[str]:

@@ -1,9 +1,6 @@
-"""Tiny, deterministic CLIP-shaped models for tests and the offline demo.
-
-They have the real tokenizer's vocabulary and context length, so ``clip.tokenize`` works,
-and >= 12 layers per tower, so the official prompt depth 9 applies. They are saved in
-the OpenAI state-dict format and read back by the same loader as the real weights.
-"""
+"""Tiny, deterministic CLIP-shaped models for tests and the offline demo: the real
+tokenizer's vocabulary and context length, >= 12 layers per tower (so the official prompt
+depth 9 applies), saved in OpenAI's state-dict format and read by the same loader."""
 
 from dataclasses import dataclass
 
@@ -41,13 +38,8 @@ TINY_SPECS: dict[str, TinyClipSpec] = {
 
 
 def build_tiny_clip(spec: TinyClipSpec | str, seed: int | None = None) -> dict[str, torch.Tensor]:
-    """Return the state dict of a random CLIP built from ``spec`` (or a TINY_SPECS name).
-
-    Deterministic in ``seed`` (default: ``spec.seed``) without touching the global RNG.
-    Weights use CLIP's own initialisation, sharpened (``_sharpen``), and are then converted
-    like OpenAI's released files (fp16 linear/conv/projection weights, fp32 embeddings
-    and LayerNorms).
-    """
+    """The state dict of ``build_clip_module(spec, seed)``, sharpened (``_sharpen``) and
+    converted like OpenAI's released files (fp16 linear/conv/projection weights)."""
     model = build_clip_module(spec, seed)
     with torch.no_grad():
         _sharpen(model)
