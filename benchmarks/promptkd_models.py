@@ -23,19 +23,16 @@ from torch import nn
 
 from dassl_ext.config import apply_config_extensions, get_cfg_default, merge_from_file
 from dassl_ext.engine import TRAINER_REGISTRY, Precision, resolve_frozen_precision
-from dassl_ext.modeling import (
-    PromptedImageEncoder,
-    cast_frozen_weights,
-    clip,
-    load_clip,
-    set_trainable,
-)
-from dassl_ext.modeling.lean import use_lean_quick_gelu
-from dassl_ext.modeling.loading import clip_filename, clip_weight_dtype, read_clip_state_dict
+from dassl_ext.modeling import clip, load_clip
+from dassl_ext.modeling.loading import clip_filename
 from dassl_ext.modeling.tiny import build_tiny_clip
-from trainers.base import drop_rebuilt_keys
-from trainers.promptkd_frozen import prepare_frozen_teacher, teacher_text_features
-from trainers.promptkd_student import PromptKDStudent
+from trainers.promptkd_student import new_student
+from trainers.promptkd_teacher import (
+    build_frozen_teacher,
+    prepare_frozen_teacher,
+    resolve_teacher,
+    teacher_text_features,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC_CFG = os.path.join(
@@ -82,26 +79,39 @@ def make_files(folder: str, pair: Pair) -> None:
             torch.save(random_clip_state_dict(name), path + ".tmp")
             os.replace(path + ".tmp", path)
     path = os.path.join(folder, TEACHER_CKPT)
-    if os.path.isfile(path):
-        return
-    teacher = TRAINER_REGISTRY.get("PromptSRC").build_frozen_model(
-        benchmark_cfg(folder), ["class 0"], pair.teacher, None
-    )
-    sd = {
-        k: v.half() if v.ndim >= 2 and "VPT" not in k else v
-        for k, v in teacher.state_dict().items()
-    }
+    if not os.path.isfile(path):
+        teacher = TRAINER_REGISTRY.get("PromptSRC").build_frozen_model(
+            benchmark_cfg(folder), ["class 0"], pair.teacher, None
+        )
+        save_official_teacher(teacher, path, epoch=20)
+
+
+def save_official_teacher(model: nn.Module, path: str, **extra) -> None:
+    """Save a built PromptSRC ``model`` as the official code saves a teacher (spec §2.6), a
+    layout this project reads but never writes: its state dict with the prompt learner's
+    class-name buffers and a copy of the image encoder (``prompt_learner.ZS_image_encoder``),
+    matrices in fp16 except the visual prompts; ``extra``: more entries (epoch, optimizer)."""
+    sd = dict(model.state_dict())
+    for name in ("token_prefix", "token_suffix"):  # persistent buffers in the official code
+        sd[f"prompt_learner.{name}"] = getattr(model.prompt_learner, name)
     for k in [k for k in sd if k.startswith("image_encoder.") and "VPT" not in k]:
-        sd["prompt_learner.ZS_image_encoder." + k[len("image_encoder.") :]] = sd[k].clone()
-    torch.save({"state_dict": sd, "epoch": 20}, path + ".tmp")
+        sd["prompt_learner.ZS_image_encoder." + k[len("image_encoder.") :]] = sd[k]
+    sd = {k: (v.half() if v.ndim >= 2 and "VPT" not in k else v).clone() for k, v in sd.items()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save({"state_dict": sd, **extra}, path + ".tmp")
     os.replace(path + ".tmp", path)
 
 
-def benchmark_cfg(folder: str):
-    """Default config with the PromptSRC ViT-L/14 teacher section; CLIP files in ``folder``."""
+def benchmark_cfg(folder: str, pair: Pair | None = None, prec: str = "fp32", t_prec: str = ""):
+    """Default config with the PromptSRC ViT-L/14 teacher section, CLIP files in ``folder``;
+    with ``pair``, PromptKD's keys for its teacher (the digests stored in ``folder``)."""
     cfg = apply_config_extensions(get_cfg_default())
     merge_from_file(cfg, SRC_CFG)
     cfg.MODEL.CLIP_ROOT = folder
+    if pair is not None:
+        pk = cfg.TRAINER.PROMPTKD
+        pk.TEACHER_NAME, pk.TEACHER_CKPT = pair.teacher, os.path.join(folder, TEACHER_CKPT)
+        pk.PREC, pk.TEACHER_PREC, pk.TEXT_CACHE_DIR = prec, t_prec, folder
     return cfg
 
 
@@ -116,35 +126,23 @@ class Built:
     recompute_text: bool  # official: the teacher's text tower runs on every step
 
 
-def _student(clip_model, teacher_dim: int, prec: Precision, lean: bool) -> nn.Module:
-    encoder = PromptedImageEncoder(clip_model.visual, 4, 9)
-    student = PromptKDStudent(encoder, clip_model.logit_scale, encoder.output_dim, teacher_dim)
-    set_trainable(student, student.trainable_parameters())
-    cast_frozen_weights(student.image_encoder, prec.weight_dtype)
-    if lean:
-        use_lean_quick_gelu(student.image_encoder)
-    return student.to(prec.device)
-
-
 def build_ours(folder: str, pair: Pair, classes: int, prec: Precision, t_prec: Precision,
                with_teacher: bool) -> Built:  # fmt: skip
-    """As ``PromptKD.build_model``: the teacher (if ``with_teacher``), then the student."""
-    cfg, names = benchmark_cfg(folder), [f"class {i}" for i in range(classes)]
-    teacher, feats = None, None
+    """As ``PromptKD.build_model``: the teacher resolved and (if ``with_teacher``) built, its
+    text features computed, its text tower dropped; then the student."""
+    names = [f"class {i}" for i in range(classes)]
+    cfg = benchmark_cfg(folder, pair, prec.name, t_prec.name)
+    spec = resolve_teacher(cfg, prec.device, names)
+    teacher = None
     if with_teacher:
-        with clip_weight_dtype(t_prec.weight_dtype):
-            teacher = TRAINER_REGISTRY.get("PromptSRC").build_frozen_model(
-                cfg, names, pair.teacher, os.path.join(folder, TEACHER_CKPT)
-            )
-        prepare_frozen_teacher(teacher, t_prec)
-        feats = teacher_text_features(teacher, classes, t_prec)
+        teacher = build_frozen_teacher(cfg, spec, names)
+        feats = teacher_text_features(teacher, classes, spec.precision)
         teacher.drop_text_tower()
     else:  # evaluation: the class features come with the student checkpoint
-        path = os.path.join(folder, clip_filename(pair.teacher))
-        dim = read_clip_state_dict(path, mmap=True)["text_projection"].shape[1]
-        feats = nn.functional.normalize(torch.randn(classes, dim), dim=-1).to(prec.device)
-    student = _student(load_clip(pair.student, folder), feats.shape[1], prec, lean=True)
-    return Built(student, teacher, feats, t_prec, recompute_text=False)
+        feats = nn.functional.normalize(torch.randn(classes, spec.embed_dim()), dim=-1)
+        feats = feats.to(prec.device)
+    student = new_student(load_clip(pair.student, folder), 4, 9, feats.shape[1], prec.weight_dtype)
+    return Built(student.to(prec.device), teacher, feats, spec.precision, recompute_text=False)
 
 
 def _official_clip(path: str, prec: Precision):
@@ -153,17 +151,18 @@ def _official_clip(path: str, prec: Precision):
 
 
 def build_official(folder: str, pair: Pair, classes: int, prec: Precision) -> Built:
-    """As the official ``PromptKD.build_model``: teacher always fp16 (fp32 off CUDA)."""
+    """As the official ``PromptKD.build_model``: teacher always fp16 (fp32 off CUDA), the
+    checkpoint read whole and loaded non-strictly, the plain QuickGELU."""
     t_prec = resolve_frozen_precision("fp16", prec.device)
     cfg, names = benchmark_cfg(folder), [f"class {i}" for i in range(classes)]
     src = TRAINER_REGISTRY.get("PromptSRC")
     teacher = src.build_custom_clip(cfg, names, _official_clip(
         os.path.join(folder, clip_filename(pair.teacher)), t_prec))  # fmt: skip
     ckpt = torch.load(os.path.join(folder, TEACHER_CKPT), map_location="cpu", weights_only=True)
-    teacher.load_state_dict(drop_rebuilt_keys(ckpt["state_dict"]), strict=False)
+    teacher.load_state_dict(ckpt["state_dict"], strict=False)
     del ckpt
     prepare_frozen_teacher(teacher, t_prec)
     feats = teacher_text_features(teacher, classes, t_prec, chunk=classes)
     s_clip = _official_clip(os.path.join(folder, clip_filename(pair.student)), prec)
-    student = _student(s_clip, feats.shape[1], prec, lean=False)
-    return Built(student, teacher, feats, t_prec, recompute_text=True)
+    student = new_student(s_clip, 4, 9, feats.shape[1], prec.weight_dtype, lean=False)
+    return Built(student.to(prec.device), teacher, feats, t_prec, recompute_text=True)

@@ -41,7 +41,7 @@ from benchmarks.promptkd_models import PAIRS, build_official, build_ours, make_f
 from dassl_ext.engine import resolve_frozen_precision, resolve_precision  # noqa: E402
 from dassl_ext.engine.trainer import enable_grad_checkpointing  # noqa: E402
 from trainers.losses import kd_loss  # noqa: E402
-from trainers.promptkd_frozen import teacher_text_features  # noqa: E402
+from trainers.promptkd_teacher import teacher_text_features  # noqa: E402
 
 VARIANTS = ("train-ours", "train-official", "eval-ours", "eval-official")
 NAMES = {

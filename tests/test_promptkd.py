@@ -294,10 +294,11 @@ def test_precisions(prec, digits_root, tiny_clip_root, teacher_dir, tmp_path, cp
         train.parse_args(student_argv(digits_root, tiny_clip_root, tmp_path, teacher_dir, *extra))
     )
     trainer = build_trainer(cfg)
-    assert (trainer.prec.effective, trainer.teacher_prec.effective) == (prec, prec)
+    teacher_prec = trainer.teacher_spec.precision
+    assert (trainer.prec.effective, teacher_prec.effective) == (prec, prec)
     assert trainer.scaler.is_enabled() == (prec != "bf16")
     dtype = trainer.prec.weight_dtype
-    assert trainer.teacher.image_encoder.conv1.weight.dtype == trainer.teacher_prec.weight_dtype
+    assert trainer.teacher.image_encoder.conv1.weight.dtype == teacher_prec.weight_dtype
     assert trainer.model.image_encoder.conv1.weight.dtype == dtype
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
     assert trainer.model.class_text_features.dtype == torch.float32

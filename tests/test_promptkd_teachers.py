@@ -9,6 +9,7 @@ import torch
 from test_promptkd import REPO, TeacherSpy, read_json, student_argv, teacher_argv
 
 import train
+from benchmarks.promptkd_models import save_official_teacher
 from dassl_ext.config import setup_cfg
 from dassl_ext.engine import TRAINER_REGISTRY, build_trainer
 from dassl_ext.errors import UserError
@@ -17,36 +18,19 @@ DIGITS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "
 
 
 def _official_teacher_file(path, cfg) -> torch.nn.Module:
-    """Write a PromptSRC teacher as the official code saves it (spec §2.6); return the model.
-
-    Keys: prompt_learner.{ctx, token_prefix, token_suffix} (base classes only),
-    prompt_learner.ZS_image_encoder.*, image_encoder.*, text_encoder.*, logit_scale;
-    fp16 frozen weights; a pickled scheduler object inside.
-    """
+    """Write a PromptSRC teacher as the official code saves it (spec §2.6: fp16 frozen
+    weights, the ZS image-encoder copy, base-class prompt buffers, a pickled scheduler
+    object inside); return the model."""
     src = TRAINER_REGISTRY.get("PromptSRC")
     model = src.build_frozen_model(cfg, DIGITS_NAMES[:5], "tiny-teacher", None)
     with torch.no_grad():
         model.prompt_learner.ctx.add_(0.5)  # trained prompts differ from a fresh model's
-    sd = {
-        k: (v.half() if v.ndim >= 2 and "VPT" not in k else v)
-        for k, v in model.state_dict().items()
-    }
-    width = sd["prompt_learner.ctx"].shape[1]
-    sd["prompt_learner.token_prefix"] = torch.zeros(5, 1, width, dtype=torch.half)
-    sd["prompt_learner.token_suffix"] = torch.zeros(5, 72, width, dtype=torch.half)
-    for k, v in list(sd.items()):
-        if k.startswith("image_encoder.") and "VPT" not in k:
-            sd["prompt_learner.ZS_image_encoder." + k[len("image_encoder.") :]] = v.clone()
     param = torch.nn.Parameter(torch.zeros(1))
     optim = torch.optim.SGD([param], lr=0.005, momentum=0.9)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optim, 20)
     scheduler = {"successor": cosine, "warmup_epoch": 1, "cons_lr": 1e-5, "last_epoch": 20}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save(
-        {"state_dict": sd, "epoch": 20, "optimizer": optim.state_dict(), "scheduler": scheduler,
-         "val_result": None},
-        path,
-    )  # fmt: skip
+    save_official_teacher(model, path, epoch=20, optimizer=optim.state_dict(),
+                          scheduler=scheduler, val_result=None)  # fmt: skip
     return model
 
 
@@ -60,7 +44,7 @@ def test_official_format_teacher_loads_from_default_place(
     path = os.path.join("teacher_model", "Digits", "VLPromptLearner", "model.pth.tar-20")
     fresh = _official_teacher_file(path, cfg)
     trainer = build_trainer(cfg)
-    assert os.path.abspath(trainer.teacher_ckpt) == os.path.abspath(path)
+    assert os.path.abspath(trainer.teacher_spec.checkpoint) == os.path.abspath(path)
     assert not hasattr(trainer.teacher, "text_encoder")  # text tower dropped
     ref = TRAINER_REGISTRY.get("PromptSRC").build_frozen_model(
         cfg, DIGITS_NAMES, "tiny-teacher", path

@@ -20,12 +20,13 @@ from trainers.losses import kd_loss
 from trainers.promptkd import PromptKD
 from trainers.promptkd_student import PromptKDStudent, prompt_parameters
 from trainers.promptkd_teacher import (
-    file_digests,
     missing_teacher_error,
-    resolve_teacher_checkpoint,
+    resolve_teacher,
     teacher_trainer,
     text_feature_key,
 )
+
+CPU = torch.device("cpu")
 
 
 def _cfg(**opts):
@@ -137,27 +138,43 @@ def test_modal_and_eval_splits_must_agree(tiny_clip_root):
             validate_config(cfg(modal, splits))
 
 
-def test_teacher_checkpoint_resolution(tmp_path, monkeypatch):
+def _teacher(cfg, clip_root: str):
+    """The teacher ``cfg`` names, resolved as PromptKD resolves it (on tiny-teacher)."""
+    cfg.MODEL.CLIP_ROOT, cfg.TRAINER.PROMPTKD.TEACHER_NAME = clip_root, "tiny-teacher"
+    return resolve_teacher(cfg, CPU, ["cat", "dog"])
+
+
+def test_teacher_checkpoint_resolution(tmp_path, monkeypatch, tiny_clip_root):
     monkeypatch.chdir(tmp_path)
     cfg = _cfg(DATASET__NAME="OxfordPets")
-    assert resolve_teacher_checkpoint(cfg)[0] is None  # nothing there yet
+    none = _teacher(cfg, tiny_clip_root)
+    assert none.checkpoint is None and not none.available  # nothing there yet
+    assert (none.cache_key, none.clip_sha256, none.provenance()) == (None, None, {})
     folder = tmp_path / "teacher_model" / "OxfordPets" / "VLPromptLearner"
     folder.mkdir(parents=True)
     for name in ("model.pth.tar-5", "model.pth.tar-20"):
         (folder / name).write_bytes(b"x")
-    assert resolve_teacher_checkpoint(cfg)[0].endswith("model.pth.tar-20")
-    (folder / "model-best.pth.tar").write_bytes(b"x")
-    assert resolve_teacher_checkpoint(cfg)[0].endswith("model-best.pth.tar")
-    cross = _cfg(TRAINER__MODAL="cross")
-    assert "ImageNet-xd" in resolve_teacher_checkpoint(cross)[1]
+    assert _teacher(cfg, tiny_clip_root).checkpoint.endswith("model.pth.tar-20")
+    (folder / "model-best.pth.tar").write_bytes(b"y")
+    spec = _teacher(cfg, tiny_clip_root)
+    assert spec.checkpoint.endswith("model-best.pth.tar") and spec.available
+    # the files' digests: what they contain (results.json and the cache key name them)
+    assert spec.checkpoint_sha256 == hashlib.sha256(b"y").hexdigest()
+    with open(spec.clip_file, "rb") as f:
+        assert spec.clip_sha256 == hashlib.sha256(f.read()).hexdigest()
+    assert spec.provenance() == {
+        "trainer": "PromptSRC", "checkpoint": str(folder / "model-best.pth.tar"),
+        "checkpoint_sha256": spec.checkpoint_sha256, "clip_file": spec.clip_file,
+        "clip_sha256": spec.clip_sha256,
+    }  # fmt: skip
+    assert spec.cache_dir == str(tmp_path / "teacher_text_features")  # next to ./output
+    assert "ImageNet-xd" in _teacher(_cfg(TRAINER__MODAL="cross"), tiny_clip_root).where
     explicit = _cfg(TRAINER__PROMPTKD__TEACHER_CKPT=str(folder / "model.pth.tar-5"))
-    assert resolve_teacher_checkpoint(explicit)[0] == str(folder / "model.pth.tar-5")
-    assert (
-        resolve_teacher_checkpoint(_cfg(TRAINER__PROMPTKD__TEACHER_TRAINER="ZeroshotCLIP"))[0]
-        is None
-    )
+    assert _teacher(explicit, tiny_clip_root).checkpoint == str(folder / "model.pth.tar-5")
+    zero_shot = _teacher(_cfg(TRAINER__PROMPTKD__TEACHER_TRAINER="ZeroshotCLIP"), tiny_clip_root)
+    assert zero_shot.checkpoint is None and zero_shot.available and zero_shot.cache_key
     with pytest.raises(UserError, match="TEACHER_CKPT"):
-        resolve_teacher_checkpoint(_cfg(TRAINER__PROMPTKD__TEACHER_TRAINER="CoOp"))
+        _teacher(_cfg(TRAINER__PROMPTKD__TEACHER_TRAINER="CoOp"), tiny_clip_root)
     assert os.path.isdir(folder)
 
 
@@ -169,13 +186,15 @@ def test_teacher_checkpoint_resolution(tmp_path, monkeypatch):
         ("OxfordPets", os.path.join("teacher_models", "OxfordPets")),
     ],
 )
-def test_train_py_finds_released_teacher_folders(name, folder, tmp_path, monkeypatch):
+def test_train_py_finds_released_teacher_folders(
+    name, folder, tmp_path, monkeypatch, tiny_clip_root
+):
     """The released teachers' spellings and roots, as the scripts accept them."""
     monkeypatch.chdir(tmp_path)
     cfg = _cfg(DATASET__NAME=name)
-    path, where = resolve_teacher_checkpoint(cfg)
-    assert path is None
-    message = str(missing_teacher_error(where))
+    spec = _teacher(cfg, tiny_clip_root)
+    assert spec.checkpoint is None
+    message = str(missing_teacher_error(spec.where))
     for looked in ("teacher_model", "teacher_models", name):
         assert os.path.join(looked, "") in message or f"{looked}/" in message, looked
     if name != "OxfordPets":  # the released spelling is listed too
@@ -183,7 +202,7 @@ def test_train_py_finds_released_teacher_folders(name, folder, tmp_path, monkeyp
     assert "TRAIN_TEACHER=1" in message and "github.com/zhengli97/PromptKD" in message
     (tmp_path / folder / "VLPromptLearner").mkdir(parents=True)
     (tmp_path / folder / "VLPromptLearner" / "model.pth.tar-20").write_bytes(b"x")
-    path, where = resolve_teacher_checkpoint(cfg)
+    path = _teacher(cfg, tiny_clip_root).checkpoint
     assert path == os.path.join(folder, "VLPromptLearner", "model.pth.tar-20")
 
 
@@ -197,7 +216,7 @@ def test_pipeline_scripts_parse_and_reject_unknown_datasets(script):
     assert run.returncode == 2 and "configs/datasets/no_such_dataset.yaml" in run.stderr
 
 
-def test_teacher_is_what_its_trainer_class_declares(tmp_path, monkeypatch):
+def test_teacher_is_what_its_trainer_class_declares(tmp_path, monkeypatch, tiny_clip_root):
     """No list of trainer names: a new trainer that declares TeacherSupport teaches."""
 
     class ShapeLearner(TrainerX):
@@ -207,49 +226,61 @@ def test_teacher_is_what_its_trainer_class_declares(tmp_path, monkeypatch):
     try:
         monkeypatch.chdir(tmp_path)
         cfg = _cfg(DATASET__NAME="Shapes", TRAINER__PROMPTKD__TEACHER_TRAINER="ShapeLearner")
-        assert teacher_trainer(cfg) == (ShapeLearner, ShapeLearner.frozen_teacher)
-        path, where = resolve_teacher_checkpoint(cfg)
-        assert path is None and os.path.join("teacher_model", "Shapes", "ShapePrompts") in where
+        assert teacher_trainer("ShapeLearner") is ShapeLearner
+        spec = _teacher(cfg, tiny_clip_root)
+        assert (spec.trainer_cls, spec.support) == (ShapeLearner, ShapeLearner.frozen_teacher)
+        where = os.path.join("teacher_model", "Shapes", "ShapePrompts")
+        assert spec.checkpoint is None and where in spec.where
         folder = tmp_path / "teacher_model" / "Shapes" / "ShapePrompts"
         folder.mkdir(parents=True)
         (folder / "model.pth.tar-3").write_bytes(b"x")
-        assert resolve_teacher_checkpoint(cfg)[0].endswith("model.pth.tar-3")
+        assert _teacher(cfg, tiny_clip_root).checkpoint.endswith("model.pth.tar-3")
     finally:
         TRAINER_REGISTRY.unregister("ShapeLearner")
     with pytest.raises(UserError, match="CoCoOp cannot serve.*IVLP, MaPLe, PromptSRC"):
-        teacher_trainer(_cfg(TRAINER__PROMPTKD__TEACHER_TRAINER="CoCoOp"))
+        teacher_trainer("CoCoOp")
 
 
-def test_text_feature_key_is_a_pure_function(tmp_path, monkeypatch):
-    """The key reads only its arguments (no file lookup); file_digests reads the files."""
-    weights, other = tmp_path / "teacher.pt", tmp_path / "other.pt"
-    weights.write_bytes(b"x")
-    other.write_bytes(b"y")
-    digests = file_digests(str(weights), None, None)
-    assert digests == {
-        "clip_sha256": hashlib.sha256(b"x").hexdigest(),
-        "checkpoint_sha256": None,
-    }
-    with_ckpt = file_digests(str(weights), str(other), None)
-    names, cfg = ["cat", "dog"], _cfg()
-
-    def no_files(*args, **kwargs):
-        raise AssertionError("the key touched the file system")
-
-    monkeypatch.setattr(os, "stat", no_files)
-    monkeypatch.setattr("dassl_ext.modeling.loading.find_clip_file", no_files)
-    key = text_feature_key(cfg, names, digests, "cpu-fp32")
-    assert key == text_feature_key(cfg, list(names), dict(digests), "cpu-fp32")
-    others = [
-        text_feature_key(cfg, names[::-1], digests, "cpu-fp32"),
-        text_feature_key(cfg, names, {**digests, "clip_sha256": "0" * 64}, "cpu-fp32"),
-        text_feature_key(cfg, names, with_ckpt, "cpu-fp32"),
-        text_feature_key(cfg, names, digests, "cuda-fp16"),
-        text_feature_key(_cfg(TRAINER__PROMPTSRC__N_CTX_TEXT=2), names, digests, "cpu-fp32"),
-    ]
+def test_text_feature_key_is_pinned_and_resolved_from_the_teacher(
+    tiny_clip_root, tmp_path, monkeypatch
+):
+    """The key of fixed values is pinned (caches written before stay hits: the values below
+    are those of the code that wrote them); resolve_teacher keys by the teacher's section, the
+    files' content, the classes and where they are computed; every part changes the key."""
+    parts = {
+        "trainer": "PromptSRC", "section": "N_CTX_TEXT: 4\nPREC: fp16\n", "backbone": "ViT-L/14",
+        "clip_sha256": "a" * 64, "checkpoint_sha256": "b" * 64, "classnames": ["cat", "dog"],
+        "compute": "cpu-fp32",
+    }  # fmt: skip
+    assert text_feature_key(parts) == "c1d28803ee0b94cacbd9"
+    zero_shot = {**parts, "trainer": "ZeroshotCLIP", "section": None, "checkpoint_sha256": None,
+                 "compute": "cuda-fp16"}  # fmt: skip
+    assert text_feature_key(zero_shot) == "0d325a3a7a552685d02a"
+    others = {text_feature_key({**parts, k: v}) for k, v in [
+        ("classnames", ["dog", "cat"]), ("clip_sha256", "0" * 64), ("checkpoint_sha256", None),
+        ("compute", "cuda-fp16"), ("section", "N_CTX_TEXT: 2\nPREC: fp16\n"),
+        ("trainer", "IVLP"), ("backbone", "ViT-B/16"),
+    ]}  # fmt: skip
     monkeypatch.setattr("trainers.promptkd_teacher.TEXT_FEATURES_VERSION", 2)
-    others.append(text_feature_key(cfg, names, digests, "cpu-fp32"))  # another code version
-    assert len({key, *others}) == 7
+    others.add(text_feature_key(parts))  # another code version
+    assert len(others - {text_feature_key(zero_shot)}) == 8 and "c1d28803ee0b94cacbd9" not in others
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.pth").write_bytes(b"t")
+    cfg = _cfg(TRAINER__PROMPTKD__TEACHER_CKPT=str(tmp_path / "t.pth"))
+    spec = _teacher(cfg, tiny_clip_root)
+    assert spec.cache_key == text_feature_key({
+        "trainer": "PromptSRC", "section": cfg.TRAINER.PROMPTSRC.dump(),
+        "backbone": "tiny-teacher", "clip_sha256": spec.clip_sha256,
+        "checkpoint_sha256": hashlib.sha256(b"t").hexdigest(), "classnames": ["cat", "dog"],
+        "compute": f"cpu-{spec.precision.effective}",
+    })  # fmt: skip
+    cfg = _cfg(TRAINER__PROMPTKD__TEACHER_TRAINER="CoOp", TRAINER__PROMPTKD__TEACHER_CKPT="t.pth")
+    assert _teacher(cfg, tiny_clip_root).cache_key == text_feature_key({
+        **parts, "trainer": "CoOp", "section": cfg.TRAINER.COOP.dump(), "backbone": "tiny-teacher",
+        "clip_sha256": spec.clip_sha256, "checkpoint_sha256": spec.checkpoint_sha256,
+        "compute": f"cpu-{spec.precision.effective}",
+    })  # fmt: skip
 
 
 def test_export_stores_the_architecture_and_reads_old_files(tmp_path):

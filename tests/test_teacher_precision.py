@@ -15,14 +15,14 @@ import pytest
 import torch
 from test_promptkd import DIGITS, KD_CFG, REPO
 
-from dassl_ext.config import apply_config_extensions, get_cfg_default
+from dassl_ext.config import apply_config_extensions, check_rules, config_rules, get_cfg_default
 from dassl_ext.engine import TRAINER_REGISTRY
 from dassl_ext.engine import precision as precision_mod
 from dassl_ext.errors import UserError
 from dassl_ext.modeling.loading import clip_weight_dtype
-from trainers.promptkd_frozen import (
+from trainers.promptkd_teacher import (
     prepare_frozen_teacher,
-    teacher_precision,
+    resolve_teacher,
     teacher_text_features,
 )
 
@@ -48,7 +48,7 @@ def _cfg(clip_root: str, teacher_prec: str = "", prec: str = "fp32"):
 def _teacher(clip_root: str, teacher_prec: str) -> tuple[torch.nn.Module, object]:
     """A PromptSRC teacher on tiny-teacher, built as PromptKD builds it."""
     cfg = _cfg(clip_root, teacher_prec)
-    prec = teacher_precision(cfg, torch.device("cpu"))
+    prec = precision_mod.resolve_frozen_precision(teacher_prec, "cpu")
     with torch.random.fork_rng(devices=[]), clip_weight_dtype(prec.weight_dtype):
         torch.manual_seed(0)  # the same prompts in both precisions
         teacher = TRAINER_REGISTRY.get("PromptSRC").build_frozen_model(
@@ -119,11 +119,19 @@ def test_text_features_in_chunks_equal_all_at_once(tiny_clip_root):
 
 
 def test_teacher_prec_empty_follows_prec_and_bad_name_is_user_error(tiny_clip_root):
-    cpu = torch.device("cpu")
-    assert teacher_precision(_cfg(tiny_clip_root, "", prec="fp32"), cpu).name == "fp32"
-    assert teacher_precision(_cfg(tiny_clip_root, "", prec="amp"), cpu).effective == "fp32"
-    with pytest.raises(UserError, match="TRAINER.PROMPTKD.TEACHER_PREC is 'fp64'"):
-        teacher_precision(_cfg(tiny_clip_root, "fp64"), cpu)
+    def teacher_prec(teacher_prec: str, prec: str):
+        cfg = _cfg(tiny_clip_root, teacher_prec, prec)
+        cfg.TRAINER.PROMPTKD.TEACHER_NAME = "tiny-teacher"
+        cfg.TRAINER.PROMPTKD.TEACHER_TRAINER = "ZeroshotCLIP"  # no checkpoint to find
+        cfg.TRAINER.PROMPTKD.TEXT_CACHE_DIR = os.path.join(tiny_clip_root, "cache")
+        return resolve_teacher(cfg, torch.device("cpu"), CLASSES).precision
+
+    assert teacher_prec("", "fp32").name == "fp32"
+    assert teacher_prec("", "amp").effective == "fp32"
+    assert teacher_prec("BF16", "fp32").name == "bf16"
+    cfg = _cfg(tiny_clip_root, "fp64")
+    with pytest.raises(UserError, match="TRAINER.PROMPTKD.TEACHER_PREC is 'fp64'; use one of"):
+        check_rules(cfg, [rule for rule in config_rules() if "TEACHER_PREC" in rule.key])
 
 
 def test_bf16_without_native_support_runs_fp32_with_one_warning(monkeypatch, caplog):

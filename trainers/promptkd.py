@@ -1,63 +1,48 @@
 """PromptKD (CVPR 2024): distil a frozen, prompt-tuned CLIP teacher into a prompted student.
 
-Spec §3. The student (``MODEL.BACKBONE.NAME``, ViT-B/16) learns deep visual prompts and a
-projector to the teacher's embedding width from UNLABELED images: the loss is the KD loss
-of spec §3.4 between its logits and the teacher's, both against the teacher's text
-features. Those are computed once after the teacher checkpoint is loaded, cached on disk,
-and kept as the student's class vectors (buffer ``class_text_features``, saved in the
-student checkpoint); the teacher's text tower is then dropped. Evaluation runs the student
-only. The teacher (``TRAINER.PROMPTKD.TEACHER_TRAINER``) is built by the trainer that
-trained it, through its ``build_frozen_model``.
+Spec §3. The student (``MODEL.BACKBONE.NAME``) learns deep visual prompts and a projector from
+UNLABELED images, with the KD loss (spec §3.4) between its logits and the teacher's, both
+against the teacher's text features: computed once and kept as the student's class vectors
+(saved with it). Evaluation runs the student only. The teacher: ``trainers/promptkd_teacher.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from yacs.config import CfgNode as CN
 
-from dassl_ext.config import OneOf, Range, Rule, register_config_extension, register_config_rules
+from dassl_ext.config import (
+    Check,
+    OneOf,
+    Range,
+    Rule,
+    register_config_extension,
+    register_config_rules,
+)
 from dassl_ext.engine import TRAINER_REGISTRY, FrozenTeacher, TrainerX
 from dassl_ext.engine.hooks import CallbackHook, HookBase
+from dassl_ext.engine.precision import PRECISIONS
 from dassl_ext.errors import UserError
-from dassl_ext.modeling import (
-    ClipSizes,
-    PromptedImageEncoder,
-    clip_root_from_cfg,
-    find_clip_file,
-    load_clip,
-    read_clip_state_dict,
-    set_trainable,
-)
-from dassl_ext.modeling.lean import use_lean_quick_gelu
-from dassl_ext.modeling.loading import clip_weight_dtype
-from dassl_ext.modeling.prompted import cast_frozen_weights
+from dassl_ext.modeling import ClipSizes, clip_root_from_cfg, load_clip
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
 from dassl_ext.utils.distributed import is_main_process
 from trainers.base import check_clip_model
 from trainers.losses import kd_loss
-from trainers.promptkd_frozen import (
-    prepare_frozen_teacher,
-    teacher_precision,
-    teacher_text_features,
-)
-from trainers.promptkd_student import PromptKDStudent
+from trainers.promptkd_student import new_student
 from trainers.promptkd_teacher import (
-    file_digests,
+    build_frozen_teacher,
     load_cached_text_features,
-    missing_teacher_error,
-    resolve_teacher_checkpoint,
+    resolve_teacher,
     save_cached_text_features,
+    teacher_text_features,
     teacher_trainer,
-    text_cache_dir,
-    text_feature_key,
+    teacher_trainers,
 )
 
 logger = logging.getLogger(__name__)
 
-DIGEST_STORE = "file_digests.json"  # in the text-feature cache folder: digests across runs
 # TRAINER.MODAL -> the DATASET.EVAL_SPLITS it needs (spec §3.5)
 MODAL_EVAL_SPLITS = {"base2novel": "base_new", "cross": "standard"}
 
@@ -92,19 +77,20 @@ def add_promptkd_config(cfg: CN) -> None:
     pk.CE_WEIGHT = 0.0
 
 
-def _teacher_trainers() -> list[str]:
-    return [name for name, cls in TRAINER_REGISTRY if cls.frozen_teacher is not None]
-
-
 register_config_rules(
     OneOf("TRAINER.MODAL", tuple(MODAL_EVAL_SPLITS)),
     Range("TRAINER.PROMPTKD.N_CTX_VISION", 1, integer=True),
     Range("TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", 0, integer=True, note="0: no visual prompts"),
     Range("TRAINER.PROMPTKD.KD_WEIGHT", 0),
     Range("TRAINER.PROMPTKD.TEMPERATURE", 0, low_open=True, note="the KD softmax temperature"),
+    Check(
+        "TRAINER.PROMPTKD.TEACHER_PREC",
+        lambda v: str(v).lower() in ("", *PRECISIONS),
+        f"use one of {', '.join(PRECISIONS)}, or leave it empty for PREC",
+    ),
     OneOf(
         "TRAINER.PROMPTKD.TEACHER_TRAINER",
-        _teacher_trainers,
+        teacher_trainers,
         note="a trainer whose model has fixed class text features to distil",
     ),
     OneOf(
@@ -121,9 +107,8 @@ class PromptKD(TrainerX):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        """Before any work (called by ``validate_config``): the keys that depend on each
-        other, then student and teacher CLIP against INPUT.SIZE and the prompt depths (the
-        teacher by the rules of the trainer that trained it)."""
+        """The keys that depend on each other; student and teacher CLIP against INPUT.SIZE and
+        the prompt depths (the teacher's by the rules of the trainer that trained it)."""
         modal, splits = cfg.TRAINER.MODAL, cfg.DATASET.EVAL_SPLITS
         if splits != MODAL_EVAL_SPLITS[modal]:
             raise UserError(
@@ -137,7 +122,7 @@ class PromptKD(TrainerX):
                 f"{cfg.DATASET.SUBSAMPLE_CLASSES})."
             )
         check_clip_model(cfg, "MODEL.BACKBONE.NAME", cls)
-        teacher_cls = TRAINER_REGISTRY.get(cfg.TRAINER.PROMPTKD.TEACHER_TRAINER)
+        teacher_cls = teacher_trainer(cfg.TRAINER.PROMPTKD.TEACHER_TRAINER)
         check_clip_model(cfg, "TRAINER.PROMPTKD.TEACHER_NAME", teacher_cls)
 
     @classmethod
@@ -150,107 +135,62 @@ class PromptKD(TrainerX):
     # ------------------------------------------------------------------ building
     def build_model(self) -> None:
         cfg, pk = self.cfg, self.cfg.TRAINER.PROMPTKD
-        self.teacher: FrozenTeacher | None = None
-        self.teacher_cls, self.teacher_support = teacher_trainer(cfg)
-        self.teacher_prec = teacher_precision(cfg, self.device)
-        self.teacher_ckpt, self._teacher_where = resolve_teacher_checkpoint(cfg)
-        self._cache_dir = text_cache_dir(cfg)
-        self._cache_key = None
-        self.teacher_files: dict = {}  # the teacher's files and digests (log, results.json)
-        text_features = None
-        if self._teacher_available():
-            compute = f"{self.device.type}-{self.teacher_prec.effective}"
-            clip_file = find_clip_file(pk.TEACHER_NAME, clip_root_from_cfg(cfg))  # built if tiny
-            store = os.path.join(self._cache_dir, DIGEST_STORE)
-            digests = file_digests(clip_file, self.teacher_ckpt, store)
-            self.teacher_files = {
-                "trainer": pk.TEACHER_TRAINER,
-                "checkpoint": self.teacher_ckpt and os.path.abspath(self.teacher_ckpt),
-                "checkpoint_sha256": digests["checkpoint_sha256"],
-                "clip_file": os.path.abspath(clip_file),
-                "clip_sha256": digests["clip_sha256"],
-            }
-            logger.info(
-                f"Teacher: {pk.TEACHER_TRAINER}, checkpoint {self.teacher_ckpt or 'none'} "
-                f"(sha256 {digests['checkpoint_sha256']}), CLIP {clip_file} "
-                f"(sha256 {digests['clip_sha256']})"
-            )
-            self._cache_key = text_feature_key(cfg, self.classnames, digests, compute)
-            text_features = load_cached_text_features(
-                self._cache_dir, self._cache_key, len(self.classnames)
-            )
-            if text_features is not None:
-                logger.info(f"Teacher text features from the cache {self._cache_dir}")
-            else:  # computing them needs the teacher, which training needs anyway
-                text_features = self._build_teacher(compute_text=True)
-        else:
-            logger.warning(
-                f"No teacher checkpoint ({self._teacher_where}): this run can only evaluate a "
-                "student checkpoint that holds the class text features."
-            )
+        self.teacher_spec = resolve_teacher(cfg, self.device, self.classnames)
+        self.teacher: FrozenTeacher | None = None  # built with the text features, else later
+        text_features = self._class_text_features()
         teacher_dim = (
-            text_features.shape[1] if text_features is not None else self._teacher_embed_dim()
+            self.teacher_spec.embed_dim() if text_features is None else text_features.shape[1]
         )
-
         logger.info(f"Building the student: {cfg.MODEL.BACKBONE.NAME} with visual prompts")
         clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, clip_root_from_cfg(cfg))
-        encoder = PromptedImageEncoder(clip_model.visual, pk.N_CTX_VISION, pk.PROMPT_DEPTH_VISION)
-        self.model = PromptKDStudent(
-            encoder, clip_model.logit_scale, encoder.output_dim, teacher_dim
-        )
+        self.model = new_student(clip_model, pk.N_CTX_VISION, pk.PROMPT_DEPTH_VISION,
+                                 teacher_dim, self.prec.weight_dtype)  # fmt: skip
         if text_features is not None:
             self.model.set_class_text_features(text_features)
-        names = set_trainable(self.model, self.model.trainable_parameters())
-        n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        logger.info(f"Trainable: {len(names)} tensors, {n:,} parameters (prompts + projector)")
-        cast_frozen_weights(self.model.image_encoder, self.prec.weight_dtype)
-        use_lean_quick_gelu(self.model.image_encoder)  # same values, less kept for backward
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        n = sum(p.numel() for p in params)
+        logger.info(f"Trainable: {len(params)} tensors, {n:,} parameters (prompts + projector)")
         self.model.to(self.device)
         self.optim = build_optimizer(self.model, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("VLPromptLearner", self.model, self.optim, self.sched)
 
+    def _class_text_features(self) -> torch.Tensor | None:
+        """The teacher's text features of all classes (C, E): from the cache, else computed
+        by building the teacher (training needs it anyway); None when there is no teacher."""
+        spec = self.teacher_spec
+        if not spec.available:
+            logger.warning(
+                f"No teacher checkpoint ({spec.where}): this run can only evaluate a student "
+                "checkpoint that holds the class text features."
+            )
+            return None
+        logger.info(
+            f"Teacher: {spec.trainer}, checkpoint {spec.checkpoint or 'none'} (sha256 "
+            f"{spec.checkpoint_sha256}), CLIP {spec.clip_file} (sha256 {spec.clip_sha256})"
+        )
+        text_features = load_cached_text_features(spec, len(self.classnames))
+        if text_features is None:
+            return self._build_teacher(compute_text=True)
+        logger.info(f"Teacher text features from the cache {spec.cache_dir}")
+        return text_features
+
     def results_provenance(self) -> dict:
-        """results.json names the teacher: trainer, files and their sha256 digests."""
-        return {"teacher": self.teacher_files} if self.teacher_files else {}
-
-    def _teacher_available(self) -> bool:
-        return self.teacher_ckpt is not None or not self.teacher_support.needs_checkpoint
-
-    def _teacher_embed_dim(self) -> int:
-        """The teacher's embedding width read from its CLIP weights (no teacher built)."""
-        pk = self.cfg.TRAINER.PROMPTKD
-        path = find_clip_file(pk.TEACHER_NAME, clip_root_from_cfg(self.cfg))
-        return int(read_clip_state_dict(path, mmap=True)["text_projection"].shape[1])
+        teacher = self.teacher_spec.provenance()
+        return {"teacher": teacher} if teacher else {}
 
     def _build_teacher(self, compute_text: bool) -> torch.Tensor | None:
-        """Build the frozen teacher (kept as ``self.teacher``, image side only) and, if
-        ``compute_text``, its text features for all classes, once; returns them (C, E)."""
-        pk = self.cfg.TRAINER.PROMPTKD
-        if not self._teacher_available():
-            raise missing_teacher_error(self._teacher_where)
-        logger.info(
-            f"Building the teacher: {pk.TEACHER_TRAINER} on {pk.TEACHER_NAME} from "
-            f"{self.teacher_ckpt or 'no checkpoint'}"
-        )
-        # The teacher's own prompt initialisation must not shift the student's random
-        # stream: a cache hit (no teacher built here) must give the same student.
-        with torch.random.fork_rng(devices=[]), clip_weight_dtype(self.teacher_prec.weight_dtype):
-            teacher = self.teacher_cls.build_frozen_model(
-                self.cfg, list(self.classnames), pk.TEACHER_NAME, self.teacher_ckpt
-            )
-        if not isinstance(teacher, FrozenTeacher):
-            raise TypeError(f"{pk.TEACHER_TRAINER}.build_frozen_model returned no FrozenTeacher.")
-        teacher.eval().requires_grad_(False)  # frozen, never registered: never saved or synced
-        prepare_frozen_teacher(teacher, self.teacher_prec)
+        """Build the frozen teacher (kept as ``self.teacher``, image side only); returns its
+        text features (C, E) if ``compute_text``, cached."""
+        spec, n_classes = self.teacher_spec, len(self.classnames)
+        self.teacher = build_frozen_teacher(self.cfg, spec, self.classnames)
         text_features = None
         if compute_text:
-            text_features = teacher_text_features(teacher, len(self.classnames), self.teacher_prec)
+            text_features = teacher_text_features(self.teacher, n_classes, spec.precision)
             if is_main_process():
-                meta = {"classnames": list(self.classnames), "teacher": pk.TEACHER_TRAINER}
-                save_cached_text_features(self._cache_dir, self._cache_key, text_features, meta)
-        teacher.drop_text_tower()
-        self.teacher = teacher
+                meta = {"classnames": list(self.classnames), "teacher": spec.trainer}
+                save_cached_text_features(spec, text_features, meta)
+        self.teacher.drop_text_tower()
         return text_features
 
     def build_hooks(self) -> list[HookBase]:
@@ -260,7 +200,6 @@ class PromptKD(TrainerX):
         return [teacher, *super().build_hooks()]
 
     def ensure_teacher(self) -> None:
-        """Build the frozen teacher (image side) unless it is built."""
         if self.teacher is None:
             self._build_teacher(compute_text=False)
 
@@ -270,7 +209,7 @@ class PromptKD(TrainerX):
         pk = self.cfg.TRAINER.PROMPTKD
         images = batch["img"].to(self.device)
         class_features = self.model.class_text_features  # (C, E_t), all classes
-        with torch.no_grad(), self.teacher_prec.autocast():
+        with torch.no_grad(), self.teacher_spec.precision.autocast():
             t_feats = self.teacher.image_features(images).float()  # (B, E_t)
         t_logits = self.teacher.logit_scale.float().exp() * t_feats @ class_features.t()
         with self.prec.autocast():
@@ -278,6 +217,14 @@ class PromptKD(TrainerX):
         loss = pk.KD_WEIGHT * kd_loss(s_logits.float(), t_logits, pk.TEMPERATURE)
         self.model_backward_and_update(loss)
         return {"loss": loss.item()}
+
+    def filter_state_dict_on_load(self, state_dict: dict) -> dict:
+        """The class vectors of a student checkpoint, of any number of classes, pass the
+        strict loader; an official file has none, and those in hand stay."""
+        key = "class_text_features"
+        if key in state_dict:
+            self.model.set_class_text_features(state_dict[key])
+        return {**state_dict, key: self.model.class_text_features}
 
     # ------------------------------------------------------------------ evaluation
     def model_inference(self, input: torch.Tensor) -> torch.Tensor:
@@ -287,7 +234,7 @@ class PromptKD(TrainerX):
         if class_features.numel() == 0:
             raise UserError(
                 "The student checkpoint holds no class text features and there is no teacher "
-                f"to compute them ({self._teacher_where}); set TRAINER.PROMPTKD.TEACHER_CKPT."
+                f"to compute them ({self.teacher_spec.where}); set TRAINER.PROMPTKD.TEACHER_CKPT."
             )
         with self.prec.autocast():
             logits = self.model(input, class_features[self.eval_class_ids])

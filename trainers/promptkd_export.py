@@ -1,11 +1,9 @@
 """A deployable PromptKD student: one file, no teacher, no other weight files.
 
-The file (``torch.save`` of tensors, strings and numbers only, so it loads with
-``weights_only=True``) holds the student's state dict (prompted image encoder, prompts,
-projector, logit scale, the teacher's class text features), the arguments that rebuild its
-modules (``architecture``), the class names in label order and the test-time preprocessing.
-Files of the first format (``promptkd-student/1``) lack the architecture; theirs is read
-from the tensor shapes, with CLIP's head count ``width // 64``.
+The file (tensors, strings and numbers only: it loads with ``weights_only=True``) holds the
+student's state dict (class text features included), the arguments that rebuild its modules
+(``architecture``), the class names in label order and the test-time preprocessing. Files of
+the first format (``promptkd-student/1``) lack the architecture: it is read from the shapes.
 """
 
 from __future__ import annotations
@@ -51,7 +49,10 @@ def export_student(trainer, path: str) -> str:
         "architecture": student_architecture(model),
         "state_dict": state,
         "classnames": list(trainer.classnames),
-        "preprocess": {k: _plain(cfg.INPUT[k]) for k in PREPROCESS_KEYS},
+        "preprocess": {
+            k: list(v) if isinstance(v := cfg.INPUT[k], (tuple, list)) else v
+            for k in PREPROCESS_KEYS
+        },
         "source": {
             "dataset": cfg.DATASET.NAME,
             "backbone": cfg.MODEL.BACKBONE.NAME,
@@ -62,12 +63,8 @@ def export_student(trainer, path: str) -> str:
     return write_torch_atomic(path, obj)
 
 
-def _plain(value):
-    return list(value) if isinstance(value, (tuple, list)) else value
-
-
 def student_architecture(model: PromptKDStudent) -> dict[str, int]:
-    """The arguments that rebuild ``model``'s modules (read from the modules themselves)."""
+    """The arguments that rebuild ``model``'s modules."""
     encoder = model.image_encoder
     return {
         "input_resolution": encoder.input_resolution,
@@ -93,7 +90,7 @@ def build_student(arch: dict[str, int], logit_scale: torch.Tensor) -> PromptKDSt
 
 
 def architecture_from_shapes(sd: dict[str, torch.Tensor]) -> dict[str, int]:
-    """The architecture of a ``promptkd-student/1`` file, read from its tensor shapes."""
+    """The architecture of a ``promptkd-student/1`` file, from its tensor shapes."""
     width, _, patch, _ = sd["image_encoder.conv1.weight"].shape
     grid = round((sd["image_encoder.positional_embedding"].shape[0] - 1) ** 0.5)
     n_ctx = sd["image_encoder.VPT"].shape[0] if "image_encoder.VPT" in sd else 0
@@ -146,8 +143,8 @@ def _what_it_holds(obj: Any) -> str:
 
 
 def load_export(path: str) -> dict:
-    """The contents of a student export file; a missing, corrupt or foreign file is a
-    UserError naming it and what to pass instead."""
+    """The contents of a student export file; a missing, corrupt or foreign one is a UserError
+    naming it and what to pass instead."""
     if os.path.isdir(path):
         raise UserError(
             f"{path} is a folder, not a student export; pass the file written by "
@@ -205,8 +202,8 @@ class ExportedStudent:
         return self.model(images.to(self.device), self.model.class_text_features).float()
 
     def load_image(self, path: str) -> torch.Tensor:
-        """One preprocessed image (3, H, W), read as training reads it (full range of
-        16-bit images); an unusable file is a UserError naming it and why."""
+        """One preprocessed image (3, H, W), read as training reads it; an unusable file is a
+        UserError naming it and why."""
         try:
             return self.transform(read_image(path))
         except (UserError, OSError, ValueError, RuntimeError, MemoryError, SyntaxError,
@@ -255,8 +252,7 @@ class ExportedStudent:
             ) from None
 
     def predict(self, paths: Sequence[str], topk: int = 5, batch_size: int = 32) -> list[dict]:
-        """Top-k classes with probabilities for each usable image file (see
-        :meth:`iter_predictions`; unusable files are left out)."""
+        """:meth:`iter_predictions` of the usable image files."""
         return [r for r in self.iter_predictions(paths, topk, batch_size) if "top" in r]
 
 

@@ -1,12 +1,9 @@
-"""PromptKD's teacher: which trainer builds it, where its checkpoint is, and its text
-features computed once.
+"""PromptKD's teacher, resolved once into a :class:`TeacherSpec` (:func:`resolve_teacher`).
 
-The teacher is built by the trainer that trained it (``TRAINER.PROMPTKD.TEACHER_TRAINER``),
-which declares how it teaches (:class:`~dassl_ext.engine.teacher.TeacherSupport`) and builds
-the frozen model (``build_frozen_model``). The teacher's text features for all classes are
-constant once the checkpoint is loaded, so they are computed once, cached on disk under a
-key of everything they depend on, and the text tower is then dropped (spec §3.4 step 1,
-§7.10).
+It is built by the trainer that trained it (``TRAINER.PROMPTKD.TEACHER_TRAINER``), which
+declares how it teaches (``TeacherSupport``), and never trained: its CLIP weights are read
+straight into its own dtype. Its text features for all classes are computed once, cached on
+disk under a key of everything they depend on, and the text tower dropped (spec §3.4, §7.10).
 """
 
 from __future__ import annotations
@@ -15,169 +12,179 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 import yaml
+from torch import nn
 
-from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
+from dassl_ext.engine import TRAINER_REGISTRY, FrozenTeacher, Precision, TeacherSupport
+from dassl_ext.engine.precision import resolve_frozen_precision
 from dassl_ext.errors import UserError
+from dassl_ext.modeling import cast_frozen_weights, clip_root_from_cfg, find_clip_file
+from dassl_ext.modeling.loading import clip_weight_dtype, read_clip_state_dict
 from dassl_ext.utils.atomic import write_torch_atomic
-from dassl_ext.utils.checkpoint import BEST_FILE, find_checkpoint
 from dassl_ext.utils.digest import file_digest
-from trainers.teacher_folders import RELEASED_TEACHERS, teacher_dirs
+from trainers.teacher_folders import RELEASED_TEACHERS, first_checkpoint, teacher_dirs
 
 logger = logging.getLogger(__name__)
 
 # Part of the text-feature cache key: raise it when the way the features are computed from
 # the same files changes (prompt construction, normalisation), so old entries are not used.
 TEXT_FEATURES_VERSION = 1
+TEXT_CHUNK = 128  # classes per teacher text forward: (128, 77, 4 x width) at most
+DIGEST_STORE = "file_digests.json"  # in the text-feature cache folder: digests across runs
 
 
-def teacher_trainer(cfg) -> tuple[type, TeacherSupport]:
-    """The trainer class named by ``TRAINER.PROMPTKD.TEACHER_TRAINER`` and how it teaches."""
-    name = cfg.TRAINER.PROMPTKD.TEACHER_TRAINER
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A PromptKD teacher resolved from the config (:func:`resolve_teacher`)."""
+
+    trainer: str  # TRAINER.PROMPTKD.TEACHER_TRAINER
+    trainer_cls: type  # builds the frozen model (build_frozen_model)
+    support: TeacherSupport
+    backbone: str  # TRAINER.PROMPTKD.TEACHER_NAME
+    checkpoint: str | None  # None: a zero-shot teacher, or none found
+    where: str  # where the checkpoint is, or was looked for (messages)
+    clip_file: str
+    checkpoint_sha256: str | None  # the digests: None when the teacher is not available
+    clip_sha256: str | None
+    precision: Precision
+    cache_dir: str  # the text-feature cache folder
+    cache_key: str | None  # its entry for this teacher and these classes
+
+    @property
+    def available(self) -> bool:
+        return self.checkpoint is not None or not self.support.needs_checkpoint
+
+    def provenance(self) -> dict:
+        """results.json's ``teacher`` block: trainer, files and their sha256 digests."""
+        if not self.available:
+            return {}
+        return {
+            "trainer": self.trainer,
+            "checkpoint": self.checkpoint and os.path.abspath(self.checkpoint),
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "clip_file": os.path.abspath(self.clip_file),
+            "clip_sha256": self.clip_sha256,
+        }
+
+    def embed_dim(self) -> int:
+        """The teacher's embedding width, read from its CLIP weights (no teacher built)."""
+        return int(read_clip_state_dict(self.clip_file, mmap=True)["text_projection"].shape[1])
+
+
+def resolve_teacher(cfg, device: torch.device, classnames: list[str]) -> TeacherSpec:
+    """The teacher ``cfg.TRAINER.PROMPTKD`` names, for these classes on ``device``."""
+    pk = cfg.TRAINER.PROMPTKD
+    cls = teacher_trainer(pk.TEACHER_TRAINER)
+    support = cls.frozen_teacher
+    # TEACHER_PREC, else PREC; bf16 runs fp32 (one warning) without native bf16
+    precision = resolve_frozen_precision(str(pk.TEACHER_PREC).lower() or pk.PREC, device)
+    checkpoint, where = teacher_checkpoint(pk.TEACHER_CKPT, pk.TEACHER_TRAINER, support,
+                                           cfg.TRAINER.MODAL, cfg.DATASET.NAME)  # fmt: skip
+    clip_file = find_clip_file(pk.TEACHER_NAME, clip_root_from_cfg(cfg))
+    cache_dir = pk.TEXT_CACHE_DIR or os.path.join(
+        os.path.dirname(os.path.abspath(cfg.OUTPUT_DIR)), "teacher_text_features"
+    )  # next to OUTPUT_DIR: the seeds of one experiment share it
+    ckpt_sha = clip_sha = key = None
+    if checkpoint is not None or not support.needs_checkpoint:
+        store = os.path.join(cache_dir, DIGEST_STORE)
+        clip_sha = file_digest(clip_file, store)
+        ckpt_sha = file_digest(checkpoint, store) if checkpoint else None
+        section = cfg.TRAINER.get(pk.TEACHER_TRAINER.upper())  # prompt length/depth ...
+        section = section.dump() if section is not None else None
+        key = text_feature_key({
+            "trainer": pk.TEACHER_TRAINER, "section": section,
+            "backbone": pk.TEACHER_NAME, "clip_sha256": clip_sha, "checkpoint_sha256": ckpt_sha,
+            "classnames": list(classnames), "compute": f"{device.type}-{precision.effective}",
+        })  # fmt: skip
+    return TeacherSpec(pk.TEACHER_TRAINER, cls, support, pk.TEACHER_NAME, checkpoint, where,
+                       clip_file, ckpt_sha, clip_sha, precision, cache_dir, key)  # fmt: skip
+
+
+def teacher_trainers() -> list[str]:
+    return [name for name, cls in TRAINER_REGISTRY if cls.frozen_teacher is not None]
+
+
+def teacher_trainer(name: str) -> type:
+    """The trainer class ``name``, if it can teach."""
     cls = TRAINER_REGISTRY.get(name)
     if cls.frozen_teacher is None:
-        teachers = [n for n, c in TRAINER_REGISTRY if c.frozen_teacher is not None]
         raise UserError(
             f"TRAINER.PROMPTKD.TEACHER_TRAINER {name} cannot serve as a frozen teacher (it has "
-            f"no fixed class text features); use one of {', '.join(teachers)}."
+            f"no fixed class text features); use one of {', '.join(teacher_trainers())}."
         )
-    return cls, cls.frozen_teacher
+    return cls
 
 
-def teacher_search_dirs(cfg, model_dir: str) -> list[str]:
-    """Where a teacher with model folder ``model_dir`` is looked for when
-    ``TRAINER.PROMPTKD.TEACHER_CKPT`` is empty, in order: the official default
-    ``teacher_model/<DATASET.NAME>/<model_dir>/`` (cross: ``teacher_model/ImageNet-xd/
-    <model_dir>_large/``), then the released teachers' other spellings
-    (:mod:`trainers.teacher_folders`, shared with the scripts)."""
-    return teacher_dirs(cfg.TRAINER.MODAL, cfg.DATASET.NAME, model_dir=model_dir)
-
-
-def resolve_teacher_checkpoint(cfg) -> tuple[str | None, str]:
-    """``(path or None, description)`` of the teacher checkpoint the config asks for.
-
-    ``TRAINER.PROMPTKD.TEACHER_CKPT`` is a file, or a folder (its best checkpoint, else the
-    newest epoch: :func:`~dassl_ext.utils.checkpoint.find_checkpoint`); empty means the
-    first of :func:`teacher_search_dirs` that holds one, for teachers that have a model
-    folder (PromptSRC / IVLP). A zero-shot teacher has no checkpoint. ``path`` is None when
-    none exists; ``description`` then says where it was looked for.
-    """
-    pk = cfg.TRAINER.PROMPTKD
-    _, support = teacher_trainer(cfg)
+def teacher_checkpoint(
+    setting: str, trainer: str, support: TeacherSupport, modal: str, dataset_name: str
+) -> tuple[str | None, str]:
+    """``(path or None, where it is or was looked for)``: ``setting`` (``TEACHER_CKPT``) is a
+    file or a folder (or run folder); empty: the released teachers' folders (teacher_dirs)."""
     if not support.needs_checkpoint:
         return None, "none (zero-shot teacher)"
-    if pk.TEACHER_CKPT:
-        _refuse_student_run(pk.TEACHER_CKPT)
-    if pk.TEACHER_CKPT and not os.path.isdir(pk.TEACHER_CKPT):
-        path = pk.TEACHER_CKPT
-        return (path if os.path.isfile(path) else None), path
-    if pk.TEACHER_CKPT:
-        folders = [pk.TEACHER_CKPT]
-        model_folder = os.path.join(pk.TEACHER_CKPT, support.default_model_name or "")
+    if setting:
+        _refuse_student_run(setting)
+        if not os.path.isdir(setting):
+            return (setting if os.path.isfile(setting) else None), setting
+        folders = [setting]
+        model_folder = os.path.join(setting, support.default_model_name or "")
         if support.default_model_name and os.path.isdir(model_folder):
             folders.append(model_folder)  # the teacher's run folder: its model folder inside
     elif support.default_model_name is None:
         raise UserError(
-            f"TRAINER.PROMPTKD.TEACHER_CKPT is empty, and a {pk.TEACHER_TRAINER} teacher has "
-            "no default location; set it to the teacher's model file or model folder."
+            f"TRAINER.PROMPTKD.TEACHER_CKPT is empty, and a {trainer} teacher has no default "
+            "location; set it to the teacher's model file or model folder."
         )
     else:
-        folders = teacher_search_dirs(cfg, support.default_model_name)
-    for folder in folders:
-        path = find_checkpoint(folder)
-        if os.path.isfile(path):
-            return path, folder
-    listed = ", ".join(f"{folder}/" for folder in folders)
-    return None, f"no {BEST_FILE} or model.pth.tar-<N> in {listed} (relative to {os.getcwd()})"
+        folders = teacher_dirs(modal, dataset_name, model_dir=support.default_model_name)
+    return first_checkpoint(folders)
 
 
-def _run_trainer(path: str) -> str | None:
-    """``TRAINER.NAME`` of the run that ``path`` (a run folder, its model folder or a
-    checkpoint in it) belongs to, read from the run's ``config.yaml``; None if there is none."""
-    folder = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path))
-    for _ in range(3):  # the run folder, or one or two levels above a model file
+def _refuse_student_run(path: str) -> None:
+    """A PromptKD student's run is no teacher: say so, instead of a key mismatch later (its
+    ``config.yaml`` is in the run folder, or one or two levels above a model file)."""
+    run = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path))
+    for folder in (run, os.path.dirname(run), os.path.dirname(os.path.dirname(run))):
         config = os.path.join(folder, "config.yaml")
         if os.path.isfile(config):
             try:
                 with open(config, encoding="utf-8") as f:
                     name = yaml.safe_load(f)["TRAINER"]["NAME"]
             except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
-                return None  # not a run's record: the checkpoint itself will be checked
-            return name if isinstance(name, str) else None
-        folder = os.path.dirname(folder)
-    return None
+                return  # not a run's record: the checkpoint itself will be checked
+            if name == "PromptKD":
+                raise UserError(
+                    f"TRAINER.PROMPTKD.TEACHER_CKPT {path} belongs to a PromptKD student run, "
+                    "not a teacher; point it at the teacher's checkpoint or folder (e.g. the "
+                    "PromptSRC run trained by scripts/promptkd/base2new.sh in "
+                    "output/promptkd/teacher/<dataset>)."
+                )
+            return
 
 
-def _refuse_student_run(path: str) -> None:
-    """A PromptKD student's run is no teacher: say so, instead of a key mismatch later."""
-    if _run_trainer(path) == "PromptKD":
-        raise UserError(
-            f"TRAINER.PROMPTKD.TEACHER_CKPT {path} belongs to a PromptKD student run, not a "
-            "teacher; point it at the teacher's checkpoint or folder (e.g. the PromptSRC run "
-            "trained by scripts/promptkd/base2new.sh in output/promptkd/teacher/<dataset>)."
-        )
-
-
-def missing_teacher_error(description: str) -> UserError:
+def missing_teacher_error(where: str) -> UserError:
     return UserError(
-        f"Teacher checkpoint not found: {description}; unpack the released teacher "
+        f"Teacher checkpoint not found: {where}; unpack the released teacher "
         f"({RELEASED_TEACHERS}) into one of those folders, set TRAINER.PROMPTKD.TEACHER_CKPT "
         "to a teacher file or folder, or train one (scripts/promptkd/base2new.sh with "
         "TRAIN_TEACHER=1)."
     )
 
 
-def file_digests(clip_file: str, checkpoint: str | None, store: str | None) -> dict:
-    """The sha256 of the teacher's CLIP weights file and checkpoint (None: no checkpoint):
-    what they contain, whatever their names or timestamps (:mod:`dassl_ext.utils.digest`)."""
-    return {
-        "clip_sha256": file_digest(clip_file, store),
-        "checkpoint_sha256": file_digest(checkpoint, store) if checkpoint else None,
-    }
-
-
-def text_feature_key(cfg, classnames: list[str], digests: dict, compute: str) -> str:
-    """Hash of everything the teacher's text features depend on (a pure function).
-
-    The teacher trainer and its config section (prompt length/depth, templates ...), the
-    content of the teacher CLIP weights and checkpoint (``digests``: :func:`file_digests`),
-    the class names in label order, ``compute`` (device type + precision they are
-    computed in) and :data:`TEXT_FEATURES_VERSION`. Paths and timestamps are not in it: a
-    file replaced by another gets a new key, a copy of the same file elsewhere the same one.
-    """
-    pk = cfg.TRAINER.PROMPTKD
-    section = cfg.TRAINER.get(pk.TEACHER_TRAINER.upper())
-    parts = {
-        "trainer": pk.TEACHER_TRAINER,
-        "section": section.dump() if section is not None else None,
-        "backbone": pk.TEACHER_NAME,
-        "clip_sha256": digests["clip_sha256"],
-        "checkpoint_sha256": digests["checkpoint_sha256"],
-        "classnames": list(classnames),
-        "compute": compute,
-        "version": TEXT_FEATURES_VERSION,
-    }
+def text_feature_key(parts: dict) -> str:
+    """Hash of everything the teacher's text features depend on (``parts``: the values
+    :func:`resolve_teacher` names, no paths or timestamps) and :data:`TEXT_FEATURES_VERSION`."""
+    parts = {**parts, "version": TEXT_FEATURES_VERSION}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def text_cache_dir(cfg) -> str:
-    """``TRAINER.PROMPTKD.TEXT_CACHE_DIR``, by default ``teacher_text_features/`` next to
-    OUTPUT_DIR (so the seeds of one experiment share it)."""
-    if cfg.TRAINER.PROMPTKD.TEXT_CACHE_DIR:
-        return cfg.TRAINER.PROMPTKD.TEXT_CACHE_DIR
-    out = os.path.abspath(cfg.OUTPUT_DIR)
-    return os.path.join(os.path.dirname(out), "teacher_text_features")
-
-
-def load_cached_text_features(
-    folder: str, key: str, num_classes: int | None = None
-) -> torch.Tensor | None:
-    """The cached (C, E) fp32 features for ``key``, or None (none, or an entry that is
-    truncated, corrupt, of another structure or shape, or not finite: recomputed, with a
-    warning naming the file)."""
-    path = os.path.join(folder, f"{key}.pt")
+def load_cached_text_features(spec: TeacherSpec, num_classes: int) -> torch.Tensor | None:
+    """The cached (C, E) fp32 features, or None: none, or an unusable entry (corrupt, of
+    another shape, not finite; a warning names the file)."""
+    path = os.path.join(spec.cache_dir, f"{spec.cache_key}.pt")
     if not os.path.isfile(path):
         return None
     try:
@@ -185,7 +192,7 @@ def load_cached_text_features(
         feats = obj["text_features"] if isinstance(obj, dict) else None
         if not isinstance(feats, torch.Tensor) or feats.dim() != 2 or not feats.numel():
             raise ValueError(f"it holds {type(obj).__name__}, not (C, E) text features")
-        if num_classes is not None and feats.shape[0] != num_classes:
+        if feats.shape[0] != num_classes:
             raise ValueError(f"{feats.shape[0]} rows for {num_classes} classes")
         feats = feats.float()
         if not torch.isfinite(feats).all():
@@ -197,16 +204,53 @@ def load_cached_text_features(
         return None
 
 
-def save_cached_text_features(folder: str, key: str, feats: torch.Tensor, meta: dict) -> str | None:
-    """Write the cache entry atomically (parallel seeds or ranks may race); a folder that
-    cannot be written is a warning (the features are in hand, only the reuse is lost)."""
+def save_cached_text_features(spec: TeacherSpec, feats: torch.Tensor, meta: dict) -> None:
+    """Write the cache entry atomically (seeds or ranks may race); an unwritable folder is a
+    warning (only the reuse is lost)."""
     entry = {"text_features": feats.detach().float().cpu(), "meta": meta}
     try:
-        return write_torch_atomic(os.path.join(folder, f"{key}.pt"), entry)
+        write_torch_atomic(os.path.join(spec.cache_dir, f"{spec.cache_key}.pt"), entry)
     except OSError as e:  # FileWriteError (full disk, read-only folder) is an OSError
         logger.warning(
-            f"Cannot write the teacher text-feature cache in {folder} ({e}); continuing "
-            "without it (the next run computes the features again). Set "
+            f"Cannot write the teacher text-feature cache in {spec.cache_dir} ({e}); "
+            "continuing without it (the next run computes the features again). Set "
             "TRAINER.PROMPTKD.TEXT_CACHE_DIR to a writable folder to keep them."
         )
-        return None
+
+
+def build_frozen_teacher(cfg, spec: TeacherSpec, classnames: list[str]) -> FrozenTeacher:
+    """The frozen teacher, built by its trainer (which reads its own config section from
+    ``cfg``) in ``spec.precision``, on its device, with its text tower."""
+    if not spec.available:
+        raise missing_teacher_error(spec.where)
+    logger.info(
+        f"Building the teacher: {spec.trainer} on {spec.backbone} from "
+        f"{spec.checkpoint or 'no checkpoint'}"
+    )
+    # The teacher's own prompt initialisation must not shift the student's random stream:
+    # a cache hit (no teacher built before the student) must give the same student.
+    with torch.random.fork_rng(devices=[]), clip_weight_dtype(spec.precision.weight_dtype):
+        teacher = spec.trainer_cls.build_frozen_model(
+            cfg, list(classnames), spec.backbone, spec.checkpoint
+        )
+    if not isinstance(teacher, FrozenTeacher):
+        raise TypeError(f"{spec.trainer}.build_frozen_model returned no FrozenTeacher.")
+    return prepare_frozen_teacher(teacher, spec.precision)
+
+
+def prepare_frozen_teacher(teacher: nn.Module, prec: Precision) -> nn.Module:
+    """Eval mode, no gradients, weights in ``prec.weight_dtype`` (see cast_frozen_weights),
+    on ``prec.device``."""
+    teacher.eval().requires_grad_(False)  # never registered: never saved or synced
+    cast_frozen_weights(teacher, prec.weight_dtype)  # before the move: half the transfer
+    return teacher.to(prec.device)
+
+
+@torch.no_grad()
+def teacher_text_features(
+    teacher: nn.Module, n_classes: int, prec: Precision, chunk: int = TEXT_CHUNK
+) -> torch.Tensor:
+    """Normalised text features (C, E) fp32 of all classes, ``chunk`` classes at a time."""
+    ids = torch.arange(n_classes, device=prec.device)
+    with prec.autocast():
+        return torch.cat([teacher.text_features(part).float() for part in ids.split(chunk)])

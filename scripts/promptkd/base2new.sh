@@ -2,7 +2,7 @@
 # PromptKD base-to-new, the whole pipeline for one dataset:
 #   1. teacher: $TEACHER_CKPT, else the released teacher in teacher_model/<folder>/VLPromptLearner/
 #      (model-best.pth.tar or model.pth.tar-<N>; <folder> is DATASET.NAME or the released
-#      spelling, e.g. FGVCaircraft; trainers/teacher_folders.py lists every place), else one
+#      spelling, e.g. FGVCaircraft; trainers/teacher_folders.py searches every place), else one
 #      trained here before into $OUTPUT/promptkd/teacher/<dataset>/. With none it stops and
 #      says what to do, unless TRAIN_TEACHER=1 (or the dataset is the built-in demo): then it
 #      trains PromptSRC on ViT-L/14 (configs/trainers/PromptSRC/vit_l14_c2_ep20_batch8_4+4ctx.yaml,

@@ -45,54 +45,29 @@ dataset_name() {
   "$PYTHON" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['DATASET']['NAME'])" "$(dataset_yaml "$1")"
 }
 
-# has_checkpoint FOLDER: model-best.pth.tar or model.pth.tar-<N> inside
-has_checkpoint() {
-  checkpoint_lookup find "$1" > /dev/null
-}
-
-# find_teacher MODAL DATASET_NAME OWN_RUN: sets TEACHER to $TEACHER_CKPT, else to the first
-# folder holding a checkpoint among the released teachers' places (trainers/teacher_folders.py
-# lists them). A teacher trained here that finished (OWN_RUN/results.json and a checkpoint)
-# sets TEACHER to "": train_teacher then runs train.py --skip-finished on OWN_RUN, which
-# uses it only when it was trained with this configuration. With none, TEACHER is "" when
-# a teacher may be trained here (TRAIN_TEACHER=1, or a built-in demo dataset); otherwise it
-# stops, saying where it looked and what to do.
+# find_teacher MODAL DATASET_NAME OWN_RUN: sets TEACHER to $TEACHER_CKPT, else to what
+# trainers/teacher_folders.py finds (the trainer's own search: the released teachers'
+# places, then a teacher this script trained into OWN_RUN that finished). The latter sets
+# TEACHER to "": train_teacher then runs train.py --skip-finished on OWN_RUN, which uses it
+# only when it was trained with this configuration. With none, TEACHER is "" when a teacher
+# may be trained here (TRAIN_TEACHER=1, or a built-in demo dataset); otherwise the search
+# says where it looked and what to do, and the script stops.
 find_teacher() {
-  local modal=$1 name=$2 own=$3 dir what
+  local own=$3 query=(trainers/teacher_folders.py "$1" "$2" "$3" --backbone "$TEACHER_BACKBONE")
   if [ -n "${TEACHER_CKPT:-}" ]; then
     TEACHER=$TEACHER_CKPT
     echo "== Teacher: using $TEACHER (TEACHER_CKPT)"
     return 0
   fi
-  local query=(trainers/teacher_folders.py "$modal" "$name")
   if [ -n "${TEACHER_ROOT:-}" ]; then query+=(--root "$TEACHER_ROOT"); fi
-  eval "$("$PYTHON" "${query[@]}")"
-  for dir in "${TEACHER_DIRS[@]}"; do
-    if has_checkpoint "$dir"; then
-      TEACHER=$dir
-      echo "== Teacher: using $TEACHER"
-      return 0
-    fi
-  done
-  if [ -f "$own/results.json" ] && has_checkpoint "$own/VLPromptLearner"; then
+  if [ "${TRAIN_TEACHER:-0}" = 1 ]; then query+=(--may-train); fi
+  TEACHER=$(PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" "$LOOKUP_PYTHON" "${query[@]}") || exit $?
+  if [ "$TEACHER" = "$own/VLPromptLearner" ]; then
     TEACHER=""
     echo "== Teacher: trained here before in $own; train.py checks that it was trained with this configuration"
-    return 0
+  elif [ -n "$TEACHER" ]; then
+    echo "== Teacher: using $TEACHER"
   fi
-  TEACHER=""
-  if [ "${TRAIN_TEACHER:-0}" = 1 ] || [ "$TEACHER_SELF_TRAINED" = 1 ]; then return 0; fi
-  what="for $name"
-  if [ "$modal" = cross ]; then what="for cross-dataset runs (trained on $name)"; fi
-  {
-    echo "Error: no teacher checkpoint (model-best.pth.tar or model.pth.tar-<N>) $what in"
-    for dir in "${TEACHER_DIRS[@]}"; do echo "  $dir/"; done
-    echo "  $own/VLPromptLearner/ (a finished teacher trained by this script)"
-    echo "(relative to $(pwd)). Unpack the released ViT-L/14 teacher ($TEACHER_RELEASED)"
-    echo "into one of the first ${#TEACHER_DIRS[@]} folders, or set TEACHER_CKPT to a teacher file or folder,"
-    echo "or run again with TRAIN_TEACHER=1 to train one here (PromptSRC on $TEACHER_BACKBONE,"
-    echo "16 shots: hours on a GPU)."
-  } >&2
-  exit 1
 }
 
 # train_teacher SOURCE_DATASET SUBSAMPLE DIR: PromptSRC teacher (16 shots) into DIR (a
