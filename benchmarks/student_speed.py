@@ -200,14 +200,12 @@ def measure(args) -> list[dict]:
             write_onnx(Probabilities(teacher), example, path, {"format": "teacher"}, OPSET)
             return path
 
-        for name, model, onnx_file in (
-            ("student", student_logits, student_onnx),
-            ("teacher", teacher, teacher_onnx),
+        for name, model, onnx_file, backends in (
+            ("student", student_logits, student_onnx, args.backends),
+            ("teacher", teacher, teacher_onnx, args.teacher_backends or args.backends),
         ):
             params = sum(p.numel() for p in model.parameters())
-            for backend, fn in runners(
-                model, onnx_file, args.backends, device, args.threads
-            ).items():
+            for backend, fn in runners(model, onnx_file, backends, device, args.threads).items():
                 for batch in args.batches:
                     row = {"model": name, "backend": backend, "batch": batch, "params": params}
                     if isinstance(fn, str):

@@ -264,10 +264,12 @@ def test_student_speed_benchmark_at_tiny_size(monkeypatch, capsys):
         raise RuntimeError("no C++ compiler here")
 
     monkeypatch.setattr(torch, "compile", no_compiler)
-    rows = bench.main(["--size", "tiny", "--iters", "1", "--batches", "1", "3", "--threads", "1"])
+    rows = bench.main(["--size", "tiny", "--iters", "1", "--batches", "1", "3", "--threads", "1",
+                       "--teacher-backends", "eager", "compile"])  # fmt: skip
     cells = {(r["model"], r["backend"], r["batch"]): r for r in rows}
-    assert set(cells) == {(m, b, n) for m in ("student", "teacher")
-                          for b in ("eager", "compile", "onnx") for n in (1, 3)}  # fmt: skip
+    assert set(cells) == {(m, b, n) for m, backends in (("student", ("eager", "compile", "onnx")),
+                                                        ("teacher", ("eager", "compile")))
+                          for b in backends for n in (1, 3)}  # fmt: skip
     for (_, backend, batch), r in cells.items():
         if backend == "compile":
             assert r["error"] == "RuntimeError: no C++ compiler here"
@@ -275,6 +277,6 @@ def test_student_speed_benchmark_at_tiny_size(monkeypatch, capsys):
             assert r["images_per_s"] == pytest.approx(batch / r["sec"]) and r["sec"] > 0
     assert cells[("teacher", "eager", 1)]["params"] > cells[("student", "eager", 1)]["params"]
     speedups = {(s["backend"], s["batch"]) for s in bench.speedups(rows)}
-    assert speedups == {("eager", 1), ("eager", 3), ("onnx", 1), ("onnx", 3)}
+    assert speedups == {("eager", 1), ("eager", 3)}
     out = capsys.readouterr().out
     assert "student / teacher images/s:" in out and "failed: RuntimeError" in out
