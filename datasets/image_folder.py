@@ -46,6 +46,7 @@ import random
 from yacs.config import CfgNode as CN
 
 from dassl_ext.config import Check, register_config_extension, register_config_rules
+from dassl_ext.config.defaults import register_added_keys
 from dassl_ext.data import DATASET_REGISTRY, DatasetBase, Datum
 from dassl_ext.data.splits import IMAGE_EXTENSIONS, SPLIT_SEED, read_split, save_split
 from dassl_ext.errors import UserError
@@ -72,6 +73,20 @@ def add_image_folder_config(cfg: CN) -> None:
     f.EVAL_DIR = ""
     # new: names of the ceil(C/2) base classes; () -> the first half of the class file
     f.BASE_CLASSES = ()
+
+
+# Runs recorded before this section existed keep their config hash and can be resumed.
+register_added_keys(
+    {
+        f"{SECTION}.{k}": v
+        for k, v in (
+            ("TRAIN_DIR", ""),
+            ("CLASSNAMES_FILE", ""),
+            ("EVAL_DIR", ""),
+            ("BASE_CLASSES", ()),
+        )
+    }
+)
 
 
 def _names_ok(names) -> bool:

@@ -174,3 +174,24 @@ def test_negative_seed_other_than_minus_one_is_refused(tmp_path):
         setup_cfg(SimpleNamespace(seed=-3))
     assert setup_cfg(SimpleNamespace(seed=-1)).SEED == -1
     assert setup_cfg(SimpleNamespace(seed=7)).SEED == 7
+
+
+def test_keys_added_later_keep_hashes_and_resume(tmp_path):
+    """A section added after runs were recorded (ImageFolder's) changes neither the config
+    hash of a run that leaves it at its defaults nor its --resume comparison; set to
+    something else, it counts."""
+    import datasets  # noqa: F401  (registers ImageFolder's section)
+    from dassl_ext.config import apply_config_extensions
+    from dassl_ext.config.compare import config_differences
+    from dassl_ext.evaluation import config_hash
+
+    cfg = apply_config_extensions(get_cfg_default())
+    older = yaml.safe_load(cfg.dump())
+    del older["DATASET"]["IMAGE_FOLDER"]
+    assert config_differences(older, cfg) == []
+    without = cfg.clone()
+    del without.DATASET["IMAGE_FOLDER"]
+    assert config_hash(cfg) == config_hash(without)
+    cfg.DATASET.IMAGE_FOLDER.TRAIN_DIR = "photos"
+    assert config_hash(cfg) != config_hash(without)
+    assert [k for k, *_ in config_differences(older, cfg)] == ["DATASET.IMAGE_FOLDER.TRAIN_DIR"]

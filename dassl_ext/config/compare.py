@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from dassl_ext.config.defaults import RETIRED
+from dassl_ext.config.defaults import ADDED, RETIRED
 from dassl_ext.errors import UserError
 
 # Where a run is and how it reports (the config hash of results.json leaves them out too)
@@ -62,6 +62,7 @@ def config_differences(
     shows :data:`ABSENT` on the other."""
     old = {k: v for k, v in flatten(saved).items() if k not in RETIRED}  # never read
     cur = flatten(new)
+    old.update({k: plain(v) for k, v in ADDED.items() if k not in old and k in cur})
     pairs = [(k, old.get(k, ABSENT), cur.get(k, ABSENT)) for k in sorted(set(old) | set(cur))]
     return [(k, a, b) for k, a, b in pairs if k not in neutral and a != b]
 

@@ -146,3 +146,14 @@ RETIRED = {
 def is_retired(key: str) -> bool:
     """Whether ``key`` is in :data:`RETIRED`, or a section of nothing but retired keys."""
     return any(r == key or r.startswith(key + ".") for r in RETIRED)
+
+
+# Keys added after runs were recorded (here or by an extension: a dataset's section), which
+# older config.yaml files lack. At its default such a key is left out of the config hash and
+# "absent" in a saved config counts as the default, so older runs keep their hash and resume.
+ADDED: dict[str, object] = {}
+
+
+def register_added_keys(defaults: dict[str, object]) -> None:
+    """Declare keys (dotted name -> default) added after runs were recorded (see ADDED)."""
+    ADDED.update(defaults)

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from dassl_ext.config.compare import PLACE_KEYS, plain
-from dassl_ext.config.defaults import RETIRED
+from dassl_ext.config.defaults import ADDED, RETIRED
 from dassl_ext.utils.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -29,14 +29,31 @@ def config_hash(cfg: Any, exclude: tuple[str, ...] = RUN_IDENTITY_KEYS) -> str:
         *parents, leaf = key.split(".")
         functools.reduce(lambda node, p: node.setdefault(p, {}), parents, d)[leaf] = value
     for key in exclude:
-        *parents, leaf = key.split(".")
-        node = d
-        for p in parents:
-            node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        _pop(d, key)
+    for key, default in ADDED.items():  # older runs lack them: leave them out at the default
+        if _get(d, key) == plain(default):
+            _pop(d, key, prune=True)
     text = yaml.safe_dump(d, sort_keys=True)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _get(d: dict, key: str) -> Any:
+    for part in key.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def _pop(d: dict, key: str, prune: bool = False) -> None:
+    """Remove dotted ``key`` from nested dicts ``d``; ``prune``: and the sections it empties."""
+    head, _, rest = key.partition(".")
+    if not isinstance(d, dict) or head not in d:
+        return
+    if rest:
+        _pop(d[head], rest, prune)
+        if prune and d[head] == {}:
+            del d[head]
+    else:
+        del d[head]
 
 
 def read_results(path: str) -> dict:
