@@ -9,7 +9,8 @@
 #      labels (scripts/promptkd/base2new.sh; recipe configs/trainers/PromptKD/base2new/
 #      digits_standins.yaml);
 #   3. zero-shot CLIP with each stand-in, and the teacher evaluated on base and new;
-#   4. one base / new / HM table of the four, and the plots.
+#   4. one base / new / HM table of the four, a bar chart of the four side by side
+#      (demo_models.png, scripts/demo_table.py --plot), and the student's plots.
 # No download; about 1.5 minutes on 2 CPU cores (a re-run skips every finished run).
 # Usage: bash scripts/demo.sh [SEED ...] [KEY VALUE ...]   (default seeds: $SEEDS, else 1 2)
 # Env: DATA (./data), OUTPUT (./output/demo), PYTHON (python), DRY_RUN (1: print the python
@@ -66,6 +67,8 @@ run_python scripts/demo_table.py \
   "PromptSRC teacher (labels, base)=$OUT/teacher/digits_base_new" \
   "zero-shot CLIP (student)=$OUT/zeroshot/digits/digits-student" \
   "PromptKD student (no labels)=$OUT/base2new/digits" \
-  --markdown "$OUT/base2new/digits/demo_table.md" --seeds "${SEED_LIST[@]}"
+  --markdown "$OUT/base2new/digits/demo_table.md" --plot "$OUT/base2new/digits/demo_models.png" \
+  --title "Digits, base-to-new, seeds ${SEED_LIST[*]}" --seeds "${SEED_LIST[@]}"
 run_python scripts/plot_results.py "$OUT/base2new/digits" --paper --seeds "${SEED_LIST[@]}"
+echo "The four models side by side: $OUT/base2new/digits/demo_models.png"
 echo "Plots and tables: $OUT/base2new/digits"
