@@ -15,14 +15,9 @@ from yacs.config import CfgNode as CN
 
 from dassl_ext.config import Range, register_config_extension, register_config_rules
 from dassl_ext.engine import TRAINER_REGISTRY
-from dassl_ext.modeling import PromptedTextEncoder, assemble_prompts, word_ctx_or_random
-from trainers.base import (
-    CLIPClassifier,
-    PromptTrainer,
-    l2_normalize,
-    register_prompt_buffers,
-    select_prompt_buffers,
-)
+from dassl_ext.modeling import assemble_prompts, word_ctx_or_random
+from trainers.base import CLIPClassifier, PromptTrainer, l2_normalize, select_prompt_buffers
+from trainers.vl_prompts import PromptLearnerCLIP, TextPromptLearner
 
 
 @register_config_extension
@@ -37,24 +32,19 @@ def add_cocoop_config(cfg) -> None:
 register_config_rules(Range("TRAINER.COCOOP.N_CTX", 1, integer=True))
 
 
-class CoCoOpPromptLearner(nn.Module):
+class CoCoOpPromptLearner(TextPromptLearner):
     """Shared ``ctx`` (n, D), ``meta_net`` (E -> E/16 -> D) and the per-class token buffers."""
 
     def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str):
-        super().__init__()
-        ctx, self.prompt_prefix = word_ctx_or_random(clip_model, ctx_init, n_ctx)
-        self.ctx = nn.Parameter(ctx)
-        vis_dim, ctx_dim = clip_model.visual.output_dim, ctx.shape[-1]
+        super().__init__(clip_model, classnames, *word_ctx_or_random(clip_model, ctx_init, n_ctx))
+        vis_dim, ctx_dim = clip_model.visual.output_dim, self.ctx.shape[-1]
         self.meta_net = nn.Sequential(
             OrderedDict(
-                [
-                    ("linear1", nn.Linear(vis_dim, vis_dim // 16)),
-                    ("relu", nn.ReLU(inplace=True)),
-                    ("linear2", nn.Linear(vis_dim // 16, ctx_dim)),
-                ]
+                linear1=nn.Linear(vis_dim, vis_dim // 16),
+                relu=nn.ReLU(inplace=True),
+                linear2=nn.Linear(vis_dim // 16, ctx_dim),
             )
         )
-        register_prompt_buffers(self, clip_model, classnames, self.prompt_prefix, ctx.shape[0])
 
     def forward(
         self, image_features: torch.Tensor, class_ids: torch.Tensor | None = None
@@ -67,18 +57,14 @@ class CoCoOpPromptLearner(nn.Module):
         return prompts, tokens
 
 
-class CoCoOpCLIP(CLIPClassifier):
-    """Frozen CLIP with a conditional prompt learner (its text side depends on the image)."""
+class CoCoOpCLIP(PromptLearnerCLIP):
+    """Frozen CLIP with a conditional prompt learner: its text side depends on the image, so
+    there are no class vectors without images (``forward`` only)."""
+
+    text_features = CLIPClassifier.text_features
 
     def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str):
-        super().__init__()
-        self.prompt_learner = CoCoOpPromptLearner(clip_model, classnames, n_ctx, ctx_init)
-        self.image_encoder = clip_model.visual
-        self.text_encoder = PromptedTextEncoder(clip_model)
-        self.logit_scale = clip_model.logit_scale
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.prompt_learner.parameters())
+        super().__init__(clip_model, CoCoOpPromptLearner(clip_model, classnames, n_ctx, ctx_init))
 
     def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, C'): image i against the class prompts built from its own context."""

@@ -14,8 +14,9 @@ from yacs.config import CfgNode as CN
 from dassl_ext.config import OneOf, Range, register_config_extension, register_config_rules
 from dassl_ext.engine import TRAINER_REGISTRY
 from dassl_ext.errors import UserError
-from dassl_ext.modeling import PromptedTextEncoder, assemble_prompts, clip, word_ctx_or_random
-from trainers.base import CLIPClassifier, PromptTrainer, l2_normalize, register_prompt_buffers
+from dassl_ext.modeling import clip, word_ctx_or_random
+from trainers.base import PromptTrainer, select_prompt_buffers
+from trainers.vl_prompts import PromptLearnerCLIP, TextPromptLearner
 
 POSITIONS = ("end", "middle", "front")
 
@@ -37,8 +38,9 @@ register_config_rules(
 )
 
 
-class CoOpPromptLearner(nn.Module):
-    """``ctx`` (n, D) or class-specific (C, n, D) and the per-class token buffers."""
+class CoOpPromptLearner(TextPromptLearner):
+    """``ctx`` (n, D) or class-specific (C, n, D), the class name at the end, in the middle
+    or in front of it, and the per-class token buffers."""
 
     def __init__(
         self,
@@ -49,40 +51,28 @@ class CoOpPromptLearner(nn.Module):
         csc: bool = False,
         class_token_position: str = "end",
     ):
-        super().__init__()
         if class_token_position not in POSITIONS:
             raise UserError(
                 f"TRAINER.COOP.CLASS_TOKEN_POSITION is {class_token_position!r}; use one of "
                 f"{', '.join(POSITIONS)}."
             )
-        ctx, self.prompt_prefix = word_ctx_or_random(
-            clip_model, ctx_init, n_ctx, len(classnames) if csc else 0
-        )
-        self.ctx = nn.Parameter(ctx)  # fp32 master weights at every precision
+        ctx = word_ctx_or_random(clip_model, ctx_init, n_ctx, len(classnames) if csc else 0)
+        super().__init__(clip_model, classnames, *ctx)
         self.class_token_position = class_token_position
-        n_ctx = ctx.shape[-2]
-        register_prompt_buffers(self, clip_model, classnames, self.prompt_prefix, n_ctx)
         tokenizer = clip.clip._tokenizer
         self.name_lens = [len(tokenizer.encode(c.replace("_", " "))) for c in classnames]
 
     def forward(self, class_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt embeddings (C', 77, D) and token ids (C', 77) of the selected classes."""
-        prefix, suffix, tokens, ctx = (
-            self.token_prefix,
-            self.token_suffix,
-            self.tokenized_prompts,
-            self.ctx,
-        )
-        name_lens = self.name_lens
+        if self.class_token_position == "end":
+            return super().forward(class_ids)
+        prefix, suffix, tokens = select_prompt_buffers(self, class_ids)
+        ctx, name_lens = self.ctx, self.name_lens
         if class_ids is not None:
-            prefix, suffix, tokens = prefix[class_ids], suffix[class_ids], tokens[class_ids]
             ctx = ctx[class_ids] if ctx.dim() == 3 else ctx
             name_lens = [name_lens[i] for i in class_ids.tolist()]
-        if self.class_token_position == "end":
-            return assemble_prompts(prefix, ctx, suffix), tokens
         dtype = torch.promote_types(ctx.dtype, prefix.dtype)
-        if ctx.dim() == 2:
-            ctx = ctx.unsqueeze(0).expand(prefix.shape[0], -1, -1)
+        ctx = ctx.expand(prefix.shape[0], -1, -1) if ctx.dim() == 2 else ctx
         prefix, ctx, suffix = prefix.to(dtype), ctx.to(dtype), suffix.to(dtype)
         half = ctx.shape[1] // 2
         prompts = []
@@ -97,26 +87,6 @@ class CoOpPromptLearner(nn.Module):
         return torch.cat(prompts, dim=0), tokens
 
 
-class CoOpCLIP(CLIPClassifier):
-    """Frozen CLIP with a CoOp prompt learner on the text side."""
-
-    text_side = ("text_encoder", "prompt_learner")
-
-    def __init__(self, clip_model, prompt_learner: nn.Module):
-        super().__init__()
-        self.prompt_learner = prompt_learner
-        self.image_encoder = clip_model.visual
-        self.text_encoder = PromptedTextEncoder(clip_model)
-        self.logit_scale = clip_model.logit_scale
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.prompt_learner.parameters())
-
-    def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
-        prompts, tokens = self.prompt_learner(class_ids)
-        return l2_normalize(self.text_encoder(prompts, tokens))
-
-
 @TRAINER_REGISTRY.register()
 class CoOp(PromptTrainer):
     """Context Optimization; registered "prompt_learner" (only it is optimised and saved)."""
@@ -125,12 +95,12 @@ class CoOp(PromptTrainer):
     model_name = "prompt_learner"
 
     @classmethod
-    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> CoOpCLIP:
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> PromptLearnerCLIP:
         c = cfg.TRAINER.COOP
         learner = CoOpPromptLearner(
             clip_model, classnames, c.N_CTX, c.CTX_INIT, c.CSC, c.CLASS_TOKEN_POSITION
         )
-        return CoOpCLIP(clip_model, learner)
+        return PromptLearnerCLIP(clip_model, learner)
 
     @staticmethod
     def registered_module(model: nn.Module) -> nn.Module:

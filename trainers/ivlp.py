@@ -1,21 +1,9 @@
-"""IVLP: independent vision-language deep prompts (spec §1.2, §4); CE loss only.
+"""IVLP: independent vision-language deep prompts (spec §1.2, §4); CE loss only. Its model,
+:class:`~trainers.vl_prompts.VLPromptCLIP`, is also PromptSRC's and the PromptKD teacher's."""
 
-The model (:class:`~trainers.vl_prompts.VLPromptCLIP`) is also PromptSRC's and the PromptKD
-teacher's; its state-dict keys are the official ones.
-"""
-
-from __future__ import annotations
-
-from dassl_ext.config import Rule, register_config_extension, register_config_rules
-from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
-from dassl_ext.modeling import ClipSizes
-from trainers.base import PromptTrainer
-from trainers.vl_prompts import (
-    VLPromptCLIP,
-    vl_prompt_model_rules,
-    vl_prompt_rules,
-    vl_prompt_section,
-)
+from dassl_ext.config import register_config_extension, register_config_rules
+from dassl_ext.engine import TRAINER_REGISTRY
+from trainers.vl_prompts import VLPromptTrainer, vl_prompt_rules, vl_prompt_section
 
 
 @register_config_extension
@@ -28,17 +16,7 @@ register_config_rules(*vl_prompt_rules("TRAINER.IVLP"))
 
 
 @TRAINER_REGISTRY.register()
-class IVLP(PromptTrainer):
+class IVLP(VLPromptTrainer):
     """Independent V-L prompting: CE on the prompted logits; registered "VLPromptLearner"."""
 
     prec_section = "IVLP"
-    model_name = "VLPromptLearner"
-    frozen_teacher = TeacherSupport(default_model_name="VLPromptLearner")
-
-    @classmethod
-    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> VLPromptCLIP:
-        return VLPromptCLIP.from_section(cfg.TRAINER.IVLP, classnames, clip_model)
-
-    @classmethod
-    def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:
-        return vl_prompt_model_rules("TRAINER.IVLP", sizes)

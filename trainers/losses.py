@@ -1,8 +1,6 @@
-"""Loss functions shared by the trainers, as pure functions of tensors.
-
-Each docstring states the normalisation, because the tuned loss weights of the official
-configs (TEXT_LOSS_WEIGHT 25, IMAGE_LOSS_WEIGHT 10, PromptKD's KD_WEIGHT 1000) depend on it.
-"""
+"""Loss functions shared by the trainers, as pure functions of tensors. Each docstring states
+the normalisation: the tuned weights of the official configs (TEXT_LOSS_WEIGHT 25,
+IMAGE_LOSS_WEIGHT 10, PromptKD's KD_WEIGHT 1000) depend on it."""
 
 from __future__ import annotations
 
@@ -13,23 +11,14 @@ import torch.nn.functional as F
 
 
 def consistency_l1(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference ``mean(|features - target|)`` over ALL elements.
-
-    PromptSRC's L_SCL-text (over C x D) and L_SCL-image (over B x D) are this function applied
-    to L2-normalised features (``F.l1_loss(..., reduction="mean")`` in the official code). The
-    target is treated as a constant (detached).
-    """
+    """``mean(|features - target|)`` over ALL elements: PromptSRC's L_SCL-text (C x D) and
+    L_SCL-image (B x D) on L2-normalised features (official ``F.l1_loss``); target detached."""
     return F.l1_loss(features, target.detach().to(features.dtype), reduction="mean")
 
 
 def logits_kl(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-    """``KL(softmax(target_logits) || softmax(logits))`` summed over B x C, divided by B * C.
-
-    This is PromptSRC's L_SCL-logits (temperature 1, no extra weight): the official
-    ``F.kl_div(log_softmax(logits), log_softmax(zs_logits), reduction="sum", log_target=True)
-    / logits.numel()``. Note the division by the number of logits, not by the batch size.
-    The target is treated as a constant (detached).
-    """
+    """``KL(softmax(target_logits) || softmax(logits))`` summed over B x C, divided by B * C
+    (the number of logits, not the batch size): PromptSRC's L_SCL-logits; target detached."""
     log_p = F.log_softmax(logits, dim=1)
     log_q = F.log_softmax(target_logits.detach().to(logits.dtype), dim=1)
     kl = F.kl_div(log_p, log_q, reduction="sum", log_target=True)
@@ -47,17 +36,10 @@ def promptsrc_loss(
     text_weight: float,
     image_weight: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PromptSRC's objective (spec §2.3); returns ``(total, parts)``.
-
-    ``total = CE(logits, labels)                                    (mean over B)
-            + text_weight  * mean|text_features  - zs_text_features| (over C x D)
-            + image_weight * mean|image_features - zs_image_features| (over B x D)
-            + KL(p_zs || p_prompted) summed over B x C / (B * C)``
-
-    All features are expected L2-normalised; the ``zs_*`` inputs are frozen targets.
-    ``parts`` holds the four (weighted) terms under the keys ``ce``, ``scl_text``,
-    ``scl_image`` and ``scl_logits``, for logging.
-    """
+    """PromptSRC's objective (spec §2.3) on L2-normalised features, ``zs_*`` frozen targets:
+    ``CE (mean over B) + text_weight * consistency_l1(text) + image_weight *
+    consistency_l1(image) + logits_kl``; returns ``(total, parts)``, the weighted terms
+    ``ce``, ``scl_text``, ``scl_image``, ``scl_logits`` for logging."""
     parts = {
         "ce": F.cross_entropy(logits, labels),
         "scl_text": text_weight * consistency_l1(text_features, zs_text_features),
@@ -69,11 +51,8 @@ def promptsrc_loss(
 
 
 def gpa_weights(mean: float, std: float, num_epochs: int) -> list[float]:
-    """Gaussian Prompt Aggregation weights ``w_e`` for epochs e = 1..num_epochs.
-
-    ``w_e = N(e; mean, std)`` (the normal density), normalised so that ``sum(w) == 1``
-    (spec §2.4; e.g. mean 15, std 1, 20 epochs: w_13 .054, w_14 .242, w_15 .399).
-    """
+    """Gaussian Prompt Aggregation weights ``w_e = N(e; mean, std)`` for epochs 1..num_epochs,
+    normalised to sum 1 (spec §2.4; mean 15, std 1, 20 epochs: w_13 .054, w_14 .242, w_15 .399)."""
     if std <= 0:
         raise ValueError(f"GPA_STD must be > 0, got {std}")
     dens = [math.exp(-0.5 * ((e - mean) / std) ** 2) for e in range(1, num_epochs + 1)]
@@ -89,13 +68,9 @@ def gpa_weights(mean: float, std: float, num_epochs: int) -> list[float]:
 def kd_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """PromptKD's unlabeled distillation loss L_ukd (spec §3.4), before KD_WEIGHT.
-
-    ``KL(softmax(z_t/T) || softmax(z_s/T))`` summed over the batch and the classes, divided
-    by ``B * C`` (the number of logits, not the batch size), times ``T**2``. The official
-    per-dataset KD_WEIGHT (200 / 1000) is tuned for this normalisation.
-    Both inputs are (B, C) logits over the same classes; the result is a 0-dim tensor.
-    """
+    """PromptKD's unlabeled distillation loss L_ukd (spec §3.4), before KD_WEIGHT, of (B, C)
+    logits: ``KL(softmax(z_t/T) || softmax(z_s/T))`` summed over B x C, divided by ``B * C``
+    (not the batch size: the official KD_WEIGHT 200 / 1000 is tuned for it), times ``T**2``."""
     t = temperature
     log_p_student = F.log_softmax(student_logits / t, dim=1)
     p_teacher = F.softmax(teacher_logits / t, dim=1)

@@ -20,17 +20,10 @@ from dassl_ext.modeling import (
     ClipSizes,
     CoupledDeepPrompts,
     PromptedImageEncoder,
-    PromptedTextEncoder,
-    assemble_prompts,
     init_ctx_from_words,
 )
-from trainers.base import (
-    CLIPClassifier,
-    PromptTrainer,
-    l2_normalize,
-    register_prompt_buffers,
-    select_prompt_buffers,
-)
+from trainers.base import PromptTrainer, l2_normalize, register_prompt_buffers
+from trainers.vl_prompts import PromptLearnerCLIP, TextPromptLearner
 
 
 @register_config_extension
@@ -61,32 +54,22 @@ class MultiModalPromptLearner(CoupledDeepPrompts):
         # ctx first, then the coupling layers: the official construction (and RNG) order.
         ctx, prompt_prefix = init_ctx_from_words(clip_model, ctx_init, n_ctx, max_word_ctx=4)
         text_width = clip_model.ln_final.weight.shape[0]
-        vision_width = clip_model.visual.conv1.out_channels
-        super().__init__(n_ctx, depth, text_width, vision_width)
+        super().__init__(n_ctx, depth, text_width, clip_model.visual.conv1.out_channels)
         self.ctx = nn.Parameter(ctx)
-        self.prompt_prefix = prompt_prefix
         register_prompt_buffers(self, clip_model, classnames, prompt_prefix, n_ctx)
 
-    def forward(self, class_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text prompt embeddings (C', 77, D) and token ids (C', 77) of the selected classes."""
-        prefix, suffix, tokens = select_prompt_buffers(self, class_ids)
-        return assemble_prompts(prefix, self.ctx, suffix), tokens
+    forward = TextPromptLearner.forward
 
 
-class MaPLeCLIP(CLIPClassifier):
+class MaPLeCLIP(PromptLearnerCLIP):
     """CLIP whose two towers are prompted by one ``MultiModalPromptLearner``."""
 
-    def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str, depth: int):
-        super().__init__()
-        self.prompt_learner = MultiModalPromptLearner(
-            clip_model, classnames, n_ctx, ctx_init, depth
-        )
-        self.image_encoder = PromptedImageEncoder(clip_model.visual)  # prompts come from above
-        self.text_encoder = PromptedTextEncoder(clip_model)
-        self.logit_scale = clip_model.logit_scale
+    text_side = ("text_encoder",)  # a frozen MaPLe teacher's image side needs the learner
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.prompt_learner.parameters())
+    def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str, depth: int):
+        learner = MultiModalPromptLearner(clip_model, classnames, n_ctx, ctx_init, depth)
+        # The image encoder's prompts come from the learner.
+        super().__init__(clip_model, learner, PromptedImageEncoder(clip_model.visual))
 
     def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
         prompts, tokens = self.prompt_learner(class_ids)

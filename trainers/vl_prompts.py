@@ -1,10 +1,11 @@
-"""The CLIP with independent vision-language deep prompts (spec §1.2) that IVLP and
-PromptSRC train, and PromptKD's default teacher is: shared by those trainers, owned by none.
+"""The prompt learner and prompted CLIP that the prompt trainers share (owned by none), and
+the CLIP with independent vision-language deep prompts (spec §1.2) that IVLP and PromptSRC
+train and PromptKD's default teacher is.
 
-Its state-dict keys are the official ones: ``prompt_learner.ctx``, ``image_encoder.*``
-(incl. ``VPT`` and ``transformer.resblocks.{i}.VPT_shallow``), ``text_encoder.*`` and
-``logit_scale``. The token prefix/suffix buffers are not saved (non-persistent): they are
-rebuilt from the class names, so prompts trained on base classes evaluate on new ones.
+State-dict keys are the official ones: ``prompt_learner.ctx``, ``image_encoder.*`` (incl.
+``VPT`` and ``transformer.resblocks.{i}.VPT_shallow``), ``text_encoder.*``, ``logit_scale``.
+The token prefix/suffix buffers are not saved: they are rebuilt from the class names, so
+prompts trained on base classes evaluate on new ones.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from dassl_ext.config import Range, Rule
+from dassl_ext.engine import TeacherSupport
 from dassl_ext.modeling import (
     ClipSizes,
     PromptedImageEncoder,
@@ -23,6 +25,7 @@ from dassl_ext.modeling import (
 )
 from trainers.base import (
     CLIPClassifier,
+    PromptTrainer,
     l2_normalize,
     register_prompt_buffers,
     select_prompt_buffers,
@@ -32,14 +35,10 @@ from trainers.base import (
 def vl_prompt_section(n_ctx: int) -> CN:
     """The keys ``VLPromptCLIP.from_section`` reads (``TRAINER.IVLP`` / ``TRAINER.PROMPTSRC``),
     with the official defaults: ``n_ctx`` vision and text prompts, depth 9 in both towers."""
-    section = CN()
-    section.N_CTX_VISION = n_ctx
-    section.N_CTX_TEXT = n_ctx
-    section.CTX_INIT = "a photo of a"
-    section.PREC = "fp16"
-    section.PROMPT_DEPTH_VISION = 9
-    section.PROMPT_DEPTH_TEXT = 9
-    return section
+    return CN(
+        {"N_CTX_VISION": n_ctx, "N_CTX_TEXT": n_ctx, "CTX_INIT": "a photo of a", "PREC": "fp16",
+         "PROMPT_DEPTH_VISION": 9, "PROMPT_DEPTH_TEXT": 9}
+    )  # fmt: skip
 
 
 def vl_prompt_rules(prefix: str) -> list[Rule]:
@@ -58,32 +57,51 @@ def vl_prompt_model_rules(prefix: str, sizes: ClipSizes) -> list[Rule]:
     towers = [("TEXT", "text", sizes.text_layers), ("VISION", "vision", sizes.vision_layers)]
     note = "the {} layers of " + sizes.name
     return [
-        Range(f"{prefix}.PROMPT_DEPTH_{key}", 0, n, integer=True, note=note.format(tower))
-        for key, tower, n in towers
+        Range(f"{prefix}.PROMPT_DEPTH_{key}", 0, n, integer=True, note=note.format(t))
+        for key, t, n in towers
         if n is not None
     ]
 
 
-class VLPromptLearner(nn.Module):
-    """Layer-0 text context ``ctx`` (n, D_text) and the per-class token buffers."""
+class TextPromptLearner(nn.Module):
+    """Layer-0 text context ``ctx``, shared (n, D) or per class (C, n, D), and the per-class
+    token buffers (``register_prompt_buffers``)."""
 
-    def __init__(self, clip_model, classnames: list[str], n_ctx: int, ctx_init: str):
+    def __init__(self, clip_model, classnames: list[str], ctx: torch.Tensor, prompt_prefix: str):
         super().__init__()
-        ctx, prefix = init_ctx_from_words(clip_model, ctx_init, n_ctx, max_word_ctx=4)
         self.ctx = nn.Parameter(ctx)  # fp32 master weights at every precision
-        self.prompt_prefix = prefix
-        register_prompt_buffers(self, clip_model, classnames, prefix, ctx.shape[0])
+        register_prompt_buffers(self, clip_model, classnames, prompt_prefix, ctx.shape[-2])
 
     def forward(self, class_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt embeddings (C', 77, D) and token ids (C', 77) of the selected classes."""
         prefix, suffix, tokens = select_prompt_buffers(self, class_ids)
-        return assemble_prompts(prefix, self.ctx, suffix), tokens
+        ctx = self.ctx if class_ids is None or self.ctx.dim() == 2 else self.ctx[class_ids]
+        return assemble_prompts(prefix, ctx, suffix), tokens
 
 
-class VLPromptCLIP(CLIPClassifier):
-    """CLIP with independent deep prompts in both towers (IVLP, PromptSRC, PromptKD teacher)."""
+class PromptLearnerCLIP(CLIPClassifier):
+    """Frozen CLIP whose class vectors come from ``prompt_learner`` through ``text_encoder``
+    (default: CLIP's towers without prompts); learns the prompt learner's parameters."""
 
     text_side = ("text_encoder", "prompt_learner")
+
+    def __init__(self, clip_model, prompt_learner: nn.Module, image=None, text=None):
+        super().__init__()
+        self.image_encoder = clip_model.visual if image is None else image
+        self.text_encoder = PromptedTextEncoder(clip_model) if text is None else text
+        self.prompt_learner = prompt_learner
+        self.logit_scale = clip_model.logit_scale
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.prompt_learner.parameters())
+
+    def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised prompted text features (C', E)."""
+        return l2_normalize(self.text_encoder(*self.prompt_learner(class_ids)))
+
+
+class VLPromptCLIP(PromptLearnerCLIP):
+    """CLIP with independent deep prompts in both towers (IVLP, PromptSRC, PromptKD teacher)."""
 
     def __init__(
         self,
@@ -95,24 +113,20 @@ class VLPromptCLIP(CLIPClassifier):
         depth_text: int,
         ctx_init: str,
     ):
-        super().__init__()
-        self.image_encoder = PromptedImageEncoder(clip_model.visual, n_ctx_vision, depth_vision)
-        self.text_encoder = PromptedTextEncoder(clip_model, n_ctx_text, depth_text)
-        self.prompt_learner = VLPromptLearner(clip_model, classnames, n_ctx_text, ctx_init)
-        self.logit_scale = clip_model.logit_scale
+        # The construction order (and so the RNG's) of the official code.
+        image = PromptedImageEncoder(clip_model.visual, n_ctx_vision, depth_vision)
+        text = PromptedTextEncoder(clip_model, n_ctx_text, depth_text)
+        ctx = init_ctx_from_words(clip_model, ctx_init, n_ctx_text, max_word_ctx=4)
+        super().__init__(clip_model, TextPromptLearner(clip_model, classnames, *ctx), image, text)
 
     @classmethod
     def from_section(cls, section: CN, classnames: list[str], clip_model) -> VLPromptCLIP:
         """The model configured by ``TRAINER.IVLP`` or ``TRAINER.PROMPTSRC``."""
+        s = section
         return cls(
-            clip_model,
-            classnames,
-            n_ctx_vision=section.N_CTX_VISION,
-            n_ctx_text=section.N_CTX_TEXT,
-            depth_vision=section.PROMPT_DEPTH_VISION,
-            depth_text=section.PROMPT_DEPTH_TEXT,
-            ctx_init=section.CTX_INIT,
-        )
+            clip_model, classnames, s.N_CTX_VISION, s.N_CTX_TEXT, s.PROMPT_DEPTH_VISION,
+            s.PROMPT_DEPTH_TEXT, s.CTX_INIT,
+        )  # fmt: skip
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """ctx, the layer-0 visual prompt and the deep prompts of both towers."""
@@ -121,7 +135,18 @@ class VLPromptCLIP(CLIPClassifier):
             params.append(self.image_encoder.VPT)
         return params + self.image_encoder.deep_prompts() + self.text_encoder.deep_prompts()
 
-    def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised prompted text features (C', E)."""
-        prompts, tokens = self.prompt_learner(class_ids)
-        return l2_normalize(self.text_encoder(prompts, tokens))
+
+class VLPromptTrainer(PromptTrainer):
+    """Trains a ``VLPromptCLIP`` configured by ``TRAINER.<prec_section>`` (IVLP, PromptSRC);
+    registered "VLPromptLearner", as official, and a teacher for PromptKD."""
+
+    model_name = "VLPromptLearner"
+    frozen_teacher = TeacherSupport(default_model_name="VLPromptLearner")
+
+    @classmethod
+    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> VLPromptCLIP:
+        return VLPromptCLIP.from_section(cfg.TRAINER[cls.prec_section], classnames, clip_model)
+
+    @classmethod
+    def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:
+        return vl_prompt_model_rules(f"TRAINER.{cls.prec_section}", sizes)

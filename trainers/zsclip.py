@@ -1,9 +1,6 @@
-"""Zero-shot CLIP (spec §4): no training; class vectors from hand-written templates.
-
-Run with ``--eval-only`` and a CoOp config (its ``TRAINER.COOP.PREC`` and backbone apply),
-as the official ``scripts/zsclip/zeroshot.sh``. The text features are computed once, on
-the device, when the trainer is built.
-"""
+"""Zero-shot CLIP (spec §4): no training; class vectors from hand-written templates,
+computed once on the device when the trainer is built. Run with ``--eval-only`` and a CoOp
+config (its ``TRAINER.COOP.PREC`` and backbone apply), as the official ``zeroshot.sh``."""
 
 from __future__ import annotations
 
@@ -51,7 +48,6 @@ class ZeroshotModel(CLIPClassifier):
 
     @torch.no_grad()
     def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised class vectors (C', E), computed once."""
         if self._text is None:
             device = self.token_embedding.weight.device
             names = [c.replace("_", " ") for c in self.classnames]
@@ -94,16 +90,14 @@ class ZeroshotCLIP(TrainerX):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        """Before any work (called by ``validate_config``): INPUT.SIZE against the backbone's
-        input resolution, read from its weights."""
+        """Before any work: INPUT.SIZE against the backbone's, read from its weights."""
         check_clip_model(cfg, "MODEL.BACKBONE.NAME")
 
     def build_model(self) -> None:
-        cfg = self.cfg
-        logger.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
-        self.model = self.build_frozen_model(
-            cfg, list(self.classnames), cfg.MODEL.BACKBONE.NAME, None
-        ).to(self.device)
+        backbone = self.cfg.MODEL.BACKBONE.NAME
+        logger.info(f"Loading CLIP (backbone: {backbone})")
+        self.model = self.build_frozen_model(self.cfg, self.classnames, backbone, None)
+        self.model.to(self.device)
         cast_frozen_weights(self.model, self.prec.weight_dtype)
         with self.prec.autocast():
             self.model.text_features()  # once, now
@@ -120,8 +114,8 @@ class ZeroshotCLIP(TrainerX):
 @TRAINER_REGISTRY.register()
 class ZeroshotCLIP2(ZeroshotCLIP):
     """Zero-shot CLIP with an ensemble: the 7 selected ImageNet templates plus the dataset's
-    own (except for ImageNet), averaged after normalisation. The shared template list is
-    not mutated (official bug 19)."""
+    own (except for ImageNet), averaged after normalisation (without mutating the shared
+    list: official bug 19)."""
 
     @classmethod
     def templates(cls, cfg) -> list[str]:
