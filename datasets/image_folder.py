@@ -8,8 +8,11 @@ Keys (``DATASET.IMAGE_FOLDER``; relative paths are relative to ``DATASET.ROOT``)
 - ``CLASSNAMES_FILE``: UTF-8 text, one class per line, in label order. A line is
   ``name`` or ``name<TAB>prompt``, the prompt holding ``{}`` once where the name goes
   (``golden retriever<TAB>a photo of a {}, a type of dog.``); lines starting with ``#``
-  are comments. Names must differ in more than case, spaces and underscores (CLIP's
-  tokenizer would give them the same prompt).
+  are comments. A prompt replaces the template(s) of zero-shot CLIP (ZeroshotCLIP,
+  ZeroshotCLIP2, and PromptKD's ZeroshotCLIP teacher) for that class (``class_prompts``);
+  prompt-tuned trainers learn their own context and read the names only. Names must
+  differ in more than case, spaces and underscores (CLIP's tokenizer would give them the
+  same prompt).
 - ``EVAL_DIR`` (optional): labeled images, one sub-folder per class named exactly as in
   the class file. Per class, a fixed 20% (at most all but one image) is val, the rest test.
   Without it nothing can be evaluated: set ``TEST.NO_TEST True`` to train (and export).
@@ -297,10 +300,10 @@ class ImageFolder(DatasetBase):
                 cfg.TRAINER.NAME,
             )
         entries = read_class_file(self.class_file)
-        prompts = dict(entries)
         names = _label_order([n for n, _ in entries], cfg.DATASET.IMAGE_FOLDER.BASE_CLASSES,
                              self.class_file)  # fmt: skip
-        self.prompts = [prompts[n] for n in names]  # per label; None: the trainer's template
+        # the prompts of the file (zero-shot CLIP's class texts); others: the trainer's template
+        self.class_prompts = {n: p for n, p in entries if p}
         train = _images_in(self.train_dir, "TRAIN_DIR")
         if len(train) < len(names):
             raise UserError(

@@ -71,7 +71,7 @@ def folders(tmp_path):
 def test_reads_folders_and_class_file(tmp_path, folders):
     ds = build(tmp_path, folders, "DATASET.EVAL_SPLITS", "base_new")
     assert ds.classnames == ["zero", "one", "two", "three"] and ds.num_classes == 4
-    assert ds.prompts == [None, "a photo of the digit {}.", None, "a handwritten {}."]
+    assert ds.class_prompts == {"one": "a photo of the digit {}.", "three": "a handwritten {}."}
     # 12 unlabeled images, sorted by path, with placeholder labels i mod 4
     assert len(ds.train_x) == 12
     paths = [d.impath for d in ds.train_x]
@@ -136,7 +136,7 @@ def test_base_classes_list_orders_labels(tmp_path, folders):
     ds = build(tmp_path, folders, "DATASET.EVAL_SPLITS", "base_new",
                f"{SECTION}.BASE_CLASSES", "['three', 'one']")  # fmt: skip
     assert ds.classnames == ["one", "three", "zero", "two"]  # base first, file order
-    assert ds.prompts[:2] == ["a photo of the digit {}.", "a handwritten {}."]
+    assert ds.class_prompts == {"one": "a photo of the digit {}.", "three": "a handwritten {}."}
     base = ds.eval_splits["base"]
     assert {d.classname for d in base.items} == {"one", "three"}
 

@@ -135,7 +135,7 @@ class PromptKD(TrainerX):
     # ------------------------------------------------------------------ building
     def build_model(self) -> None:
         cfg, pk = self.cfg, self.cfg.TRAINER.PROMPTKD
-        self.teacher_spec = resolve_teacher(cfg, self.device, self.classnames)
+        self.teacher_spec = resolve_teacher(cfg, self.device, self.classnames, self.class_prompts)
         self.teacher: FrozenTeacher | None = None  # built with the text features, else later
         text_features = self._class_text_features()
         teacher_dim = (
@@ -189,6 +189,8 @@ class PromptKD(TrainerX):
             text_features = teacher_text_features(self.teacher, n_classes, spec.precision)
             if is_main_process():
                 meta = {"classnames": list(self.classnames), "teacher": spec.trainer}
+                if spec.class_prompts:
+                    meta["class_prompts"] = list(spec.class_prompts)
                 save_cached_text_features(spec, text_features, meta)
         self.teacher.drop_text_tower()
         return text_features

@@ -4,6 +4,11 @@ It is built by the trainer that trained it (``TRAINER.PROMPTKD.TEACHER_TRAINER``
 declares how it teaches (``TeacherSupport``), and never trained: its CLIP weights are read
 straight into its own dtype. Its text features for all classes are computed once, cached on
 disk under a key of everything they depend on, and the text tower dropped (spec §3.4, §7.10).
+
+A dataset's own per-class prompts (``class_prompts``) reach a zero-shot teacher only
+(``TeacherSupport.needs_checkpoint`` False: its class vectors come from hand-written prompts):
+its ``build_frozen_model`` then takes them as the keyword ``class_prompts``, and they are part
+of the cache key. A prompt-tuned teacher learned its own context and reads class names only.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class TeacherSpec:
     precision: Precision
     cache_dir: str  # the text-feature cache folder
     cache_key: str | None  # its entry for this teacher and these classes
+    # per class the dataset's own prompt or None (zero-shot teachers); None: there are none
+    class_prompts: tuple[str | None, ...] | None = None
 
     @property
     def available(self) -> bool:
@@ -74,11 +81,29 @@ class TeacherSpec:
         return int(read_clip_state_dict(self.clip_file, mmap=True)["text_projection"].shape[1])
 
 
-def resolve_teacher(cfg, device: torch.device, classnames: list[str]) -> TeacherSpec:
-    """The teacher ``cfg.TRAINER.PROMPTKD`` names, for these classes on ``device``."""
+def resolve_teacher(
+    cfg,
+    device: torch.device,
+    classnames: list[str],
+    class_prompts: list[str | None] | None = None,
+) -> TeacherSpec:
+    """The teacher ``cfg.TRAINER.PROMPTKD`` names, for these classes on ``device``;
+    ``class_prompts``: per class the dataset's own prompt or None (zero-shot teachers)."""
     pk = cfg.TRAINER.PROMPTKD
     cls = teacher_trainer(pk.TEACHER_TRAINER)
     support = cls.frozen_teacher
+    prompts = tuple(class_prompts) if class_prompts and any(class_prompts) else None
+    if prompts and support.needs_checkpoint:
+        logger.info(
+            f"The dataset's own class prompts are not used by the {pk.TEACHER_TRAINER} teacher "
+            "(it learned its own prompt context; only a zero-shot teacher reads them)."
+        )
+        prompts = None
+    elif prompts:
+        logger.info(
+            f"The {pk.TEACHER_TRAINER} teacher uses the dataset's own prompt for "
+            f"{sum(map(bool, prompts))} of {len(prompts)} classes (the template for the others)"
+        )
     # TEACHER_PREC, else PREC; bf16 runs fp32 (one warning) without native bf16
     precision = resolve_frozen_precision(str(pk.TEACHER_PREC).lower() or pk.PREC, device)
     checkpoint, where = teacher_checkpoint(pk.TEACHER_CKPT, pk.TEACHER_TRAINER, support,
@@ -94,13 +119,17 @@ def resolve_teacher(cfg, device: torch.device, classnames: list[str]) -> Teacher
         ckpt_sha = file_digest(checkpoint, store) if checkpoint else None
         section = cfg.TRAINER.get(pk.TEACHER_TRAINER.upper())  # prompt length/depth ...
         section = section.dump() if section is not None else None
-        key = text_feature_key({
+        parts = {
             "trainer": pk.TEACHER_TRAINER, "section": section,
             "backbone": pk.TEACHER_NAME, "clip_sha256": clip_sha, "checkpoint_sha256": ckpt_sha,
             "classnames": list(classnames), "compute": f"{device.type}-{precision.effective}",
-        })  # fmt: skip
+        }  # fmt: skip
+        if prompts:  # only then: the keys of runs without them stay what they were
+            parts["class_prompts"] = list(prompts)
+        key = text_feature_key(parts)
     return TeacherSpec(pk.TEACHER_TRAINER, cls, support, pk.TEACHER_NAME, checkpoint, where,
-                       clip_file, ckpt_sha, clip_sha, precision, cache_dir, key)  # fmt: skip
+                       clip_file, ckpt_sha, clip_sha, precision, cache_dir, key,
+                       prompts)  # fmt: skip
 
 
 def teacher_trainers() -> list[str]:
@@ -229,9 +258,11 @@ def build_frozen_teacher(cfg, spec: TeacherSpec, classnames: list[str]) -> Froze
     )
     # The teacher's own prompt initialisation must not shift the student's random stream:
     # a cache hit (no teacher built before the student) must give the same student.
+    # only a zero-shot teacher gets class prompts (resolve_teacher): the others' signature
+    extra = {"class_prompts": list(spec.class_prompts)} if spec.class_prompts else {}
     with torch.random.fork_rng(devices=[]), clip_weight_dtype(spec.precision.weight_dtype):
         teacher = spec.trainer_cls.build_frozen_model(
-            cfg, list(classnames), spec.backbone, spec.checkpoint
+            cfg, list(classnames), spec.backbone, spec.checkpoint, **extra
         )
     if not isinstance(teacher, FrozenTeacher):
         raise TypeError(f"{spec.trainer}.build_frozen_model returned no FrozenTeacher.")

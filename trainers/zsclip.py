@@ -19,6 +19,7 @@ from dassl_ext.modeling import (
     load_clip,
     tokenize_class_prompts,
 )
+from dassl_ext.modeling.text_prompts import CONTEXT_LENGTH, token_count
 from trainers.base import CLIPClassifier, check_clip_model, l2_normalize
 
 logger = logging.getLogger(__name__)
@@ -31,32 +32,82 @@ def custom_template(dataset_name: str) -> str:
     return CUSTOM_TEMPLATES.get(dataset_name, "a photo of a {}.")
 
 
+def log_class_prompts(classnames: list[str], class_prompts: list[str | None] | None) -> None:
+    """Say which classes use the dataset's own prompt instead of the template(s)."""
+    own = [(name, p) for name, p in zip(classnames, class_prompts or []) if p]
+    if own:
+        shown = "; ".join(f"{name!r}: {p!r}" for name, p in own[:3])
+        more = f"; and {len(own) - 3} more" if len(own) > 3 else ""
+        logger.info(
+            f"{len(own)} of {len(classnames)} classes use the dataset's own prompt instead of "
+            f"the template(s): {shown}{more}"
+        )
+
+
 class ZeroshotModel(CLIPClassifier):
     """Frozen CLIP whose class vectors are the normalised mean of the normalised features of
-    ``templates`` (one template: plain zero-shot CLIP)."""
+    ``templates`` (one template: plain zero-shot CLIP). ``class_prompts`` (one per class, "{}"
+    for the name, or None): a class's own prompt replaces every template, so its vector is
+    that one prompt's."""
 
     text_side = ("text_encoder", "token_embedding")
 
-    def __init__(self, clip_model, classnames: list[str], templates: list[str]):
+    def __init__(
+        self,
+        clip_model,
+        classnames: list[str],
+        templates: list[str],
+        class_prompts: list[str | None] | None = None,
+    ):
         super().__init__()
         self.image_encoder = clip_model.visual
         self.text_encoder = PromptedTextEncoder(clip_model)
         self.token_embedding = clip_model.token_embedding
         self.logit_scale = clip_model.logit_scale
         self.classnames, self.templates = list(classnames), list(templates)
+        self.class_prompts = list(class_prompts or [None] * len(self.classnames))
+        if len(self.class_prompts) != len(self.classnames):
+            raise ValueError(
+                f"{len(self.class_prompts)} class prompts for {len(self.classnames)} classes."
+            )
         self._text: torch.Tensor | None = None  # cached on first use (on the model's device)
+
+    def _encode(self, template: str | None, ids: list[int]) -> torch.Tensor:
+        """Normalised features of classes ``ids``, each in ``template`` (None: its own prompt)."""
+        names = [self.classnames[i] for i in ids]
+        prompts = [
+            (template or self.class_prompts[i]).format(name.replace("_", " "))
+            for i, name in zip(ids, names)
+        ]
+        if template is None:
+            for i, prompt in zip(ids, prompts):
+                if token_count(prompt) > CONTEXT_LENGTH:
+                    raise UserError(
+                        f"Class {i} {self.classnames[i]!r}: its own prompt {prompt!r} is "
+                        f"{token_count(prompt)} tokens, and CLIP's text encoder reads at most "
+                        f"{CONTEXT_LENGTH}; shorten it in the dataset's class file."
+                    )
+        tokens = tokenize_class_prompts(prompts, names).to(self.token_embedding.weight.device)
+        return l2_normalize(self.text_encoder(self.token_embedding(tokens), tokens))
 
     @torch.no_grad()
     def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
         if self._text is None:
-            device = self.token_embedding.weight.device
-            names = [c.replace("_", " ") for c in self.classnames]
-            feats = []
-            for template in self.templates:
-                prompts = [template.format(n) for n in names]
-                tokens = tokenize_class_prompts(prompts, self.classnames).to(device)
-                feats.append(l2_normalize(self.text_encoder(self.token_embedding(tokens), tokens)))
-            self._text = l2_normalize(torch.stack(feats).float().mean(dim=0))
+            own = [i for i, p in enumerate(self.class_prompts) if p]
+            rest = [i for i, p in enumerate(self.class_prompts) if not p]
+            text = torch.empty(0)
+            if rest:
+                feats = [self._encode(t, rest) for t in self.templates]
+                text = l2_normalize(torch.stack(feats).float().mean(dim=0))
+            if own:  # one prompt: as one template (its normalised feature, normalised again)
+                own_text = l2_normalize(self._encode(None, own).float())
+                if not rest:
+                    text = own_text
+                else:
+                    full = text.new_empty(len(self.classnames), text.shape[1])
+                    full[rest], full[own] = text, own_text
+                    text = full
+            self._text = text
         return self._text if class_ids is None else self._text[class_ids.to(self._text.device)]
 
     def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,13 +130,20 @@ class ZeroshotCLIP(TrainerX):
 
     @classmethod
     def build_frozen_model(
-        cls, cfg, classnames: list[str], backbone: str, checkpoint: str | None
+        cls,
+        cfg,
+        classnames: list[str],
+        backbone: str,
+        checkpoint: str | None,
+        class_prompts: list[str | None] | None = None,
     ) -> ZeroshotModel:
-        """Zero-shot CLIP for ``classnames`` (frozen, eval, CPU fp32); nothing to load."""
+        """Zero-shot CLIP for ``classnames`` (frozen, eval, CPU fp32); nothing to load.
+        ``class_prompts``: per class its own prompt ("{}" for the name), or None: the
+        template(s)."""
         if checkpoint:
             raise UserError(f"{cls.__name__} has no weights to load; got checkpoint {checkpoint}.")
         clip_model = load_clip(backbone, clip_root_from_cfg(cfg))
-        model = ZeroshotModel(clip_model, classnames, cls.templates(cfg))
+        model = ZeroshotModel(clip_model, classnames, cls.templates(cfg), class_prompts)
         return model.requires_grad_(False).eval()
 
     @classmethod
@@ -96,7 +154,10 @@ class ZeroshotCLIP(TrainerX):
     def build_model(self) -> None:
         backbone = self.cfg.MODEL.BACKBONE.NAME
         logger.info(f"Loading CLIP (backbone: {backbone})")
-        self.model = self.build_frozen_model(self.cfg, self.classnames, backbone, None)
+        log_class_prompts(self.classnames, self.class_prompts)
+        self.model = self.build_frozen_model(
+            self.cfg, self.classnames, backbone, None, self.class_prompts
+        )
         self.model.to(self.device)
         cast_frozen_weights(self.model, self.prec.weight_dtype)
         with self.prec.autocast():

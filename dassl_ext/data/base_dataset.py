@@ -63,6 +63,7 @@ class DatasetBase:
     classname_fixes: dict[str, str] = {}  # applied to every class name that was read
     download_name: str = ""  # argument of scripts/download_data.py ("" if not downloadable)
     has_val_split: bool = True  # False: its files hold no validation images (ImageNet)
+    class_prompts: dict[str, str] | None = None  # {class name: its own prompt, "{}" for the name}
 
     # Dassl's static helpers, under their usual names for read_raw().
     split_trainval = staticmethod(split_trainval)

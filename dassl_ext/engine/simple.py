@@ -77,6 +77,10 @@ class SimpleTrainer(TrainerBase):
         self.train_loader_x = dm.train_loader_x
         self.eval_loaders: dict[str, Any] = dict(dm.eval_loaders)
         self.num_classes, self.classnames = dm.num_classes, dm.classnames
+        # Per class, the dataset's own prompt ("{}" for the name) or None; None if it has none.
+        own = getattr(dm.dataset, "class_prompts", None) or {}
+        prompts = [own.get(name) for name in self.classnames]
+        self.class_prompts: list[str | None] | None = prompts if any(prompts) else None
         if is_main_process():
             dm.show_dataset_summary()
 
