@@ -2,6 +2,7 @@
 
 import csv
 import importlib.util
+import json
 import math
 import os
 import statistics
@@ -393,3 +394,25 @@ def test_demo_table_takes_the_seeds_asked_for(tmp_path, capsys):
     with pytest.raises(SystemExit):
         demo.main([f"kd={tmp_path / 'nope'}"])
     assert "is not a folder (row 'kd')" in capsys.readouterr().err
+
+
+def test_a_run_trained_without_evaluation_is_left_out_with_a_warning(tmp_path, caplog, capsys):
+    """TEST.NO_TEST: its results.json (``"no_test": true``, no splits) only records that the
+    run finished; tables, demo rows and plots leave it out and say why."""
+    b2n_tree(tmp_path, {"EuroSAT": B2N["EuroSAT"]})
+    untested = tmp_path / "PromptKD" / "EuroSAT" / "nolabels"
+    untested.mkdir()
+    record = {"trainer": "PromptKD", "dataset": "ImageFolder", "seed": 1, "config_hash": "h7",
+              "splits": {}, "selection": None, "no_test": True}  # fmt: skip
+    (untested / "results.json").write_text(json.dumps(record))
+    (tables,) = summarize(str(tmp_path))
+    assert [r.dataset for r in tables.rows] == ["EuroSAT"] and tables.rows[0].seeds == [1, 2, 3]
+    assert f"{untested} was trained without evaluation (TEST.NO_TEST)" in caplog.text
+    assert _script("parse_results").main([str(tmp_path)]) == 0
+    assert "EuroSAT" in capsys.readouterr().out
+    assert "92.00" in _script("demo_table").main([f"kd={tmp_path}", "--seeds", "1", "2"])
+    assert _script("plot_results").main([str(tmp_path), "--out-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    # only such a run: nothing to tabulate, said as for an empty tree (not a traceback)
+    assert _script("parse_results").main([str(untested)]) == 1
+    assert capsys.readouterr().out.startswith("error: no results.json or Dassl log.txt")

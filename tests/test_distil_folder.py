@@ -82,12 +82,13 @@ def test_unlabeled_folder_trains_and_exports_without_a_table_and_reruns(
     assert export.is_file() and f"predict.py -m {export}" in run.stdout.splitlines()[-1]
     assert not (out / "eval").exists() and not (out / "table.md").exists()
     assert "Base / new / HM" not in run.stdout and "|" not in run.stdout
-    # Re-run: nothing trained again (the finished run is resumed at its last epoch: a run
-    # without a test writes no results.json to skip on), the export is kept.
+    # Re-run: nothing trained or built again (the run trained without a test still wrote
+    # its results.json, with no splits, so --skip-finished skips it), the export is kept.
     checkpoint = out / "student" / "seed1" / "VLPromptLearner" / "model.pth.tar-1"
     stamps = {p: p.stat().st_mtime_ns for p in (checkpoint, export)}
     again = distil(tmp_path, *args, clip_root=tiny_clip_root, ONNX="0")
     assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Done, skipped: {out / 'student' / 'seed1'} already holds a run" in again.stdout
     assert f"{export} is newer than {checkpoint}; kept" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert sorted(os.listdir(checkpoint.parent)) == ["checkpoint", "model.pth.tar-1"]

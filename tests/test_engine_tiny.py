@@ -205,7 +205,11 @@ def test_base_new_splits_use_eval_class_ids(tiny):
 def test_no_test_skips_evaluation(tiny):
     root, out = tiny
     assert train.main(tiny_argv(root, out, "TEST.NO_TEST", "True", epochs=1)) == 0
-    assert not os.path.exists(os.path.join(out, "results.json"))
+    with open(os.path.join(out, "results.json")) as f:  # the record that it finished
+        res = json.load(f)
+    assert res["splits"] == {} and res["no_test"] is True and res["trainer"] == "TinyEngineTrainer"
+    with open(os.path.join(out, "log.txt")) as f:
+        assert "* accuracy:" not in f.read()  # nothing evaluated
     assert os.path.exists(os.path.join(out, "TinyNet", "model.pth.tar-1"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -205,6 +206,38 @@ def test_skip_finished(finished, capsys):
     fresh = out + "_fresh"
     assert train.main(tiny_argv(root, fresh, flags=skip)) == 0
     assert os.path.isfile(os.path.join(fresh, "results.json"))
+
+
+def test_skip_finished_skips_a_run_trained_without_evaluation(tiny, capsys, caplog, monkeypatch):  # noqa: F811,E501
+    """TEST.NO_TEST: results.json without splits is the record that the run finished, so a
+    re-run with --skip-finished builds nothing; an --eval-only there still evaluates."""
+    root, out = tiny
+    no_test = (*CKPT_EVERY_EPOCH, "TEST.NO_TEST", "True")
+    assert train.main(tiny_argv(root, out, *no_test)) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+
+    def never(cfg):
+        raise AssertionError("built a trainer for a finished run")
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "build_trainer", never)
+        assert train.main(tiny_argv(root, out, *no_test, flags=("--skip-finished",))) == 0
+    assert capsys.readouterr().out == (
+        f"Done, skipped: {out} already holds a run of this configuration trained to the end, "
+        "without evaluation (TEST.NO_TEST; results.json).\n"
+    )
+    assert snapshot(out) == before
+    # the tables leave it out, with a warning saying why
+    from dassl_ext.reporting.aggregate import collect_runs, summarize
+
+    assert collect_runs(os.path.dirname(out)) == [] and summarize(out) == []
+    assert f"{out} was trained without evaluation (TEST.NO_TEST): no results" in caplog.text
+    # asking for an evaluation (the same configuration) is not answered by that record
+    evaluate = ("--eval-only", "--model-dir", out, "--skip-finished")
+    assert train.main(tiny_argv(root, out, *no_test, flags=evaluate)) == 0
+    with open(os.path.join(out, "results.json")) as f:
+        assert set(json.load(f)["splits"]) == {"test"}
 
 
 def test_finished_folder_takes_a_re_evaluation_of_its_own_config_only(finished, capsys):

@@ -4,8 +4,9 @@
 an honest record: ``--eval-only`` of untrained weights (no ``--model-dir``, or one without
 checkpoints); a folder locked by another live run; a folder whose ``results.json`` came from
 a configuration that changes results (with ``--skip-finished`` the same configuration is
-reported done); training over checkpoints without ``--resume``; ``--resume`` of nothing, or
-with a configuration that changes results. Under torchrun rank 0 locks and reads the folder
+reported done, a training run that finished under TEST.NO_TEST too: its record has no
+splits); training over checkpoints without ``--resume``; ``--resume`` of nothing, or with a
+configuration that changes results. Under torchrun rank 0 locks and reads the folder
 and the others receive its decision, so all stop (or go on) together. The folder's record,
 ``config.yaml``, is written by :func:`write_config`.
 """
@@ -34,6 +35,10 @@ from dassl_ext.utils.run_lock import (
 logger = logging.getLogger(__name__)
 
 SKIPPED = "Done, skipped: {out} already holds the results of this configuration (results.json)."
+SKIPPED_UNTESTED = (
+    "Done, skipped: {out} already holds a run of this configuration trained to the end, "
+    "without evaluation (TEST.NO_TEST; results.json)."
+)
 
 
 @dataclass
@@ -157,7 +162,11 @@ def _check_folder(cfg: Any, args: Any, out: str) -> tuple[str | None, list[str]]
                 f"another --output-dir, or delete {out} to run this configuration there."
             )
         if getattr(args, "skip_finished", False):
-            return SKIPPED.format(out=out), notes
+            untested = trained_without_evaluation(_read_record(results))
+            if not untested:
+                return SKIPPED.format(out=out), notes
+            if not args.eval_only:  # an evaluation asked for is not done by such a record
+                return SKIPPED_UNTESTED.format(out=out), notes
     if args.eval_only or args.no_train:
         return None, notes
     if not cfg.RESUME:
@@ -218,6 +227,13 @@ def _differences_from_run(run: str, cfg: Any, notes: list[str]) -> list[tuple[st
     return diffs
 
 
+def _read_record(path: str) -> Any:
+    try:
+        return read_results(path)
+    except (OSError, ValueError):
+        return None
+
+
 def _results_damage(path: str) -> str | None:
     """Why the ``results.json`` at ``path`` is not a run's record (a phrase), or None."""
     if not os.path.isfile(path):
@@ -227,9 +243,15 @@ def _results_damage(path: str) -> str | None:
     except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError included
         return f"is truncated or not JSON ({type(e).__name__})"
     splits = record.get("splits") if isinstance(record, dict) else None
-    if not (isinstance(splits, dict) and splits):
+    if not (isinstance(splits, dict) and (splits or trained_without_evaluation(record))):
         return "holds no results (no splits)"
     return None
+
+
+def trained_without_evaluation(record: Any) -> bool:
+    """Whether a results.json record is that of a run that trained to the end under
+    TEST.NO_TEST: ``"no_test": true`` and no splits."""
+    return isinstance(record, dict) and record.get("no_test") is True and not record.get("splits")
 
 
 def _hint(diffs: list[tuple[str, Any, Any]], cfg: Any) -> str:

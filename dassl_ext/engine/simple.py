@@ -123,6 +123,8 @@ class SimpleTrainer(TrainerBase):
             else:
                 logger.info("Deploy the last-epoch model")
             self.test()
+        elif is_main_process():  # the record that it trained to the end (--skip-finished)
+            self.write_results({})
         super().after_train()  # the hooks
         elapsed = datetime.timedelta(seconds=round(time.time() - self.time_start))
         logger.info(f"Elapsed: {elapsed}")
@@ -191,7 +193,9 @@ class SimpleTrainer(TrainerBase):
         return float(results[splits[0]]["accuracy"])
 
     def write_results(self, results: dict[str, dict]) -> None:
-        """Merge the given split results into ``<output>/results.json``."""
+        """Merge the given split results into ``<output>/results.json``. Under TEST.NO_TEST the
+        record says ``"no_test": true``; a run that trained without evaluation writes it with
+        no splits (``{}``), so that ``--skip-finished`` knows it finished."""
         from dassl_ext.evaluation import config_hash, write_results
 
         cfg = self.cfg
@@ -219,6 +223,7 @@ class SimpleTrainer(TrainerBase):
                 for name, r in results.items()
             },
             "selection": selection,
+            **({"no_test": True} if cfg.TEST.NO_TEST else {}),
             **self.results_provenance(),
         }
         write_results(os.path.join(self.output_dir, "results.json"), record)

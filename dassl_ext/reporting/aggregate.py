@@ -158,7 +158,8 @@ def run_from_record(record: dict, path: str) -> Run:
 
 def read_run_record(path: str) -> dict:
     """One results.json: its ``splits`` each with a numeric ``accuracy``, ``seed`` an integer
-    or null; else a UserError naming the file (a table must not lose a seed quietly)."""
+    or null; else a UserError naming the file (a table must not lose a seed quietly). The
+    record of a run trained without evaluation (``"no_test": true``) may have no splits."""
     fix = "re-run that run (delete its folder first) or move the file out of the tree"
     try:
         record = read_results(path)
@@ -169,6 +170,8 @@ def read_run_record(path: str) -> dict:
     except OSError as e:
         raise UserError(f"Cannot read {path} ({e.strerror or e}); check its permissions.") from None
     splits = record.get("splits") if isinstance(record, dict) else None
+    if splits == {} and record.get("no_test") is True:
+        return record  # trained without evaluation (TEST.NO_TEST): no result to check
     if not isinstance(splits, dict) or not splits:
         raise UserError(f"{path} is not a results file: it has no 'splits' with results; {fix}.")
     for name, value in splits.items():
@@ -186,7 +189,8 @@ def read_run_record(path: str) -> dict:
 def collect_runs(root: str, reference: Reference | None = None) -> list[Run]:
     """Every run under ``root``: results.json, else the newest parsable Dassl log. A corrupt
     results.json is a UserError; a run of ours without one (unfinished: it has a config.yaml)
-    and a Dassl log without a result are left out with a warning naming them."""
+    or trained without evaluation (TEST.NO_TEST: no splits), and a Dassl log without a
+    result, are left out with a warning naming them."""
     runs: list[Run] = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
@@ -194,6 +198,11 @@ def collect_runs(root: str, reference: Reference | None = None) -> list[Run]:
         if "results.json" in files:
             path = os.path.join(folder, "results.json")
             record = read_run_record(path)
+            if not record["splits"]:
+                logger.warning(
+                    f"{folder} was trained without evaluation (TEST.NO_TEST): no results; left out."
+                )
+                continue
         elif "config.yaml" in files:
             # Our own log.txt has Dassl's accuracy lines too: an unfinished run must not be
             # read as an official one from its per-epoch validation accuracies.
