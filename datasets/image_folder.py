@@ -287,6 +287,7 @@ class ImageFolder(DatasetBase):
 
     dataset_dir = "image_folder"  # under DATASET.ROOT: the split files
     split_file = "split_ImageFolder.json"  # named with the content key (split_path)
+    remove_images_hint = "remove them from their folder"  # the split follows the folders
 
     def __init__(self, cfg) -> None:
         type(self).check_config(cfg)
@@ -294,9 +295,11 @@ class ImageFolder(DatasetBase):
         self.class_file = _resolve(cfg, "CLASSNAMES_FILE")
         self.eval_dir = _resolve(cfg, "EVAL_DIR")
         if cfg.TRAINER.NAME and cfg.TRAINER.NAME not in LABEL_FREE_TRAINERS:
+            # said whether or not this run trains (a dataset cannot know): true either way
             logger.warning(
-                "ImageFolder's training images have no labels (their labels are placeholders), "
-                "so %s can only evaluate on it (--eval-only); train it on a labeled dataset.",
+                "ImageFolder's training images have no labels (their labels are placeholders): "
+                "%s learns from labels, so train it on a labeled dataset; evaluating a trained "
+                "one on ImageFolder (--eval-only) is fine.",
                 cfg.TRAINER.NAME,
             )
         entries = read_class_file(self.class_file)
@@ -313,6 +316,8 @@ class ImageFolder(DatasetBase):
             )
         groups = _eval_groups(self.eval_dir, names, self.class_file) if self.eval_dir else {}
         self.has_val_split = bool(groups)  # without labeled images, no val (and no test)
+        if not groups:  # TEST.NO_TEST (check_config): val and test would be stand-ins
+            self.nothing_to_evaluate = f"no labeled images ({SECTION}.EVAL_DIR is empty)"
         self._names, self._train, self._groups = names, train, groups
         self.image_prefix = os.path.commonpath([p for p in (self.train_dir, self.eval_dir) if p])
         self.content_key = self._content_key()

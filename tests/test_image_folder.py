@@ -149,6 +149,35 @@ def test_without_labeled_folder_only_training(tmp_path, folders):
     with open(ds.split_path) as fh:
         split = json.load(fh)
     assert split["val"] == [] and split["test"] == []  # nothing pretends to be labeled
+    assert ds.nothing_to_evaluate == f"no labeled images ({SECTION}.EVAL_DIR is empty)"
+    assert build(tmp_path, folders).nothing_to_evaluate == ""
+
+
+def test_summary_says_there_is_nothing_to_evaluate(tmp_path, folders, caplog):
+    """No labeled folder: the summary shows no val/base/new sizes of stand-in images."""
+    from dassl_ext.data.data_manager import DataManager
+
+    dm = DataManager.__new__(DataManager)  # the summary reads only the dataset
+    caplog.set_level("INFO")
+    dm.dataset = build(tmp_path, folders, "TEST.NO_TEST", "True", eval_dir=False)
+    dm.show_dataset_summary()
+    text = " ".join(caplog.text.split())
+    assert "# train_x 12" in text and "# val" not in text and "# base" not in text
+    assert f"Evaluation none: no labeled images ({SECTION}.EVAL_DIR is empty)" in text
+    caplog.clear()
+    dm.dataset = build(tmp_path, folders, "DATASET.EVAL_SPLITS", "base_new")
+    dm.show_dataset_summary()
+    assert "# val" in caplog.text and "# base" in caplog.text and "Evaluation" not in caplog.text
+
+
+def test_a_trainer_that_learns_from_labels_is_warned_truly(tmp_path, folders, caplog):
+    """The dataset cannot know whether the run trains: the warning holds either way."""
+    build(tmp_path, folders, "TRAINER.NAME", "PromptSRC")
+    assert "PromptSRC learns from labels, so train it on a labeled dataset" in caplog.text
+    assert "evaluating a trained one on ImageFolder (--eval-only) is fine" in caplog.text
+    caplog.clear()
+    build(tmp_path, folders, "TRAINER.NAME", "PromptKD")
+    assert "learns from labels" not in caplog.text
 
 
 def test_mixed_modes_and_bit_depths_are_read_as_rgb(tmp_path):
@@ -269,6 +298,7 @@ def test_unreadable_image_is_named(tmp_path, folders):
         f.write(b"not a jpeg")
     message = refused(tmp_path, folders)
     assert bad in message and "cannot be used" in message
+    assert "or remove them from their folder" in message and "split file" not in message
 
 
 def test_config_rule_and_yaml(tmp_path):

@@ -64,6 +64,10 @@ class DatasetBase:
     download_name: str = ""  # argument of scripts/download_data.py ("" if not downloadable)
     has_val_split: bool = True  # False: its files hold no validation images (ImageNet)
     class_prompts: dict[str, str] | None = None  # {class name: its own prompt, "{}" for the name}
+    # Why there is nothing to evaluate ("": there is): the summary then shows no val/test sizes
+    nothing_to_evaluate: str = ""
+    # How to drop unusable images, completing "replace or re-download them, or ..."
+    remove_images_hint: str = "remove them from the split file"
 
     # Dassl's static helpers, under their usual names for read_raw().
     split_trainval = staticmethod(split_trainval)
@@ -393,7 +397,7 @@ class DatasetBase:
             raise UserError(
                 f"{self.name}: {len(bad)} of {len(paths)} images cannot be used: "
                 + _listed([f"{p} {why}" for p, why in bad], "; ", 3, " (and {} more)")
-                + "; replace or re-download them, or remove them from the split file "
+                + f"; replace or re-download them, or {self.remove_images_hint} "
                 "(DATASET.CHECK_IMAGES off skips this check)."
             )
 

@@ -182,8 +182,12 @@ class DataManager:
         """Log a table of classes and images per split (Dassl prints the same)."""
         ds = self.dataset
         rows = [("Dataset", ds.name), ("# classes", f"{ds.num_classes:,}")]
-        rows += [("# train_x", f"{len(ds.train_x):,}"), ("# val", f"{len(ds.val):,}")]
-        rows += [(f"# {name}", f"{len(s.items):,}") for name, s in ds.eval_splits.items()]
+        rows += [("# train_x", f"{len(ds.train_x):,}")]
+        if ds.nothing_to_evaluate:  # its val/test lists are stand-ins, never evaluated
+            rows += [("Evaluation", f"none: {ds.nothing_to_evaluate}")]
+        else:
+            rows += [("# val", f"{len(ds.val):,}")]
+            rows += [(f"# {name}", f"{len(s.items):,}") for name, s in ds.eval_splits.items()]
         rows += [("Protocol", ds.protocol)]
         width = max(len(k) for k, _ in rows)
         logger.info("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
