@@ -13,7 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from dassl_ext.modeling import clip
-from trainers.losses import consistency_l1, gpa_weights, logits_kl, promptsrc_loss
+from trainers.losses import (
+    consistency_l1,
+    gpa_weights,
+    kd_loss,
+    logits_kl,
+    promptsrc_loss,
+    symmetric_kd_loss,
+)
 
 # (embed, vision width, vision layers, patch, text width) of the OpenAI models (spec §0)
 SIZES = {"ViT-B/16": (512, 768, 12, 16, 512), "ViT-L/14": (768, 1024, 24, 14, 768)}
@@ -124,3 +131,107 @@ def test_coop_cocoop_trainable_counts_at_real_size():
         co = cocoop.CoCoOpPromptLearner(meta_clip("ViT-B/16"), ["cat"], 4, "a photo of a")
     # ctx 4x512 + meta_net 512 -> 32 -> 512
     assert sum(p.numel() for p in co.parameters()) == 4 * 512 + (512 * 32 + 32) + (32 * 512 + 512)
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """``sum_ij p_ij (log p_ij - log q_ij)``: KL(p || q) summed over the rows."""
+    return (log_p.exp() * (log_p - log_q)).sum()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_symmetric_kd_loss_is_the_mean_of_both_kls(temperature):
+    """KDPL's loss = (KL(t||s) + KL(s||t)) / 2 over softened logits, / (B*C), * T^2: the same
+    normalisation as the official kd_loss, which it contains as its forward half."""
+    torch.manual_seed(0)
+    B, C, T = 5, 7, temperature
+    s, t = torch.randn(B, C) * 4, torch.randn(B, C) * 4
+    log_s, log_t = F.log_softmax(s / T, dim=1), F.log_softmax(t / T, dim=1)
+    forward, reverse = _kl_rows(log_t, log_s), _kl_rows(log_s, log_t)
+    torch.testing.assert_close(kd_loss(s, t, T), forward * T * T / (B * C))
+    expected = 0.5 * (forward + reverse) * T * T / (B * C)
+    torch.testing.assert_close(symmetric_kd_loss(s, t, T), expected)
+    both = 0.5 * (kd_loss(s, t, T) + kd_loss(t, s, T))
+    torch.testing.assert_close(symmetric_kd_loss(s, t, T), both)
+    assert symmetric_kd_loss(s, t, T) != kd_loss(s, t, T)  # the reverse half counts
+
+
+def test_symmetric_kd_loss_properties():
+    """Symmetric in its arguments, zero (as kl) where the distributions agree (also logits
+    shifted per row), finite gradients for the student even at saturated logits."""
+    torch.manual_seed(1)
+    s, t = torch.randn(4, 6) * 3, torch.randn(4, 6) * 3
+    torch.testing.assert_close(symmetric_kd_loss(s, t, 2.0), symmetric_kd_loss(t, s, 2.0))
+    same = s + torch.randn(4, 1)  # the same softmax per row
+    assert symmetric_kd_loss(s, same).abs() < 1e-6 and kd_loss(s, same).abs() < 1e-6
+    zeros = torch.zeros(3, 5)
+    assert symmetric_kd_loss(zeros, zeros) == kd_loss(zeros, zeros) == 0
+    student = (torch.randn(4, 6) * 100).requires_grad_()  # near one-hot softmaxes
+    loss = symmetric_kd_loss(student, torch.randn(4, 6) * 100)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(student.grad).all()
+    assert student.grad.abs().sum() > 0
+
+
+def test_promptkd_loss_key_keeps_older_hashes():
+    """TRAINER.PROMPTKD.LOSS at its default kl changes no config hash and no --resume
+    comparison of runs recorded before it existed; symmetric counts."""
+    import yaml
+
+    from dassl_ext.config import apply_config_extensions, get_cfg_default
+    from dassl_ext.config.compare import config_differences
+    from dassl_ext.evaluation import config_hash
+
+    cfg = apply_config_extensions(get_cfg_default())
+    assert cfg.TRAINER.PROMPTKD.LOSS == "kl"
+    older = yaml.safe_load(cfg.dump())
+    del older["TRAINER"]["PROMPTKD"]["LOSS"]
+    assert config_differences(older, cfg) == []
+    without = cfg.clone()
+    del without.TRAINER.PROMPTKD["LOSS"]
+    assert config_hash(cfg) == config_hash(without)
+    cfg.TRAINER.PROMPTKD.LOSS = "symmetric"
+    assert config_hash(cfg) != config_hash(without)
+    assert [k for k, *_ in config_differences(older, cfg)] == ["TRAINER.PROMPTKD.LOSS"]
+
+
+def _zero_shot_student_argv(digits_root, clip_root, out, *extra):
+    from test_promptkd import student_argv
+
+    teacher = ("TRAINER.PROMPTKD.TEACHER_TRAINER", "ZeroshotCLIP", "TEST.NO_TEST", "True")
+    return student_argv(digits_root, clip_root, out, "", *teacher, *extra)
+
+
+def test_promptkd_trains_with_the_symmetric_loss(digits_root, tiny_clip_root, tmp_path,
+                                                 monkeypatch):  # fmt: skip
+    """LOSS symmetric: one epoch of distillation runs KDPL's loss at every step."""
+    import train
+    from trainers import losses
+
+    calls = []
+
+    def counting(student_logits, teacher_logits, temperature):
+        calls.append(student_logits.shape)
+        return symmetric_kd_loss(student_logits, teacher_logits, temperature)
+
+    monkeypatch.setitem(losses.KD_LOSSES, "symmetric", counting)
+    out = tmp_path / "kd"
+    argv = _zero_shot_student_argv(digits_root, tiny_clip_root, out,
+                                   "TRAINER.PROMPTKD.LOSS", "symmetric")  # fmt: skip
+    assert train.main(argv) == 0
+    assert len(calls) == 2 and calls[0][1] == 10  # 2 steps, all 10 classes
+    ckpt = torch.load(out / "VLPromptLearner" / "model.pth.tar-1", weights_only=True)
+    assert torch.isfinite(ckpt["state_dict"]["image_encoder.VPT"]).all()
+    assert "LOSS: symmetric" in (out / "config.yaml").read_text()
+
+
+def test_promptkd_bad_loss_is_one_sentence(digits_root, tiny_clip_root, tmp_path, capsys):
+    import train
+
+    out = tmp_path / "kd"
+    argv = _zero_shot_student_argv(digits_root, tiny_clip_root, out,
+                                   "TRAINER.PROMPTKD.LOSS", "kdpl")  # fmt: skip
+    assert train.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "TRAINER.PROMPTKD.LOSS" in err and "kl, symmetric" in err
+    assert not out.exists()

@@ -75,3 +75,23 @@ def kd_loss(
     log_p_student = F.log_softmax(student_logits / t, dim=1)
     p_teacher = F.softmax(teacher_logits / t, dim=1)
     return F.kl_div(log_p_student, p_teacher, reduction="sum") * (t * t) / student_logits.numel()
+
+
+def symmetric_kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """KDPL's loss (ECCV 2024), before KD_WEIGHT, of (B, C) logits: the mean of the forward
+    ``KL(p_t || p_s)`` and the reverse ``KL(p_s || p_t)``, ``p = softmax(z / T)``, each summed
+    over B x C, divided by ``B * C`` and times ``T**2`` as :func:`kd_loss`, so KD_WEIGHT means
+    the same for both (KDPL itself divides by B and has no temperature: its weight 1 is
+    KD_WEIGHT C here, at T 1). Equal to ``(kd_loss(s, t, T) + kd_loss(t, s, T)) / 2``."""
+    t = temperature
+    log_p_student = F.log_softmax(student_logits / t, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits / t, dim=1)
+    forward = F.kl_div(log_p_student, log_p_teacher, reduction="sum", log_target=True)
+    reverse = F.kl_div(log_p_teacher, log_p_student, reduction="sum", log_target=True)
+    return 0.5 * (forward + reverse) * (t * t) / student_logits.numel()
+
+
+# TRAINER.PROMPTKD.LOSS -> PromptKD's distillation loss (student_logits, teacher_logits, T)
+KD_LOSSES = {"kl": kd_loss, "symmetric": symmetric_kd_loss}

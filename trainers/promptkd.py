@@ -1,9 +1,11 @@
 """PromptKD (CVPR 2024): distil a frozen, prompt-tuned CLIP teacher into a prompted student.
 
 Spec §3. The student (``MODEL.BACKBONE.NAME``) learns deep visual prompts and a projector from
-UNLABELED images, with the KD loss (spec §3.4) between its logits and the teacher's, both
-against the teacher's text features: computed once and kept as the student's class vectors
-(saved with it). Evaluation runs the student only. The teacher: ``trainers/promptkd_teacher.py``.
+UNLABELED images, with the KD loss (spec §3.4; or KDPL's symmetric KL, ``TRAINER.PROMPTKD.LOSS``)
+between its logits and the teacher's, both against the teacher's text features: computed once
+and kept as the student's class vectors (saved with it). The teacher sees the student's
+augmented batch at its own resolution (:func:`teacher_view`). Evaluation runs the student
+only. The teacher: ``trainers/promptkd_teacher.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from dassl_ext.config import (
@@ -18,18 +21,20 @@ from dassl_ext.config import (
     OneOf,
     Range,
     Rule,
+    check_rules,
     register_config_extension,
     register_config_rules,
 )
+from dassl_ext.config.defaults import register_added_keys
 from dassl_ext.engine import TRAINER_REGISTRY, FrozenTeacher, TrainerX
 from dassl_ext.engine.hooks import CallbackHook, HookBase
 from dassl_ext.engine.precision import PRECISIONS
 from dassl_ext.errors import UserError
-from dassl_ext.modeling import ClipSizes, clip_root_from_cfg, load_clip
+from dassl_ext.modeling import ClipSizes, clip_root_from_cfg, clip_sizes, load_clip
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
 from dassl_ext.utils.distributed import is_main_process
 from trainers.base import check_clip_model
-from trainers.losses import kd_loss
+from trainers.losses import KD_LOSSES
 from trainers.promptkd_student import new_student
 from trainers.promptkd_teacher import (
     build_frozen_teacher,
@@ -61,6 +66,8 @@ def add_promptkd_config(cfg: CN) -> None:
     pk.TEACHER_NAME = "ViT-L/14"  # the official code default "ViT/L-14" is a typo (§7.5)
     pk.KD_WEIGHT = 1.0
     pk.TEMPERATURE = 1.0
+    # new: kl (official forward KL) or symmetric (KDPL: mean of forward and reverse KL)
+    pk.LOSS = "kl"
     # new: trainer that trained the teacher: PromptSRC, IVLP, MaPLe, CoOp or ZeroshotCLIP
     pk.TEACHER_TRAINER = "PromptSRC"
     # new: teacher model file or folder; "" -> teacher_model/<DATASET.NAME>/VLPromptLearner/
@@ -77,12 +84,16 @@ def add_promptkd_config(cfg: CN) -> None:
     pk.CE_WEIGHT = 0.0
 
 
+# Runs recorded before these keys existed keep their config hash and can be resumed.
+register_added_keys({"TRAINER.PROMPTKD.LOSS": "kl"})
+
 register_config_rules(
     OneOf("TRAINER.MODAL", tuple(MODAL_EVAL_SPLITS)),
     Range("TRAINER.PROMPTKD.N_CTX_VISION", 1, integer=True),
     Range("TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", 0, integer=True, note="0: no visual prompts"),
     Range("TRAINER.PROMPTKD.KD_WEIGHT", 0),
     Range("TRAINER.PROMPTKD.TEMPERATURE", 0, low_open=True, note="the KD softmax temperature"),
+    OneOf("TRAINER.PROMPTKD.LOSS", tuple(KD_LOSSES), note="the distillation loss"),
     Check(
         "TRAINER.PROMPTKD.TEACHER_PREC",
         lambda v: str(v).lower() in ("", *PRECISIONS),
@@ -101,14 +112,32 @@ register_config_rules(
 )
 
 
+def teacher_view(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """The student's (normalised) batch (B, 3, H, W) as a teacher of ``resolution`` px sees it:
+    ``images`` itself when H = W = resolution (bit for bit), else resized bicubically.
+
+    ``antialias=True`` in both directions: downsizing without it aliases (bicubic then reads
+    only 4 x 4 source pixels per output pixel), and with it torch uses PIL's bicubic kernel
+    (a = -0.5), the resize CLIP's own preprocessing does; ``align_corners=False`` is the
+    pixel-area convention of PIL and torchvision's Resize. Resizing after normalisation equals
+    normalising the resized image (the interpolation weights sum to 1), so both OpenAI CLIPs,
+    which share one normalisation, need nothing more; a teacher with its own normalisation
+    (open_clip) must re-normalise here."""
+    if tuple(images.shape[-2:]) == (resolution, resolution):
+        return images
+    return F.interpolate(images, size=(resolution, resolution), mode="bicubic",
+                         align_corners=False, antialias=True)  # fmt: skip
+
+
 @TRAINER_REGISTRY.register()
 class PromptKD(TrainerX):
     """Unlabeled prompt distillation; the student is registered as ``VLPromptLearner``."""
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        """The keys that depend on each other; student and teacher CLIP against INPUT.SIZE and
-        the prompt depths (the teacher's by the rules of the trainer that trained it)."""
+        """The keys that depend on each other; the student CLIP against INPUT.SIZE and its
+        prompt depth, the teacher CLIP against the rules of the trainer that trained it (not
+        INPUT.SIZE: it sees the images resized to its own resolution, :func:`teacher_view`)."""
         modal, splits = cfg.TRAINER.MODAL, cfg.DATASET.EVAL_SPLITS
         if splits != MODAL_EVAL_SPLITS[modal]:
             raise UserError(
@@ -123,7 +152,9 @@ class PromptKD(TrainerX):
             )
         check_clip_model(cfg, "MODEL.BACKBONE.NAME", cls)
         teacher_cls = teacher_trainer(cfg.TRAINER.PROMPTKD.TEACHER_TRAINER)
-        check_clip_model(cfg, "TRAINER.PROMPTKD.TEACHER_NAME", teacher_cls)
+        sizes = clip_sizes(cfg.TRAINER.PROMPTKD.TEACHER_NAME, clip_root_from_cfg(cfg))
+        model_rules = getattr(teacher_cls, "model_rules", None)
+        check_rules(cfg, model_rules(cfg, sizes) if model_rules else [])
 
     @classmethod
     def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:
@@ -211,11 +242,14 @@ class PromptKD(TrainerX):
         pk = self.cfg.TRAINER.PROMPTKD
         images = batch["img"].to(self.device)
         class_features = self.model.class_text_features  # (C, E_t), all classes
-        with torch.no_grad(), self.teacher_spec.precision.autocast():
-            t_feats = self.teacher.image_features(images).float()  # (B, E_t)
+        with torch.no_grad():
+            t_images = teacher_view(images, self.teacher.input_resolution)
+            with self.teacher_spec.precision.autocast():
+                t_feats = self.teacher.image_features(t_images).float()  # (B, E_t)
         t_logits = self.teacher.logit_scale.float().exp() * t_feats @ class_features.t()
         with self.prec.autocast():
             s_logits = self.training_module()(images, class_features)  # (B, C)
+        kd_loss = KD_LOSSES[pk.LOSS]
         loss = pk.KD_WEIGHT * kd_loss(s_logits.float(), t_logits, pk.TEMPERATURE)
         self.model_backward_and_update(loss)
         return {"loss": loss.item()}
