@@ -76,3 +76,19 @@ def test_cocoop_context_depends_on_the_image(clip_model):
     assert not torch.equal(prompts[0, :, 1:5], prompts[1, :, 1:5])
     torch.testing.assert_close(prompts[0, :, 5:], prompts[1, :, 5:])  # class tokens shared
     assert logits.shape == (3, 2)
+
+
+def test_shared_trainer_parts_keep_names_and_inference():
+    """PromptSRC is a VLPromptTrainer (its registered name and teacher support unchanged);
+    CoCoOp and ZeroshotCLIP evaluate through one model_inference (the model's forward)."""
+    from trainers.base import ForwardInference
+    from trainers.ivlp import IVLP
+    from trainers.promptsrc import PromptSRC
+    from trainers.vl_prompts import VLPromptTrainer
+    from trainers.zsclip import ZeroshotCLIP
+
+    assert issubclass(PromptSRC, VLPromptTrainer) and PromptSRC.model_name == "VLPromptLearner"
+    assert PromptSRC.frozen_teacher == IVLP.frozen_teacher
+    assert PromptSRC.frozen_teacher.default_model_name == "VLPromptLearner"
+    inference = ForwardInference.model_inference
+    assert cocoop.CoCoOp.model_inference is inference is ZeroshotCLIP.model_inference

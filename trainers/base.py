@@ -153,6 +153,16 @@ class CLIPClassifier(nn.Module):
             delattr(self, name)
 
 
+class ForwardInference:
+    """``model_inference`` by the model's own forward over the evaluated classes, for models
+    without separate text features to cache (CoCoOp) or with them cached inside (zero-shot)."""
+
+    @torch.no_grad()
+    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
+        with self.prec.autocast():
+            return self.model(images, self.eval_class_ids).float()
+
+
 class PromptTrainer(TrainerX):
     """TrainerX with the shared build / CE step / cached-text evaluation / loading logic."""
 

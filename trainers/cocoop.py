@@ -16,7 +16,13 @@ from yacs.config import CfgNode as CN
 from dassl_ext.config import Range, register_config_extension, register_config_rules
 from dassl_ext.engine import TRAINER_REGISTRY
 from dassl_ext.modeling import assemble_prompts, word_ctx_or_random
-from trainers.base import CLIPClassifier, PromptTrainer, l2_normalize, select_prompt_buffers
+from trainers.base import (
+    CLIPClassifier,
+    ForwardInference,
+    PromptTrainer,
+    l2_normalize,
+    select_prompt_buffers,
+)
 from trainers.vl_prompts import PromptLearnerCLIP, TextPromptLearner
 
 
@@ -79,7 +85,7 @@ class CoCoOpCLIP(PromptLearnerCLIP):
 
 
 @TRAINER_REGISTRY.register()
-class CoCoOp(PromptTrainer):
+class CoCoOp(ForwardInference, PromptTrainer):
     """Conditional Context Optimization; registered "prompt_learner"."""
 
     prec_section = "COCOOP"
@@ -94,8 +100,3 @@ class CoCoOp(PromptTrainer):
     @staticmethod
     def registered_module(model: nn.Module) -> nn.Module:
         return model.prompt_learner
-
-    @torch.no_grad()
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        with self.prec.autocast():
-            return self.model(images, self.eval_class_ids).float()

@@ -24,19 +24,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dassl_ext.config import Range, Rule, register_config_extension, register_config_rules
-from dassl_ext.engine import TRAINER_REGISTRY, TeacherSupport
+from dassl_ext.config import Range, register_config_extension, register_config_rules
+from dassl_ext.engine import TRAINER_REGISTRY
 from dassl_ext.engine.hooks import HookBase, ParameterAveraging
 from dassl_ext.errors import UserError
-from dassl_ext.modeling import IMAGENET_TEMPLATES, ClipSizes, tokenize_class_prompts
-from trainers.base import PromptTrainer, l2_normalize
+from dassl_ext.modeling import IMAGENET_TEMPLATES, tokenize_class_prompts
+from trainers.base import l2_normalize
 from trainers.losses import gpa_weights, promptsrc_loss
-from trainers.vl_prompts import (
-    VLPromptCLIP,
-    vl_prompt_model_rules,
-    vl_prompt_rules,
-    vl_prompt_section,
-)
+from trainers.vl_prompts import VLPromptCLIP, VLPromptTrainer, vl_prompt_rules, vl_prompt_section
 
 GPA_FILE = "gpa_state.pt"
 
@@ -88,19 +83,11 @@ def zero_shot_image_features(model: VLPromptCLIP, images: torch.Tensor) -> torch
 
 
 @TRAINER_REGISTRY.register()
-class PromptSRC(PromptTrainer):
-    """PromptSRC; registered "VLPromptLearner" (same keys as IVLP, spec §2.6)."""
+class PromptSRC(VLPromptTrainer):
+    """PromptSRC (the paper's teacher); registered "VLPromptLearner" (same keys as IVLP,
+    spec §2.6)."""
 
     prec_section = "PROMPTSRC"
-    frozen_teacher = TeacherSupport(default_model_name="VLPromptLearner")  # the paper's teacher
-
-    @classmethod
-    def build_custom_clip(cls, cfg, classnames: list[str], clip_model) -> VLPromptCLIP:
-        return VLPromptCLIP.from_section(cfg.TRAINER.PROMPTSRC, classnames, clip_model)
-
-    @classmethod
-    def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:
-        return vl_prompt_model_rules("TRAINER.PROMPTSRC", sizes)
 
     def after_build(self, clip_model) -> None:
         clip_model.token_embedding.to(self.device)

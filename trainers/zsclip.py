@@ -20,7 +20,7 @@ from dassl_ext.modeling import (
     tokenize_class_prompts,
 )
 from dassl_ext.modeling.text_prompts import CONTEXT_LENGTH, token_count
-from trainers.base import CLIPClassifier, check_clip_model, l2_normalize
+from trainers.base import CLIPClassifier, ForwardInference, check_clip_model, l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class ZeroshotModel(CLIPClassifier):
 
 
 @TRAINER_REGISTRY.register()
-class ZeroshotCLIP(TrainerX):
+class ZeroshotCLIP(ForwardInference, TrainerX):
     """Zero-shot CLIP with CoOp's per-dataset template; evaluation only."""
 
     prec_section = "COOP"
@@ -165,11 +165,6 @@ class ZeroshotCLIP(TrainerX):
 
     def forward_backward(self, batch: dict) -> dict[str, float]:
         raise UserError(f"{type(self).__name__} has nothing to train; run it with --eval-only.")
-
-    @torch.no_grad()
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        with self.prec.autocast():
-            return self.model(images, self.eval_class_ids).float()
 
 
 @TRAINER_REGISTRY.register()
