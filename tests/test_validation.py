@@ -194,13 +194,17 @@ def test_model_dependent_values_are_checked_before_any_work(case, tmp_path, tiny
     assert_one_clear_error(capsys, tmp_path, *fragments)
 
 
-def test_teacher_input_size_is_checked(tmp_path, tiny_clip_root, capsys):
+def test_teacher_at_its_own_resolution_is_not_held_to_input_size(tmp_path, tiny_clip_root):
+    """INPUT.SIZE is the student's: a 64 px teacher passes validation beside a 32 px student
+    (it sees the batch resized, tests/test_promptkd_resolution.py); a teacher that does not
+    exist is still refused before any work."""
     teacher = _tiny_64px(tmp_path)
-    opts = ("TRAINER.PROMPTKD.TEACHER_NAME", teacher)
-    assert run_main(tmp_path, tiny_clip_root, "PromptKD", KD_CFG, *KD_TINY, *opts) == 1
-    assert_one_clear_error(
-        capsys, tmp_path, "INPUT.SIZE is (32, 32); use (64, 64)", "TEACHER_NAME", teacher
-    )
+    cfg = _default_cfg("PromptKD", tiny_clip_root)
+    cfg.TRAINER.PROMPTKD.TEACHER_NAME = teacher
+    validate_config(cfg)
+    cfg.TRAINER.PROMPTKD.TEACHER_NAME = str(tmp_path / "no-such-teacher.pt")
+    with pytest.raises(UserError, match="no-such-teacher"):
+        validate_config(cfg)
 
 
 def test_zero_shot_input_size_from_the_command_line(tmp_path, tiny_clip_root):
