@@ -99,6 +99,27 @@ def _dry_run_lines(stdout: str) -> list[list[str]]:
             if ln.startswith("DRY_RUN: ")]  # fmt: skip
 
 
+def test_a_teacher_at_another_resolution_is_evaluated_at_its_own(tmp_path, mine, tiny_clip_root):
+    """DRY_RUN with a 64 px teacher and the 32 px student: the student's runs keep the
+    INPUT.SIZE passed, the zero-shot teacher's evaluation runs at 64 px."""
+    from dassl_ext.modeling import TinyClipSpec, save_tiny_clip
+
+    teacher = str(tmp_path / "tiny-64px.pt")
+    save_tiny_clip(teacher, TinyClipSpec(embed_dim=48, vision_width=64, text_width=64,
+                                         image_resolution=64, patch_size=16))  # fmt: skip
+    run = distil(tmp_path, "--images", mine.train_dir, "--classes", mine.class_file,
+                 "--labeled", mine.eval_dir, "--teacher", teacher, "--student", "tiny-student",
+                 "--out", "out", *TINY, clip_root=tiny_clip_root, DRY_RUN="1")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    trains = [c for c in _dry_run_lines(run.stdout) if "train.py" in c]
+    sizes = {}
+    for c in trains:
+        key = c[c.index("--output-dir") + 1] if "--output-dir" in c else c[c.index("--resume") + 1]
+        sizes[os.path.basename(key)] = [c[i + 1] for i, a in enumerate(c) if a == "INPUT.SIZE"][-1]
+    assert sizes["zeroshot_teacher"] == "(64, 64)"
+    assert sizes["zeroshot_student"] == sizes["seed1"] == "(32, 32)"
+
+
 def test_prompt_tuned_teacher_is_evaluated_from_the_file_promptkd_loads(tmp_path, mine):
     """DRY_RUN: the PromptSRC teacher's own lookup (best file, else newest epoch) names the
     file that is linked for its evaluation; all four rows, in the demo's order."""

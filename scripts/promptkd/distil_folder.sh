@@ -148,6 +148,16 @@ KD=(MODEL.BACKBONE.NAME "$STUDENT" TRAINER.PROMPTKD.TEACHER_NAME "$TEACHER"
   TRAINER.PROMPTKD.TEACHER_TRAINER "$TEACHER_TRAINER" TRAINER.PROMPTKD.TEACHER_CKPT "$TEACHER_CKPT"
   TRAINER.PROMPTKD.TEXT_CACHE_DIR "$OUT/teacher_text_features" TEST.FINAL_MODEL last_step)
 EVAL=(DATASET.IMAGE_FOLDER.EVAL_DIR "$LABELED" TEST.NO_TEST False)
+# The teacher's own evaluations run at its resolution (in training PromptKD resizes the
+# student's batch for it); unknown here (a CLIP_ROOT given as a KEY VALUE pair): left to the
+# evaluation run, which names what it needs.
+TEACHER_SIZE=()
+if [ -n "$LABELED" ]; then
+  res=$(PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -c '
+import sys
+from dassl_ext.modeling import clip_sizes
+print(clip_sizes(sys.argv[1]).input_resolution)' "$TEACHER" 2> /dev/null) && TEACHER_SIZE=(INPUT.SIZE "($res, $res)")
+fi
 
 if [ -n "$TEACHER_CKPT" ]; then
   echo "== Teacher: $TEACHER_TRAINER on $TEACHER, $TEACHER_CKPT"
@@ -200,15 +210,18 @@ if [ -n "$LABELED" ]; then
     clip=$TEACHER
     if [ $who = student ]; then clip=$STUDENT; fi
     echo "== Evaluation: zero-shot CLIP $clip (the $who's CLIP)"
+    size=()
+    if [ $who = teacher ]; then size=("${TEACHER_SIZE[@]}"); fi
     run_eval "$OUT/eval/zeroshot_$who" --trainer ZeroshotCLIP "${COMMON[@]}" "${FOLDERS[@]}" \
-      "${EVAL[@]}" "${OPTS[@]}" MODEL.BACKBONE.NAME "$clip"
+      "${EVAL[@]}" "${OPTS[@]}" MODEL.BACKBONE.NAME "$clip" "${size[@]}"
     ROWS+=("zero-shot CLIP ($who)=$OUT/eval/zeroshot_$who")
     if [ $who = teacher ] && [ -n "$TEACHER_CKPT" ]; then
       echo "== Evaluation: the $TEACHER_TRAINER teacher"
       # TEACHER_CKPT is in its configuration: another teacher is not taken for this one
       run_eval "$OUT/eval/teacher" --trainer "$TEACHER_TRAINER" "${COMMON[@]}" \
         --model-dir "$TEACHER_DIR" "${FOLDERS[@]}" "${EVAL[@]}" "${OPTS[@]}" \
-        MODEL.BACKBONE.NAME "$TEACHER" TRAINER.PROMPTKD.TEACHER_CKPT "$TEACHER_CKPT"
+        MODEL.BACKBONE.NAME "$TEACHER" TRAINER.PROMPTKD.TEACHER_CKPT "$TEACHER_CKPT" \
+        "${TEACHER_SIZE[@]}"
       ROWS+=("$TEACHER_TRAINER teacher=$OUT/eval/teacher")
     fi
   done
