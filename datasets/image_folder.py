@@ -51,7 +51,7 @@ from yacs.config import CfgNode as CN
 from dassl_ext.config import Check, register_config_extension, register_config_rules
 from dassl_ext.config.defaults import register_added_keys
 from dassl_ext.data import DATASET_REGISTRY, DatasetBase, Datum
-from dassl_ext.data.splits import IMAGE_EXTENSIONS, SPLIT_SEED, read_split, save_split
+from dassl_ext.data.splits import IMAGE_EXTENSIONS, SPLIT_SEED, read_split
 from dassl_ext.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -393,13 +393,8 @@ class ImageFolder(DatasetBase):
             train, val, test = splits["train"], splits["val"], splits["test"]
         else:
             train, val, test = self.make_split()
-            try:
-                extra = {"image_folder": {"key": self.content_key, "classes": self._names}}
-                save_split({"train": train, "val": val, "test": test}, self.split_path,
-                           self.image_dir, extra)  # fmt: skip
-                logger.info("Saved split to %s", self.split_path)
-            except OSError as e:
-                logger.warning("Could not save split file %s: %s", self.split_path, e)
+            extra = {"image_folder": {"key": self.content_key, "classes": self._names}}
+            self._save({"train": train, "val": val, "test": test}, self.split_path, "split", extra)
         if not test:  # TEST.NO_TEST (check_config): never evaluated, but the base needs one
             test = list(train)
         return train, val, test

@@ -24,7 +24,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DEFAULT_TOPK = 5
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 EXIT_STATUS = (
     "exit status: 0 every input was classified; 1 some input was skipped (each named on "
     "stderr; the others were classified) or nothing could be classified (a bad -m file, "
@@ -35,6 +34,8 @@ EXIT_STATUS = (
 def list_images(inputs: list[str]) -> tuple[list[str], list[str]]:
     """``(image files, problems)``: the files named or found (recursively, sorted) under the
     given folders, and one sentence per input that gave none (missing, empty folder ...)."""
+    from dassl_ext.data.splits import IMAGE_EXTENSIONS  # the datasets' list (torch: lazily)
+
     paths, problems = [], []
     for item in inputs:
         if os.path.isdir(item):
@@ -59,6 +60,8 @@ def list_images(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _images_under(folder: str, problems: list[str]) -> list[str]:
+    from dassl_ext.data.splits import IMAGE_EXTENSIONS
+
     found = []
 
     def unreadable(e: OSError) -> None:

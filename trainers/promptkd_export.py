@@ -142,19 +142,26 @@ def _what_it_holds(obj: Any) -> str:
     )
 
 
-def load_export(path: str) -> dict:
-    """The contents of a student export file; a missing, corrupt or foreign one is a UserError
-    naming it and what to pass instead."""
+def require_export_file(path: str, what: str = "student export", suffix: str = "") -> None:
+    """A UserError unless ``path`` is a file: a folder, or nothing there, is named with the
+    command that writes the file (``suffix``: its extra flag, e.g. `` --onnx``)."""
+    name = "student" + (".onnx" if suffix else ".pt")
     if os.path.isdir(path):
         raise UserError(
-            f"{path} is a folder, not a student export; pass the file written by "
-            "scripts/export_student.py (by default RUN_DIR/student.pt)."
+            f"{path} is a folder, not a {what}; pass the file written by "
+            f"scripts/export_student.py RUN_DIR{suffix} (by default RUN_DIR/{name})."
         )
     if not os.path.isfile(path):
         raise UserError(
-            f"Student export {path} does not exist; write it with python "
-            "scripts/export_student.py RUN_DIR (RUN_DIR/student.pt), or check the path."
+            f"{what[0].upper()}{what[1:]} {path} does not exist; write it with python "
+            f"scripts/export_student.py RUN_DIR{suffix} (RUN_DIR/{name}), or check the path."
         )
+
+
+def load_export(path: str) -> dict:
+    """The contents of a student export file; a missing, corrupt or foreign one is a UserError
+    naming it and what to pass instead."""
+    require_export_file(path)
     try:
         obj = load_checkpoint(path)
     except CorruptCheckpointError as e:

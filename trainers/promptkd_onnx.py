@@ -35,7 +35,12 @@ from dassl_ext.config import get_cfg_default
 from dassl_ext.data.transforms import build_transform
 from dassl_ext.errors import UserError
 from dassl_ext.utils.atomic import atomic_write
-from trainers.promptkd_export import ExportedStudent, load_export, student_architecture
+from trainers.promptkd_export import (
+    ExportedStudent,
+    load_export,
+    require_export_file,
+    student_architecture,
+)
 
 ONNX_FORMAT = "promptkd-student-onnx/1"
 OPSET = 18  # read by onnxruntime >= 1.14
@@ -295,17 +300,7 @@ def onnx_session(path: str, device: str = "cpu", threads: int | None = None) -> 
     import onnxruntime as ort
 
     providers = _providers(device, ort.get_available_providers())
-    if os.path.isdir(path):
-        raise UserError(
-            f"{path} is a folder, not a student ONNX model; pass the file written by "
-            "scripts/export_student.py RUN_DIR --onnx (by default RUN_DIR/student.onnx)."
-        )
-    if not os.path.isfile(path):
-        raise UserError(
-            f"Student ONNX model {path} does not exist; write it with python "
-            "scripts/export_student.py RUN_DIR --onnx (RUN_DIR/student.onnx), or check "
-            "the path."
-        )
+    require_export_file(path, "student ONNX model", " --onnx")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no warnings on stderr
     if threads:
