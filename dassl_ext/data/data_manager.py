@@ -146,8 +146,12 @@ class DataManager:
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the train shuffling for `epoch` (from cfg.SEED + epoch: the same order on
-        every process, and after a resume)."""
+        every process, and after a resume), and tell the train loader's batch sampler the
+        epoch when it takes one (a stored-view loader picks each image's view by epoch)."""
         self.generator.manual_seed(self.seed + epoch)
+        sampler = getattr(self.train_loader_x, "batch_sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
 
     def _train_loader(self, data: list[Datum]) -> Loader:
         """Each step reads one global batch, split over the processes
