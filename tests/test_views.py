@@ -1,6 +1,7 @@
 """dassl_ext.data.views: replayed train views equal torchvision's own, seeded per view."""
 
 import os
+import pickle
 import subprocess
 import sys
 
@@ -227,7 +228,10 @@ def test_stored_view_dataset_items(images):
     assert torch.equal(item["img"], replay.apply(read(images[1]), params[1, 1]))
     assert item["view_features"].dtype == torch.bfloat16
     assert torch.equal(item["view_features"], features[1, 1])
-    assert "view_features" not in StoredViewDataset(data, replay, read, params.numpy())[(0, 0)]
+    lists = StoredViewDataset(data, replay, read, params.tolist())  # any [index][view] works
+    assert "view_features" not in lists[(0, 0)] and torch.equal(lists[(1, 1)]["img"], item["img"])
+    again = pickle.loads(pickle.dumps(ds))  # as DataLoader workers get it
+    assert torch.equal(again[(1, 1)]["img"], item["img"])
     bad = params.clone()
     bad[2, 0, :4] = torch.tensor([0, 0, 50, 50])
     with pytest.raises(UserError, match=f"Image {images[2]}: Stored view parameters"):

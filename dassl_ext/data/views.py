@@ -301,7 +301,10 @@ class ViewBatchSampler(Sampler[list[tuple[int, int]]]):
             yield list(zip(batch, views))
 
 
-def _tensor(value) -> torch.Tensor:
+def _view_of(array, index: int, view: int) -> torch.Tensor:
+    """``array[index][view]`` as a tensor; an array with a shape (numpy, torch, ShardedArray)
+    is indexed at once, so only that view is read."""
+    value = array[index, view] if hasattr(array, "shape") else array[index][view]
     return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
 
 
@@ -332,7 +335,7 @@ class StoredViewDataset(Dataset):
         except Image.DecompressionBombError as e:
             raise too_large(item.impath, e) from None
         try:
-            img = self.replay.apply(img, self.params[index][view])
+            img = self.replay.apply(img, _view_of(self.params, index, view))
         except UserError as e:
             raise UserError(f"Image {item.impath}: {e}") from None
         out = {
@@ -344,7 +347,7 @@ class StoredViewDataset(Dataset):
             "view": view,
         }
         if self.features is not None:
-            out["view_features"] = _tensor(self.features[index][view])
+            out["view_features"] = _view_of(self.features, index, view)
         return out
 
 

@@ -83,11 +83,13 @@ class ArraySpec:
 
 def human_bytes(n: float) -> str:
     """``n`` bytes in binary units: '512 B', '1.5 KiB', '39.1 GiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if abs(n) < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
-    raise AssertionError
+        if abs(n) < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 def _header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
@@ -276,8 +278,9 @@ class ShardedStore:
         the array's dtype). A finished shard (record, files of the recorded size and sha256)
         is never recomputed; a damaged one is named in a warning and recomputed. Files are
         written atomically, the record last (a full disk: FileWriteError, nothing
-        half-written). ``progress``: the label of the start line and progress lines (None:
-        silent). Returns the number of rows computed."""
+        half-written); a shard is held in memory twice while it is written. ``progress``:
+        the label of the start line and progress lines (None: silent). Returns the number
+        of rows computed."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} of world_size {world_size}")
         mine = [s for s in self.shards() if s[0] % world_size == rank]
@@ -395,7 +398,7 @@ class ShardedArray:
         item_shape: tuple[int, ...],
         dtype: str,
     ) -> None:
-        self.paths, self.starts = list(paths), list(starts)
+        self.paths, self.starts = list(paths), np.asarray(starts, dtype=np.int64)
         self.shape = (int(n_items), *item_shape)
         self.stored_dtype = dtype
         self.dtype = DTYPES[dtype][1]
@@ -432,8 +435,8 @@ class ShardedArray:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"row {key} of {n}")
-        shard = np.searchsorted(self.starts, i, side="right") - 1
-        row = np.array(self._map(int(shard))[(i - self.starts[shard], *rest)])  # a copy
+        shard = int(np.searchsorted(self.starts, i, side="right")) - 1
+        row = np.array(self._map(shard)[(i - int(self.starts[shard]), *rest)])  # a copy
         if self.stored_dtype == "bfloat16":
             return torch.from_numpy(row.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(row)
