@@ -9,6 +9,9 @@ Hugging Face ``datasets`` for other software in the same environment.
 from setuptools import find_packages, setup
 
 ONNX = ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.18"]
+# open_clip models as backbones and teachers (open_clip:<model>:<pretrained> names,
+# dassl_ext/modeling/openclip.py); tested with open-clip-torch 3.3.0.
+OPENCLIP = ["open-clip-torch>=3"]
 
 setup(
     name="promptkd-dassl",
@@ -40,6 +43,7 @@ setup(
         # scripts/predict.py -m student.onnx (onnxruntime); tested with onnx 1.23,
         # onnxscript 0.7, onnxruntime 1.32.
         "onnx": ONNX,
-        "test": ["pytest>=7", "ruff>=0.5", *ONNX],  # so CI runs the ONNX tests
+        "openclip": OPENCLIP,
+        "test": ["pytest>=7", "ruff>=0.5", *ONNX, *OPENCLIP],  # so CI runs these tests too
     },
 )

@@ -25,6 +25,7 @@ from torch import nn
 
 from dassl_ext.config import Check, Rule, check_rules
 from dassl_ext.engine import TeacherSupport, TrainerX
+from dassl_ext.errors import UserError
 from dassl_ext.modeling import (
     ClipSizes,
     build_prompt_buffers,
@@ -32,8 +33,10 @@ from dassl_ext.modeling import (
     clip_root_from_cfg,
     clip_sizes,
     load_clip,
+    renormalize,
     set_trainable,
 )
+from dassl_ext.modeling.openclip import not_openai_shaped_message
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
 from dassl_ext.utils.checkpoint import load_weights
 
@@ -48,7 +51,9 @@ IGNORED_PREFIXES = ("prompt_learner.ZS_image_encoder.", "ZS_image_encoder.")
 
 def check_clip_model(cfg, key: str, trainer_cls: type | None = None) -> None:
     """Before any work: INPUT.SIZE, and ``trainer_cls.model_rules`` (prompt depths ...),
-    against the sizes of the CLIP that config ``key`` names (read from its weights file)."""
+    against the sizes of the CLIP that config ``key`` names (read from its weights file). An
+    open_clip model: a trainer that learns needs it OpenAI-shaped and INPUT.PIXEL_MEAN / STD
+    its normalisation (an evaluation-only trainer re-normalises: ``CLIPClassifier``)."""
     name = functools.reduce(getattr, key.split("."), cfg)
     sizes = clip_sizes(name, clip_root_from_cfg(cfg))
     res = sizes.input_resolution
@@ -58,8 +63,39 @@ def check_clip_model(cfg, key: str, trainer_cls: type | None = None) -> None:
         f"use ({res}, {res})",
         note=f"the input resolution of {key} {name}",
     )
+    rules = [size_rule]
+    learns = trainer_cls is not None and not getattr(trainer_cls, "evaluation_only", False)
+    if learns:
+        check_open_clip_support(sizes, trainer_cls)
+    if learns and sizes.image_mean is not None:
+        for what, value in (("MEAN", sizes.image_mean), ("STD", sizes.image_std)):
+            rules.append(
+                Check(
+                    f"INPUT.PIXEL_{what}",
+                    lambda v, value=value: _close(v, value),
+                    f"use {list(value)}",
+                    note=f"the normalisation of {key} {name}",
+                )
+            )
     model_rules = getattr(trainer_cls, "model_rules", None)
-    check_rules(cfg, [size_rule, *(model_rules(cfg, sizes) if model_rules else [])])
+    check_rules(cfg, [*rules, *(model_rules(cfg, sizes) if model_rules else [])])
+
+
+def check_open_clip_support(sizes: ClipSizes, trainer_cls: type) -> None:
+    """One sentence when ``trainer_cls`` (one that prompts or trains a CLIP) is given an
+    open_clip model that is not OpenAI-shaped (only the zero-shot trainers run those)."""
+    if sizes.openai_shape_issue is not None and not getattr(trainer_cls, "evaluation_only", False):
+        raise UserError(
+            f"{trainer_cls.__name__}: "
+            + not_openai_shaped_message(sizes.name, sizes.openai_shape_issue)
+        )
+
+
+def _close(values, target, tol: float = 1e-6) -> bool:
+    values = list(values)
+    return len(values) == len(target) and all(
+        abs(float(a) - b) <= tol for a, b in zip(values, target)
+    )
 
 
 def drop_rebuilt_keys(state_dict: dict) -> dict:
@@ -100,8 +136,12 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def image_dtype(visual: nn.Module) -> torch.dtype:
-    """Dtype of a CLIP image tower's (possibly cast) frozen weights (ViT or ResNet)."""
-    return visual.conv1.weight.dtype
+    """Dtype of a CLIP image tower's (possibly cast) frozen weights (ViT or ResNet; another
+    open_clip tower: its first floating-point parameter's)."""
+    conv1 = getattr(visual, "conv1", None)
+    if isinstance(conv1, nn.Module):
+        return conv1.weight.dtype
+    return next(p.dtype for p in visual.parameters() if p.is_floating_point())
 
 
 class CLIPClassifier(nn.Module):
@@ -117,10 +157,42 @@ class CLIPClassifier(nn.Module):
     text_encoder: nn.Module
     logit_scale: nn.Parameter
     text_side: tuple[str, ...] = ("text_encoder",)  # what drop_text_tower frees
+    # (mean, std) of the batches it is given, when an open_clip model's own normalisation
+    # (``image_mean`` / ``image_std`` on its image tower) may differ: see expect_input
+    data_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def input_resolution(self) -> int:
         return self.image_encoder.input_resolution
+
+    @property
+    def image_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """The model's own (mean, std), for an open_clip model; None: OpenAI's (which the
+        data pipeline is configured with)."""
+        mean = getattr(self.image_encoder, "image_mean", None)
+        return None if mean is None else (tuple(mean), tuple(self.image_encoder.image_std))
+
+    def expect_input(self, mean, std) -> None:
+        """Batches come normalised with ``mean`` / ``std`` (config INPUT.PIXEL_MEAN / STD): an
+        open_clip model with its own normalisation re-normalises them (exact) in
+        ``image_features``; nothing changes for OpenAI's models."""
+        own = self.image_normalization
+        given = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+        if own is not None and not (_close(given[0], own[0]) and _close(given[1], own[1])):
+            logger.info(
+                f"The images (normalised with mean {list(given[0])}, std {list(given[1])}) are "
+                f"re-normalised to the model's own (mean {list(own[0])}, std {list(own[1])})"
+            )
+            self.data_normalization = given
+        else:
+            self.data_normalization = None
+
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` as the image tower takes them (re-normalised: ``expect_input``)."""
+        if self.data_normalization is None:
+            return images
+        own_mean, own_std = self.image_normalization
+        return renormalize(images, *self.data_normalization, own_mean, own_std)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the method learns (chosen by module membership)."""
@@ -132,7 +204,8 @@ class CLIPClassifier(nn.Module):
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised image features (B, E)."""
-        return l2_normalize(self.image_encoder(images.to(image_dtype(self.image_encoder))))
+        images = self.model_input(images).to(image_dtype(self.image_encoder))
+        return l2_normalize(self.image_encoder(images))
 
     def forward(
         self,
@@ -227,6 +300,7 @@ class PromptTrainer(TrainerX):
         model = cls.build_custom_clip(cfg, list(classnames), clip_model)
         if checkpoint:
             cls.load_trained(model, checkpoint)
+        model.expect_input(cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
         return model.requires_grad_(False).eval()
 
     @classmethod

@@ -1,6 +1,11 @@
 """Zero-shot CLIP (spec §4): no training; class vectors from hand-written templates,
 computed once on the device when the trainer is built. Run with ``--eval-only`` and a CoOp
-config (its ``TRAINER.COOP.PREC`` and backbone apply), as the official ``zeroshot.sh``."""
+config (its ``TRAINER.COOP.PREC`` and backbone apply), as the official ``zeroshot.sh``.
+
+Any open_clip model (``open_clip:<model>:<weights>``) works: an OpenAI-shaped one as the
+project's CLIP, any other through open_clip's own towers and tokenizer
+(:class:`OpenClipZeroshotModel`). INPUT.SIZE must be the model's resolution; batches
+normalised otherwise than the model's own normalisation are re-normalised (exact)."""
 
 from __future__ import annotations
 
@@ -13,13 +18,14 @@ from dassl_ext.errors import UserError
 from dassl_ext.modeling import (
     CUSTOM_TEMPLATES,
     IMAGENET_TEMPLATES_SELECT,
+    OpenClipNative,
     PromptedTextEncoder,
     cast_frozen_weights,
     clip_root_from_cfg,
-    load_clip,
+    load_zero_shot_clip,
     tokenize_class_prompts,
 )
-from dassl_ext.modeling.text_prompts import CONTEXT_LENGTH, token_count
+from dassl_ext.modeling.text_prompts import CONTEXT_LENGTH, check_class_names, token_count
 from trainers.base import CLIPClassifier, ForwardInference, check_clip_model, l2_normalize
 
 logger = logging.getLogger(__name__)
@@ -51,6 +57,7 @@ class ZeroshotModel(CLIPClassifier):
     that one prompt's."""
 
     text_side = ("text_encoder", "token_embedding")
+    checks_token_count = True  # CLIP's 77 tokens (open_clip's own tokenizers truncate)
 
     def __init__(
         self,
@@ -60,10 +67,7 @@ class ZeroshotModel(CLIPClassifier):
         class_prompts: list[str | None] | None = None,
     ):
         super().__init__()
-        self.image_encoder = clip_model.visual
-        self.text_encoder = PromptedTextEncoder(clip_model)
-        self.token_embedding = clip_model.token_embedding
-        self.logit_scale = clip_model.logit_scale
+        self.set_towers(clip_model)
         self.classnames, self.templates = list(classnames), list(templates)
         self.class_prompts = list(class_prompts or [None] * len(self.classnames))
         if len(self.class_prompts) != len(self.classnames):
@@ -72,6 +76,18 @@ class ZeroshotModel(CLIPClassifier):
             )
         self._text: torch.Tensor | None = None  # cached on first use (on the model's device)
 
+    def set_towers(self, clip_model) -> None:
+        """The image tower, text side (``text_side``) and logit scale of ``clip_model``."""
+        self.image_encoder = clip_model.visual
+        self.text_encoder = PromptedTextEncoder(clip_model)
+        self.token_embedding = clip_model.token_embedding
+        self.logit_scale = clip_model.logit_scale
+
+    def encode_prompts(self, prompts: list[str], names: list[str]) -> torch.Tensor:
+        """Unnormalised text features (C, E) of one prompt per class (``names``, same order)."""
+        tokens = tokenize_class_prompts(prompts, names).to(self.token_embedding.weight.device)
+        return self.text_encoder(self.token_embedding(tokens), tokens)
+
     def _encode(self, template: str | None, ids: list[int]) -> torch.Tensor:
         """Normalised features of classes ``ids``, each in ``template`` (None: its own prompt)."""
         names = [self.classnames[i] for i in ids]
@@ -79,7 +95,7 @@ class ZeroshotModel(CLIPClassifier):
             (template or self.class_prompts[i]).format(name.replace("_", " "))
             for i, name in zip(ids, names)
         ]
-        if template is None:
+        if template is None and self.checks_token_count:
             for i, prompt in zip(ids, prompts):
                 if token_count(prompt) > CONTEXT_LENGTH:
                     raise UserError(
@@ -87,8 +103,7 @@ class ZeroshotModel(CLIPClassifier):
                         f"{token_count(prompt)} tokens, and CLIP's text encoder reads at most "
                         f"{CONTEXT_LENGTH}; shorten it in the dataset's class file."
                     )
-        tokens = tokenize_class_prompts(prompts, names).to(self.token_embedding.weight.device)
-        return l2_normalize(self.text_encoder(self.token_embedding(tokens), tokens))
+        return l2_normalize(self.encode_prompts(prompts, names))
 
     @torch.no_grad()
     def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -114,6 +129,37 @@ class ZeroshotModel(CLIPClassifier):
         text = self.text_features(class_ids)
         image = self.image_features(images)
         return self.logit_scale.exp() * image @ text.to(image.dtype).t()
+
+
+class OpenClipZeroshotModel(ZeroshotModel):
+    """:class:`ZeroshotModel` of an open_clip model that is not OpenAI-shaped, run by open_clip
+    (:class:`~dassl_ext.modeling.OpenClipNative`: its ``encode_image``, its ``encode_text``
+    with its own tokenizer, which truncates to its context length); logits add its
+    ``logit_bias`` when it has one (SigLIP-class models)."""
+
+    text_side = ("text_encoder",)
+    checks_token_count = False
+
+    def set_towers(self, clip_model: OpenClipNative) -> None:
+        self.image_encoder = clip_model.visual
+        self.text_encoder = clip_model.text
+        self.logit_scale = clip_model.logit_scale
+        self.logit_bias = clip_model.logit_bias
+        self._resolution = clip_model.input_resolution
+        self.image_encoder.image_mean = clip_model.image_mean
+        self.image_encoder.image_std = clip_model.image_std
+
+    @property
+    def input_resolution(self) -> int:
+        return self._resolution
+
+    def encode_prompts(self, prompts: list[str], names: list[str]) -> torch.Tensor:
+        check_class_names(names)
+        return self.text_encoder(prompts)
+
+    def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        logits = super().forward(images, class_ids)
+        return logits if self.logit_bias is None else logits + self.logit_bias.to(logits.dtype)
 
 
 @TRAINER_REGISTRY.register()
@@ -142,8 +188,11 @@ class ZeroshotCLIP(ForwardInference, TrainerX):
         template(s)."""
         if checkpoint:
             raise UserError(f"{cls.__name__} has no weights to load; got checkpoint {checkpoint}.")
-        clip_model = load_clip(backbone, clip_root_from_cfg(cfg))
-        model = ZeroshotModel(clip_model, classnames, cls.templates(cfg), class_prompts)
+        clip_model = load_zero_shot_clip(backbone, clip_root_from_cfg(cfg))
+        native = isinstance(clip_model, OpenClipNative)
+        model_cls = OpenClipZeroshotModel if native else ZeroshotModel
+        model = model_cls(clip_model, classnames, cls.templates(cfg), class_prompts)
+        model.expect_input(cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
         return model.requires_grad_(False).eval()
 
     @classmethod

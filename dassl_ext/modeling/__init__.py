@@ -25,9 +25,17 @@ from dassl_ext.modeling.loading import (
     clip_sizes,
     find_clip_file,
     load_clip,
+    load_zero_shot_clip,
     read_clip_state_dict,
 )
 from dassl_ext.modeling.maple import CoupledDeepPrompts
+from dassl_ext.modeling.openclip import (
+    OpenClipNative,
+    adapt_batch,
+    is_open_clip_name,
+    openai_model_config,
+    renormalize,
+)
 from dassl_ext.modeling.prompted import (
     PromptedImageEncoder,
     PromptedTextEncoder,

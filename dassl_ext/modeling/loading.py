@@ -3,7 +3,9 @@
 Folders searched, in order: ``root`` (config ``MODEL.CLIP_ROOT``), the environment variable
 ``CLIP_ROOT``, OpenAI's ``~/.cache/clip``. A missing OpenAI model is downloaded into the
 first (checksum verified) when the network allows, a missing tiny model built there; the
-pretrained stand-ins are read from the repository's own copy.
+pretrained stand-ins are read from the repository's own copy. ``open_clip:<model>:<weights>``
+names an open_clip model (``dassl_ext.modeling.openclip``): its weights file is found the
+same way, and an OpenAI-shaped one loads as the same CLIP class.
 """
 
 import contextlib
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from dassl_ext.errors import UserError
+from dassl_ext.modeling import openclip
 from dassl_ext.modeling._clip import clip
 from dassl_ext.modeling.prompted import clip_weight_tensors
 from dassl_ext.modeling.standins import STANDIN_NAMES, standin_path
@@ -53,7 +56,9 @@ def clip_root_from_cfg(cfg) -> str:
 
 def find_clip_file(name: str, root: str | None = None, download: bool = True) -> str:
     """Path of the weights of ``name`` (or ``name``, a file's path); builds tiny models and
-    downloads OpenAI ones if missing."""
+    downloads OpenAI ones if missing; an ``open_clip:`` name's weights file."""
+    if openclip.is_open_clip_name(name):
+        return openclip.find_open_clip_weights(name, clip_search_dirs(root), download)
     if os.path.isfile(name):
         return name
     if not name.strip():
@@ -183,12 +188,20 @@ class ClipSizes:
     input_resolution: int  # pixels per side
     vision_layers: int | None  # transformer blocks of a ViT image tower; None for a ResNet
     text_layers: int
+    # open_clip models: why it is not OpenAI-shaped (None: it is, or an OpenAI model) and its
+    # own normalisation (None: OpenAI's, which the configs set in INPUT.PIXEL_MEAN / STD)
+    openai_shape_issue: str | None = None
+    image_mean: tuple[float, ...] | None = None
+    image_std: tuple[float, ...] | None = None
 
 
 def clip_sizes(name: str, root: str | None = None) -> ClipSizes:
     """The sizes of CLIP ``name`` (found as :func:`find_clip_file` does) from its tensor
-    shapes, as ``clip.model.build_model`` derives them; builds no model."""
+    shapes, as ``clip.model.build_model`` derives them (an open_clip model's from its model
+    config); builds no model."""
     path = find_clip_file(name, root)
+    if openclip.is_open_clip_name(name):
+        return ClipSizes(name, **openclip.open_clip_sizes(name))
     sd = read_clip_state_dict(path, mmap=True)
 
     def blocks(prefix: str) -> int:
@@ -213,8 +226,14 @@ def clip_sizes(name: str, root: str | None = None) -> ClipSizes:
 def load_clip(name: str, root: str | None = None, download: bool = True) -> "clip.model.CLIP":
     """Load CLIP ``name`` (OpenAI name, tiny name or file path; see ``find_clip_file``): fp32,
     eval mode, on the CPU (conv / linear weights in another dtype inside ``clip_weight_dtype``).
-    Any CLIP-shaped state dict works: ``clip.model.build_model`` reads the architecture."""
+    Any CLIP-shaped state dict works: ``clip.model.build_model`` reads the architecture; an
+    OpenAI-shaped open_clip model loads as the same class (else one sentence naming the
+    trainers that take it: :func:`load_zero_shot_clip`)."""
     path = find_clip_file(name, root, download)
+    if openclip.is_open_clip_name(name):
+        spec = openclip.open_clip_spec(name)
+        model = openclip.load_open_clip_as_openai(spec, path, build_clip_from_state_dict)
+        return _cast_weights(model)
     state_dict = read_clip_state_dict(path)
     # NaN weights would surface as a NaN loss ("lower OPTIM.LR") or NaN logits much later;
     # one pass over the tensors (0.8 s for ViT-B/16 measured on 2 busy cores) names the file.
@@ -235,6 +254,24 @@ def load_clip(name: str, root: str | None = None, download: bool = True) -> "cli
             f"({_reason(e)}); replace it with OpenAI's file."
         ) from None
     del state_dict  # the model now holds the only references: each cast below frees its source
+    return _cast_weights(model)
+
+
+def load_zero_shot_clip(
+    name: str, root: str | None = None, download: bool = True
+) -> "clip.model.CLIP | openclip.OpenClipNative":
+    """As :func:`load_clip`, except that an open_clip model that is not OpenAI-shaped loads as
+    :class:`~dassl_ext.modeling.openclip.OpenClipNative` (run by open_clip, zero-shot only)."""
+    if openclip.is_open_clip_name(name):
+        spec = openclip.open_clip_spec(name)
+        if openclip.openai_shape_issue(spec.model_cfg) is not None:
+            path = find_clip_file(name, root, download)
+            return _cast_weights(openclip.load_open_clip_native(spec, path))
+    return load_clip(name, root, download)
+
+
+def _cast_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """fp32, the ``clip_weight_tensors`` in the ``clip_weight_dtype`` of the context; eval."""
     weights = {id(t) for t in clip_weight_tensors(model)}
     for t in [*model.parameters(), *model.buffers()]:
         if t.is_floating_point():

@@ -123,6 +123,9 @@ class PromptedImageEncoder(_PromptedEncoder):
                 "set MODEL.BACKBONE.NAME to a ViT model (e.g. ViT-B/16)."
             )
         self.input_resolution, self.output_dim = visual.input_resolution, visual.output_dim
+        # an open_clip model's own normalisation (None: OpenAI's; see CLIPClassifier)
+        self.image_mean = getattr(visual, "image_mean", None)
+        self.image_std = getattr(visual, "image_std", None)
         self.n_ctx, self.depth = n_ctx, depth
         for name in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer",
                      "ln_post", "proj"):  # fmt: skip

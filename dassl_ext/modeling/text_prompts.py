@@ -15,16 +15,21 @@ def token_count(text: str) -> int:
     return len(clip.clip._tokenizer.encode(text)) + 2
 
 
-def tokenize_class_prompts(prompts: list[str], classnames: list[str]) -> torch.Tensor:
-    """``clip.tokenize(prompts)`` (C, 77) for one prompt per class name (same order); an empty
-    class name, or a prompt longer than CLIP's 77 tokens, is a UserError naming the class,
-    its token count and what to shorten (instead of the tokenizer's RuntimeError)."""
+def check_class_names(classnames: list[str]) -> None:
+    """An empty class name is a UserError naming the class and where to name it."""
     for label, name in enumerate(classnames):
         if not str(name).replace("_", " ").strip():
             raise UserError(
                 f"Class {label} has an empty name ({name!r}); give it a name in the dataset's "
                 "class names (its split file, or the dataset's classname_fixes)."
             )
+
+
+def tokenize_class_prompts(prompts: list[str], classnames: list[str]) -> torch.Tensor:
+    """``clip.tokenize(prompts)`` (C, 77) for one prompt per class name (same order); an empty
+    class name, or a prompt longer than CLIP's 77 tokens, is a UserError naming the class,
+    its token count and what to shorten (instead of the tokenizer's RuntimeError)."""
+    check_class_names(classnames)
     for label, (prompt, name) in enumerate(zip(prompts, classnames)):
         n = token_count(prompt)
         if n > CONTEXT_LENGTH:
