@@ -4,7 +4,9 @@ Spec §3. The student (``MODEL.BACKBONE.NAME``) learns deep visual prompts and a
 UNLABELED images, with the KD loss (spec §3.4; or KDPL's symmetric KL, ``TRAINER.PROMPTKD.LOSS``)
 between its logits and the teacher's, both against the teacher's text features: computed once
 and kept as the student's class vectors (saved with it). The teacher sees the student's
-augmented batch at its own resolution (:func:`teacher_view`). Evaluation runs the student
+augmented batch at its own resolution (:func:`teacher_view`), or, with stored views
+(``STORED_VIEWS`` K > 0), its features of that view come from a bank built once
+(``trainers/promptkd_views.py``) and the teacher is never built. Evaluation runs the student
 only. The teacher: ``trainers/promptkd_teacher.py``.
 """
 
@@ -26,11 +28,18 @@ from dassl_ext.config import (
     register_config_rules,
 )
 from dassl_ext.config.defaults import register_added_keys
+from dassl_ext.data.views import stored_view_loader
 from dassl_ext.engine import TRAINER_REGISTRY, FrozenTeacher, TrainerX
 from dassl_ext.engine.hooks import CallbackHook, HookBase
 from dassl_ext.engine.precision import PRECISIONS
 from dassl_ext.errors import UserError
-from dassl_ext.modeling import ClipSizes, clip_root_from_cfg, clip_sizes, load_clip
+from dassl_ext.modeling import (
+    ClipSizes,
+    clip_root_from_cfg,
+    clip_sizes,
+    find_clip_file,
+    load_clip,
+)
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
 from dassl_ext.utils.distributed import is_main_process
 from trainers.base import check_clip_model
@@ -38,13 +47,16 @@ from trainers.losses import KD_LOSSES
 from trainers.promptkd_student import new_student
 from trainers.promptkd_teacher import (
     build_frozen_teacher,
+    cached_text_meta,
     load_cached_text_features,
+    missing_teacher_error,
     resolve_teacher,
     save_cached_text_features,
     teacher_text_features,
     teacher_trainer,
     teacher_trainers,
 )
+from trainers.promptkd_views import ViewBank, log_view_schedule, prepare_bank
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +87,14 @@ def add_promptkd_config(cfg: CN) -> None:
     pk.TEACHER_CKPT = ""
     # new: folder of the teacher text-feature cache; "" -> <OUTPUT_DIR>/../teacher_text_features
     pk.TEXT_CACHE_DIR = ""
+    # new: K > 0: K augmented views per training image and the teacher's features of each,
+    # stored once (a bank, trainers/promptkd_views.py) and replayed by every student run;
+    # 0: the teacher runs at every step (official)
+    pk.STORED_VIEWS = 0
+    # new: folder of the banks; "" -> teacher_views beside the text-feature cache folder
+    pk.VIEW_CACHE_DIR = ""
+    # new: the seed of the bank's view draws (each run's own seed orders its visits)
+    pk.VIEW_SEED = 1
     # Official keys the student does not use (spec §7.12: its text side is the teacher's);
     # kept so that the official yaml files load.
     pk.N_CTX_TEXT = 4
@@ -85,7 +105,14 @@ def add_promptkd_config(cfg: CN) -> None:
 
 
 # Runs recorded before these keys existed keep their config hash and can be resumed.
-register_added_keys({"TRAINER.PROMPTKD.LOSS": "kl"})
+register_added_keys(
+    {
+        "TRAINER.PROMPTKD.LOSS": "kl",
+        "TRAINER.PROMPTKD.STORED_VIEWS": 0,
+        "TRAINER.PROMPTKD.VIEW_CACHE_DIR": "",
+        "TRAINER.PROMPTKD.VIEW_SEED": 1,
+    }
+)
 
 register_config_rules(
     OneOf("TRAINER.MODAL", tuple(MODAL_EVAL_SPLITS)),
@@ -94,6 +121,8 @@ register_config_rules(
     Range("TRAINER.PROMPTKD.KD_WEIGHT", 0),
     Range("TRAINER.PROMPTKD.TEMPERATURE", 0, low_open=True, note="the KD softmax temperature"),
     OneOf("TRAINER.PROMPTKD.LOSS", tuple(KD_LOSSES), note="the distillation loss"),
+    Range("TRAINER.PROMPTKD.STORED_VIEWS", 0, integer=True, note="0: the teacher at every step"),
+    Range("TRAINER.PROMPTKD.VIEW_SEED", 0, integer=True, note="the seed of the stored views"),
     Check(
         "TRAINER.PROMPTKD.TEACHER_PREC",
         lambda v: str(v).lower() in ("", *PRECISIONS),
@@ -152,9 +181,15 @@ class PromptKD(TrainerX):
             )
         check_clip_model(cfg, "MODEL.BACKBONE.NAME", cls)
         teacher_cls = teacher_trainer(cfg.TRAINER.PROMPTKD.TEACHER_TRAINER)
-        sizes = clip_sizes(cfg.TRAINER.PROMPTKD.TEACHER_NAME, clip_root_from_cfg(cfg))
+        name, root = cfg.TRAINER.PROMPTKD.TEACHER_NAME, clip_root_from_cfg(cfg)
+        if cfg.TRAINER.PROMPTKD.STORED_VIEWS > 0:
+            try:  # stored views may stand in for a teacher whose files are gone
+                find_clip_file(name, root, download=False)
+            except UserError:
+                logger.info(f"No teacher CLIP {name}: its rules are checked only if it is built")
+                return
         model_rules = getattr(teacher_cls, "model_rules", None)
-        check_rules(cfg, model_rules(cfg, sizes) if model_rules else [])
+        check_rules(cfg, model_rules(cfg, clip_sizes(name, root)) if model_rules else [])
 
     @classmethod
     def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:
@@ -168,6 +203,8 @@ class PromptKD(TrainerX):
         cfg, pk = self.cfg, self.cfg.TRAINER.PROMPTKD
         self.teacher_spec = resolve_teacher(cfg, self.device, self.classnames, self.class_prompts)
         self.teacher: FrozenTeacher | None = None  # built with the text features, else later
+        self.view_bank: ViewBank | None = None  # stored views, opened before training
+        self._text_logit_scale: float | None = None  # the logit scale of the text features' teacher
         text_features = self._class_text_features()
         teacher_dim = (
             self.teacher_spec.embed_dim() if text_features is None else text_features.shape[1]
@@ -204,10 +241,13 @@ class PromptKD(TrainerX):
         if text_features is None:
             return self._build_teacher(compute_text=True)
         logger.info(f"Teacher text features from the cache {spec.cache_dir}")
+        self._text_logit_scale = cached_text_meta(spec).get("logit_scale")
         return text_features
 
     def results_provenance(self) -> dict:
         teacher = self.teacher_spec.provenance()
+        if teacher and self.view_bank is not None:
+            teacher.update(self.view_bank.provenance())
         return {"teacher": teacher} if teacher else {}
 
     def _build_teacher(self, compute_text: bool) -> torch.Tensor | None:
@@ -218,8 +258,10 @@ class PromptKD(TrainerX):
         text_features = None
         if compute_text:
             text_features = teacher_text_features(self.teacher, n_classes, spec.precision)
+            self._text_logit_scale = float(self.teacher.logit_scale.float())
             if is_main_process():
-                meta = {"classnames": list(self.classnames), "teacher": spec.trainer}
+                meta = {"classnames": list(self.classnames), "teacher": spec.trainer,
+                        "logit_scale": self._text_logit_scale}  # fmt: skip
                 if spec.class_prompts:
                     meta["class_prompts"] = list(spec.class_prompts)
                 save_cached_text_features(spec, text_features, meta)
@@ -228,13 +270,56 @@ class PromptKD(TrainerX):
 
     def build_hooks(self) -> list[HookBase]:
         """First: the teacher, unless building the model built it (its text features came
-        from the cache, or there is no teacher: then this is the error)."""
-        teacher = CallbackHook(before_train=lambda trainer: trainer.ensure_teacher())
+        from the cache, or there is no teacher: then this is the error); with stored views
+        the bank instead (built first if needed)."""
+        teacher = CallbackHook(before_train=lambda trainer: trainer.prepare_teacher())
         return [teacher, *super().build_hooks()]
+
+    def prepare_teacher(self) -> None:
+        """What training needs of the teacher: the stored views (K > 0), else the teacher."""
+        if self.cfg.TRAINER.PROMPTKD.STORED_VIEWS > 0:
+            self.use_stored_views()
+        else:
+            self.ensure_teacher()
 
     def ensure_teacher(self) -> None:
         if self.teacher is None:
             self._build_teacher(compute_text=False)
+
+    def use_stored_views(self) -> ViewBank:
+        """Open the bank of stored views (built first when missing: the only time the teacher
+        is built) and train from it: the train loader replays its views."""
+        spec = self.teacher_spec
+        if not spec.available:
+            raise missing_teacher_error(spec.where)
+
+        def teacher():
+            self.ensure_teacher()
+            scale = float(self.teacher.logit_scale.float())
+            return self.teacher_image_features, scale, spec.precision.device
+
+        width = self.model.class_text_features.shape[1]
+        bank = prepare_bank(self.cfg, spec.identity, spec.cache_dir, self.dm.dataset.train_x,
+                            width, teacher)  # fmt: skip
+        if self._text_logit_scale is not None and self._text_logit_scale != bank.logit_scale:
+            raise UserError(
+                f"The stored teacher views in {bank.folder} were built by a teacher of logit "
+                f"scale {bank.logit_scale}, the text features in {spec.cache_dir} by one of "
+                f"{self._text_logit_scale}; delete both to compute them again."
+            )
+        self.teacher = None  # never needed again in this run
+        loader = stored_view_loader(self.dm, bank.replay, bank.params, bank.features, bank.k)
+        self.dm.train_loader_x = self.train_loader_x = loader
+        log_view_schedule(bank.k, self.max_epoch, self.dm.seed)
+        self.view_bank = bank
+        return bank
+
+    @torch.no_grad()
+    def teacher_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's features (B, E_t) of the student's batch, in its output dtype."""
+        t_images = teacher_view(images, self.teacher.input_resolution)
+        with self.teacher_spec.precision.autocast():
+            return self.teacher.image_features(t_images)
 
     # ------------------------------------------------------------------ training
     def forward_backward(self, batch: dict) -> dict[str, float]:
@@ -242,11 +327,13 @@ class PromptKD(TrainerX):
         pk = self.cfg.TRAINER.PROMPTKD
         images = batch["img"].to(self.device)
         class_features = self.model.class_text_features  # (C, E_t), all classes
-        with torch.no_grad():
-            t_images = teacher_view(images, self.teacher.input_resolution)
-            with self.teacher_spec.precision.autocast():
-                t_feats = self.teacher.image_features(t_images).float()  # (B, E_t)
-        t_logits = self.teacher.logit_scale.float().exp() * t_feats @ class_features.t()
+        if "view_features" in batch:  # stored views: the teacher's features of this view
+            t_feats = batch["view_features"].to(self.device).float()  # (B, E_t)
+            scale = torch.tensor(self.view_bank.logit_scale, device=self.device)
+        else:
+            t_feats = self.teacher_image_features(images).float()  # (B, E_t)
+            scale = self.teacher.logit_scale.float()
+        t_logits = scale.exp() * t_feats @ class_features.t()
         with self.prec.autocast():
             s_logits = self.training_module()(images, class_features)  # (B, C)
         kd_loss = KD_LOSSES[pk.LOSS]

@@ -5,6 +5,11 @@ declares how it teaches (``TeacherSupport``), and never trained: its CLIP weight
 straight into its own dtype. Its text features for all classes are computed once, cached on
 disk under a key of everything they depend on, and the text tower dropped (spec §3.4, §7.10).
 
+With stored teacher views (``TRAINER.PROMPTKD.STORED_VIEWS``, ``trainers/promptkd_views.py``)
+a run may never need the teacher's files: when they are gone, their digests last recorded in
+the cache folder's ``file_digests.json`` still key the caches, and the existing "not found"
+errors come only when the teacher must be built.
+
 A dataset's own per-class prompts (``class_prompts``) reach a zero-shot teacher only
 (``TeacherSupport.needs_checkpoint`` False: its class vectors come from hand-written prompts):
 its ``build_frozen_model`` then takes them as the keyword ``class_prompts``, and they are part
@@ -17,7 +22,8 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 import torch
 import yaml
@@ -27,9 +33,15 @@ from dassl_ext.engine import TRAINER_REGISTRY, FrozenTeacher, Precision, Teacher
 from dassl_ext.engine.precision import resolve_frozen_precision
 from dassl_ext.errors import UserError
 from dassl_ext.modeling import cast_frozen_weights, clip_root_from_cfg, find_clip_file
-from dassl_ext.modeling.loading import clip_weight_dtype, read_clip_state_dict
+from dassl_ext.modeling.loading import (
+    clip_filename,
+    clip_search_dirs,
+    clip_weight_dtype,
+    read_clip_state_dict,
+)
 from dassl_ext.utils.atomic import write_torch_atomic
-from dassl_ext.utils.digest import file_digest
+from dassl_ext.utils.checkpoint import BEST_FILE
+from dassl_ext.utils.digest import file_digest, recorded_digest, recorded_paths
 from trainers.teacher_folders import RELEASED_TEACHERS, first_checkpoint, teacher_dirs
 
 logger = logging.getLogger(__name__)
@@ -59,6 +71,13 @@ class TeacherSpec:
     cache_key: str | None  # its entry for this teacher and these classes
     # per class the dataset's own prompt or None (zero-shot teachers); None: there are none
     class_prompts: tuple[str | None, ...] | None = None
+    # what identifies the teacher's computation (the cache key parts but the classes); None
+    # when it is not available
+    identity: dict | None = field(default=None, compare=False)
+    # the error its files give when they are gone (their recorded digests stand in for them
+    # in the keys, for stored views): raised when the teacher must be built (the
+    # checkpoint's when both are gone)
+    missing: str = ""
 
     @property
     def available(self) -> bool:
@@ -108,28 +127,80 @@ def resolve_teacher(
     precision = resolve_frozen_precision(str(pk.TEACHER_PREC).lower() or pk.PREC, device)
     checkpoint, where = teacher_checkpoint(pk.TEACHER_CKPT, pk.TEACHER_TRAINER, support,
                                            cfg.TRAINER.MODAL, cfg.DATASET.NAME)  # fmt: skip
-    clip_file = find_clip_file(pk.TEACHER_NAME, clip_root_from_cfg(cfg))
     cache_dir = pk.TEXT_CACHE_DIR or os.path.join(
         os.path.dirname(os.path.abspath(cfg.OUTPUT_DIR)), "teacher_text_features"
     )  # next to OUTPUT_DIR: the seeds of one experiment share it
-    ckpt_sha = clip_sha = key = None
+    store = os.path.join(cache_dir, DIGEST_STORE)
+    root, missing, ckpt_sha = clip_root_from_cfg(cfg), [], None
+    if int(pk.STORED_VIEWS) > 0:  # stored views may need none of the files: digests recorded
+        clip_file, clip_sha, gone = _clip_file_or_recorded(pk.TEACHER_NAME, root, store)
+        missing += [gone] if gone else []
+        if checkpoint is None and support.needs_checkpoint:
+            checkpoint, ckpt_sha = _recorded_checkpoint(pk.TEACHER_CKPT, support,
+                                                        cfg.TRAINER.MODAL, cfg.DATASET.NAME,
+                                                        store)  # fmt: skip
+            missing += [str(missing_teacher_error(where))] if checkpoint else []
+    else:
+        clip_file, clip_sha = find_clip_file(pk.TEACHER_NAME, root), None
+    key = identity = None
     if checkpoint is not None or not support.needs_checkpoint:
-        store = os.path.join(cache_dir, DIGEST_STORE)
-        clip_sha = file_digest(clip_file, store)
-        ckpt_sha = file_digest(checkpoint, store) if checkpoint else None
+        clip_sha = clip_sha or file_digest(clip_file, store)
+        ckpt_sha = ckpt_sha or (file_digest(checkpoint, store) if checkpoint else None)
         section = cfg.TRAINER.get(pk.TEACHER_TRAINER.upper())  # prompt length/depth ...
         section = section.dump() if section is not None else None
-        parts = {
+        identity = {
             "trainer": pk.TEACHER_TRAINER, "section": section,
             "backbone": pk.TEACHER_NAME, "clip_sha256": clip_sha, "checkpoint_sha256": ckpt_sha,
-            "classnames": list(classnames), "compute": f"{device.type}-{precision.effective}",
+            "compute": f"{device.type}-{precision.effective}",
         }  # fmt: skip
+        parts = {**identity, "classnames": list(classnames)}
         if prompts:  # only then: the keys of runs without them stay what they were
             parts["class_prompts"] = list(prompts)
         key = text_feature_key(parts)
     return TeacherSpec(pk.TEACHER_TRAINER, cls, support, pk.TEACHER_NAME, checkpoint, where,
-                       clip_file, ckpt_sha, clip_sha, precision, cache_dir, key,
-                       prompts)  # fmt: skip
+                       clip_file, ckpt_sha, clip_sha, precision, cache_dir, key, prompts,
+                       identity, missing[-1] if missing else "")  # fmt: skip
+
+
+def _clip_file_or_recorded(name: str, root: str, store: str) -> tuple[str, str | None, str]:
+    """``(path, digest or None, error)`` of the teacher's CLIP weights: the file found (not
+    downloaded yet), else the one whose digest ``store`` recorded before it went (its digest,
+    and the error its absence gives), else what :func:`find_clip_file` does (a download)."""
+    try:
+        return find_clip_file(name, root, download=False), None, ""
+    except UserError as e:
+        for path in dict.fromkeys([name, *(os.path.join(d, clip_filename(name))
+                                           for d in clip_search_dirs(root))]):  # fmt: skip
+            digest = recorded_digest(path, store)
+            if digest:
+                return os.path.abspath(path), digest, str(e)
+    return find_clip_file(name, root), None, ""
+
+
+def _recorded_checkpoint(
+    setting: str, support: TeacherSupport, modal: str, dataset_name: str, store: str
+) -> tuple[str | None, str | None]:
+    """``(path, digest)`` of the teacher checkpoint :func:`teacher_checkpoint` would have found
+    before its file went, from the digests ``store`` recorded, else ``(None, None)``."""
+    if setting:
+        digest = recorded_digest(setting, store)
+        if digest:  # the file itself
+            return os.path.abspath(setting), digest
+        folders = [setting, os.path.join(setting, support.default_model_name or "")]
+    elif support.default_model_name is None:
+        return None, None
+    else:
+        folders = teacher_dirs(modal, dataset_name, model_dir=support.default_model_name)
+    for folder in dict.fromkeys(os.path.abspath(f) for f in folders):
+        gone = {os.path.basename(p): p for p in recorded_paths(store, folder)
+                if not os.path.exists(p)}  # fmt: skip
+        epochs = [(int(m.group(1)), p) for n, p in gone.items()
+                  if (m := re.fullmatch(r"model\.pth\.tar-(\d+)", n))]  # fmt: skip
+        path = gone.get(BEST_FILE) or (max(epochs)[1] if epochs else None)
+        digest = recorded_digest(path, store) if path else None
+        if digest:
+            return path, digest
+    return None, None
 
 
 def teacher_trainers() -> list[str]:
@@ -233,6 +304,17 @@ def load_cached_text_features(spec: TeacherSpec, num_classes: int) -> torch.Tens
         return None
 
 
+def cached_text_meta(spec: TeacherSpec) -> dict:
+    """The ``meta`` of the cache entry (classes, teacher, its logit scale when recorded); {}
+    when there is none or it cannot be read (the features' own check warns)."""
+    try:
+        path = os.path.join(spec.cache_dir, f"{spec.cache_key}.pt")
+        meta = torch.load(path, map_location="cpu", weights_only=True).get("meta")
+        return meta if isinstance(meta, dict) else {}
+    except Exception:  # a corrupt entry: load_cached_text_features names it
+        return {}
+
+
 def save_cached_text_features(spec: TeacherSpec, feats: torch.Tensor, meta: dict) -> None:
     """Write the cache entry atomically (seeds or ranks may race); an unwritable folder is a
     warning (only the reuse is lost)."""
@@ -252,6 +334,8 @@ def build_frozen_teacher(cfg, spec: TeacherSpec, classnames: list[str]) -> Froze
     ``cfg``) in ``spec.precision``, on its device, with its text tower."""
     if not spec.available:
         raise missing_teacher_error(spec.where)
+    if spec.missing:  # its files are gone (their recorded digests keyed the caches)
+        raise UserError(spec.missing)
     logger.info(
         f"Building the teacher: {spec.trainer} on {spec.backbone} from "
         f"{spec.checkpoint or 'no checkpoint'}"

@@ -2,15 +2,20 @@
 name, location or timestamps. Each file version is hashed once (a 1 GB file takes seconds):
 the digest is remembered, in memory and in an optional JSON store, under the file's stat
 signature, which holds the ctime and inode (``cp -p`` keeps size and mtime; a write always
-moves the ctime)."""
+moves the ctime). A file that is gone keeps its last recorded digest (:func:`recorded_digest`):
+what a cache built from it is keyed by."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import threading
 
 from dassl_ext.utils.atomic import read_json_dict, write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 22
 _memory: dict[str, tuple[list, str]] = {}  # abspath -> (signature, digest)
@@ -52,3 +57,25 @@ def file_digest(path: str, store: str | None = None) -> str:
     with _lock:
         _memory[key] = (sig, digest)
     return digest
+
+
+def recorded_digest(path: str, store: str) -> str | None:
+    """The sha256 last recorded for ``path`` in ``store`` (see :func:`file_digest`) when the
+    file no longer exists (one log line says it is used), else None: the file exists (hash
+    it instead), or nothing valid was recorded for it."""
+    if os.path.exists(path):
+        return None
+    key = os.path.abspath(path)
+    entry = (read_json_dict(store) or {}).get(key)
+    digest = entry.get("sha256") if isinstance(entry, dict) else None
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        return None
+    logger.info(f"{key} no longer exists: using its sha256 recorded in {store} ({digest})")
+    return digest
+
+
+def recorded_paths(store: str, folder: str) -> list[str]:
+    """The paths directly in ``folder`` that ``store`` holds a digest for (sorted)."""
+    folder = os.path.abspath(folder)
+    saved = read_json_dict(store) or {}
+    return sorted(p for p in saved if os.path.dirname(p) == folder)
