@@ -230,6 +230,15 @@ def test_other_models_are_zero_shot_only(models, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_ensemble_zero_shot_runs_an_open_clip_model(models, digits_root, tmp_path):
+    """ZeroshotCLIP2 (template ensemble) through train.main on a model open_clip runs."""
+    out = tmp_path / "zs2"
+    args = argv("ZeroshotCLIP2", out, digits_root, tmp_path, "MODEL.BACKBONE.NAME",
+                models["other"], config="CoOp/vit_b16.yaml", flags=("--eval-only",))  # fmt: skip
+    assert train.main(args) == 0
+    assert read_results(out)["splits"]["test"]["num_images"] == 540
+
+
 def test_prompted_trainer_needs_the_models_normalisation(models, tmp_path):
     """A trainer that learns sees the batches as they come: INPUT.PIXEL_MEAN / STD must be the
     model's own (the zero-shot trainers re-normalise instead)."""
@@ -374,3 +383,65 @@ def test_standin_as_open_clip_gives_the_same_accuracy_and_student(models, digits
     assert sd_a.keys() == sd_b.keys()
     for k in sd_a:
         torch.testing.assert_close(sd_a[k], sd_b[k], rtol=0, atol=1e-6)
+
+
+def test_safetensors_weights_sizes_and_config_digest(models, tmp_path):
+    """Weights in a .safetensors file (open_clip's Hugging Face downloads) load; the sizes
+    carry the joint embedding width; the config digest follows the config's content."""
+    from safetensors.torch import save_file
+
+    from dassl_ext.modeling import model_config_digest
+
+    _, config, weights = models["vit"].split(":")
+    sd = {k: v.contiguous() for k, v in torch.load(weights, weights_only=True).items()}
+    save_file(sd, str(tmp_path / "tiny.safetensors"))
+    name = f"open_clip:{config}:{tmp_path / 'tiny.safetensors'}"
+    a, b = load_clip(models["vit"]), load_clip(name)
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), k
+    assert clip_sizes(name).embed_dim == 32 and clip_sizes(models["other"]).embed_dim == 32
+    assert model_config_digest("tiny-teacher") is None
+    digest = model_config_digest(name)
+    assert digest == model_config_digest(models["vit"])  # the same config, other weights
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps({**TINY_VIT, "quick_gelu": True}))
+    assert model_config_digest(f"open_clip:{changed}:{weights}") != digest
+
+
+def test_promptkd_with_an_open_clip_teacher_at_its_own_resolution_and_normalisation(
+    digits_root, tiny_clip_root, tmp_path, monkeypatch
+):
+    """A zero-shot open_clip teacher (not OpenAI-shaped: open_clip runs it) at 64 px with
+    mean/std 0.5 teaches the 32 px tiny student (a training step); its features of a batch
+    are open_clip's of that batch resized to 64 px and re-normalised (adapt_batch)."""
+    from test_promptkd import student_argv
+
+    from dassl_ext.engine import build_trainer
+
+    other = {**TINY_OTHER, "vision_cfg": {**TINY_OTHER["vision_cfg"], "image_size": 64,
+                                          "patch_size": 16}}  # fmt: skip
+    teacher = write_model(tmp_path, "teacher-64", other, seed=2)
+    opts = ("TRAINER.PROMPTKD.TEACHER_TRAINER", "ZeroshotCLIP",
+            "TRAINER.PROMPTKD.TEACHER_NAME", teacher, "USE_CUDA", "False")  # fmt: skip
+    args = student_argv(digits_root, tiny_clip_root, tmp_path / "kd", "", *opts,
+                        "TEST.NO_TEST", "True")  # fmt: skip
+    trainer = build_trainer(setup_cfg(train.parse_args(args)))
+    trainer.ensure_teacher()
+    batch = next(iter(trainer.train_loader_x))
+    loss = trainer.forward_backward(batch)["loss"]
+    assert loss > 0 and loss == loss  # a finite KD loss from the open_clip teacher
+    images = batch["img"][:2]
+    data = (trainer.cfg.INPUT.PIXEL_MEAN, trainer.cfg.INPUT.PIXEL_STD)
+    seen = adapt_batch(images, *data, 64, [0.5] * 3, [0.5] * 3)
+    with torch.no_grad():
+        t = trainer.teacher
+        t_images = F.interpolate(images, size=(64, 64), mode="bicubic", align_corners=False,
+                                 antialias=True)  # fmt: skip
+        got = F.normalize(t.image_features(t_images), dim=-1)
+    ref_cfg = read_config(teacher.split(":")[1])
+    ref_cfg.pop("preprocess_cfg")
+    ref = open_clip.model.CLIP(**ref_cfg).eval()
+    open_clip.load_checkpoint(ref, teacher.split(":")[2])
+    with torch.no_grad():
+        expected = F.normalize(ref.encode_image(seen), dim=-1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

@@ -33,6 +33,7 @@ from dassl_ext.modeling.openclip import (
     OpenClipNative,
     adapt_batch,
     is_open_clip_name,
+    model_config_digest,
     openai_model_config,
     renormalize,
 )

@@ -140,11 +140,16 @@ def _is_torchscript(path: str) -> bool:
 
 def read_clip_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
     """State dict of an OpenAI TorchScript archive or of a plain (``torch.save``) state dict,
-    read with ``weights_only=True`` (no pickled code runs). ``mmap`` maps a plain file, for a
-    look at shapes or a few tensors; ``load_clip`` reads (one mapping would keep every page
-    of the fp32 tensors it keeps resident, while read tensors are freed as they are cast).
+    read with ``weights_only=True`` (no pickled code runs), or of a ``.safetensors`` file
+    (open_clip's Hugging Face downloads). ``mmap`` maps a plain file, for a look at shapes or
+    a few tensors; ``load_clip`` reads (one mapping would keep every page of the fp32 tensors
+    it keeps resident, while read tensors are freed as they are cast).
     """
     try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path, device="cpu")
         if _is_torchscript(path):
             with warnings.catch_warnings():
                 # OpenAI ships TorchScript; torch's "use torch.export" advice is not for users.
@@ -193,6 +198,7 @@ class ClipSizes:
     openai_shape_issue: str | None = None
     image_mean: tuple[float, ...] | None = None
     image_std: tuple[float, ...] | None = None
+    embed_dim: int | None = None  # width of the joint image-text embedding
 
 
 def clip_sizes(name: str, root: str | None = None) -> ClipSizes:
@@ -220,7 +226,9 @@ def clip_sizes(name: str, root: str | None = None) -> ClipSizes:
         raise UserError(
             f"'{path}' is not a CLIP checkpoint (no tensor {e}); replace it with OpenAI's file."
         ) from None
-    return ClipSizes(name, int(resolution), vision_layers, blocks("transformer.resblocks."))
+    text_layers = blocks("transformer.resblocks.")
+    embed_dim = int(sd["text_projection"].shape[1]) if "text_projection" in sd else None
+    return ClipSizes(name, int(resolution), vision_layers, text_layers, embed_dim=embed_dim)
 
 
 def load_clip(name: str, root: str | None = None, download: bool = True) -> "clip.model.CLIP":

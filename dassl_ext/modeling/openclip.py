@@ -25,6 +25,7 @@ turns a batch normalised for another model (or resolution) into this model's inp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -316,7 +317,7 @@ def _cached_weights(tag_cfg: dict, dirs: list[str]) -> tuple[str | None, list[st
 def open_clip_sizes(name: str) -> dict:
     """Sizes of ``name`` from its model config (no weights read): ``input_resolution``,
     ``vision_layers`` (None unless OpenAI-shaped), ``text_layers``, ``openai_shape_issue``,
-    ``image_mean``, ``image_std``."""
+    ``image_mean``, ``image_std``, ``embed_dim``."""
     spec = open_clip_spec(name)
     issue = openai_shape_issue(spec.model_cfg)
     vision, text = spec.model_cfg["vision_cfg"], spec.model_cfg["text_cfg"]
@@ -328,7 +329,20 @@ def open_clip_sizes(name: str) -> dict:
         "openai_shape_issue": issue,
         "image_mean": spec.mean,
         "image_std": spec.std,
+        "embed_dim": int(spec.model_cfg["embed_dim"]),
     }
+
+
+def model_config_digest(name: str) -> str | None:
+    """sha256 of what an ``open_clip:`` name's model config and preprocessing hold (a config
+    .json can change under the same name; the weights file has its own digest); None for
+    any other name. For cache keys of what the model computes."""
+    if not is_open_clip_name(name):
+        return None
+    spec = open_clip_spec(name)
+    text = json.dumps({"model_cfg": spec.model_cfg, "preprocess": spec.preprocess},
+                      sort_keys=True, default=str)  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def create_open_clip(spec: OpenClipSpec, weights: str) -> nn.Module:
