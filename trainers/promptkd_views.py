@@ -54,7 +54,10 @@ VIEWS_VERSION = 1
 SHARD_IMAGES = 512  # images per shard: K x 512 views, e.g. 15 MB at K = 20, E = 768, fp16
 BUILD_BATCH = 64  # views per teacher forward while building
 # the dtypes a teacher's features may come in (stored as they come: lossless), by name
-FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+STORED_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# per compute precision, the dtype of the features where the teacher's last op keeps it (CPU
+# autocast); CUDA autocast computes the final normalisation in fp32: a build stores what comes
+FEATURE_DTYPES = {"fp32": "float32", "amp": "float32", "fp16": "float16", "bf16": "bfloat16"}
 TEACHER_FILE = "teacher.json"  # in the bank's folder: the teacher's logit scale (and the key)
 
 
@@ -109,7 +112,9 @@ def bank_key(identity: dict, cfg, data: list[Datum], replay: ReplayTransform) ->
 
 
 def bank_arrays(k: int, width: int, dtype: str) -> list[ArraySpec]:
-    """Per image: K views' parameters (int32) and teacher features (its output dtype)."""
+    """Per image: K views' parameters (int32) and teacher features (its output dtype: a
+    STORED_DTYPES name, or a precision name for its FEATURE_DTYPES one)."""
+    dtype = FEATURE_DTYPES.get(dtype, dtype)
     return [
         ArraySpec("params", (k, PARAMS_PER_VIEW), "int32"),
         ArraySpec("features", (k, width), dtype),
@@ -209,14 +214,14 @@ def prepare_bank(
     # (rank 0's): they all build, or none does
     done = None
     if _read_logit_scale(folder, key) is not None:
-        done = next((d for d in FEATURE_DTYPES if store_of(d).is_complete()), None)
+        done = next((d for d in STORED_DTYPES if store_of(d).is_complete()), None)
     done = broadcast_object(done)
     store = store_of(done) if done else None
     if store is None:
         features, logit_scale, device = teacher()
         with torch.no_grad():  # the dtype its features come in: stored as they come
             probe = features(torch.zeros(1, 3, *replay.size, device=device))
-        dtype = next((n for n, d in FEATURE_DTYPES.items() if d == probe.dtype), "float32")
+        dtype = next((n for n, d in STORED_DTYPES.items() if d == probe.dtype), "float32")
         store = store_of(dtype)
         logger.info(
             f"Building the stored teacher views: {len(data):,} images x {k} views, teacher "
@@ -227,7 +232,7 @@ def prepare_bank(
             write_json_atomic(os.path.join(folder, TEACHER_FILE),
                               {"key": key, "logit_scale": logit_scale})  # fmt: skip
         compute = view_features_compute(features, cfg, data, replay, device,
-                                        FEATURE_DTYPES[dtype])  # fmt: skip
+                                        STORED_DTYPES[dtype])  # fmt: skip
         with torch.random.fork_rng(devices=[]):  # the run's random stream stays where it was
             store.build(compute, get_rank(), get_world_size(), progress="stored views")
         barrier()
