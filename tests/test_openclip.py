@@ -445,3 +445,12 @@ def test_promptkd_with_an_open_clip_teacher_at_its_own_resolution_and_normalisat
     with torch.no_grad():
         expected = F.normalize(ref.encode_image(seen), dim=-1)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_a_tags_activation_wins_over_the_model_names():
+    """open_clip's OpenAI weights under a name without '-quickgelu' (ViT-L-14-336:openai) were
+    trained with QuickGELU: the model uses it (open_clip would warn and use nn.GELU)."""
+    from dassl_ext.modeling.openclip import open_clip_spec
+
+    assert open_clip_spec("open_clip:ViT-L-14-336:openai").model_cfg["quick_gelu"] is True
+    assert not open_clip_spec("open_clip:ViT-L-14:laion2b_s32b_b82k").model_cfg.get("quick_gelu")

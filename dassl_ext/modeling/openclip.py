@@ -162,14 +162,14 @@ def open_clip_spec(name: str) -> OpenClipSpec:
         model_cfg.pop("preprocess_cfg", None)
         tag_cfg = get_pretrained_cfg(model.replace("/", "-"), pretrained)
         preprocess = merge_preprocess_dict(preprocess, tag_cfg)
-        if tag_cfg and bool(tag_cfg.get("quick_gelu", False)) != bool(
-            model_cfg.get("quick_gelu", False)
-        ):
+        tag_gelu, model_gelu = bool(tag_cfg.get("quick_gelu")), bool(model_cfg.get("quick_gelu"))
+        if tag_cfg and tag_gelu and not model_gelu:  # open_clip only warns, and computes off
+            logger.info(f"{name}: QuickGELU, as the weights '{pretrained}' were trained")
+            model_cfg["quick_gelu"] = True
+        elif tag_cfg and model_gelu and not tag_gelu:
             logger.warning(
-                f"{name}: the weights '{pretrained}' were trained with quick_gelu="
-                f"{tag_cfg.get('quick_gelu', False)} but model {model} has quick_gelu="
-                f"{model_cfg.get('quick_gelu', False)}; use the matching model name (with or "
-                "without '-quickgelu') or its outputs are off."
+                f"{name}: the weights '{pretrained}' were trained with nn.GELU but model "
+                f"{model} uses QuickGELU; name the model without '-quickgelu'."
             )
     vision = model_cfg.get("vision_cfg", {})
     preprocess["size"] = vision.get("image_size", preprocess["size"])
