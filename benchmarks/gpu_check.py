@@ -2,8 +2,9 @@
 
 ``python benchmarks/gpu_check.py require-gpu`` exits 2 with one sentence when no CUDA GPU is
 visible; ``python benchmarks/gpu_check.py report OUT`` prints one table from what
-``gpu_check.sh`` left in OUT: ``step_<prec>_b<batch>.json`` of ``promptkd_step.py``,
-``pytest.txt`` and ``data_loading.txt``.
+``gpu_check.sh`` left in OUT: ``step_<prec>_b<batch>.json`` of ``promptkd_step.py`` (stored
+teacher views included: images/s with and without the views' replay), ``pytest.txt`` and
+``data_loading.txt``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,16 @@ import sys
 NAMES = {
     "train-ours": "train, stored text",
     "train-official": "train, official",
+    "train-views": "train, stored views",
     "eval-ours": "eval, student only",
     "eval-official": "eval, official",
+}
+
+# the official counterpart of a variant (ratios against it)
+OFFICIAL = {
+    "train-ours": "train-official",
+    "train-views": "train-official",
+    "eval-ours": "eval-official",
 }
 
 
@@ -90,9 +99,10 @@ def format_report(rows: list[dict], out: str) -> str:
         )
     by = {(r["prec"], r["variant"], r["batch"]): r for r in rows}
     for (prec, variant, batch), r in sorted(by.items()):
-        official = by.get((prec, variant.replace("ours", "official"), batch))
-        if variant.endswith("ours") and official:
+        official = by.get((prec, OFFICIAL.get(variant, ""), batch))
+        if official:
             what = "step time" if variant.startswith("train") else "eval speed"
+            ours = "stored views" if variant == "train-views" else "ours"
             ratio = (
                 r["sec_per_step"] / official["sec_per_step"]
                 if variant.startswith("train")
@@ -100,8 +110,17 @@ def format_report(rows: list[dict], out: str) -> str:
             )
             mem = r["peak_cuda_mb"] / max(official["peak_cuda_mb"], 1e-9)
             lines.append(
-                f"{prec}, batch {batch}: {what} ours / official {ratio:.2f}x, "
+                f"{prec}, batch {batch}: {what} {ours} / official {ratio:.2f}x, "
                 f"peak CUDA memory {mem:.2f}x"
+            )
+    for (prec, variant, batch), r in sorted(by.items()):
+        if variant == "train-views" and r.get("data_sec_per_step"):
+            compute = r["sec_per_step"] - r["data_sec_per_step"]
+            lines.append(
+                f"{prec}, batch {batch}: stored views {r['images_per_sec']:.0f} images/s with the "
+                f"views' replay and read in the step ({1000 * r['data_sec_per_step']:.1f} ms), "
+                f"{batch / max(compute, 1e-9):.0f} images/s without (a loader's workers replay "
+                "in parallel)"
             )
     lines += checkpointing_lines(out)
     lines.append(pytest_summary(out))

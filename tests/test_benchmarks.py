@@ -43,23 +43,69 @@ def tiny_files(tmp_path_factory, step_bench):
     from benchmarks.promptkd_models import PAIRS, make_files
 
     make_files(folder, PAIRS["tiny"])
+    step_bench.make_view_bank(_args(step_bench, folder), PAIRS["tiny"])  # train-views' bank
     return folder
 
 
 def _args(step_bench, files, *extra):
     return step_bench.parse_args(["--pair", "tiny", "--files", files, "--classes", "10",
-                                  "--steps", "1", *extra])  # fmt: skip
+                                  "--steps", "1", "--bank-images", "16", "--views", "2",
+                                  *extra])  # fmt: skip
 
 
-@pytest.mark.parametrize("variant", ["train-ours", "train-official", "eval-ours", "eval-official"])
+VARIANTS = ["train-ours", "train-official", "train-views", "eval-ours", "eval-official"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_runs_on_the_tiny_pair(step_bench, tiny_files, variant):
     args = _args(step_bench, tiny_files, "--variant", variant, "--teacher-prec", "fp32")
     r = step_bench.run_variant(args)
     assert r["variant"] == variant and r["batch"] == 8
     assert r["sec_per_step"] > 0 and r["cpu_sec_per_step"] > 0 and r["peak_rss_mb"] > 0
     assert 0 < r["step_rss_mb"] <= r["peak_rss_mb"]  # the steps' peak, loading excluded
-    assert r["teacher_prec"] == ("" if variant == "eval-ours" else "fp32")
+    teacher = {"eval-ours": "", "train-views": "views float16"}.get(variant, "fp32")
+    assert r["teacher_prec"] == teacher
     assert r["grad_ckpt"] == "off"
+    views = variant == "train-views"  # the replay and read timed apart, within the step
+    assert (0 < r["data_sec_per_step"] < r["sec_per_step"]) if views else not r["data_sec_per_step"]
+
+
+def test_views_step_never_builds_the_teacher(step_bench, tiny_files, monkeypatch):
+    import benchmarks.promptkd_models as models
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was built")
+
+    monkeypatch.setattr(models, "build_frozen_teacher", no_teacher)
+    monkeypatch.setattr(models, "build_official", no_teacher)
+    args = _args(step_bench, tiny_files, "--variant", "train-views")
+    assert step_bench.run_variant(args)["variant"] == "train-views"
+
+
+def test_views_batches_replay_the_stored_views(step_bench, tiny_files):
+    """Each step's images are the stored crops of the bank's rows, replayed on the source
+    images, and its teacher features those rows' stored features (the epoch's view)."""
+    import numpy as np
+
+    from benchmarks.promptkd_models import PAIRS
+
+    args = _args(step_bench, tiny_files)
+    pair = PAIRS["tiny"]
+    views = step_bench.StoredViews(args, pair, torch.device("cpu"))
+    arrays = step_bench.view_bank(args, pair).open()
+    replay, reader = step_bench.replay_transform(pair.size), views.dataset.reader
+    rng = np.random.default_rng(1)  # the batches' own stream
+    for epoch in range(3):
+        images, feats = views.batch()
+        index = rng.choice(16, 8, replace=False)
+        view = step_bench.views_for_epoch(1, epoch, index, 2)
+        assert images.shape == (8, 3, pair.size, pair.size) and feats.dtype == torch.float32
+        for row, (i, v) in enumerate(zip(index.tolist(), view.tolist())):
+            assert torch.equal(feats[row], arrays["features"][i, v].float())
+            assert torch.equal(images[row], replay.apply(reader(str(i)), arrays["params"][i, v]))
+    assert arrays["features"].dtype == torch.float16 and arrays["features"].shape[1] == 2
+    unit = arrays["features"][0].float().norm(dim=-1)  # unit-length features, as the teacher's
+    assert torch.allclose(unit, torch.ones(2), atol=1e-2)
 
 
 def test_checkpointing_variant_recomputes_the_student(step_bench, tiny_files, monkeypatch):
@@ -83,7 +129,8 @@ def test_plan_and_table(step_bench, tiny_files):
     assert args.teacher_precs == ["fp32", "bf16"] and args.eval_batch == 32
     assert step_bench.plan(args) == [
         ("train-ours", "fp32", "off"), ("train-ours", "bf16", "off"),
-        ("train-official", "", "off"), ("eval-ours", "", "off"), ("eval-official", "", "off"),
+        ("train-official", "", "off"), ("train-views", "", "off"), ("eval-ours", "", "off"),
+        ("eval-official", "", "off"),
     ]  # fmt: skip
     both = _args(step_bench, tiny_files, "--checkpointing", "off,on", "--variants", "train-ours")
     assert step_bench.plan(both) == [("train-ours", p, c) for c in ("off", "on")
@@ -101,8 +148,21 @@ def test_plan_and_table(step_bench, tiny_files):
         {**row, "variant": "eval-official", "teacher_prec": "fp32", "cpu_sec_per_step": 5.0},
         {**row, "variant": "train-ours", "teacher_prec": "fp32", "grad_ckpt": "on",
          "cpu_sec_per_step": 5.0, "peak_rss_mb": 700.0},
+        {**row, "variant": "train-views", "teacher_prec": "views float16", "cpu_sec_per_step": 2.4,
+         "data_cpu_sec_per_step": 0.8, "peak_rss_mb": 300.0, "step_rss_mb": 200.0},
     ]  # fmt: skip
     table = step_bench.format_table(results, args)
+    assert (
+        "train step CPU time, stored views / official: 0.300x (0.200x without the views' replay "
+        "and read, 0.800 s/step, which a live loader's augmentation costs as well); peak memory "
+        "0.30x, during the steps 0.25x; target <= 0.30x step, <= 0.40x memory: met"
+    ) in table
+    assert "stored views / ours (teacher bf16): 1.200x; peak memory 0.50x" in table
+    assert "stored views / ours (teacher fp32)" in table  # the checkpointed run left out
+    assert table.count("stored views / ours") == 2
+    slower = [r if r["variant"] != "train-views" else {**r, "peak_rss_mb": 500.0}
+              for r in results]  # fmt: skip
+    assert "memory: NOT met" in step_bench.format_table(slower, args)
     assert (
         "(teacher bf16, checkpointing off) / official: 0.250x; peak memory 0.60x, "
         "during the steps 0.50x"
@@ -159,11 +219,26 @@ def test_gpu_check_report_table(tmp_path):
     (tmp_path / "ckpt_bf16_b8.json").write_text(
         json.dumps({"args": {"prec": "bf16", "classes": 100}, "results": ckpt})
     )
+    views = {**row, "variant": "train-views", "teacher_prec": "views float16",
+             "sec_per_step": 0.04, "data_sec_per_step": 0.02, "images_per_sec": 200.0,
+             "peak_cuda_mb": 1500.0}  # fmt: skip
+    runs["step_fp16_b8.json"].append(views)
+    (tmp_path / "step_fp16_b8.json").write_text(
+        json.dumps({"args": {"prec": "fp16", "classes": 100}, "results": runs["step_fp16_b8.json"]})
+    )
     (tmp_path / "pytest.txt").write_text("....\n12 passed, 3 skipped in 80.1s\n")
     (tmp_path / "data_loading.txt").write_text("train | tensor | 400.0 | 160.0 | 1\n")
     report = gpu.format_report(gpu.load_results(str(tmp_path)), str(tmp_path))
     lines = report.splitlines()
-    assert lines[0].startswith("prec | variant") and len(lines) == 9  # ckpt rows apart
+    assert lines[0].startswith("prec | variant") and len(lines) == 12  # ckpt rows apart
+    assert "fp16 | train, stored views | views float16 | 8 | 40.0 | 200 | 1500" in report
+    assert (
+        "fp16, batch 8: step time stored views / official 0.40x, peak CUDA memory 0.25x" in report
+    )
+    assert (
+        "fp16, batch 8: stored views 200 images/s with the views' replay and read in the step "
+        "(20.0 ms), 400 images/s without"
+    ) in report
     assert "bf16 | eval, student only | - | 256 | 50.0 | 160 | 3000" in report
     assert "fp16, batch 8: step time ours / official 0.50x, peak CUDA memory 0.50x" in report
     assert "pytest: 12 passed, 3 skipped in 80.1s" in report
@@ -280,3 +355,88 @@ def test_student_speed_benchmark_at_tiny_size(monkeypatch, capsys):
     assert speedups == {("eager", 1), ("eager", 3)}
     out = capsys.readouterr().out
     assert "student / teacher images/s:" in out and "failed: RuntimeError" in out
+
+
+# ---------------------------------------------------------------------------- stored views
+def test_view_bank_benchmark_builds_with_one_and_two_processes(tiny_files, tmp_path, capsys):
+    """benchmarks/view_bank.py at tiny size: every image built once per process count (the
+    bank verified by ShardedStore.finish), views/s and the 2 / 1 ratio printed."""
+    bench = _bench("view_bank")
+    out = tmp_path / "rows.json"
+    argv = ["--pair", "tiny", "--files", tiny_files, "--images", "4", "--k", "2",
+            "--shard-images", "2", "--precs", "fp32", "--procs", "1,2", "--out",
+            str(tmp_path / "banks"), "--json", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["procs"], r["threads"] >= 1, r["views"]) for r in rows] == [
+        (1, True, 8),
+        (2, True, 8),
+    ]
+    assert all(r["views_per_sec"] > 0 and r["teacher_prec"] == "fp32" for r in rows)
+    for procs in (1, 2):  # finished banks: 2 images per shard, features of the teacher's width
+        bank = tmp_path / "banks" / f"bank_fp32_{procs}"
+        assert (bank / "manifest.json").is_file() and len(list(bank.glob("features-*.npy"))) == 2
+    printed = capsys.readouterr().out
+    assert "views/s, 2 processes / 1 (teacher fp32): " in printed
+    with pytest.raises(SystemExit):  # more processes than shards
+        bench.parse_args(["--images", "4", "--shard-images", "4", "--procs", "1,2"])
+
+
+def test_view_bank_table_ratios():
+    bench = _bench("view_bank")
+    row = {"threads": 1, "views": 64, "load_sec": 1.0, "build_sec": 8.0, "cpu_sec_per_view": 0.1,
+           "peak_rss_mb": 900.0, "digest": "a"}  # fmt: skip
+    rows = [
+        {**row, "teacher_prec": "fp32", "procs": 1, "views_per_sec": 8.0},
+        {**row, "teacher_prec": "fp32", "procs": 2, "views_per_sec": 12.0, "digest": "b"},
+        {**row, "teacher_prec": "bf16", "procs": 1, "views_per_sec": 20.0},
+        {**row, "teacher_prec": "bf16", "procs": 2, "views_per_sec": 30.0},
+    ]
+    table = bench.format_table(rows)
+    assert "views/s, teacher bf16 / fp32 (1 process(es)): 2.50x" in table
+    assert "views/s, 2 processes / 1 (teacher fp32): 1.50x" in table
+    assert "views/s, 2 processes / 1 (teacher bf16): 1.50x" in table
+    assert table.count("no (float sums)") == 1  # only fp32 on 2 processes differs from its first
+
+
+def test_views_protocol_reads_the_demo_options_and_plans_both_arms(tmp_path):
+    bench = _bench("views_protocol")
+    opts = bench.standin_opts()
+    pairs = dict(zip(opts[::2], opts[1::2]))
+    assert len(opts) % 2 == 0 and pairs["INPUT.SIZE"] == "(32, 32)"
+    assert pairs["INPUT.TRANSFORMS"] == "['random_crop', 'normalize']"
+    assert bench.recipe_epochs() == 40  # digits_standins.yaml: K = the students' epochs
+    args = bench.parse_args(["--out", str(tmp_path), "--seeds", "1", "2", "--epochs", "3"])
+    parts = {name: (env, cmd) for name, env, cmd in bench.parts(args)}
+    assert list(parts) == ["teacher", "live", "bank", "views"]
+    teacher = parts["live"][0]["TEACHER_CKPT"]
+    assert all(parts[p][0]["TEACHER_CKPT"] == teacher for p in ("bank", "views"))
+    views = ["TRAINER.PROMPTKD.STORED_VIEWS", "3"]
+    for name, (_, cmd) in parts.items():
+        has_views = any(cmd[i : i + 2] == views for i in range(len(cmd)))
+        assert has_views == (name in ("bank", "views")), name
+        assert cmd[-2:] == (views if has_views else ["OPTIM.MAX_EPOCH", "3"])
+    assert parts["live"][1][3:5] == ["1", "2"] and parts["views"][1][3:5] == ["1", "2"]
+    assert parts["bank"][0]["OUTPUT"] == parts["views"][0]["OUTPUT"] != parts["live"][0]["OUTPUT"]
+
+
+def test_views_protocol_dry_run_prints_every_part(tmp_path, capfd):
+    bench = _bench("views_protocol")
+    assert bench.main(["--dry-run", "--out", str(tmp_path), "--seeds", "1"]) == 0
+    out = capfd.readouterr().out
+    for part in ("teacher", "live", "bank", "views"):
+        assert f"== views_protocol: {part}" in out
+    assert "build_teacher_views.py" in out and "TRAINER.PROMPTKD.STORED_VIEWS 40" in out
+    assert out.count("DRY_RUN: ") >= 5 and not list(tmp_path.iterdir())  # nothing ran
+
+
+def test_views_protocol_report():
+    bench = _bench("views_protocol")
+    times = {"teacher": 30.0, "live": 100.0, "bank": 10.0, "views": 40.0}
+    live = {1: (90.0, 80.0, bench.hm(90.0, 80.0)), 2: (92.0, 82.0, bench.hm(92.0, 82.0))}
+    views = {1: (90.0, 81.0, bench.hm(90.0, 81.0)), 2: (91.0, 82.0, bench.hm(91.0, 82.0))}
+    report = bench.format_report(times, live, views, 40)
+    assert "| bank of stored views (K = 40) | 10.0 |" in report
+    assert "stored views / live, students only: 0.40x; with the bank: 0.50x" in report
+    assert "| 1 | 90.00 | 80.00 | 84.71 | 90.00 | 81.00 | 85.26 | +0.56 |" in report
+    assert "(target within 0.5: met)" in report and "| mean | 91.00 |" in report
