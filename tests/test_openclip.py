@@ -454,3 +454,21 @@ def test_a_tags_activation_wins_over_the_model_names():
 
     assert open_clip_spec("open_clip:ViT-L-14-336:openai").model_cfg["quick_gelu"] is True
     assert not open_clip_spec("open_clip:ViT-L-14:laion2b_s32b_b82k").model_cfg.get("quick_gelu")
+
+
+def test_a_tag_in_hugging_faces_cache_is_found_offline(tmp_path, monkeypatch):
+    """A tag served from the Hugging Face Hub, already in its cache: that file, no network
+    (the safetensors file open_clip prefers to the .bin)."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    hub = get_pretrained_cfg("ViT-B-16", "laion2b_s34b_b88k")["hf_hub"]
+    repo = hub.rstrip("/")
+    snapshot = tmp_path / "hf" / f"models--{repo.replace('/', '--')}" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc")
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"weights")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    found = find_clip_file("open_clip:ViT-B-16:laion2b_s34b_b88k", str(tmp_path / "clip"))
+    assert found == str(snapshot / "open_clip_model.safetensors")
