@@ -16,8 +16,8 @@ views/s = images x K / (last process's end - first process's start of the build)
 loading is timed apart (every process loads its own), and each process first computes one
 image's views untimed (a warm-up). Usage::
 
-    python benchmarks/view_bank.py [--images 64] [--k 4] [--precs fp32,bf16] [--procs 1,2]
-        [--shard-images 8] [--workers 0] [--build-batch 64] [--pair real] [--json out.json]
+    python benchmarks/view_bank.py [--images 16] [--k 2] [--precs fp32,bf16] [--procs 1,2]
+        [--shard-images 4] [--workers 0] [--build-batch 64] [--pair real] [--json out.json]
 """
 
 from __future__ import annotations
@@ -212,11 +212,11 @@ def format_table(rows: list[dict]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--images", type=int, default=64, help="training images in the bank")
-    p.add_argument("--k", type=int, default=4, help="views per image (STORED_VIEWS)")
+    p.add_argument("--images", type=int, default=16, help="training images in the bank")
+    p.add_argument("--k", type=int, default=2, help="views per image (STORED_VIEWS)")
     p.add_argument("--precs", default="fp32,bf16", help="teacher precisions, one build each")
     p.add_argument("--procs", default="1,2", help="process counts, one build each")
-    p.add_argument("--shard-images", type=int, default=8,
+    p.add_argument("--shard-images", type=int, default=4,
                    help="images per shard (enough shards for every process)")  # fmt: skip
     p.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS of the build")
     p.add_argument("--build-batch", type=int, default=0,
