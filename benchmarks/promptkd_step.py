@@ -74,6 +74,8 @@ from trainers.promptkd_teacher import teacher_text_features  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the input block of every PromptKD config (random_resized_crop, random_flip, normalize)
 INPUT_CFG = os.path.join(REPO, "configs", "trainers", "_base_", "prompt_sgd.yaml")
+BANK_SHARD_IMAGES = 128  # train-views: images per shard of the benchmark's bank
+SOURCE_IMAGES = 16  # train-views: distinct random images behind the rows (row i: i % 16)
 VARIANTS = ("train-ours", "train-official", "train-views", "eval-ours", "eval-official")
 NAMES = {
     "train-ours": "train step, stored text features",
@@ -201,10 +203,6 @@ def view_bank(args: argparse.Namespace, pair: Pair) -> ShardedStore:
     ]
     meta = {"benchmark": "promptkd_step", "image_size": pair.size, "source_size": src}
     return ShardedStore(folder, n, arrays, BANK_SHARD_IMAGES, meta)
-
-
-BANK_SHARD_IMAGES = 128  # images per shard of the benchmark's bank
-SOURCE_IMAGES = 16  # distinct random images behind the bank's rows (row i: image i % 16)
 
 
 def make_view_bank(args: argparse.Namespace, pair: Pair) -> None:
