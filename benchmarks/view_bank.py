@@ -87,9 +87,9 @@ def run_worker(args: argparse.Namespace) -> dict:
     prec = spec.precision
 
     @torch.no_grad()
-    def features(images: torch.Tensor) -> torch.Tensor:  # as PromptKD.teacher_image_features
+    def features(images: torch.Tensor) -> torch.Tensor:  # as PromptKD.teacher_image_embedding
         with prec.autocast():
-            return teacher.image_features(teacher_view(images, teacher.input_resolution))
+            return teacher.image_embedding(teacher_view(images, teacher.input_resolution))
 
     folder = jpeg_folder(args)
     data = [Datum(impath=os.path.join(folder, n)) for n in sorted(os.listdir(folder))]

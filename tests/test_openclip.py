@@ -472,3 +472,41 @@ def test_a_tag_in_hugging_faces_cache_is_found_offline(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
     found = find_clip_file("open_clip:ViT-B-16:laion2b_s34b_b88k", str(tmp_path / "clip"))
     assert found == str(snapshot / "open_clip_model.safetensors")
+
+
+def test_promptkd_teacher_checks_and_keys_of_open_clip_models(
+    models, digits_root, tiny_clip_root, tmp_path
+):
+    """A prompt-tuned teacher (PromptSRC) on a model open_clip alone runs: the sentence
+    naming the trainers that take it (not a prompt-depth rule); a zero-shot open_clip teacher
+    is keyed by its model config too (an edited .json under one name: other text features and
+    stored views), while an OpenAI teacher's key has no such part."""
+    from test_promptkd import student_argv
+
+    from trainers.promptkd import PromptKD
+    from trainers.promptkd_teacher import resolve_teacher
+
+    def cfg_of(*opts):
+        args = student_argv(digits_root, tiny_clip_root, tmp_path / "kd", "", *opts)
+        return setup_cfg(train.parse_args(args))
+
+    cfg = cfg_of("TRAINER.PROMPTKD.TEACHER_NAME", models["other"])
+    with pytest.raises(UserError, match="PromptSRC") as e:
+        PromptKD.check_config(cfg)
+    assert "PROMPT_DEPTH" not in str(e.value) and "ZeroshotCLIP" in str(e.value)
+
+    config = tmp_path / "edited.json"
+    config.write_text(json.dumps(read_config(models["vit"].split(":")[1])))
+    name = f"open_clip:{config}:{models['vit'].split(':')[2]}"
+    zs = ("TRAINER.PROMPTKD.TEACHER_TRAINER", "ZeroshotCLIP", "TRAINER.PROMPTKD.TEACHER_NAME")
+    cpu = torch.device("cpu")
+    before = resolve_teacher(cfg_of(*zs, name), cpu, NAMES)
+    assert "model_config_sha256" in before.identity
+    edited = read_config(config)
+    edited["preprocess_cfg"] = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    config.write_text(json.dumps(edited))
+    after = resolve_teacher(cfg_of(*zs, name), cpu, NAMES)
+    assert after.cache_key != before.cache_key
+    assert after.identity["clip_sha256"] == before.identity["clip_sha256"]
+    openai = resolve_teacher(cfg_of(*zs, "tiny-teacher"), cpu, NAMES)
+    assert "model_config_sha256" not in openai.identity

@@ -85,18 +85,18 @@ class TeacherSpy:
 
         def counting_build(*args, **kwargs):
             model = build(*args, **kwargs)
-            text, image = model.text_features, model.image_features
+            text, image = model.text_features, model.image_embedding
             spy.built += 1
 
             def text_features(*a, **k):
                 spy.text += 1
                 return text(*a, **k)
 
-            def image_features(*a, **k):
+            def image_embedding(*a, **k):  # what PromptKD calls (then it normalises)
                 spy.image += 1
                 return image(*a, **k)
 
-            model.text_features, model.image_features = text_features, image_features
+            model.text_features, model.image_embedding = text_features, image_embedding
             return model
 
         evaluate = PromptKD.evaluate_split

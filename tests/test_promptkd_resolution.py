@@ -37,13 +37,13 @@ class ImageSpy:
 
         def recording_build(*args, **kwargs):
             model = build(*args, **kwargs)
-            image_features = model.image_features
+            image_features = model.image_embedding
 
             def recorded(images):
                 self.images.append(images)
                 return image_features(images)
 
-            model.image_features = recorded
+            model.image_embedding = recorded
             return model
 
         monkeypatch.setattr(cls, "build_frozen_model", recording_build)

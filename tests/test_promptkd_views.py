@@ -63,14 +63,20 @@ def _train(argv, live_teacher: bool = False, monkeypatch=None):
     return trainer
 
 
+@pytest.mark.parametrize("teacher_prec", ["fp32", "bf16"])
 def test_bank_student_equals_live_teacher_on_the_same_views(
-    digits_root, tiny_clip_root, teacher_files, tmp_path, monkeypatch
+    digits_root, tiny_clip_root, teacher_files, tmp_path, monkeypatch, teacher_prec
 ):
+    """bf16 (CPU autocast): the embedding is stored in 2 bytes, and normalised as the live
+    teacher normalises it, the student is the same."""
     spy = TeacherSpy(monkeypatch)
     argv = views_argv(digits_root, tiny_clip_root, tmp_path / "kd" / "a", teacher_files,
-                      "OPTIM.MAX_EPOCH", "2")  # fmt: skip
+                      "OPTIM.MAX_EPOCH", "2", "TRAINER.PROMPTKD.TEACHER_PREC",
+                      teacher_prec)  # fmt: skip
     a = _train(argv)  # builds the bank (20 images x 2 views), then trains from it
     assert a.teacher is None and a.view_bank is not None
+    stored = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.teacher_spec.precision.effective]
+    assert a.view_bank.features.dtype == stored
     assert spy.built == 1 and spy.image >= 1
     built = spy.image
     argv[argv.index(str(tmp_path / "kd" / "a"))] = str(tmp_path / "kd" / "b")

@@ -202,10 +202,14 @@ class CLIPClassifier(nn.Module):
         """Normalised class vectors (C', E) of the selected classes (all when None)."""
         raise NotImplementedError
 
+    def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """The image tower's output (B, E) before normalisation, in its compute dtype."""
+        images = self.model_input(images).to(image_dtype(self.image_encoder))
+        return self.image_encoder(images)
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised image features (B, E)."""
-        images = self.model_input(images).to(image_dtype(self.image_encoder))
-        return l2_normalize(self.image_encoder(images))
+        return l2_normalize(self.image_embedding(images))
 
     def forward(
         self,

@@ -76,9 +76,9 @@ class MaPLeCLIP(PromptLearnerCLIP):
         deep_text = list(self.prompt_learner.compound_prompts_text)
         return l2_normalize(self.text_encoder(prompts, tokens, deep_prompts=deep_text))
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+    def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
         shared_ctx, _, deep_vision = self.prompt_learner.coupled_prompts(self.prompt_learner.ctx)
-        return l2_normalize(self.image_encoder(images, shared_ctx, deep_vision))
+        return self.image_encoder(self.model_input(images), shared_ctx, deep_vision)
 
 
 @TRAINER_REGISTRY.register()

@@ -42,7 +42,7 @@ from dassl_ext.modeling import (
 )
 from dassl_ext.optim import build_lr_scheduler, build_optimizer
 from dassl_ext.utils.distributed import is_main_process
-from trainers.base import check_clip_model
+from trainers.base import check_clip_model, check_open_clip_support, l2_normalize
 from trainers.losses import KD_LOSSES
 from trainers.promptkd_student import new_student
 from trainers.promptkd_teacher import (
@@ -149,9 +149,8 @@ def teacher_view(images: torch.Tensor, resolution: int) -> torch.Tensor:
     only 4 x 4 source pixels per output pixel), and with it torch uses PIL's bicubic kernel
     (a = -0.5), the resize CLIP's own preprocessing does; ``align_corners=False`` is the
     pixel-area convention of PIL and torchvision's Resize. Resizing after normalisation equals
-    normalising the resized image (the interpolation weights sum to 1), so both OpenAI CLIPs,
-    which share one normalisation, need nothing more; a teacher with its own normalisation
-    (open_clip) must re-normalise here."""
+    normalising the resized image (the interpolation weights sum to 1); a teacher with its own
+    normalisation (open_clip) re-normalises the batch itself (``CLIPClassifier.model_input``)."""
     if tuple(images.shape[-2:]) == (resolution, resolution):
         return images
     return F.interpolate(images, size=(resolution, resolution), mode="bicubic",
@@ -188,8 +187,10 @@ class PromptKD(TrainerX):
             except UserError:
                 logger.info(f"No teacher CLIP {name}: its rules are checked only if it is built")
                 return
+        sizes = clip_sizes(name, root)
+        check_open_clip_support(sizes, teacher_cls)  # before its rules: the real reason
         model_rules = getattr(teacher_cls, "model_rules", None)
-        check_rules(cfg, model_rules(cfg, clip_sizes(name, root)) if model_rules else [])
+        check_rules(cfg, model_rules(cfg, sizes) if model_rules else [])
 
     @classmethod
     def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:
@@ -296,7 +297,7 @@ class PromptKD(TrainerX):
         def teacher():
             self.ensure_teacher()
             scale = float(self.teacher.logit_scale.float())
-            return self.teacher_image_features, scale, spec.precision.device
+            return self.teacher_image_embedding, scale, spec.precision.device
 
         width = self.model.class_text_features.shape[1]
         bank = prepare_bank(self.cfg, spec.identity, spec.cache_dir, self.dm.dataset.train_x,
@@ -315,11 +316,20 @@ class PromptKD(TrainerX):
         return bank
 
     @torch.no_grad()
-    def teacher_image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The teacher's features (B, E_t) of the student's batch, in its output dtype."""
+    def teacher_image_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's image embedding (B, E_t) of the student's batch, before normalisation,
+        in its compute dtype (fp16 / bf16 under autocast: what a bank stores, losslessly)."""
         t_images = teacher_view(images, self.teacher.input_resolution)
         with self.teacher_spec.precision.autocast():
-            return self.teacher.image_features(t_images)
+            return self.teacher.image_embedding(t_images)
+
+    @torch.no_grad()
+    def teacher_features(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Normalised fp32 features (B, E_t) of a teacher embedding, normalised as the teacher's
+        ``image_features`` does it, under its precision: a stored embedding gives the features
+        the live teacher gives, bit for bit."""
+        with self.teacher_spec.precision.autocast():
+            return l2_normalize(embedding).float()
 
     # ------------------------------------------------------------------ training
     def forward_backward(self, batch: dict) -> dict[str, float]:
@@ -328,10 +338,10 @@ class PromptKD(TrainerX):
         images = batch["img"].to(self.device)
         class_features = self.model.class_text_features  # (C, E_t), all classes
         if "view_features" in batch:  # stored views: the teacher's features of this view
-            t_feats = batch["view_features"].to(self.device).float()  # (B, E_t)
+            t_feats = self.teacher_features(batch["view_features"].to(self.device))  # (B, E_t)
             scale = torch.tensor(self.view_bank.logit_scale, device=self.device)
         else:
-            t_feats = self.teacher_image_features(images).float()  # (B, E_t)
+            t_feats = self.teacher_features(self.teacher_image_embedding(images))  # (B, E_t)
             scale = self.teacher.logit_scale.float()
         t_logits = scale.exp() * t_feats @ class_features.t()
         with self.prec.autocast():

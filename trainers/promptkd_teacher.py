@@ -39,6 +39,7 @@ from dassl_ext.modeling.loading import (
     clip_weight_dtype,
     read_clip_state_dict,
 )
+from dassl_ext.modeling.openclip import is_open_clip_name, model_config_digest, open_clip_sizes
 from dassl_ext.utils.atomic import write_torch_atomic
 from dassl_ext.utils.checkpoint import BEST_FILE
 from dassl_ext.utils.digest import file_digest, recorded_digest, recorded_paths
@@ -96,7 +97,10 @@ class TeacherSpec:
         }
 
     def embed_dim(self) -> int:
-        """The teacher's embedding width, read from its CLIP weights (no teacher built)."""
+        """The teacher's embedding width, from its CLIP weights or model config (no teacher
+        built)."""
+        if is_open_clip_name(self.backbone):  # its weights may keep it elsewhere
+            return int(open_clip_sizes(self.backbone)["embed_dim"])
         return int(read_clip_state_dict(self.clip_file, mmap=True)["text_projection"].shape[1])
 
 
@@ -153,6 +157,9 @@ def resolve_teacher(
             "backbone": pk.TEACHER_NAME, "clip_sha256": clip_sha, "checkpoint_sha256": ckpt_sha,
             "compute": f"{device.type}-{precision.effective}",
         }  # fmt: skip
+        config_sha = model_config_digest(pk.TEACHER_NAME)  # open_clip: its config can change
+        if config_sha is not None:  # only then: the keys of OpenAI teachers stay what they were
+            identity["model_config_sha256"] = config_sha
         parts = {**identity, "classnames": list(classnames)}
         if prompts:  # only then: the keys of runs without them stay what they were
             parts["class_prompts"] = list(prompts)

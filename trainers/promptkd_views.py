@@ -3,13 +3,17 @@
 The frozen teacher's image tower runs once per dataset instead of once per step of every
 student run (FKD, ECCV 2022, does the same for image classification): for each training
 image, K augmented views are drawn (:func:`dassl_ext.data.views.draw_views`: the crop box and
-flip that ``INPUT.TRANSFORMS`` would draw) and the teacher's image features of each view are
-stored with its parameters, in a bank (:class:`dassl_ext.utils.shard_store.ShardedStore`:
-memory-mapped ``.npy`` shards, no pickle). A student run replays the stored parameters on the
-image (the exact same crop and flip) and takes the stored features: its teacher logits are
-``exp(logit_scale) * features @ class text features.T``, exact, as the features are stored in
-the teacher's output dtype. Each run visits the views in an order of its own seed; epochs
-beyond K reuse views.
+flip that ``INPUT.TRANSFORMS`` would draw) and the teacher's image embedding of each view
+(its image tower's output before normalisation, ``FrozenTeacher.image_embedding``) is stored
+with its parameters, in a bank (:class:`dassl_ext.utils.shard_store.ShardedStore`:
+memory-mapped ``.npy`` shards, no pickle). The embedding is stored in the dtype the teacher
+computes it in (fp16 / bf16 under autocast: 2 bytes a value, lossless; fp32 teachers: 4), not
+normalised, since autocast normalises in fp32 on CUDA and the normalised features would take
+4 bytes. A student run replays the stored parameters on the image (the exact same crop and
+flip), normalises the stored embedding as the teacher does (``PromptKD.teacher_features``)
+and gets its teacher logits ``exp(logit_scale) * features @ class text features.T``, exactly
+those of the live teacher on that view. Each run visits the views in an order of its own
+seed; epochs beyond K reuse views.
 
 The bank is keyed by content (:func:`bank_key`): the teacher (its trainer and config section,
 backbone, file digests, compute precision), the dataset's training image list, the replayed
@@ -50,14 +54,14 @@ from dassl_ext.utils.shard_store import ArraySpec, ShardedArray, ShardedStore
 logger = logging.getLogger(__name__)
 
 # Part of the bank key: raise it when the way the views or features are computed changes.
-VIEWS_VERSION = 1
+VIEWS_VERSION = 2  # 2: the embedding before normalisation (1: normalised features)
 SHARD_IMAGES = 512  # images per shard: K x 512 views, e.g. 15 MB at K = 20, E = 768, fp16
 BUILD_BATCH = 64  # views per teacher forward while building
-# the dtypes a teacher's features may come in (stored as they come: lossless), by name
+# the dtypes a teacher's embedding may come in (stored as it comes: lossless), by name
 STORED_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-# per compute precision, the dtype of the features where the teacher's last op keeps it (CPU
-# autocast); CUDA autocast computes the final normalisation in fp32: a build stores what comes
-FEATURE_DTYPES = {"fp32": "float32", "amp": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# per effective compute precision, the dtype of the embedding (the projection's output under
+# autocast); a build probes and stores what actually comes
+FEATURE_DTYPES = {"fp32": "float32", "amp": "float16", "fp16": "float16", "bf16": "bfloat16"}
 TEACHER_FILE = "teacher.json"  # in the bank's folder: the teacher's logit scale (and the key)
 
 

@@ -34,8 +34,12 @@ class FrozenTeacher(Protocol):
     def text_features(self, class_ids: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised class vectors (C', E) of the selected classes (all when None)."""
 
+    def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """The image tower's output (B, E) of ``images`` (B, 3, H, W) before normalisation,
+        in its compute dtype (what a store of its outputs keeps, losslessly)."""
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised features (B, E) of ``images`` (B, 3, H, W)."""
+        """L2-normalised features (B, E) of ``images``: ``image_embedding`` normalised."""
 
     def drop_text_tower(self) -> None:
         """Free the text side once its class vectors are stored (the image side stays)."""
