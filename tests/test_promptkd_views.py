@@ -306,3 +306,15 @@ def test_teacher_views_script(tmp_path):
     (line,) = [x for x in run.stdout.splitlines() if "build_teacher_views.py" in x]
     assert "torch.distributed.run" in line and "--nproc-per-node 2" in line
     assert line.endswith("TRAINER.PROMPTKD.STORED_VIEWS 5")
+
+
+def test_augmentation_that_cannot_be_replayed_is_refused_before_any_work(
+    digits_root, tiny_clip_root, teacher_files, tmp_path, capsys
+):
+    out = tmp_path / "kd" / "jitter"
+    argv = views_argv(digits_root, tiny_clip_root, out, teacher_files, "INPUT.TRANSFORMS",
+                      "['random_flip', 'colorjitter', 'normalize']")  # fmt: skip
+    assert train.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Stored views replay only" in err and "'colorjitter'" in err
+    assert not out.exists()  # refused before the run folder was made

@@ -28,7 +28,7 @@ from dassl_ext.config import (
     register_config_rules,
 )
 from dassl_ext.config.defaults import register_added_keys
-from dassl_ext.data.views import stored_view_loader
+from dassl_ext.data.views import ReplayTransform, stored_view_loader
 from dassl_ext.engine import TRAINER_REGISTRY, FrozenTeacher, TrainerX
 from dassl_ext.engine.hooks import CallbackHook, HookBase
 from dassl_ext.engine.precision import PRECISIONS
@@ -182,6 +182,7 @@ class PromptKD(TrainerX):
         teacher_cls = teacher_trainer(cfg.TRAINER.PROMPTKD.TEACHER_TRAINER)
         name, root = cfg.TRAINER.PROMPTKD.TEACHER_NAME, clip_root_from_cfg(cfg)
         if cfg.TRAINER.PROMPTKD.STORED_VIEWS > 0:
+            ReplayTransform.from_cfg(cfg)  # only replayable augmentations: said before any work
             try:  # stored views may stand in for a teacher whose files are gone
                 find_clip_file(name, root, download=False)
             except UserError:
