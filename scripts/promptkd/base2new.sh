@@ -19,14 +19,7 @@
 source "$(dirname "$0")/common.sh"
 parse_args "$@"
 
-NAME=$(dataset_name "$DATASET")
-OUT=$OUTPUT/promptkd/base2new/$DATASET
-TEACHER_DIR=$OUTPUT/promptkd/teacher/$DATASET
-find_teacher base2novel "$NAME" "$TEACHER_DIR"
-if [ -z "$TEACHER" ]; then
-  train_teacher "$DATASET" base "$TEACHER_DIR"
-  TEACHER=$TEACHER_DIR/VLPromptLearner
-fi
+base2new_teacher
 
 train_students "${STUDENT_CFG:-configs/trainers/PromptKD/base2new/$DATASET.yaml}" "$OUT" "$TEACHER"
 # shellcheck disable=SC2086  # a list of seeds: the table takes only these

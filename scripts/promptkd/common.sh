@@ -86,6 +86,19 @@ train_teacher() {
   if [ "$rc" != 0 ]; then exit "$rc"; fi
 }
 
+# base2new_teacher: for DATASET, sets NAME, OUT (the students' root) and TEACHER (found, or
+# trained on the base classes into TEACHER_DIR)
+base2new_teacher() {
+  NAME=$(dataset_name "$DATASET")
+  OUT=$OUTPUT/promptkd/base2new/$DATASET
+  TEACHER_DIR=$OUTPUT/promptkd/teacher/$DATASET
+  find_teacher base2novel "$NAME" "$TEACHER_DIR"
+  if [ -z "$TEACHER" ]; then
+    train_teacher "$DATASET" base "$TEACHER_DIR"
+    TEACHER=$TEACHER_DIR/VLPromptLearner
+  fi
+}
+
 # train_students CONFIG OUT_ROOT TEACHER: one PromptKD run per seed. SEED_JOBS=N trains N
 # seeds at once, each with OMP_NUM_THREADS = cores / N (unless set) and its output in
 # <run folder>/stdout.txt: on a CPU, small models train faster side by side than threaded.

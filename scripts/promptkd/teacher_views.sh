@@ -15,14 +15,7 @@
 source "$(dirname "$0")/common.sh"
 parse_args "$@"
 
-NAME=$(dataset_name "$DATASET")
-OUT=$OUTPUT/promptkd/base2new/$DATASET
-TEACHER_DIR=$OUTPUT/promptkd/teacher/$DATASET
-find_teacher base2novel "$NAME" "$TEACHER_DIR"
-if [ -z "$TEACHER" ]; then
-  train_teacher "$DATASET" base "$TEACHER_DIR"
-  TEACHER=$TEACHER_DIR/VLPromptLearner
-fi
+base2new_teacher
 
 VIEWS=(TRAINER.PROMPTKD.STORED_VIEWS "${STORED_VIEWS:-20}")
 for ((i = 0; i < ${#OPTS[@]}; i += 2)); do
