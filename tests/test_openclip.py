@@ -510,3 +510,29 @@ def test_promptkd_teacher_checks_and_keys_of_open_clip_models(
     assert after.identity["clip_sha256"] == before.identity["clip_sha256"]
     openai = resolve_teacher(cfg_of(*zs, "tiny-teacher"), cpu, NAMES)
     assert "model_config_sha256" not in openai.identity
+
+
+def test_openai_torchscript_weights_load(models, tmp_path):
+    """OpenAI's own TorchScript file (what a tag 'openai' finds in a CLIP folder, e.g.
+    ViT-L-14-336px.pt) loads through an open_clip: name, both ways, as the plain weights."""
+    import warnings
+
+    _, config, weights = models["standin"].split(":")
+    sd = torch.load(weights, weights_only=True)
+    model = clip.model.build_model(sd).float()
+    for key, value in (("input_resolution", 32), ("context_length", 77), ("vocab_size", 49408)):
+        if key in vars(model):
+            delattr(model, key)
+        model.register_buffer(key, torch.tensor(value))  # as OpenAI's archives hold
+    inputs = (torch.randn(1, 3, 32, 32), clip.tokenize(["a"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings
+        torch.jit.save(torch.jit.trace(model, inputs, check_trace=False), tmp_path / "ts.pt")
+    name = f"open_clip:{config}:{tmp_path / 'ts.pt'}"
+    a, b = load_clip(models["standin"]), load_clip(name)
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), k
+    from dassl_ext.modeling.openclip import create_open_clip, open_clip_spec
+
+    native = create_open_clip(open_clip_spec(name), str(tmp_path / "ts.pt"))  # open_clip's own
+    assert torch.equal(native.visual.conv1.weight, sd["visual.conv1.weight"].float())

@@ -70,6 +70,8 @@ _FIXED = {
 _VISION_FIXED = {"pool_type": "tok"}
 _TEXT_FIXED = {"pool_type": "argmax", "context_length": OPENAI_CONTEXT_LENGTH,
                "vocab_size": OPENAI_VOCAB_SIZE}  # fmt: skip
+# Keys of OpenAI's TorchScript files that are no weights of open_clip's model
+_OPENAI_ONLY = ("input_resolution", "context_length", "vocab_size")
 _TOP_KEYS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "cast_dtype",
              "init_logit_scale", "preprocess_cfg"}  # fmt: skip
 
@@ -351,6 +353,8 @@ def create_open_clip(spec: OpenClipSpec, weights: str) -> nn.Module:
     open_clip = require_open_clip()
     from open_clip.model import CLIP, CustomTextCLIP, set_model_preprocess_cfg
 
+    from dassl_ext.modeling.loading import _is_torchscript, read_clip_state_dict
+
     cfg = json.loads(json.dumps(spec.model_cfg))  # a deep copy
     cfg["vision_cfg"]["timm_model_pretrained"] = False  # the checkpoint holds every weight
     if "hf_model_name" in cfg["text_cfg"]:
@@ -361,7 +365,13 @@ def create_open_clip(spec: OpenClipSpec, weights: str) -> nn.Module:
         cls = open_clip.CoCa if "multimodal_cfg" in cfg else CustomTextCLIP
     try:
         model = cls(**cfg)
-        open_clip.load_checkpoint(model, weights, strict=True)
+        if _is_torchscript(weights):  # OpenAI's own file (a tag 'openai'): torch.load refuses
+            sd = {k: v for k, v in read_clip_state_dict(weights).items() if k not in _OPENAI_ONLY}
+            model.load_state_dict(sd, strict=True)
+        else:
+            open_clip.load_checkpoint(model, weights, strict=True)
+    except UserError:
+        raise
     except Exception as e:
         reason = _first_line(e, 300)
         raise UserError(
