@@ -536,3 +536,37 @@ def test_openai_torchscript_weights_load(models, tmp_path):
 
     native = create_open_clip(open_clip_spec(name), str(tmp_path / "ts.pt"))  # open_clip's own
     assert torch.equal(native.visual.conv1.weight, sd["visual.conv1.weight"].float())
+
+
+TINY_COCA = {
+    "embed_dim": 32,
+    "custom_text": True,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 8,
+                   "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1,
+                 "embed_cls": True, "output_tokens": True},
+    "multimodal_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
+                       "layers": 1, "attn_pooler_heads": 2},
+}  # fmt: skip
+
+
+def test_a_coca_model_runs_zero_shot(tmp_path):
+    """A CoCa model (its image tower returns pooled and token features): zero-shot logits from
+    the pooled features, as CoCa's own encode_image / encode_text (was: a tuple, a traceback)."""
+    torch.manual_seed(0)
+    reference_model = open_clip.CoCa(**{k: v for k, v in TINY_COCA.items() if k != "custom_text"})
+    (tmp_path / "coca.json").write_text(json.dumps(TINY_COCA))
+    torch.save(reference_model.state_dict(), tmp_path / "coca.pt")
+    name = f"open_clip:{tmp_path / 'coca.json'}:{tmp_path / 'coca.pt'}"
+    model = ZeroshotCLIP.build_frozen_model(zs_cfg(tmp_path, name), NAMES, name, None)
+    assert isinstance(model, OpenClipZeroshotModel)
+    images = torch.randn(2, 3, 32, 32)
+    prompts = [TEMPLATE.format(n.replace("_", " ")) for n in NAMES]
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=16)
+    with torch.no_grad():
+        got = model(images)
+        reference_model.eval()
+        image = reference_model.encode_image(images)
+        text = reference_model.encode_text(tokenizer(prompts))
+        expected = reference_model.logit_scale.exp() * image @ text.t()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

@@ -472,6 +472,8 @@ class OpenClipNative(nn.Module):
         self.logit_scale = model.logit_scale
         self.logit_bias = getattr(model, "logit_bias", None)
         self.visual = model.visual
+        if getattr(self.visual, "output_tokens", False):  # CoCa: pooled features only, as
+            self.visual.output_tokens = False  # its encode_image (the tokens feed its decoder)
         model.visual = None  # the text side keeps the rest (encode_text never reads visual)
         self.text = _OpenClipText(model, tokenizer)
 
