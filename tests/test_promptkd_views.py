@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from PIL import Image
 from test_ddp import _free_port, _torchrun_env
 from test_promptkd import KD_CFG, TeacherSpy, read_json, student_argv, teacher_argv
 
 import train
 from dassl_ext.config import setup_cfg
 from dassl_ext.data.data_manager import build_dataset
+from dassl_ext.data.splits import Datum
 from dassl_ext.data.views import ReplayTransform
 from dassl_ext.engine import build_trainer
+from dassl_ext.errors import UserError
 from dassl_ext.utils import set_random_seed
 from trainers import promptkd_views
 from trainers.promptkd import PromptKD
@@ -121,7 +126,9 @@ def test_bank_needs_no_teacher_files(digits_root, tiny_clip_root, teacher_files,
     capsys.readouterr()
     assert train.main(views_argv(digits_root, tiny_clip_root, out, files)) == 1
     assert spy.built == 0
-    assert f"Error: Teacher checkpoint not found: {ckpt};" in capsys.readouterr().err
+    err = capsys.readouterr().err  # no bank for these settings, and no teacher to build one
+    assert "Error: No stored teacher views for these settings in " in err
+    assert f"the teacher needed to build them is gone: Teacher checkpoint not found: {ckpt};" in err
 
 
 def _key(argv) -> str:
@@ -318,3 +325,48 @@ def test_augmentation_that_cannot_be_replayed_is_refused_before_any_work(
     err = capsys.readouterr().err
     assert "Stored views replay only" in err and "'colorjitter'" in err
     assert not out.exists()  # refused before the run folder was made
+
+
+def test_runs_started_together_build_the_bank_once(digits_root, tiny_clip_root, tmp_path):
+    """Two runs (threads here, seeds with SEED_JOBS in practice) asking for a missing bank
+    at once: one builds it, the other waits for it and asks no teacher."""
+    cfg, data = _bank_cfg(digits_root, tiny_clip_root, tmp_path)
+    teachers: list[str] = []
+    start = threading.Barrier(2)
+
+    def run(name: str, banks: list) -> None:
+        def teacher():
+            teachers.append(name)
+            time.sleep(0.3)  # still building when the other run looks
+            return _fake_teacher([])()
+
+        start.wait()
+        banks.append(prepare_bank(cfg, IDENTITY, str(tmp_path / "text"), data, 3, teacher))
+
+    banks: list = []
+    threads = [threading.Thread(target=run, args=(n, banks)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(teachers) == 1 and len(banks) == 2  # one build; both runs got the bank
+    assert banks[0].folder == banks[1].folder
+
+
+def test_a_bad_image_while_building_is_one_sentence_naming_it(
+    digits_root, tiny_clip_root, tmp_path
+):
+    """An image too small for the random crop fails the build with the image's path, also
+    from a loader worker (no worker traceback)."""
+    cfg, data = _bank_cfg(digits_root, tiny_clip_root, tmp_path)
+    cfg.defrost()
+    cfg.INPUT.TRANSFORMS = ["random_crop", "normalize"]
+    cfg.INPUT.CROP_PADDING = 0
+    cfg.DATALOADER.NUM_WORKERS = 1
+    small = tmp_path / "small.png"
+    Image.new("RGB", (8, 8)).save(small)
+    data = [data[0], Datum(impath=str(small), label=0, classname="zero")]
+    with pytest.raises(UserError) as e:
+        prepare_bank(cfg, IDENTITY, str(tmp_path / "text"), data, 3, _fake_teacher([]))
+    message = str(e.value)
+    assert message.startswith(f"Image {small}: ") and "Traceback" not in message

@@ -56,7 +56,7 @@ from trainers.promptkd_teacher import (
     teacher_trainer,
     teacher_trainers,
 )
-from trainers.promptkd_views import ViewBank, log_view_schedule, prepare_bank
+from trainers.promptkd_views import ViewBank, log_view_schedule, prepare_bank, views_dir
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +295,14 @@ class PromptKD(TrainerX):
         if not spec.available:
             raise missing_teacher_error(spec.where)
 
-        def teacher():
+        def teacher():  # called only when the bank must be built
+            if spec.missing:  # its files are gone: no teacher to build it with
+                raise UserError(
+                    f"No stored teacher views for these settings in "
+                    f"{views_dir(self.cfg, spec.cache_dir)} (K, INPUT transforms, VIEW_SEED, "
+                    "the images or the teacher's device / precision differ from the banks "
+                    f"there), and the teacher needed to build them is gone: {spec.missing}"
+                )
             self.ensure_teacher()
             scale = float(self.teacher.logit_scale.float())
             return self.teacher_image_embedding, scale, spec.precision.device
@@ -314,6 +321,7 @@ class PromptKD(TrainerX):
         self.dm.train_loader_x = self.train_loader_x = loader
         log_view_schedule(bank.k, self.max_epoch, self.dm.seed)
         self.view_bank = bank
+        self._view_logit_scale = torch.tensor(bank.logit_scale, device=self.device)  # once
         return bank
 
     @torch.no_grad()
@@ -340,7 +348,7 @@ class PromptKD(TrainerX):
         class_features = self.model.class_text_features  # (C, E_t), all classes
         if "view_features" in batch:  # stored views: the teacher's features of this view
             t_feats = self.teacher_features(batch["view_features"].to(self.device))  # (B, E_t)
-            scale = torch.tensor(self.view_bank.logit_scale, device=self.device)
+            scale = self._view_logit_scale
         else:
             t_feats = self.teacher_features(self.teacher_image_embedding(images))  # (B, E_t)
             scale = self.teacher.logit_scale.float()

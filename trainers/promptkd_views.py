@@ -25,18 +25,20 @@ it, sharded over the torchrun processes, or ahead of time by scripts/promptkd/te
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+from filelock import FileLock, Timeout
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from dassl_ext.data.data_manager import image_reader
+from dassl_ext.data.data_manager import Loader, image_reader
 from dassl_ext.data.images import too_large
 from dassl_ext.data.splits import Datum
 from dassl_ext.data.views import PARAMS_PER_VIEW, ReplayTransform, draw_views
@@ -155,8 +157,12 @@ class _ShardViews(Dataset):
             img = self.reader(path)
         except Image.DecompressionBombError as e:
             raise too_large(path, e) from None
-        params = draw_views(self.replay, *_image_size(img), self.seed, index, self.k)
-        return params, torch.stack([self.replay.apply(img, p) for p in params])  # (K, 3, S, S)
+        try:
+            params = draw_views(self.replay, *_image_size(img), self.seed, index, self.k)
+            views = torch.stack([self.replay.apply(img, p) for p in params])  # (K, 3, S, S)
+        except UserError as e:
+            raise UserError(f"Image {path}: {e}") from None
+        return params, views
 
 
 def view_features_compute(
@@ -176,7 +182,7 @@ def view_features_compute(
     @torch.no_grad()
     def compute(start: int, stop: int) -> dict[str, torch.Tensor]:
         shard = _ShardViews(data, replay, reader, seed, k, start, stop)
-        loader = DataLoader(shard, batch_size=max(1, BUILD_BATCH // k), num_workers=workers)
+        loader = Loader(shard, batch_size=max(1, BUILD_BATCH // k), num_workers=workers)
         params, feats = [], []
         for p, views in loader:  # (b, K, 5), (b, K, 3, S, S)
             out = features(views.flatten(0, 1).to(device))  # (b K, E)
@@ -214,6 +220,42 @@ def prepare_bank(
         return ShardedStore(folder, len(data), bank_arrays(k, width, dtype), SHARD_IMAGES,
                             {"key": parts})  # fmt: skip
 
+    with _build_lock(folder) if is_main_process() else contextlib.nullcontext():
+        store = _complete_or_built(store_of, folder, key, k, width, replay, cfg, data, teacher)
+    opened = store.open()
+    logit_scale = _read_logit_scale(folder, key)
+    if logit_scale is None:
+        raise UserError(
+            f"The stored teacher views in {folder} lack their {TEACHER_FILE} (the teacher's "
+            "logit scale); delete the folder to build them again."
+        )
+    return ViewBank(folder, key, k, replay, opened["params"], opened["features"], logit_scale)
+
+
+@contextlib.contextmanager
+def _build_lock(folder: str) -> Iterator[None]:
+    """Held by rank 0 while it decides whether the bank is complete and, if not, until it is
+    built: runs started together (seeds with SEED_JOBS, a sweep) wait for one build instead of
+    each building it. A folder where no lock can be made (read-only) is used without one."""
+    try:
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+        lock = FileLock(folder + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            logger.info(f"Another run is building the stored teacher views {folder}; waiting")
+            lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _complete_or_built(store_of, folder, key, k, width, replay, cfg, data, teacher):
+    """The complete store of the bank, built first (by every process) when it is not."""
     # the complete bank, whatever its features' dtype; one decision for all processes
     # (rank 0's): they all build, or none does
     done = None
@@ -243,14 +285,7 @@ def prepare_bank(
         if is_main_process():
             store.finish()
         barrier()
-    opened = store.open()
-    logit_scale = _read_logit_scale(folder, key)
-    if logit_scale is None:
-        raise UserError(
-            f"The stored teacher views in {folder} lack their {TEACHER_FILE} (the teacher's "
-            "logit scale); delete the folder to build them again."
-        )
-    return ViewBank(folder, key, k, replay, opened["params"], opened["features"], logit_scale)
+    return store
 
 
 def log_view_schedule(k: int, epochs: int, seed: int) -> None:

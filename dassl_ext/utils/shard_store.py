@@ -334,10 +334,11 @@ class ShardedStore:
         write_json_atomic(self.record_file(shard), record)
 
     def finish(self) -> None:
-        """Verify every shard (record, header, size, sha256) and write manifest.json
-        atomically (rank 0, after every rank's build); a missing or damaged shard is a
-        UserError naming it (a new build recomputes it)."""
-        problems = [(s, why) for s in self.shards() if (why := self._problem(*s, full=True))]
+        """Verify every shard (record, header, size: the sha256 was taken from the bytes as
+        they were written, and a resumed build checks it) and write manifest.json atomically
+        (rank 0, after every rank's build); a missing or damaged shard is a UserError naming it
+        (a new build recomputes it)."""
+        problems = [(s, why) for s in self.shards() if (why := self._problem(*s, full=False))]
         if problems:
             (s, why), more = problems[0], len(problems) - 1
             state = why if why == _MISSING else f"damaged ({why})"
