@@ -570,3 +570,15 @@ def test_a_coca_model_runs_zero_shot(tmp_path):
         text = reference_model.encode_text(tokenizer(prompts))
         expected = reference_model.logit_scale.exp() * image @ text.t()
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_a_tower_narrower_than_64_is_zero_shot_only(tmp_path):
+    """Width < 64 (OpenAI's CLIP derives width // 64 heads: none): not OpenAI-shaped, one
+    sentence for prompted trainers, open_clip runs it zero-shot (was: ZeroDivisionError)."""
+    narrow = {**TINY_VIT, "text_cfg": {**TINY_VIT["text_cfg"], "width": 32, "heads": 1}}
+    assert "text width 32" in openai_shape_issue(narrow)
+    name = write_model(tmp_path, "narrow", narrow)
+    with pytest.raises(UserError, match="not an OpenAI-shaped ViT CLIP") as e:
+        load_clip(name)
+    assert "\n" not in str(e.value)
+    assert isinstance(load_zero_shot_clip(name), OpenClipNative)

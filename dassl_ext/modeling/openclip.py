@@ -213,7 +213,11 @@ def openai_shape_issue(model_cfg: dict) -> str | None:
         return "its tokenizer is not CLIP's BPE"
     if model_cfg.get("init_logit_bias") is not None:
         return "it has a logit bias (sigmoid loss)"
-    for key in set(model_cfg) - _TOP_KEYS - {"custom_text"}:
+    for tower, cfg, default in (("vision", vision, 768), ("text", text, 512)):
+        width = cfg.get("width", default)
+        if isinstance(width, int) and width < 64:  # OpenAI's CLIP derives width // 64 heads
+            return f"its {tower} width {width} is under 64"
+    for key in sorted(set(model_cfg) - _TOP_KEYS - {"custom_text"}):
         return f"its config sets '{key}'"
     for tower, cfg, fixed in (("vision", vision, _VISION_FIXED), ("text", text, _TEXT_FIXED)):
         for key, value in cfg.items():
