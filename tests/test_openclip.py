@@ -582,3 +582,23 @@ def test_a_tower_narrower_than_64_is_zero_shot_only(tmp_path):
         load_clip(name)
     assert "\n" not in str(e.value)
     assert isinstance(load_zero_shot_clip(name), OpenClipNative)
+
+
+def test_a_builtin_model_with_a_bare_weights_file_warns(models, tmp_path, monkeypatch, caplog):
+    """open_clip:ViT-L-14-336:<file> loses the tag's QuickGELU and normalisation: one warning
+    naming both; the offline "not found" sentence says where to put the tag's file."""
+    from dassl_ext.modeling.openclip import open_clip_spec
+
+    weights = models["vit"].rsplit(":", 1)[1]
+    with caplog.at_level("WARNING", logger="dassl_ext.modeling.openclip"):
+        spec = open_clip_spec(f"open_clip:ViT-L-14-336:{weights}")
+        open_clip_spec(f"open_clip:ViT-L-14-336:{weights}")
+    assert not spec.model_cfg.get("quick_gelu")
+    warnings = [r.getMessage() for r in caplog.records if "a weights file, not a tag" in r.message]
+    assert len(warnings) == 1 and "nn.GELU" in warnings[0] and "normalisation" in warnings[0]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(UserError) as e:
+        find_clip_file("open_clip:ViT-L-14-336:openai", str(tmp_path))
+    assert f"a CLIP folder as ViT-L-14-336px.pt (e.g. {tmp_path})" in str(e.value)
+    assert "loses what the tag sets" in str(e.value)

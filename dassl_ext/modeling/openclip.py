@@ -173,9 +173,27 @@ def open_clip_spec(name: str) -> OpenClipSpec:
                 f"{name}: the weights '{pretrained}' were trained with nn.GELU but model "
                 f"{model} uses QuickGELU; name the model without '-quickgelu'."
             )
+        elif not tag_cfg and os.path.isfile(os.path.expanduser(pretrained)):
+            act = "QuickGELU" if model_gelu else "nn.GELU"
+            _warn_once(
+                f"{name}: a weights file, not a tag, so what a tag would set is unknown: "
+                f"the activation follows the model name ({act}) and the normalisation is "
+                f"open_clip's default (mean {tuple(preprocess['mean'])}); if the weights were "
+                "trained otherwise, name the model with or without '-quickgelu', or give a "
+                "model-config .json with its preprocess_cfg."
+            )
     vision = model_cfg.get("vision_cfg", {})
     preprocess["size"] = vision.get("image_size", preprocess["size"])
     return OpenClipSpec(name, model, pretrained, model_cfg, preprocess, builtin)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
 
 
 def _read_model_config(name: str, path: str) -> dict:
@@ -275,12 +293,17 @@ def find_open_clip_weights(name: str, dirs: list[str], download: bool = True) ->
             reason = f"download failed: {_first_line(e)}"
         finally:
             socket.setdefaulttimeout(old_timeout)
+    wheres = ["Hugging Face's cache (HF_HOME)"] if tag_cfg.get("hf_hub") else []
+    if tag_cfg.get("url"):
+        wheres.append(f"a CLIP folder as {os.path.basename(tag_cfg['url'])} (e.g. {dirs[0]})")
+    where = " or ".join(wheres)
     raise UserError(
         f"open_clip weights of model {spec.model}, tag '{spec.pretrained}' not found in "
         f"{'; '.join(places)} ({reason}); fetch them where the network allows with "
         f"python -c \"import open_clip; open_clip.create_model('{model}', "
-        f"pretrained='{spec.pretrained}')\" (into Hugging Face's cache, HF_HOME), or give the "
-        f"weights file's path: {PREFIX}{spec.model}:<file>."
+        f"pretrained='{spec.pretrained}')\" and put them into {where} here, where the tag "
+        f"looks (a bare weights file, {PREFIX}{spec.model}:<file>, loses what the tag sets: "
+        "its activation and normalisation)."
     )
 
 
