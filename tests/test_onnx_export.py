@@ -6,6 +6,7 @@ onnxruntime, is one sentence."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -329,3 +330,28 @@ def test_export_of_a_run_folder_writes_both_files(digits_root, tiny_clip_root, t
     x = torch.stack([torch_student.load_image(p) for p in files])
     diff = F.softmax(onnx_student.logits(x), 1) - F.softmax(torch_student.logits(x), 1)
     assert diff.abs().max() <= 1e-4
+
+
+def test_a_student_on_an_open_clip_backbone_exports_its_gelu_and_mlp_width(tmp_path):
+    """A student whose backbone has nn.GELU and an MLP of 3 x width (an open_clip ViT, loaded
+    into the project's CLIP) comes back from its export with both: the same logits (before,
+    the reload used QuickGELU silently, and failed on the MLP's shape)."""
+    visual = clip.model.VisionTransformer(32, 8, 64, 2, 1, 32)
+    for block in visual.transformer.resblocks:
+        block.mlp.gelu = torch.nn.GELU()
+        block.mlp.c_fc, block.mlp.c_proj = torch.nn.Linear(64, 192), torch.nn.Linear(192, 64)
+    fresh = copy.deepcopy(visual)  # the export prompts its own copy
+    path = _write_export(tmp_path, visual, 2, 2, 48, ["cat", "dog", "bird"], 32, seed=0)
+    saved = torch.load(path, weights_only=True)
+    assert saved["architecture"]["activation"] == "gelu"
+    assert saved["architecture"]["mlp_width"] == 192
+    loaded = ExportedStudent(path).model.eval()
+    block = loaded.image_encoder.transformer.resblocks[0]
+    assert isinstance(block.mlp.gelu, torch.nn.GELU) and block.mlp.c_fc.out_features == 192
+    images = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    original = PromptKDStudent(PromptedImageEncoder(fresh, 2, 2), torch.tensor(4.6), 32, 48)
+    original.load_state_dict(saved["state_dict"])
+    with torch.no_grad():
+        feats = loaded.class_text_features
+        torch.testing.assert_close(loaded.eval()(images, feats), original.eval()(images, feats))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from dassl_ext.config import get_cfg_default
 from dassl_ext.data import read_image
@@ -63,19 +64,29 @@ def export_student(trainer, path: str) -> str:
     return write_torch_atomic(path, obj)
 
 
-def student_architecture(model: PromptKDStudent) -> dict[str, int]:
-    """The arguments that rebuild ``model``'s modules."""
+def student_architecture(model: PromptKDStudent) -> dict[str, int | str]:
+    """The arguments that rebuild ``model``'s modules; ``activation`` / ``mlp_width`` only
+    where they are not OpenAI's (QuickGELU, 4 x width): an open_clip backbone's."""
     encoder = model.image_encoder
+    block = encoder.transformer.resblocks[0]
+    extra: dict[str, int | str] = {}
+    if isinstance(block.mlp.gelu, nn.GELU):
+        extra["activation"] = "gelu"
+    if block.mlp.c_fc.out_features != 4 * encoder.conv1.out_channels:
+        extra["mlp_width"] = block.mlp.c_fc.out_features
     return {
-        "input_resolution": encoder.input_resolution,
-        "patch_size": encoder.conv1.kernel_size[0],
-        "width": encoder.conv1.out_channels,
-        "layers": len(encoder.transformer.resblocks),
-        "heads": encoder.transformer.resblocks[0].attn.num_heads,
-        "output_dim": encoder.output_dim,
-        "n_ctx": encoder.n_ctx,
-        "prompt_depth": encoder.depth,
-        "teacher_dim": model.VPT_image_trans.conv1[3].out_channels,
+        **extra,
+        **{
+            "input_resolution": encoder.input_resolution,
+            "patch_size": encoder.conv1.kernel_size[0],
+            "width": encoder.conv1.out_channels,
+            "layers": len(encoder.transformer.resblocks),
+            "heads": encoder.transformer.resblocks[0].attn.num_heads,
+            "output_dim": encoder.output_dim,
+            "n_ctx": encoder.n_ctx,
+            "prompt_depth": encoder.depth,
+            "teacher_dim": model.VPT_image_trans.conv1[3].out_channels,
+        },
     }
 
 
@@ -85,6 +96,12 @@ def build_student(arch: dict[str, int], logit_scale: torch.Tensor) -> PromptKDSt
         arch["input_resolution"], arch["patch_size"], arch["width"], arch["layers"],
         arch["heads"], arch["output_dim"],
     )  # fmt: skip
+    width, mlp = arch["width"], arch.get("mlp_width")
+    for block in visual.transformer.resblocks:
+        if arch.get("activation") == "gelu":
+            block.mlp.gelu = nn.GELU()
+        if mlp:
+            block.mlp.c_fc, block.mlp.c_proj = nn.Linear(width, mlp), nn.Linear(mlp, width)
     encoder = PromptedImageEncoder(visual, arch["n_ctx"], arch["prompt_depth"])
     return PromptKDStudent(encoder, logit_scale, arch["output_dim"], arch["teacher_dim"])
 
