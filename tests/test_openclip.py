@@ -602,3 +602,14 @@ def test_a_builtin_model_with_a_bare_weights_file_warns(models, tmp_path, monkey
         find_clip_file("open_clip:ViT-L-14-336:openai", str(tmp_path))
     assert f"a CLIP folder as ViT-L-14-336px.pt (e.g. {tmp_path})" in str(e.value)
     assert "loses what the tag sets" in str(e.value)
+
+
+def test_config_digest_follows_the_installed_open_clip(models, monkeypatch):
+    """open_clip's tokenizers and encode_text compute the features: another version of it,
+    another digest; OpenAI names keep None."""
+    from dassl_ext.modeling import model_config_digest
+
+    digest = model_config_digest(models["vit"])
+    monkeypatch.setattr(open_clip, "__version__", "0.0.0-other")
+    assert model_config_digest(models["vit"]) != digest
+    assert model_config_digest("ViT-B/16") is None

@@ -364,13 +364,16 @@ def open_clip_sizes(name: str) -> dict:
 
 def model_config_digest(name: str) -> str | None:
     """sha256 of what an ``open_clip:`` name's model config and preprocessing hold (a config
-    .json can change under the same name; the weights file has its own digest); None for
-    any other name. For cache keys of what the model computes."""
+    .json can change under the same name; the weights file has its own digest) and of the
+    installed open_clip's version; None for any other name. For cache keys of what the
+    model computes."""
     if not is_open_clip_name(name):
         return None
     spec = open_clip_spec(name)
-    text = json.dumps({"model_cfg": spec.model_cfg, "preprocess": spec.preprocess},
-                      sort_keys=True, default=str)  # fmt: skip
+    # the installed open_clip: its tokenizers and encode_text compute the features too
+    version = getattr(require_open_clip(), "__version__", "")
+    text = json.dumps({"model_cfg": spec.model_cfg, "preprocess": spec.preprocess,
+                       "open_clip": version}, sort_keys=True, default=str)  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()
 
 
