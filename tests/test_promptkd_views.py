@@ -370,3 +370,25 @@ def test_a_bad_image_while_building_is_one_sentence_naming_it(
         prepare_bank(cfg, IDENTITY, str(tmp_path / "text"), data, 3, _fake_teacher([]))
     message = str(e.value)
     assert message.startswith(f"Image {small}: ") and "Traceback" not in message
+
+
+def test_an_open_clip_teachers_weights_file_gone_is_found_by_its_recorded_digest(
+    digits_root, tiny_clip_root, tmp_path
+):
+    """A zero-shot open_clip teacher named with a weights file: once its digest is recorded,
+    the file may go (stored views stand in for it), as for an OpenAI teacher's file."""
+    pytest.importorskip("open_clip")
+    from test_openclip import TINY_VIT, write_model
+
+    name = write_model(tmp_path, "oc-teacher", TINY_VIT)
+    weights = name.split(":")[2]
+    opts = ("TRAINER.PROMPTKD.TEACHER_TRAINER", "ZeroshotCLIP", "TRAINER.PROMPTKD.TEACHER_NAME",
+            name, "TRAINER.PROMPTKD.TEXT_CACHE_DIR", str(tmp_path / "text"), *K)  # fmt: skip
+    argv = student_argv(digits_root, tiny_clip_root, tmp_path / "run", "", *opts)
+    cfg = setup_cfg(train.parse_args(argv))
+    cpu = torch.device("cpu")
+    present = resolve_teacher(cfg, cpu, ["a", "b"])
+    os.remove(weights)
+    gone = resolve_teacher(cfg, cpu, ["a", "b"])
+    assert gone.clip_sha256 == present.clip_sha256 and gone.cache_key == present.cache_key
+    assert gone.clip_file == os.path.abspath(weights) and gone.missing

@@ -39,7 +39,12 @@ from dassl_ext.modeling.loading import (
     clip_weight_dtype,
     read_clip_state_dict,
 )
-from dassl_ext.modeling.openclip import is_open_clip_name, model_config_digest, open_clip_sizes
+from dassl_ext.modeling.openclip import (
+    is_open_clip_name,
+    model_config_digest,
+    open_clip_sizes,
+    parse_open_clip_name,
+)
 from dassl_ext.utils.atomic import write_torch_atomic
 from dassl_ext.utils.checkpoint import BEST_FILE
 from dassl_ext.utils.digest import file_digest, recorded_digest, recorded_paths
@@ -176,8 +181,10 @@ def _clip_file_or_recorded(name: str, root: str, store: str) -> tuple[str, str |
     try:
         return find_clip_file(name, root, download=False), None, ""
     except UserError as e:
-        for path in dict.fromkeys([name, *(os.path.join(d, clip_filename(name))
-                                           for d in clip_search_dirs(root))]):  # fmt: skip
+        paths = [name, *(os.path.join(d, clip_filename(name)) for d in clip_search_dirs(root))]
+        if is_open_clip_name(name):  # its weights file (a tag's cached file is not known here)
+            paths.insert(0, os.path.expanduser(parse_open_clip_name(name)[1]))
+        for path in dict.fromkeys(os.path.abspath(p) for p in paths):
             digest = recorded_digest(path, store)
             if digest:
                 return os.path.abspath(path), digest, str(e)
