@@ -133,7 +133,7 @@ class ZeroshotModel(CLIPClassifier):
 
 class OpenClipZeroshotModel(ZeroshotModel):
     """:class:`ZeroshotModel` of an open_clip model that is not OpenAI-shaped, run by open_clip
-    (:class:`~dassl_ext.modeling.OpenClipNative`: its ``encode_image``, its ``encode_text``
+    (:class:`~dassl_ext.modeling.OpenClipNative`: its image tower, its ``encode_text``
     with its own tokenizer, which truncates to its context length); logits add its
     ``logit_bias`` when it has one (SigLIP-class models)."""
 

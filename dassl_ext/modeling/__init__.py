@@ -31,10 +31,8 @@ from dassl_ext.modeling.loading import (
 from dassl_ext.modeling.maple import CoupledDeepPrompts
 from dassl_ext.modeling.openclip import (
     OpenClipNative,
-    adapt_batch,
     is_open_clip_name,
     model_config_digest,
-    openai_model_config,
     renormalize,
 )
 from dassl_ext.modeling.prompted import (

@@ -19,8 +19,9 @@ Two kinds of model (:func:`openai_shape_issue` decides, from the model config al
   ZeroshotCLIP2, and a zero-shot PromptKD teacher).
 
 Each model keeps its own input: ``image_mean`` / ``image_std`` (open_clip's preprocess
-config, the tag's when a tag names the weights) on its image tower; :func:`adapt_batch`
-turns a batch normalised for another model (or resolution) into this model's input.
+config, the tag's when a tag names the weights) on its image tower; :func:`renormalize`
+turns a batch normalised for another model into this model's normalisation (a trainer's
+``model_input``; the PromptKD teacher resizes to the model's resolution itself).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dassl_ext.errors import UserError
@@ -490,9 +490,10 @@ def not_openai_shaped_message(name: str, issue: str) -> str:
 
 class OpenClipNative(nn.Module):
     """An open_clip model run by open_clip itself (any architecture): ``visual`` (the image
-    tower: ``encode_image``), ``text`` (:meth:`encode_text` on strings, with the model's own
-    tokenizer and context length), ``logit_scale`` / ``logit_bias`` (raw), and the model's
-    input (``input_resolution``, ``image_mean``, ``image_std``)."""
+    tower: unnormalised pooled features, as open_clip's ``encode_image``), ``text`` (open_clip's
+    ``encode_text`` of strings, with the model's own tokenizer and context length),
+    ``logit_scale`` / ``logit_bias`` (raw), and the model's input (``input_resolution``,
+    ``image_mean``, ``image_std``)."""
 
     def __init__(self, model: nn.Module, tokenizer, spec: OpenClipSpec):
         super().__init__()
@@ -506,19 +507,6 @@ class OpenClipNative(nn.Module):
             self.visual.output_tokens = False  # its encode_image (the tokens feed its decoder)
         model.visual = None  # the text side keeps the rest (encode_text never reads visual)
         self.text = _OpenClipText(model, tokenizer)
-
-    @property
-    def context_length(self) -> int:
-        return int(self.text.tokenizer.context_length)
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Unnormalised image features (B, E) of model-normalised ``images``."""
-        dtype = next(p.dtype for p in self.visual.parameters() if p.is_floating_point())
-        return self.visual(images.to(dtype))
-
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """Unnormalised text features (C, E) of ``prompts``."""
-        return self.text(prompts)
 
 
 class _OpenClipText(nn.Module):
@@ -560,31 +548,6 @@ def load_open_clip_native(spec: OpenClipSpec, weights: str) -> OpenClipNative:
     return OpenClipNative(create_open_clip(spec, weights), open_clip_tokenizer(spec), spec).eval()
 
 
-def openai_model_config(state_dict: dict[str, torch.Tensor], quick_gelu: bool = True) -> dict:
-    """open_clip's model config of an OpenAI-layout ViT CLIP state dict (the stand-ins, the
-    tiny models, OpenAI's files), heads ``width // 64`` as OpenAI's ``build_model``."""
-    sd = state_dict
-    width = sd["visual.conv1.weight"].shape[0]
-    patch = sd["visual.conv1.weight"].shape[-1]
-    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-    text_width = sd["ln_final.weight"].shape[0]
-
-    def blocks(prefix: str) -> int:
-        depth = prefix.count(".")
-        return len({k.split(".")[depth] for k in sd if k.startswith(prefix)})
-
-    return {
-        "embed_dim": int(sd["text_projection"].shape[1]),
-        "quick_gelu": quick_gelu,
-        "vision_cfg": {"image_size": int(patch * grid), "width": int(width),
-                       "layers": blocks("visual.transformer.resblocks."), "patch_size": int(patch)},
-        "text_cfg": {"context_length": int(sd["positional_embedding"].shape[0]),
-                     "vocab_size": int(sd["token_embedding.weight"].shape[0]),
-                     "width": int(text_width), "heads": int(text_width // 64),
-                     "layers": blocks("transformer.resblocks.")},
-    }  # fmt: skip
-
-
 def renormalize(
     images: torch.Tensor,
     from_mean: tuple[float, ...],
@@ -603,21 +566,3 @@ def renormalize(
     scale = col(from_std) / col(to_std)  # x_to = (x_from * s_from + m_from - m_to) / s_to
     shift = (col(from_mean) - col(to_mean)) / col(to_std)
     return (images.float() * scale + shift).to(images.dtype)
-
-
-def adapt_batch(
-    images: torch.Tensor,
-    from_mean: tuple[float, ...],
-    from_std: tuple[float, ...],
-    resolution: int,
-    to_mean: tuple[float, ...],
-    to_std: tuple[float, ...],
-) -> torch.Tensor:
-    """A batch (B, 3, H, W) normalised with ``from_*`` as a model of ``resolution`` px and
-    normalisation ``to_*`` takes it: resized bicubically with antialiasing (PIL's kernel, as
-    CLIP's preprocessing; resizing commutes with the per-channel normalisation), then
-    re-normalised; ``images`` itself when nothing differs."""
-    if tuple(images.shape[-2:]) != (resolution, resolution):
-        images = F.interpolate(images, size=(resolution, resolution), mode="bicubic",
-                               align_corners=False, antialias=True)  # fmt: skip
-    return renormalize(images, from_mean, from_std, to_mean, to_std)
