@@ -24,13 +24,11 @@ from dassl_ext.modeling import (  # noqa: E402
     OpenClipNative,
     PromptedImageEncoder,
     PromptedTextEncoder,
-    adapt_batch,
     clip,
     clip_sizes,
     find_clip_file,
     load_clip,
     load_zero_shot_clip,
-    openai_model_config,
     read_clip_state_dict,
     renormalize,
 )
@@ -69,6 +67,41 @@ TINY_OTHER = {
                  "ls_init_value": 0.5},
     "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
 }  # fmt: skip
+
+
+def openai_model_config(state_dict: dict[str, torch.Tensor], quick_gelu: bool = True) -> dict:
+    """open_clip's model config of an OpenAI-layout ViT CLIP state dict (the stand-ins),
+    heads ``width // 64`` as OpenAI's ``build_model``."""
+    sd = state_dict
+    width = sd["visual.conv1.weight"].shape[0]
+    patch = sd["visual.conv1.weight"].shape[-1]
+    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    text_width = sd["ln_final.weight"].shape[0]
+
+    def blocks(prefix: str) -> int:
+        depth = prefix.count(".")
+        return len({k.split(".")[depth] for k in sd if k.startswith(prefix)})
+
+    return {
+        "embed_dim": int(sd["text_projection"].shape[1]),
+        "quick_gelu": quick_gelu,
+        "vision_cfg": {"image_size": int(patch * grid), "width": int(width),
+                       "layers": blocks("visual.transformer.resblocks."), "patch_size": int(patch)},
+        "text_cfg": {"context_length": int(sd["positional_embedding"].shape[0]),
+                     "vocab_size": int(sd["token_embedding.weight"].shape[0]),
+                     "width": int(text_width), "heads": int(text_width // 64),
+                     "layers": blocks("transformer.resblocks.")},
+    }  # fmt: skip
+
+
+def adapt_batch(images, from_mean, from_std, resolution: int, to_mean, to_std) -> torch.Tensor:
+    """A batch normalised with ``from_*`` as a model of ``resolution`` px and ``to_*`` takes
+    it: resized bicubically with antialiasing (resizing commutes with the per-channel
+    normalisation), then re-normalised; ``images`` itself when nothing differs."""
+    if tuple(images.shape[-2:]) != (resolution, resolution):
+        images = F.interpolate(images, size=(resolution, resolution), mode="bicubic",
+                               align_corners=False, antialias=True)  # fmt: skip
+    return renormalize(images, from_mean, from_std, to_mean, to_std)
 
 
 def write_model(folder, stem: str, cfg: dict, state_dict=None, seed: int = 0) -> str:
@@ -613,3 +646,16 @@ def test_config_digest_follows_the_installed_open_clip(models, monkeypatch):
     monkeypatch.setattr(open_clip, "__version__", "0.0.0-other")
     assert model_config_digest(models["vit"]) != digest
     assert model_config_digest("ViT-B/16") is None
+
+
+def test_layer_norm_eps_is_checked():
+    """A tower's norm_kwargs: CLIP's eps is OpenAI-shaped, another eps is named (was: any
+    norm_kwargs named as an unknown key, the eps check never reached)."""
+
+    def with_eps(eps):
+        return {**TINY_VIT, "vision_cfg": {**TINY_VIT["vision_cfg"], "norm_kwargs": {"eps": eps}}}
+
+    assert openai_shape_issue(with_eps(1e-5)) is None
+    assert (
+        openai_shape_issue(with_eps(1e-6)) == "its vision LayerNorms use eps 1e-06 (CLIP's: 1e-5)"
+    )

@@ -240,11 +240,11 @@ def openai_shape_issue(model_cfg: dict) -> str | None:
     for tower, cfg, fixed in (("vision", vision, _VISION_FIXED), ("text", text, _TEXT_FIXED)):
         for key, value in cfg.items():
             want = {**_FIXED, **fixed}.get(key, "size")
+            if key == "norm_kwargs":  # its eps, below
+                continue
             if want == "size":
                 if key not in _SIZE_KEYS:
                     return f"its {tower}_cfg sets '{key}'"
-            elif key == "norm_kwargs":
-                continue
             elif value is not None and value != want:
                 return f"its {tower}_cfg sets {key}={value!r} (CLIP's: {want!r})"
         eps = (cfg.get("norm_kwargs") or {}).get("eps", 1e-5)
@@ -318,9 +318,10 @@ def _cached_weights(tag_cfg: dict, dirs: list[str]) -> tuple[str | None, list[st
             from huggingface_hub.constants import HF_HUB_CACHE
         except ImportError:
             try_to_load_from_cache, HF_HUB_CACHE = None, None
-        repo, filename = os.path.split(hub.rstrip("/") if hub.endswith("/") else hub)
-        if hub.endswith("/"):
+        if hub.endswith("/"):  # a repository: open_clip's file names in it
             repo, filename = hub.rstrip("/"), "open_clip_pytorch_model.bin"
+        else:
+            repo, filename = os.path.split(hub)
         names = [filename]
         if filename.endswith((".bin", ".pth")):
             names.insert(0, filename[:-4] + ".safetensors")
