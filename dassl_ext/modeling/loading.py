@@ -15,7 +15,6 @@ import os
 import socket
 import tempfile
 import warnings
-import zipfile
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +25,7 @@ from dassl_ext.modeling._clip import clip
 from dassl_ext.modeling.prompted import clip_weight_tensors
 from dassl_ext.modeling.standins import STANDIN_NAMES, standin_path
 from dassl_ext.modeling.tiny import TINY_SPECS, save_tiny_clip, tiny_file_matches
+from dassl_ext.modeling.weights_file import _reason, read_clip_state_dict
 from dassl_ext.utils.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -119,53 +119,6 @@ def _download(url: str, target: str) -> str:
                 socket.setdefaulttimeout(old_timeout)
 
     return atomic_write(target, download)
-
-
-def _reason(e: BaseException) -> str:
-    """``Type: first line`` of an error (torch's load errors run over many lines)."""
-    if isinstance(e, EOFError) or not str(e).strip():
-        kind = "the file is empty or cut short" if isinstance(e, EOFError) else ""
-        return f"{type(e).__name__}{': ' + kind if kind else ''}"
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
-    return f"{type(e).__name__}: {text[:200]}"
-
-
-def _is_torchscript(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("constants.pkl") for n in z.namelist())
-
-
-def read_clip_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
-    """State dict of an OpenAI TorchScript archive or of a plain (``torch.save``) state dict,
-    read with ``weights_only=True`` (no pickled code runs), or of a ``.safetensors`` file
-    (open_clip's Hugging Face downloads). ``mmap`` maps a plain file, for a look at shapes or
-    a few tensors; ``load_clip`` reads (one mapping would keep every page of the fp32 tensors
-    it keeps resident, while read tensors are freed as they are cast).
-    """
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return load_file(path, device="cpu")
-        if _is_torchscript(path):
-            with warnings.catch_warnings():
-                # OpenAI ships TorchScript; torch's "use torch.export" advice is not for users.
-                warnings.simplefilter("ignore", FutureWarning)
-                return dict(torch.jit.load(path, map_location="cpu").state_dict())
-        mmap = mmap and zipfile.is_zipfile(path)  # torch's legacy format cannot be mapped
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:
-        raise UserError(
-            f"Cannot read CLIP weights '{path}' ({_reason(e)}); delete or replace it."
-        ) from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise UserError(f"CLIP weights '{path}' hold a {type(obj).__name__}, not a state dict.")
-    return obj
 
 
 _WEIGHT_DTYPE: contextvars.ContextVar[torch.dtype] = contextvars.ContextVar(

@@ -384,7 +384,7 @@ def create_open_clip(spec: OpenClipSpec, weights: str) -> nn.Module:
     open_clip = require_open_clip()
     from open_clip.model import CLIP, CustomTextCLIP, set_model_preprocess_cfg
 
-    from dassl_ext.modeling.loading import _is_torchscript, read_clip_state_dict
+    from dassl_ext.modeling.weights_file import _is_torchscript, read_clip_state_dict
 
     cfg = json.loads(json.dumps(spec.model_cfg))  # a deep copy
     cfg["vision_cfg"]["timm_model_pretrained"] = False  # the checkpoint holds every weight
