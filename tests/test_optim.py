@@ -202,15 +202,12 @@ def test_optimizer_keys_and_trainable_only():
     assert rms.param_groups[0]["alpha"] == 0.9
 
 
-def test_staged_lr_and_param_groups():
+def test_staged_lr():
     model = nn.Sequential()
     model.add_module("backbone", nn.Linear(2, 2))
     model.add_module("head", nn.Linear(2, 2))
     opt = build_optimizer(model, optim_cfg(STAGED_LR=True, NEW_LAYERS=("head",)))
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.0005, 0.005])
-    groups = [{"params": model.head.parameters(), "lr": 0.1}]
-    opt = build_optimizer(model, optim_cfg(), param_groups=groups)
-    assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == 0.1
 
 
 def test_bad_input_is_user_error():

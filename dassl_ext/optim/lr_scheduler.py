@@ -47,31 +47,21 @@ class DasslLRScheduler(LRScheduler):
     """Closed-form per-epoch LR: ``schedule`` in AVAI_SCHEDS plus optional warm-up."""
 
     def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        schedule: str,
-        max_epoch: int,
-        stepsize: list[int] | int = -1,  # int for single_step, milestones for multi_step
-        gamma: float = 0.1,
-        warmup_epoch: int = 0,
-        warmup_type: str = "constant",
-        warmup_cons_lr: float = 1e-5,
-        warmup_min_lr: float = 1e-5,
-        warmup_recount: bool = True,
-        last_epoch: int = -1,
+        self, optimizer: torch.optim.Optimizer, optim_cfg: Any, stepsize: list[int] | int
     ) -> None:
+        """``stepsize``: an int for single_step, the milestones for multi_step."""
         # Attributes are plain numbers / lists only: they end up in state_dict().
-        self.schedule = schedule
-        self.max_epoch = int(max_epoch)
+        self.schedule = optim_cfg.LR_SCHEDULER
+        self.max_epoch = int(optim_cfg.MAX_EPOCH)
         multi = isinstance(stepsize, (list, tuple))
         self.stepsize = [int(s) for s in stepsize] if multi else int(stepsize)
-        self.gamma = float(gamma)
-        self.warmup_epoch = int(warmup_epoch)
-        self.warmup_type = warmup_type
-        self.warmup_cons_lr = float(warmup_cons_lr)
-        self.warmup_min_lr = float(warmup_min_lr)
-        self.warmup_recount = bool(warmup_recount)
-        super().__init__(optimizer, last_epoch)
+        self.gamma = float(optim_cfg.GAMMA)
+        self.warmup_epoch = max(int(optim_cfg.WARMUP_EPOCH), 0)
+        self.warmup_type = optim_cfg.WARMUP_TYPE
+        self.warmup_cons_lr = float(optim_cfg.WARMUP_CONS_LR)
+        self.warmup_min_lr = float(optim_cfg.WARMUP_MIN_LR)
+        self.warmup_recount = bool(optim_cfg.WARMUP_RECOUNT)
+        super().__init__(optimizer)
 
     def _factor(self, e: int) -> float:
         """Multiplier of the base LR at epoch ``e >= warmup_epoch`` (main schedule)."""
@@ -103,9 +93,6 @@ class DasslLRScheduler(LRScheduler):
     def get_lr(self) -> list[float]:
         return self.lr_at(self.last_epoch)
 
-    def _get_closed_form_lr(self) -> list[float]:
-        return self.lr_at(self.last_epoch)
-
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> DasslLRScheduler:
     """Build the scheduler named by ``OPTIM.LR_SCHEDULER``; call ``step()`` once per epoch."""
@@ -120,20 +107,9 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> Dass
         stepsize = stepsize if stepsize > 0 else max_epoch
     elif not isinstance(stepsize, (list, tuple)):
         raise UserError(f"OPTIM.STEPSIZE must be a list for multi_step, got {stepsize!r}.")
-    warmup_epoch, recount = max(int(optim_cfg.WARMUP_EPOCH), 0), optim_cfg.WARMUP_RECOUNT
+    warmup_epoch = max(int(optim_cfg.WARMUP_EPOCH), 0)
     if warmup_epoch:
         _WARMUP.check(optim_cfg.WARMUP_TYPE)
-    if name == "cosine" and warmup_epoch and not recount and warmup_epoch >= max_epoch:
+    if name == "cosine" and not optim_cfg.WARMUP_RECOUNT and warmup_epoch >= max_epoch:
         raise UserError("OPTIM.WARMUP_EPOCH must be below OPTIM.MAX_EPOCH when not recounting.")
-    return DasslLRScheduler(
-        optimizer,
-        name,
-        max_epoch,
-        stepsize=stepsize,
-        gamma=optim_cfg.GAMMA,
-        warmup_epoch=warmup_epoch,
-        warmup_type=optim_cfg.WARMUP_TYPE,
-        warmup_cons_lr=optim_cfg.WARMUP_CONS_LR,
-        warmup_min_lr=optim_cfg.WARMUP_MIN_LR,
-        warmup_recount=recount,
-    )
+    return DasslLRScheduler(optimizer, optim_cfg, stepsize)

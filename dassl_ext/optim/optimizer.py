@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,8 +10,6 @@ from torch import nn
 
 from dassl_ext.config.rules import Check, OneOf, Range, register_config_rules
 from dassl_ext.errors import UserError
-
-logger = logging.getLogger(__name__)
 
 AVAI_OPTIMS = ("sgd", "adam", "amsgrad", "adamw", "rmsprop", "radam")
 _NAME = OneOf("OPTIM.NAME", AVAI_OPTIMS, ignore_case=True)
@@ -46,28 +43,18 @@ def _staged_groups(model: nn.Module, optim_cfg: Any) -> list[dict]:
     return [{"params": base, "lr": optim_cfg.LR * optim_cfg.BASE_LR_MULT}, {"params": new}]
 
 
-def _param_groups(model_or_params: Any, optim_cfg: Any, param_groups: Any) -> list[dict]:
+def _param_groups(model_or_params: Any, optim_cfg: Any) -> list[dict]:
     """The groups to optimize, each with its parameters that require a gradient."""
-    if param_groups is not None:
-        if optim_cfg.STAGED_LR:
-            logger.warning("OPTIM.STAGED_LR is ignored because param_groups were given.")
-        groups = [dict(g) for g in param_groups]
-    elif optim_cfg.STAGED_LR:
+    if optim_cfg.STAGED_LR:
         if not isinstance(model_or_params, nn.Module):
             raise UserError("OPTIM.STAGED_LR needs an nn.Module, not a list of parameters.")
         groups = _staged_groups(model_or_params, optim_cfg)
     elif isinstance(model_or_params, nn.Module):
         groups = [{"params": model_or_params.parameters()}]
     else:
-        items = list(model_or_params)
-        groups = (
-            [dict(g) for g in items]
-            if items and isinstance(items[0], dict)
-            else [{"params": items}]
-        )
+        groups = [{"params": model_or_params}]
     for g in groups:
-        params = [g["params"]] if isinstance(g["params"], torch.Tensor) else g["params"]
-        g["params"] = [p for p in params if p.requires_grad]
+        g["params"] = [p for p in g["params"] if p.requires_grad]
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise UserError(
@@ -78,35 +65,25 @@ def _param_groups(model_or_params: Any, optim_cfg: Any, param_groups: Any) -> li
 
 
 def build_optimizer(
-    model_or_params: nn.Module | Iterable[Any],
-    optim_cfg: Any,
-    param_groups: Iterable[dict] | None = None,
+    model_or_params: nn.Module | Iterable[nn.Parameter], optim_cfg: Any
 ) -> torch.optim.Optimizer:
     """The optimizer named by ``OPTIM.NAME`` (Dassl's keys and defaults) over the parameters
-    with ``requires_grad``; ``param_groups`` (dicts with ``params``) overrides the groups
-    derived from the model."""
+    with ``requires_grad``."""
     _NAME.check(optim_cfg.NAME)
     name = optim_cfg.NAME.lower()
-    groups = _param_groups(model_or_params, optim_cfg, param_groups)
-    lr, wd = float(optim_cfg.LR), float(optim_cfg.WEIGHT_DECAY)
+    groups = _param_groups(model_or_params, optim_cfg)
+    common = {"lr": float(optim_cfg.LR), "weight_decay": float(optim_cfg.WEIGHT_DECAY)}
     betas = (float(optim_cfg.ADAM_BETA1), float(optim_cfg.ADAM_BETA2))
     momentum = float(optim_cfg.MOMENTUM)
     if name == "sgd":
         dampening, nesterov = float(optim_cfg.SGD_DAMPNING), bool(optim_cfg.SGD_NESTEROV)
         return torch.optim.SGD(
-            groups,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=wd,
-            dampening=dampening,
-            nesterov=nesterov,
+            groups, momentum=momentum, dampening=dampening, nesterov=nesterov, **common
         )
     if name in ("adam", "amsgrad"):
-        return torch.optim.Adam(
-            groups, lr=lr, weight_decay=wd, betas=betas, amsgrad=name == "amsgrad"
-        )
+        return torch.optim.Adam(groups, betas=betas, amsgrad=name == "amsgrad", **common)
     if name == "rmsprop":
         alpha = float(optim_cfg.RMSPROP_ALPHA)
-        return torch.optim.RMSprop(groups, lr=lr, momentum=momentum, weight_decay=wd, alpha=alpha)
+        return torch.optim.RMSprop(groups, momentum=momentum, alpha=alpha, **common)
     optimizer = torch.optim.AdamW if name == "adamw" else torch.optim.RAdam
-    return optimizer(groups, lr=lr, weight_decay=wd, betas=betas)
+    return optimizer(groups, betas=betas, **common)
