@@ -71,18 +71,20 @@ class DatasetWrapper(Dataset):
         return len(self.data)
 
     def __getitem__(self, idx: int) -> dict:
-        item = self.data[idx]
+        return self.item(idx, self.transform(self.read(idx)))
+
+    def read(self, idx: int) -> Image.Image | torch.Tensor:
+        """The image of item ``idx`` as ``reader`` returns it."""
+        path = self.data[idx].impath
         try:
-            img = self.reader(item.impath)
+            return self.reader(path)
         except Image.DecompressionBombError as e:  # not an OSError: it escaped as a traceback
-            raise too_large(item.impath, e) from None
-        return {
-            "img": self.transform(img),
-            "label": item.label,
-            "impath": item.impath,
-            "index": idx,
-            "domain": item.domain,
-        }
+            raise too_large(path, e) from None
+
+    def item(self, idx: int, img: torch.Tensor) -> dict:
+        """The batch dict of item ``idx`` with its transformed image ``img``."""
+        d = self.data[idx]
+        return {"img": img, "label": d.label, "impath": d.impath, "index": idx, "domain": d.domain}
 
 
 def _clean_errors(batches: Iterator) -> Iterator:

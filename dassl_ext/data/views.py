@@ -20,24 +20,17 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as F1
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 from torchvision.transforms import v2
 
-from dassl_ext.data.data_manager import DataManager, Loader, image_reader
-from dassl_ext.data.images import too_large
+from dassl_ext.data.data_manager import DataManager, DatasetWrapper, Loader, image_reader
 from dassl_ext.data.splits import Datum
-from dassl_ext.data.transforms import INTERPOLATION_MODES, build_transform
+from dassl_ext.data.transforms import INTERPOLATION_MODES, TENSOR_TRANSFORMS, build_transform
 from dassl_ext.errors import UserError
 
 F2 = v2.functional
 
-REPLAYABLE_TRANSFORMS = (
-    "random_resized_crop",
-    "random_crop",
-    "center_crop",
-    "random_flip",
-    "normalize",
-)
+REPLAYABLE_TRANSFORMS = TENSOR_TRANSFORMS  # the same five: both are CLIP's train pipeline
 # int32: top, left, height, width (of the crop box in the (padded) source), flip (0/1)
 PARAMS_PER_VIEW = 5
 RRCROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # torchvision's default, as build_transform uses it
@@ -214,43 +207,28 @@ _GOLDEN = 0x9E3779B97F4A7C15
 _TAG_DRAW, _TAG_ORDER = 1, 2
 
 
-def _mix(x: int) -> int:
-    """splitmix64's finaliser (Python ints, wrapped to 64 bits)."""
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-    return x ^ (x >> 31)
-
-
-def _mix_np(x: np.ndarray) -> np.ndarray:
-    """:func:`_mix` on uint64 arrays (numpy's uint64 arithmetic wraps)."""
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (numpy's uint64 arithmetic wraps)."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
 
 
-def _key(*parts: int) -> int:
-    """A 64-bit hash of a tuple of integers."""
-    h = _GOLDEN
-    for p in parts:
-        h = _mix(((h ^ (p & _MASK)) + _GOLDEN) & _MASK)
-    return h
-
-
-def _key_np(*parts) -> np.ndarray:
-    """:func:`_key` over broadcast integer arrays."""
+def _key(*parts) -> np.ndarray:
+    """A 64-bit hash of a tuple of integers (broadcast integer arrays, two's complement)."""
     h = np.asarray(_GOLDEN, dtype=np.uint64)
     with np.errstate(over="ignore"):  # the wrap-around is the point (numpy scalars warn)
         for p in parts:
             p = np.asarray(p)
             p = p.astype(np.int64).astype(np.uint64) if p.dtype.kind == "i" else p.astype(np.uint64)
-            h = _mix_np((h ^ p) + np.uint64(_GOLDEN))
+            h = _mix((h ^ p) + np.uint64(_GOLDEN))
     return h
 
 
 def view_generator(seed: int, index: int, view: int) -> torch.Generator:
     """The generator of the draws of view ``view`` of image ``index`` in a bank seeded
     ``seed``: the same in any process and any order."""
-    return torch.Generator().manual_seed(_key(_TAG_DRAW, seed, index, view))
+    return torch.Generator().manual_seed(int(_key(_TAG_DRAW, seed & _MASK, index, view)))
 
 
 def draw_views(
@@ -268,7 +246,7 @@ def views_for_epoch(seed: int, epoch: int, indices: Sequence[int], k: int) -> np
         raise ValueError(f"k must be at least 1, not {k}")
     cycle, pos = divmod(int(epoch), k)
     idx = np.asarray(indices, dtype=np.int64).reshape(-1, 1)
-    keys = _key_np(_TAG_ORDER, seed & _MASK, cycle, idx, np.arange(k, dtype=np.int64))
+    keys = _key(_TAG_ORDER, seed & _MASK, cycle, idx, np.arange(k, dtype=np.int64))
     return np.argsort(keys, axis=1, kind="stable")[:, pos]  # this cycle's order, position pos
 
 
@@ -308,7 +286,7 @@ def _view_of(array, index: int, view: int) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
 
 
-class StoredViewDataset(Dataset):
+class StoredViewDataset(DatasetWrapper):
     """Items for (index, view) pairs: the image read and replayed with the stored parameters,
     plus the stored features of that view when given: dict with img, label, impath, index, domain,
     view, and "view_features" (E,) (only when features is not None; in their stored dtype)."""
@@ -321,31 +299,17 @@ class StoredViewDataset(Dataset):
         params,
         features=None,
     ) -> None:
-        self.data, self.replay, self.reader = data, replay, reader
+        super().__init__(data, replay.apply, reader)
         self.params, self.features = params, features
-
-    def __len__(self) -> int:
-        return len(self.data)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, view = (int(k) for k in key)
-        item = self.data[index]
+        img = self.read(index)
         try:
-            img = self.reader(item.impath)
-        except Image.DecompressionBombError as e:
-            raise too_large(item.impath, e) from None
-        try:
-            img = self.replay.apply(img, _view_of(self.params, index, view))
+            img = self.transform(img, _view_of(self.params, index, view))
         except UserError as e:
-            raise UserError(f"Image {item.impath}: {e}") from None
-        out = {
-            "img": img,
-            "label": item.label,
-            "impath": item.impath,
-            "index": index,
-            "domain": item.domain,
-            "view": view,
-        }
+            raise UserError(f"Image {self.data[index].impath}: {e}") from None
+        out = {**self.item(index, img), "view": view}
         if self.features is not None:
             out["view_features"] = _view_of(self.features, index, view)
         return out
