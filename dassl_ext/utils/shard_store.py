@@ -105,11 +105,10 @@ def _header_problem(path: str, shape: tuple[int, ...], dtype: np.dtype) -> str |
     bytes (from its header and size), or None."""
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = {(1, 0): np.lib.format.read_array_header_1_0}.get(
-                version, np.lib.format.read_array_header_2_0
-            )
-            got_shape, fortran, got_dtype = read(f)
+            if np.lib.format.read_magic(f) == (1, 0):
+                got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                got_shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(f)
             offset = f.tell()
     except FileNotFoundError:
         return f"{os.path.basename(path)} is missing"
@@ -154,9 +153,7 @@ class _Progress:
 
 
 class ShardedStore:
-    """A folder holding arrays of n_items rows, written in shards of shard_size rows:
-    shard files <name>-<shard:05d>.npy plus a small JSON record per finished shard (its sizes and
-    sha256), and manifest.json (arrays, n_items, shard_size, meta) once every shard exists.
+    """Arrays of ``n_items`` rows in shards of ``shard_size`` rows (the layout: module docstring).
 
     ``meta`` (JSON-able) describes what the rows were computed from; a store whose manifest
     holds other settings is not complete for this one. Multi-process: decide on one rank
@@ -200,10 +197,9 @@ class ShardedStore:
         counted)."""
         total = 0
         for a in self.arrays:
-            np_dtype = DTYPES[a.dtype][0]
             for _, start, stop in self.shards():
-                shape = (stop - start, *a.item_shape)
-                total += len(_header(shape, np_dtype)) + (stop - start) * a.row_bytes
+                header = _header(self._shape(a, start, stop), DTYPES[a.dtype][0])
+                total += len(header) + (stop - start) * a.row_bytes
         return total
 
     def _shape(self, a: ArraySpec, start: int, stop: int) -> tuple[int, ...]:
@@ -227,11 +223,9 @@ class ShardedStore:
             entry = files.get(a.name) if isinstance(files, dict) else None
             if not isinstance(entry, dict):
                 return f"its record has no entry for {os.path.basename(paths[a.name])}"
-            why = _header_problem(paths[a.name], self._shape(a, start, stop), DTYPES[a.dtype][0])
+            why = self._file_problem(a, shard, start, stop, entry, "its record")
             if why:
                 return why
-            if os.path.getsize(paths[a.name]) != entry.get("bytes"):
-                return f"{os.path.basename(paths[a.name])} differs in size from its record"
             if full and _sha256(paths[a.name]) != entry.get("sha256"):
                 return f"{os.path.basename(paths[a.name])} does not match its sha256"
         return None
@@ -250,14 +244,21 @@ class ShardedStore:
         problems = []
         for s, entry in zip(self.shards(), manifest["shards"]):
             for a in self.arrays:
-                path = self.file(a.name, s[0])
-                why = _header_problem(path, self._shape(a, s[1], s[2]), DTYPES[a.dtype][0])
                 info = entry.get("files", {}).get(a.name, {})
-                if why is None and os.path.getsize(path) != info.get("bytes"):
-                    why = f"{os.path.basename(path)} differs in size from the manifest"
-                if why:
-                    problems.append((path, why))
+                if why := self._file_problem(a, *s, info, "the manifest"):
+                    problems.append((self.file(a.name, s[0]), why))
         return problems
+
+    def _file_problem(
+        self, a: ArraySpec, shard: int, start: int, stop: int, entry: dict, source: str
+    ) -> str | None:
+        """Why array ``a``'s file of ``shard`` does not have its header, or the size that
+        ``entry`` (of ``source``: a record or the manifest) lists, or None."""
+        path = self.file(a.name, shard)
+        why = _header_problem(path, self._shape(a, start, stop), DTYPES[a.dtype][0])
+        if why is None and os.path.getsize(path) != entry.get("bytes"):
+            why = f"{os.path.basename(path)} differs in size from {source}"
+        return why
 
     def is_complete(self) -> bool:
         """manifest.json present and agreeing with this store's settings, and every shard file
@@ -371,16 +372,8 @@ class ShardedStore:
                 "incomplete now, and its build recomputes only the damaged shards."
             )
         starts = [start for _, start, _ in self.shards()]
-        return {
-            a.name: ShardedArray(
-                [self.file(a.name, s) for s, _, _ in self.shards()],
-                starts,
-                self.n_items,
-                a.item_shape,
-                a.dtype,
-            )  # fmt: skip
-            for a in self.arrays
-        }
+        paths = {a.name: [self.file(a.name, s) for s, _, _ in self.shards()] for a in self.arrays}
+        return {a.name: ShardedArray(paths[a.name], starts, self.n_items, a) for a in self.arrays}
 
 
 class ShardedArray:
@@ -391,18 +384,11 @@ class ShardedArray:
     ``a[i, j, ...]`` reads only that part of row ``i``. At most MAX_OPEN_MAPS shard files
     are mapped at once (the least recently used is closed)."""
 
-    def __init__(
-        self,
-        paths: list[str],
-        starts: list[int],
-        n_items: int,
-        item_shape: tuple[int, ...],
-        dtype: str,
-    ) -> None:
+    def __init__(self, paths: list[str], starts: list[int], n_items: int, spec: ArraySpec) -> None:
         self.paths, self.starts = list(paths), np.asarray(starts, dtype=np.int64)
-        self.shape = (int(n_items), *item_shape)
-        self.stored_dtype = dtype
-        self.dtype = DTYPES[dtype][1]
+        self.shape = (int(n_items), *spec.item_shape)
+        self.stored_dtype = spec.dtype
+        self.dtype = DTYPES[spec.dtype][1]
         self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def __len__(self) -> int:
