@@ -22,13 +22,13 @@ logger = logging.getLogger(__name__)
 RUN_IDENTITY_KEYS = ("SEED", *PLACE_KEYS)
 
 
-def config_hash(cfg: Any, exclude: tuple[str, ...] = RUN_IDENTITY_KEYS) -> str:
-    """Short sha1 of the yaml dump of ``cfg`` without the ``exclude`` (dotted) keys."""
+def config_hash(cfg: Any) -> str:
+    """Short sha1 of the yaml dump of ``cfg`` without the ``RUN_IDENTITY_KEYS``."""
     d = plain(cfg)
     for key, value in RETIRED.items():  # as when the defaults held them: the same hash
         *parents, leaf = key.split(".")
         functools.reduce(lambda node, p: node.setdefault(p, {}), parents, d)[leaf] = value
-    for key in exclude:
+    for key in RUN_IDENTITY_KEYS:
         _pop(d, key)
     for key, default in ADDED.items():  # older runs lack them: leave them out at the default
         if _get(d, key) == plain(default):
