@@ -40,6 +40,7 @@ import torch
 
 from dassl_ext.errors import UserError
 from dassl_ext.utils.atomic import read_json_dict, write_bytes_atomic, write_json_atomic
+from dassl_ext.utils.digest import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -120,14 +121,6 @@ def _header_problem(path: str, shape: tuple[int, ...], dtype: np.dtype) -> str |
     if size != want:
         return f"{os.path.basename(path)} has {size} bytes, expected {want}"
     return None
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _Progress:
@@ -226,7 +219,7 @@ class ShardedStore:
             why = self._file_problem(a, shard, start, stop, entry, "its record")
             if why:
                 return why
-            if full and _sha256(paths[a.name]) != entry.get("sha256"):
+            if full and sha256_of(paths[a.name]) != entry.get("sha256"):
                 return f"{os.path.basename(paths[a.name])} does not match its sha256"
         return None
 
