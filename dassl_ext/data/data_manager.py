@@ -123,11 +123,8 @@ class DataManager:
     ) -> None:
         self.cfg = cfg
         self.dataset = ds = dataset if dataset is not None else build_dataset(cfg)
-        self.num_classes, self.classnames, self.lab2cname = (
-            ds.num_classes,
-            ds.classnames,
-            ds.lab2cname,
-        )
+        self.num_classes, self.classnames = ds.num_classes, ds.classnames
+        self.lab2cname = ds.lab2cname
         self.tfm_train = custom_tfm_train or build_transform(cfg, is_train=True)
         self.tfm_test = custom_tfm_test or build_transform(cfg, is_train=False)
         self.rank, self.world_size = get_rank(), get_world_size()

@@ -35,10 +35,10 @@ TENSOR_TRANSFORMS = (
 )
 
 
-def build_transform(cfg, is_train: bool = True, choices: list[str] | None = None) -> T.Compose:
+def build_transform(cfg, is_train: bool = True) -> T.Compose:
     """The train or test transform of Dassl for `cfg.INPUT` (names in INPUT.TRANSFORMS); it
     takes what ``image_reader(cfg)`` returns (a PIL image, or a uint8 tensor)."""
-    choices = list(cfg.INPUT.TRANSFORMS if choices is None else choices)
+    choices = list(cfg.INPUT.TRANSFORMS)
     unknown = [c for c in choices if c not in AVAILABLE_TRANSFORMS]
     if unknown:
         raise UserError(

@@ -39,12 +39,9 @@ _FORMAT = 1  # of draw()'s parameters; part of settings(): a change makes new ca
 
 
 class ReplayTransform:
-    """The train transform of cfg.INPUT (INPUT.TRANSFORMS, SIZE, INTERPOLATION, RRCROP_SCALE,
-    CROP_PADDING, PIXEL_MEAN/STD, BACKEND) as explicit per-view parameters: draw() draws what the
-    random transforms would draw, apply() applies given parameters, bit for bit the same ops
-    as build_transform's train pipeline would apply for those draws (same torchvision
-    functional ops, same interpolation/antialias, PIL or tensor backend: apply takes what
-    image_reader(cfg) returns).
+    """The train transform of cfg.INPUT as per-view parameters: draw() draws what its random
+    transforms would, apply() applies given draws with build_transform's own torchvision ops,
+    interpolation and antialias, bit for bit (to what image_reader(cfg) returns).
 
     ``random_crop`` with ``random_resized_crop`` (both listed) is one box: the resized crop's
     box inside the random crop, shifted into the padded source (cropping twice selects the
@@ -109,16 +106,13 @@ class ReplayTransform:
             "backend": self.backend,
         }
 
-    def _padded(self, width: int, height: int) -> tuple[int, int]:
-        grow = 2 * self.padding if "random_crop" in self.transforms else 0
-        return width + grow, height + grow
-
     def draw(self, width: int, height: int, generator: torch.Generator) -> torch.Tensor:
         """The random draws for one view of a ``width`` x ``height`` image, in torchvision's
         order and way (RandomCrop.get_params, RandomResizedCrop.get_params, the flip's
         ``rand < 0.5``), from ``generator``: (PARAMS_PER_VIEW,) int32."""
         g = generator
-        width, height = self._padded(width, height)
+        grow = 2 * self.padding if "random_crop" in self.transforms else 0
+        width, height = width + grow, height + grow
         top, left, h, w = 0, 0, height, width
         if "random_crop" in self.transforms:
             th, tw = self.size
