@@ -33,7 +33,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -73,13 +73,6 @@ class ArraySpec:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         object.__setattr__(self, "item_shape", tuple(int(d) for d in self.item_shape))
-
-    @property
-    def row_bytes(self) -> int:
-        return math.prod(self.item_shape) * DTYPES[self.dtype][0].itemsize
-
-    def record(self) -> dict:
-        return {"name": self.name, "item_shape": list(self.item_shape), "dtype": self.dtype}
 
 
 def human_bytes(n: float) -> str:
@@ -163,13 +156,14 @@ class ShardedStore:
             raise ValueError(f"arrays {names}: need at least one, with distinct names")
         self.folder, self.n_items, self.shard_size = folder, int(n_items), int(shard_size)
         self.arrays = list(arrays)
-        self.spec = {
+        spec = {
             "format": FORMAT,
             "n_items": self.n_items,
             "shard_size": self.shard_size,
-            "arrays": [a.record() for a in arrays],
-            "meta": json.loads(json.dumps(meta)),  # as it reads back from JSON
+            "arrays": [asdict(a) for a in arrays],
+            "meta": meta,
         }
+        self.spec = json.loads(json.dumps(spec))  # as it reads back from JSON
         text = json.dumps(self.spec, sort_keys=True).encode()
         self.spec_digest = hashlib.sha256(text).hexdigest()
 
@@ -190,9 +184,10 @@ class ShardedStore:
         counted)."""
         total = 0
         for a in self.arrays:
+            np_dtype = DTYPES[a.dtype][0]
             for _, start, stop in self.shards():
-                header = _header(self._shape(a, start, stop), DTYPES[a.dtype][0])
-                total += len(header) + (stop - start) * a.row_bytes
+                shape = self._shape(a, start, stop)
+                total += len(_header(shape, np_dtype)) + math.prod(shape) * np_dtype.itemsize
         return total
 
     def _shape(self, a: ArraySpec, start: int, stop: int) -> tuple[int, ...]:
