@@ -14,7 +14,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from dassl_ext.config.rules import OneOf, register_config_rules
+from dassl_ext.config.rules import OneOf, check_rules, register_config_rules
 from dassl_ext.data.images import CHECK_IMAGES_MODES, check_images
 from dassl_ext.data.splits import (
     Datum,
@@ -40,7 +40,13 @@ EVAL_SPLIT_MODES = ("standard", "base_new")
 # cache made by another version is drawn again. Change it whenever the draw changes.
 FEWSHOT_VERSION = 1
 
-register_config_rules(OneOf("DATASET.CHECK_IMAGES", CHECK_IMAGES_MODES))
+_RULES = (
+    OneOf("DATASET.SUBSAMPLE_CLASSES", ("all", "base", "new")),
+    OneOf("DATASET.PROTOCOL", PROTOCOLS),
+    OneOf("DATASET.EVAL_SPLITS", EVAL_SPLIT_MODES),
+    OneOf("DATASET.CHECK_IMAGES", CHECK_IMAGES_MODES),
+)
+register_config_rules(*_RULES)
 
 
 @dataclass
@@ -78,11 +84,8 @@ class DatasetBase:
         self.root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
         self.dataset_dir = os.path.join(self.root, type(self).dataset_dir)
         self.image_dir = os.path.join(self.dataset_dir, type(self).image_dir).rstrip(os.sep)
-        self.protocol = _choice(cfg.DATASET.PROTOCOL, PROTOCOLS, "DATASET.PROTOCOL")
-        self.eval_split_mode = _choice(
-            cfg.DATASET.EVAL_SPLITS, EVAL_SPLIT_MODES, "DATASET.EVAL_SPLITS"
-        )
-        check_mode = _choice(cfg.DATASET.CHECK_IMAGES, CHECK_IMAGES_MODES, "DATASET.CHECK_IMAGES")
+        check_rules(cfg, _RULES)  # also for a config that validate_config did not see
+        self.protocol, self.eval_split_mode = cfg.DATASET.PROTOCOL, cfg.DATASET.EVAL_SPLITS
         self.require(self.dataset_dir)
 
         # Everything that can be known about the data is checked here, before training.
@@ -94,7 +97,7 @@ class DatasetBase:
         self._check_labels(train, val, test)
         self._assign_roles(cfg, train, val, test)
         self._check_not_empty(cfg)
-        self._check_images(check_mode)
+        self._check_images(cfg.DATASET.CHECK_IMAGES)
         if self.protocol == "clean" and not self.val:  # e.g. a split file with no val images
             self._require_val_for_selection(cfg)
 
@@ -417,9 +420,3 @@ def _listed(items: list[str], sep: str, limit: int, more: str) -> str:
 def _number(n: int) -> str:
     text = str(n)
     return text if len(text) <= 12 else f"{text[:6]}... ({len(text)} digits)"
-
-
-def _choice(value: str, allowed: tuple[str, ...], key: str) -> str:
-    if value not in allowed:
-        raise UserError(f"{key} is '{value}'; use one of: {', '.join(allowed)}.")
-    return value

@@ -1,7 +1,9 @@
 """Rules of the data keys (``INPUT``, ``DATASET``, ``DATALOADER``; see dassl_ext/config/rules.py).
 
 The choices come from the modules that use them: a new transform is allowed here as soon
-as it exists in transforms.py. Only keys the code reads have a rule.
+as it exists in transforms.py. Only keys the code reads have a rule. The choices that
+transforms.py and base_dataset.py check themselves (for a config that was not validated)
+are registered there.
 """
 
 from __future__ import annotations
@@ -9,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from dassl_ext.config.rules import Check, OneOf, Range, register_config_rules
-from dassl_ext.data.base_dataset import EVAL_SPLIT_MODES, PROTOCOLS
-from dassl_ext.data.transforms import AVAILABLE_TRANSFORMS, INTERPOLATION_MODES
+from dassl_ext.data.transforms import AVAILABLE_TRANSFORMS
 
 SAMPLERS = ("RandomSampler", "SequentialSampler")
 
@@ -27,7 +28,6 @@ def _numbers(v: Any, n: int, positive: bool = False) -> bool:
 register_config_rules(
     Check("INPUT.SIZE", lambda v: _count(v) or (len(v) == 2 and all(map(_count, v))),
           "use (height, width), two integers >= 1"),
-    OneOf("INPUT.INTERPOLATION", tuple(INTERPOLATION_MODES)),
     Check("INPUT.TRANSFORMS", lambda v: all(t in AVAILABLE_TRANSFORMS for t in v),
           f"use names from {', '.join(AVAILABLE_TRANSFORMS)}"),
     Check("INPUT.PIXEL_MEAN", lambda v: _numbers(v, 3), "use three numbers, one per channel"),
@@ -41,9 +41,6 @@ register_config_rules(
     *(Range(f"INPUT.{k}", 0, 1) for k in ("RGS_P", "GB_P")),
     *(Range(f"INPUT.{k}", 0, integer=True) for k in ("CROP_PADDING", "CUTOUT_N", "CUTOUT_LEN")),
     Range("DATASET.NUM_SHOTS", 0, integer=True, also=(-1,), note="0 or -1: all images"),
-    OneOf("DATASET.SUBSAMPLE_CLASSES", ("all", "base", "new")),
-    OneOf("DATASET.PROTOCOL", PROTOCOLS),
-    OneOf("DATASET.EVAL_SPLITS", EVAL_SPLIT_MODES),
     Range("DATALOADER.NUM_WORKERS", 0, integer=True),
     OneOf("DATALOADER.TRAIN_X.SAMPLER", SAMPLERS),
     *(Range(f"DATALOADER.{k}.BATCH_SIZE", 1, integer=True) for k in ("TRAIN_X", "TEST")),

@@ -327,8 +327,6 @@ def subsample_classes(*args: list[Datum], subsample: str = "all") -> list[list[D
     """Dassl/CoOp subsample_classes: "all", "base" or "new" classes of args[0], relabelled."""
     if subsample == "all":
         return list(args)
-    if subsample not in ("base", "new"):
-        raise UserError(f"DATASET.SUBSAMPLE_CLASSES is '{subsample}'; use one of: all, base, new.")
     base, new = base_new_labels(d.label for d in args[0])
     selected = base if subsample == "base" else new
     return [select_classes(items, selected) for items in args]

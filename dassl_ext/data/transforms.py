@@ -12,6 +12,7 @@ import torch
 import torchvision.transforms as T
 from torchvision.transforms import InterpolationMode, v2
 
+from dassl_ext.config.rules import OneOf, check_rules, register_config_rules
 from dassl_ext.errors import UserError
 
 INTERPOLATION_MODES = {
@@ -33,22 +34,23 @@ TENSOR_TRANSFORMS = (
     "random_flip",
     "normalize",
 )
+_RULES = (
+    OneOf("INPUT.INTERPOLATION", tuple(INTERPOLATION_MODES)),
+    OneOf("INPUT.BACKEND", ("pil", "tensor")),
+)
+register_config_rules(*_RULES)
 
 
 def build_transform(cfg, is_train: bool = True) -> T.Compose:
     """The train or test transform of Dassl for `cfg.INPUT` (names in INPUT.TRANSFORMS); it
     takes what ``image_reader(cfg)`` returns (a PIL image, or a uint8 tensor)."""
+    check_rules(cfg, _RULES)  # also for a config that validate_config did not see
     choices = list(cfg.INPUT.TRANSFORMS)
     unknown = [c for c in choices if c not in AVAILABLE_TRANSFORMS]
     if unknown:
         raise UserError(
             f"INPUT.TRANSFORMS has unknown transform '{unknown[0]}'; "
             f"use names from: {', '.join(AVAILABLE_TRANSFORMS)}."
-        )
-    if cfg.INPUT.INTERPOLATION not in INTERPOLATION_MODES:
-        raise UserError(
-            f"INPUT.INTERPOLATION is '{cfg.INPUT.INTERPOLATION}'; "
-            f"use one of: {', '.join(INTERPOLATION_MODES)}."
         )
     tensor = cfg.INPUT.BACKEND == "tensor"
     unsupported = [c for c in choices if c not in TENSOR_TRANSFORMS]
@@ -57,8 +59,6 @@ def build_transform(cfg, is_train: bool = True) -> T.Compose:
             f"INPUT.BACKEND tensor does not implement the transform '{unsupported[0]}'; "
             f"use INPUT.BACKEND pil or only: {', '.join(TENSOR_TRANSFORMS)}."
         )
-    if cfg.INPUT.BACKEND not in ("pil", "tensor"):
-        raise UserError(f"INPUT.BACKEND is '{cfg.INPUT.BACKEND}'; use pil or tensor.")
     tv = v2 if tensor else T  # the same classes, for uint8 tensors or PIL images
     interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
     size = cfg.INPUT.SIZE
