@@ -59,11 +59,9 @@ logger = logging.getLogger(__name__)
 VIEWS_VERSION = 2  # 2: the embedding before normalisation (1: normalised features)
 SHARD_IMAGES = 512  # images per shard: K x 512 views, e.g. 15 MB at K = 20, E = 768, fp16
 BUILD_BATCH = 64  # views per teacher forward while building
-# the dtypes a teacher's embedding may come in (stored as it comes: lossless), by name
+# the dtypes a teacher's embedding may come in (a build probes it and stores it as it comes:
+# lossless), by name
 STORED_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-# per effective compute precision, the dtype of the embedding (the projection's output under
-# autocast); a build probes and stores what actually comes
-FEATURE_DTYPES = {"fp32": "float32", "amp": "float16", "fp16": "float16", "bf16": "bfloat16"}
 TEACHER_FILE = "teacher.json"  # in the bank's folder: the teacher's logit scale (and the key)
 
 
@@ -118,25 +116,12 @@ def bank_key(identity: dict, cfg, data: list[Datum], replay: ReplayTransform) ->
 
 
 def bank_arrays(k: int, width: int, dtype: str) -> list[ArraySpec]:
-    """Per image: K views' parameters (int32) and teacher features (its output dtype: a
-    STORED_DTYPES name, or a precision name for its FEATURE_DTYPES one)."""
-    dtype = FEATURE_DTYPES.get(dtype, dtype)
+    """Per image: K views' parameters (int32) and teacher features (``dtype``: a STORED_DTYPES
+    name)."""
     return [
         ArraySpec("params", (k, PARAMS_PER_VIEW), "int32"),
         ArraySpec("features", (k, width), dtype),
     ]
-
-
-def bank_bytes(n_images: int, k: int, width: int, feature_bytes: int = 2) -> int:
-    """The size formula: images x K x (width x feature bytes + 4 x PARAMS_PER_VIEW)."""
-    return n_images * k * (width * feature_bytes + 4 * PARAMS_PER_VIEW)
-
-
-def _image_size(img) -> tuple[int, int]:
-    """(width, height) of a PIL image or a (C, H, W) tensor."""
-    if isinstance(img, torch.Tensor):
-        return int(img.shape[-1]), int(img.shape[-2])
-    return img.size
 
 
 class _ShardViews(Dataset):
@@ -158,7 +143,9 @@ class _ShardViews(Dataset):
         except Image.DecompressionBombError as e:
             raise too_large(path, e) from None
         try:
-            params = draw_views(self.replay, *_image_size(img), self.seed, index, self.k)
+            # (width, height) of a PIL image or a (C, H, W) tensor
+            size = (img.shape[-1], img.shape[-2]) if isinstance(img, torch.Tensor) else img.size
+            params = draw_views(self.replay, *size, self.seed, index, self.k)
             views = torch.stack([self.replay.apply(img, p) for p in params])  # (K, 3, S, S)
         except UserError as e:
             raise UserError(f"Image {path}: {e}") from None
