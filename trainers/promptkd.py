@@ -47,7 +47,6 @@ from trainers.losses import KD_LOSSES
 from trainers.promptkd_student import new_student
 from trainers.promptkd_teacher import (
     build_frozen_teacher,
-    cached_text_meta,
     load_cached_text_features,
     missing_teacher_error,
     resolve_teacher,
@@ -239,11 +238,12 @@ class PromptKD(TrainerX):
             f"Teacher: {spec.trainer}, checkpoint {spec.checkpoint or 'none'} (sha256 "
             f"{spec.checkpoint_sha256}), CLIP {spec.clip_file} (sha256 {spec.clip_sha256})"
         )
-        text_features = load_cached_text_features(spec, len(self.classnames))
-        if text_features is None:
+        cached = load_cached_text_features(spec, len(self.classnames))
+        if cached is None:
             return self._build_teacher(compute_text=True)
         logger.info(f"Teacher text features from the cache {spec.cache_dir}")
-        self._text_logit_scale = cached_text_meta(spec).get("logit_scale")
+        text_features, meta = cached
+        self._text_logit_scale = meta.get("logit_scale")
         return text_features
 
     def results_provenance(self) -> dict:

@@ -295,9 +295,12 @@ def text_feature_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def load_cached_text_features(spec: TeacherSpec, num_classes: int) -> torch.Tensor | None:
-    """The cached (C, E) fp32 features, or None: none, or an unusable entry (corrupt, of
-    another shape, not finite; a warning names the file)."""
+def load_cached_text_features(
+    spec: TeacherSpec, num_classes: int
+) -> tuple[torch.Tensor, dict] | None:
+    """The cached (C, E) fp32 features and the entry's ``meta`` (classes, teacher, its logit
+    scale when recorded; {} if it has none), or None: no entry, or an unusable one (corrupt,
+    of another shape, not finite; a warning names the file)."""
     path = os.path.join(spec.cache_dir, f"{spec.cache_key}.pt")
     if not os.path.isfile(path):
         return None
@@ -311,22 +314,12 @@ def load_cached_text_features(spec: TeacherSpec, num_classes: int) -> torch.Tens
         feats = feats.float()
         if not torch.isfinite(feats).all():
             raise ValueError("non-finite values")
-        return feats
+        meta = obj.get("meta")
+        return feats, meta if isinstance(meta, dict) else {}
     except Exception as e:  # a corrupt cache entry is recomputed, never fatal
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         logger.warning(f"Ignoring unreadable text-feature cache {path} ({reason}); recomputing it")
         return None
-
-
-def cached_text_meta(spec: TeacherSpec) -> dict:
-    """The ``meta`` of the cache entry (classes, teacher, its logit scale when recorded); {}
-    when there is none or it cannot be read (the features' own check warns)."""
-    try:
-        path = os.path.join(spec.cache_dir, f"{spec.cache_key}.pt")
-        meta = torch.load(path, map_location="cpu", weights_only=True).get("meta")
-        return meta if isinstance(meta, dict) else {}
-    except Exception:  # a corrupt entry: load_cached_text_features names it
-        return {}
 
 
 def save_cached_text_features(spec: TeacherSpec, feats: torch.Tensor, meta: dict) -> None:
