@@ -9,7 +9,7 @@ the first format (``promptkd-student/1``) lack the architecture: it is read from
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -124,6 +124,14 @@ def architecture_from_shapes(sd: dict[str, torch.Tensor]) -> dict[str, int]:
     }
 
 
+def preprocess_transform(preprocess: dict) -> Callable:
+    """The test-time transform of an export's ``preprocess`` (INPUT keys)."""
+    cfg = get_cfg_default()
+    for k, v in preprocess.items():
+        cfg.INPUT[k] = tuple(v) if k == "SIZE" else v
+    return build_transform(cfg, is_train=False)
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device ``name`` (``--device``), or a UserError if it does not exist here."""
     try:
@@ -208,10 +216,7 @@ class ExportedStudent:
                     f"{len(self.classnames)} class names for "
                     f"{self.model.class_text_features.shape[0]} class text features"
                 )
-            cfg = get_cfg_default()
-            for k, v in obj["preprocess"].items():
-                cfg.INPUT[k] = tuple(v) if k == "SIZE" else v
-            self.transform = build_transform(cfg, is_train=False)
+            self.transform = preprocess_transform(obj["preprocess"])
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
             reason = (str(e).strip().splitlines() or [""])[0][:160]
             raise UserError(

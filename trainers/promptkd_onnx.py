@@ -31,13 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dassl_ext.config import get_cfg_default
-from dassl_ext.data.transforms import build_transform
 from dassl_ext.errors import UserError
 from dassl_ext.utils.atomic import atomic_write
 from trainers.promptkd_export import (
     ExportedStudent,
     load_export,
+    preprocess_transform,
     require_export_file,
     student_architecture,
 )
@@ -94,11 +93,8 @@ def require_onnx_packages() -> None:
 
 def preprocessing_sentence(preprocess: dict) -> str:
     """The test-time preprocessing of an export, in words (as ``build_transform`` does it)."""
-    h, w = (
-        (preprocess["SIZE"], preprocess["SIZE"])
-        if isinstance(preprocess["SIZE"], int)
-        else preprocess["SIZE"]
-    )
+    size = preprocess["SIZE"]
+    h, w = (size, size) if isinstance(size, int) else size
     steps = [
         "RGB image",
         f"resize the shorter side to {max(h, w)} ({preprocess['INTERPOLATION']})",
@@ -222,21 +218,12 @@ def onnx_path_for(pt_path: str) -> str:
     return (root if ext == ".pt" else pt_path) + ".onnx"
 
 
-def is_onnx_path(path: str) -> bool:
-    return path.lower().endswith(".onnx")
-
-
 def open_student(path: str, device: str = "cpu") -> ExportedStudent:
     """The student in ``path``: an ``OnnxStudent`` for a ``.onnx`` file, else the PyTorch
     ``ExportedStudent``."""
-    return OnnxStudent(path, device) if is_onnx_path(path) else ExportedStudent(path, device)
-
-
-def _transform(preprocess: dict):
-    cfg = get_cfg_default()
-    for k, v in preprocess.items():
-        cfg.INPUT[k] = tuple(v) if k == "SIZE" else v
-    return build_transform(cfg, is_train=False)
+    if path.lower().endswith(".onnx"):
+        return OnnxStudent(path, device)
+    return ExportedStudent(path, device)
 
 
 class OnnxStudent(ExportedStudent):
@@ -255,7 +242,7 @@ class OnnxStudent(ExportedStudent):
             )
         try:
             self.classnames: list[str] = [str(c) for c in json.loads(meta["classnames"])]
-            self.transform = _transform(json.loads(meta["preprocess"]))
+            self.transform = preprocess_transform(json.loads(meta["preprocess"]))
             outputs = [o.name for o in self.session.get_outputs()]
             if self.session.get_inputs()[0].name != INPUT_NAME or OUTPUT_NAMES[1] not in outputs:
                 raise ValueError(f"inputs/outputs are not {INPUT_NAME} -> {OUTPUT_NAMES}")
