@@ -28,11 +28,6 @@ CPU_FP16_ENV = "DASSL_CPU_FP16"
 _warned: set[tuple[str, str]] = set()
 
 
-def cpu_fp16_enabled() -> bool:
-    """Whether the test-only switch ``DASSL_CPU_FP16=1`` keeps fp16 / amp on the CPU."""
-    return os.environ.get(CPU_FP16_ENV, "") == "1"
-
-
 @dataclass(frozen=True)
 class Precision:
     """What runs for a requested precision ``name`` on ``device``."""
@@ -70,7 +65,8 @@ def resolve_precision(name: str, device: torch.device | str) -> Precision:
     name = str(name).lower()
     if name not in PRECISIONS:
         raise UserError(f"Unknown precision {name!r} (PREC); use one of {', '.join(PRECISIONS)}.")
-    kept = device.type == "cuda" or (device.type == "cpu" and cpu_fp16_enabled())
+    cpu_fp16 = device.type == "cpu" and os.environ.get(CPU_FP16_ENV, "") == "1"
+    kept = device.type == "cuda" or cpu_fp16
     if name in ("fp16", "amp") and not kept:
         _warn_once(
             (name, device.type),

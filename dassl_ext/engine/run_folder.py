@@ -212,10 +212,7 @@ def _differences_from_run(run: str, cfg: Any, notes: list[str]) -> list[tuple[st
     saved = read_saved_config(_record(run))
     if saved is not None:
         return config_differences(saved, cfg)
-    try:
-        old = read_results(os.path.join(run, "results.json"))
-    except (OSError, ValueError):
-        old = None
+    old = _read_record(os.path.join(run, "results.json"))
     if not isinstance(old, dict):
         notes.append(f"{run} has no config.yaml; its configuration could not be compared.")
         return []

@@ -182,11 +182,8 @@ class SimpleTrainer(TrainerBase):
         split = split or self.cfg.TEST.SPLIT
         if split == "val":
             return float(self.evaluate_split("val")["accuracy"])
-        if split == "test" and split not in self.eval_loaders:
-            return self._test_reported(list(self.eval_loaders))
-        return self._test_reported([split])
-
-    def _test_reported(self, splits: list[str]) -> float:
+        unnamed = split == "test" and split not in self.eval_loaders  # all reported splits
+        splits = list(self.eval_loaders) if unnamed else [split]
         results = {name: self.evaluate_split(name) for name in splits}
         if is_main_process():
             self.write_results(results)
