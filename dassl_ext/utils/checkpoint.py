@@ -197,10 +197,6 @@ class Placeholder:
         return f"<Placeholder for {self.module}.{self.name}>"
 
 
-def _placeholder(module: str, name: str) -> type:
-    return type("Placeholder", (Placeholder,), {"module": module, "name": name})
-
-
 _SAFE = {  # module -> the names that may be unpickled from it
     "collections": {"OrderedDict"},
     "torch._utils": {"_rebuild_tensor_v2", "_rebuild_parameter"},
@@ -210,22 +206,17 @@ _SAFE = {  # module -> the names that may be unpickled from it
 }
 
 
-def _allowed(module: str, name: str) -> Any | None:
-    """The real object for safe globals (tensor rebuilding, dtypes, containers), else None."""
-    import torch
-
-    dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-    if name in _SAFE.get(module, ()) or dtype:
-        return getattr(importlib.import_module(module), name)
-    return None
-
-
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose ``find_class`` only returns safe globals; everything else is inert."""
+    """Unpickler whose ``find_class`` only returns safe globals (tensor rebuilding, dtypes,
+    containers); any other global is an inert :class:`Placeholder` naming it."""
 
     def find_class(self, module: str, name: str) -> Any:
-        obj = _allowed(module, name)
-        return obj if obj is not None else _placeholder(module, name)
+        import torch
+
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if name in _SAFE.get(module, ()) or dtype:
+            return getattr(importlib.import_module(module), name)
+        return type("Placeholder", (Placeholder,), {"module": module, "name": name})
 
 
 # torch.load accepts any module-like object with ``Unpickler`` and ``load``
