@@ -54,17 +54,15 @@ def plain(value: Any) -> Any:
     return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-def config_differences(
-    saved: Mapping, new: Mapping, neutral: tuple[str, ...] = RESULT_NEUTRAL_KEYS
-) -> list[tuple[str, Any, Any]]:
+def config_differences(saved: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
     """``[(key, old value, new value), ...]`` for every key (sorted) whose value differs
-    between ``saved`` and ``new`` and that is not ``neutral``; a key only one side has
+    between ``saved`` and ``new``, less :data:`RESULT_NEUTRAL_KEYS`; a key only one side has
     shows :data:`ABSENT` on the other."""
     old = {k: v for k, v in flatten(saved).items() if k not in RETIRED}  # never read
     cur = flatten(new)
     old.update({k: plain(v) for k, v in ADDED.items() if k not in old and k in cur})
     pairs = [(k, old.get(k, ABSENT), cur.get(k, ABSENT)) for k in sorted(set(old) | set(cur))]
-    return [(k, a, b) for k, a, b in pairs if k not in neutral and a != b]
+    return [(k, a, b) for k, a, b in pairs if k not in RESULT_NEUTRAL_KEYS and a != b]
 
 
 def format_differences(diffs: list[tuple[str, Any, Any]], most: int = 8) -> str:

@@ -1,22 +1,18 @@
 """Config rules: what each key allows, checked once before any work.
 
-A key is validated in one of two ways:
+A **rule** (:class:`Range`, :class:`OneOf`, :class:`Check`) on one key is registered with
+:func:`register_config_rules` by the module that defines the key's choices (the optimizers in
+``dassl_ext/optim``, a trainer next to its config extension ...); ``*`` stands for any
+section (``TRAINER.*.PREC``). A value outside gives one sentence::
 
-- a **rule** (:class:`Range`, :class:`OneOf`, :class:`Check`) on one key, registered with
-  :func:`register_config_rules` by the module that defines the key's choices (the optimizers
-  in ``dassl_ext/optim``, a trainer's section next to its config extension ...). ``*``
-  stands for any section (``TRAINER.*.PREC``). A value outside gives one sentence::
+    TRAINER.PROMPTKD.TEMPERATURE is 0.0; use a number > 0 (the softmax temperature).
 
-      TRAINER.PROMPTKD.TEMPERATURE is 0.0; use a number > 0 (the softmax temperature).
-
-- a registered trainer's or dataset's classmethod ``check_config(cfg)``, for what one key
-  cannot say: keys that depend on each other, values that must fit a model (it reads the
-  model's sizes from the weights' shapes and passes rules built from them to
-  :func:`check_rules`).
-
-:func:`validate_config` runs both. Config imports nothing of the project above it, so the
-rules are those of the modules imported so far: ``import dassl_ext.engine`` registers the
-engine's, the data's, the optimizers' and the evaluator's.
+What one key cannot say (keys that depend on each other, values that must fit a model's
+sizes) is a registered trainer's or dataset's classmethod ``check_config(cfg)``, which may
+pass rules built at run time to :func:`check_rules`. :func:`validate_config` runs both.
+Config imports nothing of the project above it, so the rules are those of the modules
+imported so far: ``import dassl_ext.engine`` registers the engine's, the data's, the
+optimizers' and the evaluator's.
 """
 
 from __future__ import annotations
@@ -34,11 +30,7 @@ from dassl_ext.registry import DATASET_REGISTRY, TRAINER_REGISTRY
 
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = 80
-
-
-def short_repr(value: Any) -> str:
-    """``repr(value)``, shortened: a value read from a file may be huge (yaml aliases)."""
-    return _SHORT.repr(value)
+short_repr = _SHORT.repr  # repr, shortened: a value read from a file may be huge (yaml aliases)
 
 
 class Rule:

@@ -96,10 +96,8 @@ class ConfigLoader(yaml.SafeLoader):
         if node.tag == _INT and _OCTAL.fullmatch(text):
             meaning = f"the octal number {self.construct_yaml_int(node)}"
         elif node.tag in (_INT, _FLOAT) and ":" in text:
-            number = (self.construct_yaml_int if node.tag == _INT else self.construct_yaml_float)(
-                node
-            )
-            meaning = f"the base-60 number {number}"
+            construct = self.construct_yaml_int if node.tag == _INT else self.construct_yaml_float
+            meaning = f"the base-60 number {construct(node)}"
         else:
             return
         raise UserError(

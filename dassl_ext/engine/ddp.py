@@ -1,11 +1,9 @@
 """DistributedDataParallel for registered models, and BatchNorm over the global batch.
 
-Under ``torchrun`` every trained model is wrapped in :class:`DistributedDataParallel`: its
-forward is the training forward, and DDP averages the gradients of its trainable parameters
-across processes during ``backward``. Frozen weights (CLIP's towers) come from the same files
-on every process, so DDP neither broadcasts nor reduces them; BatchNorm layers become
-:class:`SyncBatchNorm`, whose statistics are those of the global batch, so that N processes
-compute what one process computes on the same global batch.
+Under ``torchrun`` every trained model's training forward runs in DistributedDataParallel,
+which averages the gradients of its trainable parameters; BatchNorm layers become
+:class:`SyncBatchNorm`, so that N processes compute what one process computes on the same
+global batch.
 """
 
 from __future__ import annotations
@@ -38,13 +36,10 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 class SyncBatchNorm(_BatchNorm):
-    """BatchNorm whose training statistics are those of the batches of all processes.
-
-    Unlike ``torch.nn.SyncBatchNorm`` it runs on any device and backend (gloo on the CPU
-    included). Statistics are computed in fp32 in two passes (mean, then the mean squared
-    deviation), and the running statistics follow ``nn.BatchNorm`` exactly (unbiased running
-    variance over the global count). In eval mode, or in one process, it is ``BatchNorm``.
-    The state-dict keys are BatchNorm's, so checkpoints load either way.
+    """BatchNorm over the batches of all processes; unlike ``torch.nn.SyncBatchNorm`` on any
+    device and backend (gloo on the CPU included). Statistics in fp32, in two passes; running
+    statistics as ``nn.BatchNorm`` (unbiased variance over the global count). In eval mode or
+    in one process it is ``BatchNorm``; its state-dict keys are BatchNorm's.
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -112,11 +107,10 @@ def _is_bn_buffer(module: nn.Module, name: str) -> bool:
 
 
 def wrap_ddp(model: nn.Module) -> DistributedDataParallel:
-    """``model`` (already on its device, trainable parameters chosen, BatchNorm converted) in
-    DistributedDataParallel. Frozen parameters and buffers other than BatchNorm's are not
-    synchronised (they are built identically on every process); the trainable parameters and
-    the BatchNorm statistics start as rank 0's. Buffers are not re-sent before each forward:
-    :class:`SyncBatchNorm` keeps the statistics equal."""
+    """``model`` (on its device, trainable parameters chosen, BatchNorm converted) in
+    DistributedDataParallel. Frozen parameters and other buffers than BatchNorm's are built
+    identically on every process and not synchronised; the trainable parameters and BatchNorm
+    statistics start as rank 0's (not re-sent: :class:`SyncBatchNorm` keeps them equal)."""
     ignore = [n for n, p in model.named_parameters() if not p.requires_grad]
     ignore += [n for n, _ in model.named_buffers() if not _is_bn_buffer(model, n)]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)

@@ -14,11 +14,8 @@ logger = logging.getLogger(__name__)
 
 
 class EventStorage:
-    """The latest value of each named scalar, with the epoch it was put in.
-
-    ``epoch`` is set by the trainer before each epoch (0-based). ``put_scalar`` keeps
-    the value and, while a tensorboard writer is open, writes it at ``step``.
-    """
+    """The latest value of each named scalar, with the epoch (0-based, set by the trainer)
+    it was put in; while a tensorboard writer is open, ``put_scalar`` also writes it."""
 
     def __init__(self) -> None:
         self.epoch = 0

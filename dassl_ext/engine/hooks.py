@@ -167,8 +167,6 @@ class ParameterAveraging(HookBase):
     small), so that a run resumed from any checkpoint continues the same average.
     """
 
-    priority = Priority.NORMAL
-
     def __init__(
         self, weights: list[float], params: list[nn.Parameter], state_file: str, name: str
     ) -> None:

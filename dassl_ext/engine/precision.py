@@ -59,8 +59,7 @@ def _warn_once(key: tuple[str, str], message: str) -> None:
 
 
 def resolve_precision(name: str, device: torch.device | str) -> Precision:
-    """Map a precision name to dtypes for ``device``; fp16/amp off CUDA run (and say) fp32,
-    except on the CPU under the test-only switch ``DASSL_CPU_FP16=1``."""
+    """The :class:`Precision` of ``name`` on ``device`` (fp16 / amp: see the module doc)."""
     device = torch.device(device)
     name = str(name).lower()
     if name not in PRECISIONS:

@@ -88,16 +88,12 @@ class TrainerBase:
         sched=None,
         forward_module: nn.Module | None = None,
     ) -> None:
-        """Register a model (saved, loaded, mode-switched, updated) with its optimizer/scheduler,
-        on its device with its trainable parameters chosen.
-
-        ``forward_module``: the module whose forward is the training forward, when it is more
-        than the saved ``model`` (CoOp saves its prompt learner, but trains through the whole
-        CLIP). Under torchrun, when there is something to train, its BatchNorm layers go over
-        the global batch and it is wrapped in DistributedDataParallel: run the training
-        forward through :meth:`training_module`. With MODEL.GRAD_CHECKPOINTING its encoders
-        recompute their blocks in the backward.
-        """
+        """Register a model (on its device, trainable parameters chosen) with its optimizer
+        and scheduler. ``forward_module``: the module of the training forward when it is more
+        than the saved ``model`` (CoOp saves its prompt learner but trains through the whole
+        CLIP). Under torchrun a model with something to train gets SyncBatchNorm and
+        DistributedDataParallel: run its training forward through :meth:`training_module`.
+        With MODEL.GRAD_CHECKPOINTING its encoders recompute their blocks in the backward."""
         if "_registered" not in self.__dict__:
             raise AttributeError("Call super().__init__() before register_model().")
         if name in self._registered:
