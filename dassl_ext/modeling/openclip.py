@@ -26,6 +26,7 @@ turns a batch normalised for another model into this model's normalisation (a tr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 
 from dassl_ext.errors import UserError
+from dassl_ext.modeling.weights_file import _is_torchscript, _reason, read_clip_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +48,14 @@ INSTALL_HINT = 'pip install -e ".[openclip]"'
 OPENAI_CONTEXT_LENGTH = 77
 OPENAI_VOCAB_SIZE = 49408
 DOWNLOAD_TIMEOUT_S = 30
-PROMPTED_TRAINERS = "CoOp, CoCoOp, IVLP, MaPLe, PromptSRC and the PromptKD student"
-ZERO_SHOT_TRAINERS = (
-    "ZeroshotCLIP, ZeroshotCLIP2 and a zero-shot PromptKD teacher "
-    "(TRAINER.PROMPTKD.TEACHER_TRAINER ZeroshotCLIP)"
-)
 
-# Config keys of an OpenAI-shaped tower and the value each must have (None in a config means
-# open_clip's default); keys not listed here (timm_*, hf_*, attn_pooler_*) are other towers.
+# Config keys of an OpenAI-shaped tower: any value (_SIZE_KEYS; of norm_kwargs only the eps
+# is checked), or the value each must have (None in a config means open_clip's default); keys
+# not listed here (timm_*, hf_*, attn_pooler_*) are other towers.
 _SIZE_KEYS = {"image_size", "layers", "width", "head_width", "patch_size", "heads", "mlp_ratio",
               "context_length", "vocab_size", "output_tokens", "patch_dropout",
               "final_ln_after_pool", "eos_id", "pad_id", "timm_model_pretrained",
-              "hf_model_pretrained"}  # fmt: skip
+              "hf_model_pretrained", "norm_kwargs"}  # fmt: skip
 _FIXED = {
     "ls_init_value": None, "attentional_pool": False, "no_ln_pre": False,
     "pos_embed_type": "learnable", "act_kwargs": None, "block_type": None, "qk_norm": False,
@@ -74,10 +72,6 @@ _TEXT_FIXED = {"pool_type": "argmax", "context_length": OPENAI_CONTEXT_LENGTH,
 _OPENAI_ONLY = ("input_resolution", "context_length", "vocab_size")
 _TOP_KEYS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "cast_dtype",
              "init_logit_scale", "preprocess_cfg"}  # fmt: skip
-
-
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
 
 
 def is_open_clip_name(name: str) -> bool:
@@ -148,12 +142,11 @@ def open_clip_spec(name: str) -> OpenClipSpec:
 
     model, pretrained = parse_open_clip_name(name)
     preprocess = asdict(PreprocessCfg())
-    if model.endswith(".json") or os.path.isfile(model):
-        builtin = False
+    builtin = not (model.endswith(".json") or os.path.isfile(model))
+    if not builtin:
         model_cfg = _read_model_config(name, model)
         preprocess = merge_preprocess_dict(preprocess, model_cfg.pop("preprocess_cfg", {}))
     else:
-        builtin = True
         model_cfg = open_clip.get_model_config(model.replace("/", "-"))
         if model_cfg is None:
             raise UserError(
@@ -165,7 +158,7 @@ def open_clip_spec(name: str) -> OpenClipSpec:
         tag_cfg = get_pretrained_cfg(model.replace("/", "-"), pretrained)
         preprocess = merge_preprocess_dict(preprocess, tag_cfg)
         tag_gelu, model_gelu = bool(tag_cfg.get("quick_gelu")), bool(model_cfg.get("quick_gelu"))
-        if tag_cfg and tag_gelu and not model_gelu:  # open_clip only warns, and computes off
+        if tag_gelu and not model_gelu:  # open_clip only warns, and computes off
             logger.info(f"{name}: QuickGELU, as the weights '{pretrained}' were trained")
             model_cfg["quick_gelu"] = True
         elif tag_cfg and model_gelu and not tag_gelu:
@@ -182,18 +175,13 @@ def open_clip_spec(name: str) -> OpenClipSpec:
                 "trained otherwise, name the model with or without '-quickgelu', or give a "
                 "model-config .json with its preprocess_cfg."
             )
-    vision = model_cfg.get("vision_cfg", {})
-    preprocess["size"] = vision.get("image_size", preprocess["size"])
+    preprocess["size"] = model_cfg["vision_cfg"].get("image_size", preprocess["size"])
     return OpenClipSpec(name, model, pretrained, model_cfg, preprocess, builtin)
 
 
-_warned: set[str] = set()
-
-
+@functools.cache  # each message once per process
 def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        logger.warning(message)
+    logger.warning(message)
 
 
 def _read_model_config(name: str, path: str) -> dict:
@@ -240,8 +228,6 @@ def openai_shape_issue(model_cfg: dict) -> str | None:
     for tower, cfg, fixed in (("vision", vision, _VISION_FIXED), ("text", text, _TEXT_FIXED)):
         for key, value in cfg.items():
             want = {**_FIXED, **fixed}.get(key, "size")
-            if key == "norm_kwargs":  # its eps, below
-                continue
             if want == "size":
                 if key not in _SIZE_KEYS:
                     return f"its {tower}_cfg sets '{key}'"
@@ -290,7 +276,7 @@ def find_open_clip_weights(name: str, dirs: list[str], download: bool = True) ->
                 return path
             reason = "the download gave no file"
         except Exception as e:  # no network, HF errors, bad checksum: all the same to the user
-            reason = f"download failed: {_first_line(e)}"
+            reason = f"download failed: {_reason(e)}"
         finally:
             socket.setdefaulttimeout(old_timeout)
     wheres = ["Hugging Face's cache (HF_HOME)"] if tag_cfg.get("hf_hub") else []
@@ -313,11 +299,9 @@ def _cached_weights(tag_cfg: dict, dirs: list[str]) -> tuple[str | None, list[st
     places: list[str] = []
     hub = tag_cfg.get("hf_hub", "")
     if hub:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-            from huggingface_hub.constants import HF_HUB_CACHE
-        except ImportError:
-            try_to_load_from_cache, HF_HUB_CACHE = None, None
+        from huggingface_hub import try_to_load_from_cache  # a dependency of open-clip-torch
+        from huggingface_hub.constants import HF_HUB_CACHE
+
         if hub.endswith("/"):  # a repository: open_clip's file names in it
             repo, filename = hub.rstrip("/"), "open_clip_pytorch_model.bin"
         else:
@@ -327,13 +311,12 @@ def _cached_weights(tag_cfg: dict, dirs: list[str]) -> tuple[str | None, list[st
             names.insert(0, filename[:-4] + ".safetensors")
         if filename == "open_clip_pytorch_model.bin":
             names.insert(0, "open_clip_model.safetensors")
-        if try_to_load_from_cache is not None:
-            for cache_dir in (None, *dirs):
-                places.append(f"{cache_dir or HF_HUB_CACHE} (Hugging Face {repo})")
-                for fn in names:
-                    path = try_to_load_from_cache(repo, fn, cache_dir=cache_dir)
-                    if isinstance(path, str) and os.path.isfile(path):
-                        return path, places
+        for cache_dir in (None, *dirs):
+            places.append(f"{cache_dir or HF_HUB_CACHE} (Hugging Face {repo})")
+            for fn in names:
+                path = try_to_load_from_cache(repo, fn, cache_dir=cache_dir)
+                if isinstance(path, str) and os.path.isfile(path):
+                    return path, places
     url = tag_cfg.get("url", "")
     if url:
         for d in dirs:
@@ -351,10 +334,9 @@ def open_clip_sizes(name: str) -> dict:
     spec = open_clip_spec(name)
     issue = openai_shape_issue(spec.model_cfg)
     vision, text = spec.model_cfg["vision_cfg"], spec.model_cfg["text_cfg"]
-    layers = vision.get("layers", 12)
     return {
         "input_resolution": spec.resolution,
-        "vision_layers": int(layers) if issue is None else None,
+        "vision_layers": int(vision.get("layers", 12)) if issue is None else None,
         "text_layers": int(text.get("layers", 12)),
         "openai_shape_issue": issue,
         "image_mean": spec.mean,
@@ -384,8 +366,6 @@ def create_open_clip(spec: OpenClipSpec, weights: str) -> nn.Module:
     open_clip = require_open_clip()
     from open_clip.model import CLIP, CustomTextCLIP, set_model_preprocess_cfg
 
-    from dassl_ext.modeling.weights_file import _is_torchscript, read_clip_state_dict
-
     cfg = json.loads(json.dumps(spec.model_cfg))  # a deep copy
     cfg["vision_cfg"]["timm_model_pretrained"] = False  # the checkpoint holds every weight
     if "hf_model_name" in cfg["text_cfg"]:
@@ -404,10 +384,9 @@ def create_open_clip(spec: OpenClipSpec, weights: str) -> nn.Module:
     except UserError:
         raise
     except Exception as e:
-        reason = _first_line(e, 300)
         raise UserError(
             f"Cannot load '{weights}' into open_clip model {spec.model} of {spec.name} "
-            f"({type(e).__name__}: {reason}); give the weights of that model."
+            f"({_reason(e)}); give the weights of that model."
         ) from None
     set_model_preprocess_cfg(model, spec.preprocess)
     return model.float().eval()
@@ -423,24 +402,33 @@ def load_open_clip_as_openai(spec: OpenClipSpec, weights: str, build) -> nn.Modu
         raise UserError(not_openai_shaped_message(spec.name, issue))
     model = create_open_clip(spec, weights)
     state_dict = {k: v for k, v in model.state_dict().items() if k != "attn_mask"}
-    vision_heads = model.visual.transformer.resblocks[0].attn.num_heads
-    text_heads = model.transformer.resblocks[0].attn.num_heads
+    towers = ("visual.transformer", "transformer")
+    heads = {tower: model.get_submodule(tower).resblocks[0].attn.num_heads for tower in towers}
     del model
     try:
         # OpenAI's blocks have MLPs of 4 x width: built with stand-ins of that shape, then
         # given the model's own (ViT-bigG-14, ViT-g-14: other ratios)
         mlps = {k: v for k, v in state_dict.items() if ".mlp.c_" in k}
         clip_model = build({**state_dict, **_mlp_stand_ins(mlps)})
-        _set_mlps(clip_model, mlps)
     except (KeyError, RuntimeError, ValueError, AssertionError) as e:
         raise UserError(
             not_openai_shaped_message(spec.name, f"its weights do not fit OpenAI's CLIP ({e})")
         ) from None
-    set_heads(clip_model.visual.transformer, vision_heads)
-    set_heads(clip_model.transformer, text_heads)
-    if not spec.model_cfg.get("quick_gelu", False):
-        for block in [*clip_model.transformer.resblocks, *clip_model.visual.transformer.resblocks]:
-            block.mlp.gelu = nn.GELU()
+    for tower in towers:
+        for i, block in enumerate(clip_model.get_submodule(tower).resblocks):
+            # OpenAI's CLIP derives width // 64 heads; open_clip's models set their own
+            # (ViT-H-14: 16 of width 80)
+            block.attn.num_heads = heads[tower]
+            block.attn.head_dim = block.attn.embed_dim // heads[tower]
+            if not spec.model_cfg.get("quick_gelu", False):
+                block.mlp.gelu = nn.GELU()
+            for name in ("c_fc", "c_proj"):
+                weight = mlps[f"{tower}.resblocks.{i}.mlp.{name}.weight"]
+                bias = mlps[f"{tower}.resblocks.{i}.mlp.{name}.bias"]
+                with torch.device("meta"):
+                    linear = nn.Linear(weight.shape[1], weight.shape[0])
+                linear.weight, linear.bias = nn.Parameter(weight), nn.Parameter(bias)
+                setattr(block.mlp, name, linear)
     clip_model.visual.image_mean, clip_model.visual.image_std = spec.mean, spec.std
     return clip_model.float().eval()
 
@@ -457,35 +445,12 @@ def _mlp_stand_ins(mlps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _set_mlps(clip_model: nn.Module, mlps: dict[str, torch.Tensor]) -> None:
-    """Each block's ``mlp.c_fc`` / ``c_proj`` as linear layers holding ``mlps`` (their shapes)."""
-    for prefix, transformer in (("visual.transformer", clip_model.visual.transformer),
-                                ("transformer", clip_model.transformer)):  # fmt: skip
-        for i, block in enumerate(transformer.resblocks):
-            for name in ("c_fc", "c_proj"):
-                weight = mlps[f"{prefix}.resblocks.{i}.mlp.{name}.weight"]
-                bias = mlps[f"{prefix}.resblocks.{i}.mlp.{name}.bias"]
-                with torch.device("meta"):
-                    linear = nn.Linear(weight.shape[1], weight.shape[0])
-                linear.weight, linear.bias = nn.Parameter(weight), nn.Parameter(bias)
-                setattr(block.mlp, name, linear)
-
-
-def set_heads(transformer: nn.Module, heads: int) -> None:
-    """Give every attention of a ``clip.model.Transformer`` ``heads`` heads (OpenAI's derives
-    ``width // 64``; open_clip's models set their own, e.g. ViT-H-14: 16 of width 80)."""
-    for block in transformer.resblocks:
-        attn = block.attn
-        if attn.embed_dim % heads:
-            raise UserError(f"{heads} attention heads do not divide width {attn.embed_dim}.")
-        attn.num_heads, attn.head_dim = heads, attn.embed_dim // heads
-
-
 def not_openai_shaped_message(name: str, issue: str) -> str:
     return (
-        f"{name} is not an OpenAI-shaped ViT CLIP ({issue}), so only {ZERO_SHOT_TRAINERS} "
-        f"use it; {PROMPTED_TRAINERS} need an OpenAI-shaped open_clip ViT (e.g. "
-        f"{PREFIX}ViT-B-16:laion2b_s34b_b88k)."
+        f"{name} is not an OpenAI-shaped ViT CLIP ({issue}), so only ZeroshotCLIP, "
+        "ZeroshotCLIP2 and a zero-shot PromptKD teacher (TRAINER.PROMPTKD.TEACHER_TRAINER "
+        "ZeroshotCLIP) use it; CoOp, CoCoOp, IVLP, MaPLe, PromptSRC and the PromptKD student "
+        f"need an OpenAI-shaped open_clip ViT (e.g. {PREFIX}ViT-B-16:laion2b_s34b_b88k)."
     )
 
 
@@ -537,9 +502,8 @@ def open_clip_tokenizer(spec: OpenClipSpec):
             )  # fmt: skip
         return open_clip.tokenizer.SimpleTokenizer(context_length=context_length, **kwargs)
     except Exception as e:  # a Hugging Face tokenizer offline, transformers missing ...
-        reason = _first_line(e)
         raise UserError(
-            f"Cannot build the tokenizer of {spec.name} ({type(e).__name__}: {reason}); "
+            f"Cannot build the tokenizer of {spec.name} ({_reason(e)}); "
             "fetch it where the network allows (Hugging Face's cache) or install what it names."
         ) from None
 
