@@ -83,11 +83,10 @@ def _sharpen(model: nn.Module) -> None:
     model.token_embedding.weight *= 10.0
 
 
-def tiny_file_matches(path: str, spec: TinyClipSpec | str) -> bool:
-    """Whether the weights at ``path`` have the shapes of ``spec`` (a file written by an
-    older version of a tiny spec must not be used silently)."""
-    if isinstance(spec, str):
-        spec = TINY_SPECS[spec]
+def tiny_file_matches(path: str, name: str) -> bool:
+    """Whether the weights at ``path`` have the shapes of ``TINY_SPECS[name]`` (a file written
+    by an older version of a tiny spec must not be used silently)."""
+    spec = TINY_SPECS[name]
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # unreadable or not a plain state dict: rebuild it
@@ -106,7 +105,7 @@ def tiny_file_matches(path: str, spec: TinyClipSpec | str) -> bool:
     )
 
 
-def save_tiny_clip(path: str, spec: TinyClipSpec | str, seed: int | None = None) -> str:
-    """Build a tiny CLIP and write its state dict to ``path`` atomically; return ``path``."""
-    # Atomic: concurrent processes (DDP ranks, parallel tests) may create the same file.
-    return write_torch_atomic(path, build_tiny_clip(spec, seed))
+def save_tiny_clip(path: str, spec: TinyClipSpec | str) -> str:
+    """Build a tiny CLIP and write its state dict to ``path`` atomically (concurrent processes,
+    DDP ranks or parallel tests, may create the same file); return ``path``."""
+    return write_torch_atomic(path, build_tiny_clip(spec))

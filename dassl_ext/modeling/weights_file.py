@@ -31,12 +31,9 @@ def _is_torchscript(path: str) -> bool:
 
 
 def read_clip_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
-    """State dict of an OpenAI TorchScript archive or of a plain (``torch.save``) state dict,
-    read with ``weights_only=True`` (no pickled code runs), or of a ``.safetensors`` file
-    (open_clip's Hugging Face downloads). ``mmap`` maps a plain file, for a look at shapes or
-    a few tensors; ``load_clip`` reads (one mapping would keep every page of the fp32 tensors
-    it keeps resident, while read tensors are freed as they are cast).
-    """
+    """The state dict in ``path`` (any of the module docstring's formats). ``mmap`` maps a plain
+    file, for a look at shapes or a few tensors; ``load_clip`` reads (one mapping would keep
+    every page of the fp32 tensors it keeps resident, while read tensors are freed as cast)."""
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
