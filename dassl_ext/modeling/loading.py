@@ -104,8 +104,7 @@ def find_clip_file(name: str, root: str | None = None, download: bool = True) ->
 
 def _download(url: str, target: str) -> str:
     """Download ``url`` to ``target`` via OpenAI's checksummed downloader, atomically."""
-    folder = os.path.dirname(target)
-    os.makedirs(folder, exist_ok=True)
+    folder = os.path.dirname(target)  # atomic_write creates it before it calls download
     logger.info("Downloading %s to %s", url, target)
 
     def download(tmp_file: str) -> None:
