@@ -249,29 +249,28 @@ def _complete_or_built(store_of, folder, key, k, width, replay, cfg, data, teach
     if _read_logit_scale(folder, key) is not None:
         done = next((d for d in STORED_DTYPES if store_of(d).is_complete()), None)
     done = broadcast_object(done)
-    store = store_of(done) if done else None
-    if store is None:
-        features, logit_scale, device = teacher()
-        with torch.no_grad():  # the dtype its features come in: stored as they come
-            probe = features(torch.zeros(1, 3, *replay.size, device=device))
-        dtype = next((n for n, d in STORED_DTYPES.items() if d == probe.dtype), "float32")
-        store = store_of(dtype)
-        logger.info(
-            f"Building the stored teacher views: {len(data):,} images x {k} views, teacher "
-            f"features of width {width} in {dtype}"
-        )
-        if is_main_process():  # first: a resumed build has it (the key fixes the teacher)
-            os.makedirs(folder, exist_ok=True)
-            write_json_atomic(os.path.join(folder, TEACHER_FILE),
-                              {"key": key, "logit_scale": logit_scale})  # fmt: skip
-        compute = view_features_compute(features, cfg, data, replay, device,
-                                        STORED_DTYPES[dtype])  # fmt: skip
-        with torch.random.fork_rng(devices=[]):  # the run's random stream stays where it was
-            store.build(compute, get_rank(), get_world_size(), progress="stored views")
-        barrier()
-        if is_main_process():
-            store.finish()
-        barrier()
+    if done:
+        return store_of(done)
+    features, logit_scale, device = teacher()
+    with torch.no_grad():  # the dtype its features come in: stored as they come
+        probe = features(torch.zeros(1, 3, *replay.size, device=device))
+    dtype = next((n for n, d in STORED_DTYPES.items() if d == probe.dtype), "float32")
+    store = store_of(dtype)
+    logger.info(
+        f"Building the stored teacher views: {len(data):,} images x {k} views, teacher "
+        f"features of width {width} in {dtype}"
+    )
+    if is_main_process():  # first: a resumed build has it (the key fixes the teacher)
+        os.makedirs(folder, exist_ok=True)
+        write_json_atomic(os.path.join(folder, TEACHER_FILE),
+                          {"key": key, "logit_scale": logit_scale})  # fmt: skip
+    compute = view_features_compute(features, cfg, data, replay, device, STORED_DTYPES[dtype])
+    with torch.random.fork_rng(devices=[]):  # the run's random stream stays where it was
+        store.build(compute, get_rank(), get_world_size(), progress="stored views")
+    barrier()
+    if is_main_process():
+        store.finish()
+    barrier()
     return store
 
 
