@@ -76,17 +76,15 @@ def student_architecture(model: PromptKDStudent) -> dict[str, int | str]:
         extra["mlp_width"] = block.mlp.c_fc.out_features
     return {
         **extra,
-        **{
-            "input_resolution": encoder.input_resolution,
-            "patch_size": encoder.conv1.kernel_size[0],
-            "width": encoder.conv1.out_channels,
-            "layers": len(encoder.transformer.resblocks),
-            "heads": encoder.transformer.resblocks[0].attn.num_heads,
-            "output_dim": encoder.output_dim,
-            "n_ctx": encoder.n_ctx,
-            "prompt_depth": encoder.depth,
-            "teacher_dim": model.VPT_image_trans.conv1[3].out_channels,
-        },
+        "input_resolution": encoder.input_resolution,
+        "patch_size": encoder.conv1.kernel_size[0],
+        "width": encoder.conv1.out_channels,
+        "layers": len(encoder.transformer.resblocks),
+        "heads": block.attn.num_heads,
+        "output_dim": encoder.output_dim,
+        "n_ctx": encoder.n_ctx,
+        "prompt_depth": encoder.depth,
+        "teacher_dim": model.VPT_image_trans.conv1[3].out_channels,
     }
 
 

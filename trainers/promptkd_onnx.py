@@ -19,6 +19,7 @@ are an optional extra (``pip install -e ".[onnx]"``).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import logging
@@ -74,8 +75,6 @@ class StudentLogits(nn.Module):
 
 def _require(*modules: str, purpose: str) -> None:
     """Import ``modules``; a missing one is a UserError saying how to install the extra."""
-    import importlib
-
     for name in modules:
         try:
             importlib.import_module(name)
@@ -112,15 +111,16 @@ def preprocessing_sentence(preprocess: dict) -> str:
     return "; ".join(steps) + "; stack into (N, 3, H, W)"
 
 
-def student_metadata(export: dict) -> dict[str, str]:
-    """The ONNX ``metadata_props`` of a student export's contents (strings; JSON values)."""
+def student_metadata(export: dict, architecture: dict) -> dict[str, str]:
+    """The ONNX ``metadata_props`` of a student export's contents and its ``architecture``
+    (strings; JSON values)."""
     return {
         "format": ONNX_FORMAT,
         "student_format": str(export["format"]),
         "classnames": json.dumps([str(c) for c in export["classnames"]]),
         "preprocess": json.dumps(export["preprocess"]),
         "preprocessing": preprocessing_sentence(export["preprocess"]),
-        "architecture": json.dumps(export.get("architecture") or {}),
+        "architecture": json.dumps(architecture),
         "source": json.dumps(export.get("source") or {}),
         "input": f"{INPUT_NAME}: float32 (N, 3, H, W), preprocessed as 'preprocessing' says",
         "outputs": f"{OUTPUT_NAMES[0]}: (N, C) softmax over 'classnames' (label order); "
@@ -205,9 +205,9 @@ def export_onnx(pt_path: str, onnx_path: str, opset: int = OPSET) -> float:
                 "written; please report it with your torch, onnx and onnxruntime versions."
             )
 
-    metadata = student_metadata(export)
-    if not export.get("architecture"):
-        metadata["architecture"] = json.dumps(student_architecture(student.model))
+    metadata = student_metadata(
+        export, export.get("architecture") or student_architecture(student.model)
+    )
     write_onnx(model, images[:2], onnx_path, metadata, opset, check)
     return max(diffs)
 
@@ -311,15 +311,14 @@ def _providers(device: str, available: list[str]) -> list[str]:
     kind = device.split(":")[0]
     if kind == "cpu":
         return ["CPUExecutionProvider"]
-    if kind == "cuda" and "CUDAExecutionProvider" in available:
-        index = device.split(":")[1] if ":" in device else "0"
-        if index.isdigit():
-            return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
     if kind == "cuda" and "CUDAExecutionProvider" not in available:
         raise UserError(
             f"--device {device}: this onnxruntime has no CUDA provider (it has "
             f"{', '.join(available)}); use --device cpu, or install onnxruntime-gpu."
         )
+    index = device.split(":")[1] if ":" in device else "0"
+    if kind == "cuda" and index.isdigit():
+        return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
     raise UserError(
         f"--device {device} is not a device onnxruntime knows; use cpu, cuda or cuda:<index>."
     )
