@@ -262,11 +262,8 @@ class PromptKD(TrainerX):
             text_features = teacher_text_features(self.teacher, n_classes, spec.precision)
             self._text_logit_scale = float(self.teacher.logit_scale.float())
             if is_main_process():
-                meta = {"classnames": list(self.classnames), "teacher": spec.trainer,
-                        "logit_scale": self._text_logit_scale}  # fmt: skip
-                if spec.class_prompts:
-                    meta["class_prompts"] = list(spec.class_prompts)
-                save_cached_text_features(spec, text_features, meta)
+                save_cached_text_features(spec, text_features, self.classnames,
+                                          self._text_logit_scale)  # fmt: skip
         self.teacher.drop_text_tower()
         return text_features
 

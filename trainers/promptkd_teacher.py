@@ -322,9 +322,15 @@ def load_cached_text_features(
         return None
 
 
-def save_cached_text_features(spec: TeacherSpec, feats: torch.Tensor, meta: dict) -> None:
-    """Write the cache entry atomically (seeds or ranks may race); an unwritable folder is a
+def save_cached_text_features(
+    spec: TeacherSpec, feats: torch.Tensor, classnames: list[str], logit_scale: float
+) -> None:
+    """Write the cache entry (the features; ``meta``: classes, teacher, its logit scale, the
+    class prompts if any) atomically (seeds or ranks may race); an unwritable folder is a
     warning (only the reuse is lost)."""
+    meta = {"classnames": list(classnames), "teacher": spec.trainer, "logit_scale": logit_scale}
+    if spec.class_prompts:
+        meta["class_prompts"] = list(spec.class_prompts)
     entry = {"text_features": feats.detach().float().cpu(), "meta": meta}
     try:
         write_torch_atomic(os.path.join(spec.cache_dir, f"{spec.cache_key}.pt"), entry)
