@@ -20,12 +20,10 @@ logger = logging.getLogger(__name__)
 
 
 class Classification:
-    """Accumulates predictions batch by batch; ``evaluate()`` returns Dassl's metrics.
-
-    ``evaluate()`` -> OrderedDict(accuracy, error_rate, macro_f1[, perclass_accuracy]),
-    all in percent. Labels are the split's own (local) labels; ``lab2cname`` maps them
-    to class names for the per-class lines and can be swapped per split in ``reset``.
-    """
+    """Accumulates predictions batch by batch; ``evaluate()`` returns Dassl's metrics,
+    OrderedDict(accuracy, error_rate, macro_f1[, perclass_accuracy]), all in percent. Labels
+    are the split's own (local) labels; ``lab2cname`` maps them to class names for the
+    per-class lines and can be swapped per split in ``reset``."""
 
     def __init__(self, cfg: Any, lab2cname: dict[int, str] | None = None) -> None:
         self.per_class = cfg.TEST.PER_CLASS_RESULT
@@ -77,11 +75,9 @@ class Classification:
         return len(self._y_true)
 
     def sync(self) -> None:
-        """Gather every rank's predictions (no-op without an initialised process group).
-
-        With ``indices`` given to ``process``, the result is in dataset order and samples
-        seen twice (padding samplers) are counted once; otherwise ranks are concatenated.
-        """
+        """Gather every rank's predictions (no-op without an initialised process group). With
+        ``indices`` given to ``process``, the result is in dataset order and samples seen
+        twice (padding samplers) are counted once; otherwise ranks are concatenated."""
         if not is_distributed():
             return
         logits = torch.cat(self._logits) if self._logits else None
