@@ -110,9 +110,8 @@ def drop_rebuilt_keys(state_dict: dict) -> dict:
 def register_prompt_buffers(
     learner: nn.Module, clip_model, classnames: list[str], prompt_prefix: str, n_ctx: int
 ) -> None:
-    """(Re)build a prompt learner's class-name buffers (not saved: rebuilt from the class
-    names, so base-trained prompts evaluate on new classes): ``tokenized_prompts`` (C, 77),
-    ``token_prefix`` (C, 1, D) SOS, ``token_suffix`` (C, 77-1-n_ctx, D)."""
+    """A prompt learner's class-name buffers (not saved: ``REBUILT_KEYS``): ``tokenized_prompts``
+    (C, 77), ``token_prefix`` (C, 1, D) SOS, ``token_suffix`` (C, 77-1-n_ctx, D)."""
     tokenized, prefix, suffix = build_prompt_buffers(clip_model, classnames, prompt_prefix, n_ctx)
     learner.register_buffer("tokenized_prompts", tokenized, persistent=False)
     learner.register_buffer("token_prefix", prefix, persistent=False)
@@ -146,53 +145,41 @@ def image_dtype(visual: nn.Module) -> torch.dtype:
 
 class CLIPClassifier(nn.Module):
     """Base of the trainers' CLIP models, which are also frozen teachers
-    (:class:`~dassl_ext.engine.teacher.FrozenTeacher`).
-
-    A subclass sets ``image_encoder``, ``text_encoder`` and ``logit_scale`` (raw) and
-    implements ``text_features(class_ids)``; logits are
-    ``exp(logit_scale) * image_features @ text_features.T``.
-    """
+    (:class:`~dassl_ext.engine.teacher.FrozenTeacher`). A subclass sets ``image_encoder``,
+    ``text_encoder``, ``logit_scale`` (raw) and implements ``text_features(class_ids)``."""
 
     image_encoder: nn.Module
     text_encoder: nn.Module
     logit_scale: nn.Parameter
     text_side: tuple[str, ...] = ("text_encoder",)  # what drop_text_tower frees
-    # (mean, std) of the batches it is given, when an open_clip model's own normalisation
-    # (``image_mean`` / ``image_std`` on its image tower) may differ: see expect_input
-    data_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # (data mean, data std, own mean, own std): set by expect_input when an open_clip model's
+    # own normalisation (``image_mean`` / ``image_std`` on its image tower) differs
+    renormalization: tuple[tuple[float, ...], ...] | None = None
 
     @property
     def input_resolution(self) -> int:
         return self.image_encoder.input_resolution
 
-    @property
-    def image_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        """The model's own (mean, std), for an open_clip model; None: OpenAI's (which the
-        data pipeline is configured with)."""
-        mean = getattr(self.image_encoder, "image_mean", None)
-        return None if mean is None else (tuple(mean), tuple(self.image_encoder.image_std))
-
     def expect_input(self, mean, std) -> None:
         """Batches come normalised with ``mean`` / ``std`` (config INPUT.PIXEL_MEAN / STD): an
         open_clip model with its own normalisation re-normalises them (exact) in
-        ``image_features``; nothing changes for OpenAI's models."""
-        own = self.image_normalization
+        ``model_input``; nothing changes for OpenAI's models."""
         given = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+        own_mean = getattr(self.image_encoder, "image_mean", None)
+        own = None if own_mean is None else (tuple(own_mean), tuple(self.image_encoder.image_std))
+        self.renormalization = None
         if own is not None and not (_close(given[0], own[0]) and _close(given[1], own[1])):
             logger.info(
                 f"The images (normalised with mean {list(given[0])}, std {list(given[1])}) are "
                 f"re-normalised to the model's own (mean {list(own[0])}, std {list(own[1])})"
             )
-            self.data_normalization = given
-        else:
-            self.data_normalization = None
+            self.renormalization = (*given, *own)
 
     def model_input(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` as the image tower takes them (re-normalised: ``expect_input``)."""
-        if self.data_normalization is None:
+        if self.renormalization is None:
             return images
-        own_mean, own_std = self.image_normalization
-        return renormalize(images, *self.data_normalization, own_mean, own_std)
+        return renormalize(images, *self.renormalization)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the method learns (chosen by module membership)."""
@@ -221,7 +208,7 @@ class CLIPClassifier(nn.Module):
         (C', E) and image (B, E) features, for losses on them (PromptSRC) in one forward."""
         text = self.text_features(class_ids)
         image = self.image_features(images)
-        logits = self.logit_scale.exp() * image @ text.t()
+        logits = self.logit_scale.exp() * image @ text.to(image.dtype).t()  # cached text: fp32
         return (logits, text, image) if with_features else logits
 
     def drop_text_tower(self) -> None:

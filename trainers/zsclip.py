@@ -125,11 +125,6 @@ class ZeroshotModel(CLIPClassifier):
             self._text = text
         return self._text if class_ids is None else self._text[class_ids.to(self._text.device)]
 
-    def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
-        text = self.text_features(class_ids)
-        image = self.image_features(images)
-        return self.logit_scale.exp() * image @ text.to(image.dtype).t()
-
 
 class OpenClipZeroshotModel(ZeroshotModel):
     """:class:`ZeroshotModel` of an open_clip model that is not OpenAI-shaped, run by open_clip
