@@ -59,10 +59,8 @@ def zero_shot_text_features(
     clip_model, text_encoder: nn.Module, classnames: list[str], templates: list[str]
 ) -> torch.Tensor:
     """Mean over templates of the UNnormalised frozen CLIP text features (C, E), as official.
-
-    ``text_encoder`` is a ``PromptedTextEncoder``; its deep prompts are switched off, so
-    this is ``clip_model.encode_text``. One template at a time keeps memory at (C, 77, D).
-    """
+    ``text_encoder`` is a ``PromptedTextEncoder`` with its deep prompts switched off, so this
+    is ``clip_model.encode_text``. One template at a time keeps memory at (C, 77, D)."""
     embedding = clip_model.token_embedding
     device = embedding.weight.device
     names = [c.replace("_", " ") for c in classnames]

@@ -51,18 +51,6 @@ def vl_prompt_rules(prefix: str) -> list[Rule]:
     ]
 
 
-def vl_prompt_model_rules(prefix: str, sizes: ClipSizes) -> list[Rule]:
-    """The prompt depths under ``prefix`` fit the layers of a CLIP of ``sizes`` (a ResNet
-    image tower has no vision limit here: the prompted encoder says it needs a ViT)."""
-    towers = [("TEXT", "text", sizes.text_layers), ("VISION", "vision", sizes.vision_layers)]
-    note = "the {} layers of " + sizes.name
-    return [
-        Range(f"{prefix}.PROMPT_DEPTH_{key}", 0, n, integer=True, note=note.format(t))
-        for key, t, n in towers
-        if n is not None
-    ]
-
-
 class TextPromptLearner(nn.Module):
     """Layer-0 text context ``ctx``, shared (n, D) or per class (C, n, D), and the per-class
     token buffers (``register_prompt_buffers``)."""
@@ -149,4 +137,12 @@ class VLPromptTrainer(PromptTrainer):
 
     @classmethod
     def model_rules(cls, cfg, sizes: ClipSizes) -> list[Rule]:
-        return vl_prompt_model_rules(f"TRAINER.{cls.prec_section}", sizes)
+        """The prompt depths fit the layers of a CLIP of ``sizes`` (a ResNet image tower has no
+        vision limit here: the prompted encoder says it needs a ViT)."""
+        towers = [("TEXT", "text", sizes.text_layers), ("VISION", "vision", sizes.vision_layers)]
+        prefix, note = f"TRAINER.{cls.prec_section}.PROMPT_DEPTH_", "the {} layers of " + sizes.name
+        return [
+            Range(prefix + key, 0, layers, integer=True, note=note.format(tower))
+            for key, tower, layers in towers
+            if layers is not None
+        ]
