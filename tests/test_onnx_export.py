@@ -308,14 +308,22 @@ def test_a_disagreeing_model_is_not_written(tiny, tmp_path, monkeypatch):
 
 
 def test_export_of_a_run_folder_writes_both_files(digits_root, tiny_clip_root, tmp_path, capsys):
-    """``export_student.py RUN_DIR --onnx`` on a 1-epoch PromptKD run of the tiny pair:
-    student.pt and student.onnx side by side, agreeing on real Digits images."""
+    """``export_student.py RUN_DIR --onnx`` on a 1-epoch PromptKD run of the tiny teacher and
+    a 2-layer tiny student (prompts in both layers): student.pt and student.onnx side by side,
+    agreeing on real Digits images. The ONNX export's time grows with the layers traced (the
+    12-layer tiny-student took most of this test); the 2-layer export is checked here too."""
     import train
+    from dassl_ext.modeling import TinyClipSpec, save_tiny_clip
     from tests.test_promptkd import student_argv
 
+    student = str(tmp_path / "tiny-student-2-layers.pt")
+    save_tiny_clip(student, TinyClipSpec(embed_dim=32, vision_width=96, text_width=64,
+                                         vision_layers=2, text_layers=2, seed=2))  # fmt: skip
     out = tmp_path / "run"
     extra = ("TRAINER.PROMPTKD.TEACHER_TRAINER", "ZeroshotCLIP", "TEST.NO_TEST", "True",
-             "OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "1", "USE_CUDA", "False")  # fmt: skip
+             "OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "1", "USE_CUDA", "False",
+             "MODEL.BACKBONE.NAME", student,
+             "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "2")  # fmt: skip
     assert train.main(student_argv(digits_root, tiny_clip_root, out, "", *extra)) == 0
     capsys.readouterr()
     assert export_script.main([str(out), "--onnx"]) == 0
