@@ -195,15 +195,13 @@ def _raise_interrupted(signum: int, frame) -> None:
 
 
 def signals_raise_interrupted() -> contextlib.AbstractContextManager[None]:
-    """While active (main thread only), SIGINT, SIGTERM and SIGHUP raise
-    :class:`Interrupted`."""
+    """While active (main thread only), the three signals raise :class:`Interrupted`."""
     return _signals_handled_by(_raise_interrupted)
 
 
 def signals_ignored() -> contextlib.AbstractContextManager[None]:
-    """While active (main thread only), SIGINT, SIGTERM and SIGHUP are ignored: a second
-    Ctrl-C while a stopped run reports and releases its folder would otherwise end it with
-    a KeyboardInterrupt traceback, half reported."""
+    """While active (main thread only), the three signals are ignored: a second Ctrl-C while
+    a stopped run reports and releases its folder would end it half reported."""
     return _signals_handled_by(signal.SIG_IGN)
 
 
