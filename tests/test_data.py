@@ -10,7 +10,6 @@ from dataset_fixtures import WRITERS, make_cfg, write_image
 
 import datasets  # noqa: F401  (registers the readers)
 from dassl_ext.data import DATASET_REGISTRY, DataManager, Datum, build_transform
-from dassl_ext.data.data_manager import RankStridedSampler
 from dassl_ext.data.splits import (
     generate_fewshot_dataset,
     read_split,
@@ -267,12 +266,6 @@ def test_small_train_set_keeps_its_only_batch(tmp_path):
         (8, 8),
     )
     assert len(DataManager(cfg).train_loader_x) == 1
-
-
-def test_rank_strided_sampler_has_no_padding():
-    parts = [list(RankStridedSampler(10, r, 3)) for r in range(3)]
-    assert sorted(i for p in parts for i in p) == list(range(10))
-    assert [len(p) for p in parts] == [4, 3, 3]
 
 
 def test_transforms(dtd_cfg):

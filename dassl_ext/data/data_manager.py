@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dassl_ext.data.base_dataset import DatasetBase
 from dassl_ext.data.images import read_image, too_large
-from dassl_ext.data.samplers import GlobalBatchSampler, RankStridedSampler
+from dassl_ext.data.samplers import GlobalBatchSampler
 from dassl_ext.data.splits import Datum
 from dassl_ext.data.tensor_transforms import read_image_tensor
 from dassl_ext.data.transforms import build_transform
@@ -177,7 +177,8 @@ class DataManager:
         return Loader(
             DatasetWrapper(data, self.tfm_test, image_reader(self.cfg)),
             batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE,
-            sampler=RankStridedSampler(len(data), self.rank, self.world_size),  # 1: in order
+            # Every world_size-th image from rank on: each image on exactly one rank, no padding.
+            sampler=range(self.rank, len(data), self.world_size),
             **self._loader_kwargs,
         )
 

@@ -4,7 +4,6 @@
 process), cuts the order into GLOBAL batches and gives each rank its contiguous share of
 each: with one process, a ``RandomSampler`` + ``BatchSampler`` with the same generator; with
 N, the union of the ranks' batches at each step is that same batch.
-:class:`RankStridedSampler` (evaluation) gives every image to exactly one rank, no padding.
 """
 
 from __future__ import annotations
@@ -64,16 +63,3 @@ class GlobalBatchSampler(Sampler[list[int]]):
         for k in range(self.batches):
             batch = order[k * self.global_batch : (k + 1) * self.global_batch]
             yield rank_share(batch, self.rank, self.world_size)
-
-
-class RankStridedSampler(Sampler[int]):
-    """Every `world_size`-th index from `rank` on, without padding (no image counts twice)."""
-
-    def __init__(self, length: int, rank: int, world_size: int) -> None:
-        self.indices = list(range(rank, length, world_size))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
