@@ -34,16 +34,14 @@ from dassl_ext.utils.distributed import broadcast_object
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("paper", "clean")
-EVAL_SPLIT_MODES = ("standard", "base_new")
 # Version of the few-shot draw (generate_fewshot_dataset and the order of its calls); a
 # cache made by another version is drawn again. Change it whenever the draw changes.
 FEWSHOT_VERSION = 1
 
 _RULES = (
     OneOf("DATASET.SUBSAMPLE_CLASSES", ("all", "base", "new")),
-    OneOf("DATASET.PROTOCOL", PROTOCOLS),
-    OneOf("DATASET.EVAL_SPLITS", EVAL_SPLIT_MODES),
+    OneOf("DATASET.PROTOCOL", ("paper", "clean")),
+    OneOf("DATASET.EVAL_SPLITS", ("standard", "base_new")),
     OneOf("DATASET.CHECK_IMAGES", CHECK_IMAGES_MODES),
 )
 register_config_rules(*_RULES)
