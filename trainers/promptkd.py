@@ -352,8 +352,7 @@ class PromptKD(TrainerX):
         t_logits = scale.exp() * t_feats @ class_features.t()
         with self.prec.autocast():
             s_logits = self.training_module()(images, class_features)  # (B, C)
-        kd_loss = KD_LOSSES[pk.LOSS]
-        loss = pk.KD_WEIGHT * kd_loss(s_logits.float(), t_logits, pk.TEMPERATURE)
+        loss = pk.KD_WEIGHT * KD_LOSSES[pk.LOSS](s_logits.float(), t_logits, pk.TEMPERATURE)
         self.model_backward_and_update(loss)
         return {"loss": loss.item()}
 
