@@ -149,8 +149,7 @@ class DatasetBase:
                     f"{d.impath}, which is outside that folder; fix the annotation files."
                 )
         if self.split_file:
-            splits = {"train": train, "val": val, "test": test}
-            self._save(splits, self.split_path, "split file")
+            self._save({"train": train, "val": val, "test": test}, self.split_path, "split file")
         return train, val, test
 
     def _save(self, splits: dict, path: str, what: str, extra: dict | None = None) -> None:
