@@ -113,6 +113,15 @@ def test_stale_tiny_file_is_rebuilt(tmp_path, no_default_dirs):
     assert tuple(reread["text_projection"].shape) == (spec.text_width, spec.embed_dim)
 
 
+@pytest.mark.parametrize("content", [torch.zeros(3), [1, 2]])
+def test_tiny_file_that_is_not_a_state_dict_is_rebuilt(tmp_path, no_default_dirs, content):
+    path = tmp_path / "tiny-student.pt"
+    torch.save(content, path)
+    model = load_clip("tiny-student", str(tmp_path))
+    assert isinstance(torch.load(path, weights_only=True), dict)
+    assert model.visual.conv1.weight.shape[0] == TINY_SPECS["tiny-student"].vision_width
+
+
 def _torchscript_archive(state_dict_path: str, path: str) -> None:
     """An OpenAI-like TorchScript archive: a traced CLIP (fp32 here)."""
     model = clip.model.build_model(torch.load(state_dict_path, weights_only=True)).float()

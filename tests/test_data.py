@@ -62,6 +62,8 @@ def test_subsample_relabels_every_list():
     (new,) = subsample_classes(items, subsample="new")
     assert [(d.label, d.classname) for d in base] == [(2, "4"), (0, "0"), (1, "2")]
     assert [(d.label, d.classname) for d in new] == [(0, "6"), (1, "8")]
+    with pytest.raises(ValueError, match="'neww'; use all, base or new"):
+        subsample_classes(items, subsample="neww")  # a typo never silently means "new"
 
 
 # ------------------------------------------------------------------ few-shot cache

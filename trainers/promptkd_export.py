@@ -20,7 +20,7 @@ from torch import nn
 from dassl_ext.config import get_cfg_default
 from dassl_ext.data import read_image
 from dassl_ext.data.transforms import build_transform
-from dassl_ext.errors import UserError
+from dassl_ext.errors import UserError, first_line
 from dassl_ext.evaluation.memory import is_out_of_memory
 from dassl_ext.modeling import PromptedImageEncoder, clip
 from dassl_ext.utils.atomic import write_torch_atomic
@@ -216,7 +216,7 @@ class ExportedStudent:
                 )
             self.transform = preprocess_transform(obj["preprocess"])
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
-            reason = (str(e).strip().splitlines() or [""])[0][:160]
+            reason = first_line(e)
             raise UserError(
                 f"{path} is a damaged PromptKD student export ({type(e).__name__}: {reason}); "
                 "export the run again with scripts/export_student.py."

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dassl_ext.errors import UserError
+from dassl_ext.errors import UserError, first_line
 from dassl_ext.utils.atomic import atomic_write
 from trainers.promptkd_export import (
     ExportedStudent,
@@ -250,7 +250,7 @@ class OnnxStudent(ExportedStudent):
             if classes != len(self.classnames):
                 raise ValueError(f"{len(self.classnames)} class names for {classes} outputs")
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, UserError) as e:
-            reason = (str(e).strip().splitlines() or [""])[0][:160]
+            reason = first_line(e)
             raise UserError(
                 f"{path} is a damaged PromptKD student ONNX model ({type(e).__name__}: "
                 f"{reason}); export the run again with scripts/export_student.py RUN_DIR --onnx."
@@ -270,7 +270,7 @@ class OnnxStudent(ExportedStudent):
                 raise MemoryError(text) from None  # -> "use a smaller --batch-size"
             raise UserError(
                 f"onnxruntime could not run {self.path} on a batch of {len(images)} images "
-                f"({(text.strip().splitlines() or [''])[0][:160]})."
+                f"({first_line(e)})."
             ) from None
         return torch.from_numpy(out[0])
 
@@ -298,8 +298,7 @@ def onnx_session(path: str, device: str = "cpu", threads: int | None = None) -> 
         if zipfile.is_zipfile(path):
             reason = "it is a PyTorch file; name it .pt"
         else:
-            first = (str(e).strip().splitlines() or [""])[0]
-            reason = first.split("] ")[-1][:160] or type(e).__name__
+            reason = first_line(e, None).split("] ")[-1][:160] or type(e).__name__
         raise UserError(
             f"{path} is not a readable ONNX model ({reason}); export the run again with "
             "scripts/export_student.py RUN_DIR --onnx, or pass an intact copy."

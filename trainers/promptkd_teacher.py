@@ -31,7 +31,7 @@ from torch import nn
 
 from dassl_ext.engine import TRAINER_REGISTRY, FrozenTeacher, Precision, TeacherSupport
 from dassl_ext.engine.precision import resolve_frozen_precision
-from dassl_ext.errors import UserError
+from dassl_ext.errors import UserError, first_line
 from dassl_ext.modeling import cast_frozen_weights, clip_root_from_cfg, find_clip_file
 from dassl_ext.modeling.loading import (
     clip_filename,
@@ -317,7 +317,7 @@ def load_cached_text_features(
         meta = obj.get("meta")
         return feats, meta if isinstance(meta, dict) else {}
     except Exception as e:  # a corrupt cache entry is recomputed, never fatal
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        reason = first_line(e) or type(e).__name__
         logger.warning(f"Ignoring unreadable text-feature cache {path} ({reason}); recomputing it")
         return None
 

@@ -327,6 +327,8 @@ def subsample_classes(*args: list[Datum], subsample: str = "all") -> list[list[D
     """Dassl/CoOp subsample_classes: "all", "base" or "new" classes of args[0], relabelled."""
     if subsample == "all":
         return list(args)
+    if subsample not in ("base", "new"):
+        raise ValueError(f"subsample is {subsample!r}; use all, base or new")
     base, new = base_new_labels(d.label for d in args[0])
     selected = base if subsample == "base" else new
     return [select_classes(items, selected) for items in args]

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
-from dassl_ext.errors import UserError
+from dassl_ext.errors import UserError, first_line
 from dassl_ext.utils.checkpoint import last_epoch_checkpoint
 
 # SIGHUP: the terminal closed (an ssh session dropped); stop as for SIGTERM rather than die
@@ -77,7 +77,7 @@ def lost_process_error(e: BaseException, trainer=None) -> UserError | None:
     lost_peer = isinstance(e, RuntimeError) and any(s in text.lower() for s in _LOST_PEER_SIGNS)
     if not (lost_peer or isinstance(e, getattr(dist, "DistError", ()))):
         return None
-    first = (text.strip().splitlines() or [type(e).__name__])[0][:160]
+    first = first_line(e) or type(e).__name__
     return UserError(
         f"Process {get_rank()} of {dist.get_world_size()} lost the others{_at(trainer)}: another "
         f"process stopped, or did not answer within DIST.TIMEOUT seconds ({first}); this one "

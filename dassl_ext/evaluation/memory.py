@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from dassl_ext.errors import UserError
+from dassl_ext.errors import UserError, first_line
 
 # What the CPU allocator says (a plain RuntimeError) when an allocation fails
 _CPU_OOM_SIGNS = ("can't allocate memory", "not enough memory", "out of memory")
@@ -28,7 +28,7 @@ def evaluation_memory_error(e: BaseException, cfg, split: str) -> UserError:
     """The sentence for running out of memory while evaluating ``split``."""
     batch = int(cfg.DATALOADER.TEST.BATCH_SIZE)
     out = cfg.OUTPUT_DIR
-    first = (str(e).strip().splitlines() or [""])[0][:120]
+    first = first_line(e, 120)
     where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "CPU"
     return UserError(
         f"Evaluating the {split} split ran out of {where} memory with "

@@ -91,6 +91,8 @@ def tiny_file_matches(path: str, name: str) -> bool:
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # unreadable or not a plain state dict: rebuild it
         return False
+    if not isinstance(sd, dict):
+        return False
     grid = spec.image_resolution // spec.patch_size
     expected = {
         "visual.conv1.weight": (spec.vision_width, 3, spec.patch_size, spec.patch_size),

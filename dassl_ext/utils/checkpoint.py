@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from dassl_ext.errors import UserError
+from dassl_ext.errors import UserError, first_line
 from dassl_ext.utils.atomic import write_text_atomic, write_torch_atomic
 
 logger = logging.getLogger(__name__)
@@ -239,8 +239,8 @@ class CorruptCheckpointError(UserError):
 
 
 def _reason(e: BaseException) -> str:
-    first_line = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {first_line[:100]}" if first_line else type(e).__name__
+    first = first_line(e, 100)
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def load_checkpoint(fpath: str, mmap: bool = False) -> dict[str, Any]:
