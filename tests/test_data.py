@@ -62,7 +62,7 @@ def test_subsample_relabels_every_list():
     (new,) = subsample_classes(items, subsample="new")
     assert [(d.label, d.classname) for d in base] == [(2, "4"), (0, "0"), (1, "2")]
     assert [(d.label, d.classname) for d in new] == [(0, "6"), (1, "8")]
-    with pytest.raises(ValueError, match="'neww'; use all, base or new"):
+    with pytest.raises(UserError, match="SUBSAMPLE_CLASSES is 'neww'; use one of: all, base, new"):
         subsample_classes(items, subsample="neww")  # a typo never silently means "new"
 
 
@@ -375,7 +375,8 @@ def test_global_batches_split_over_ranks(dtd_cfg, monkeypatch):
     assert all(len(b) == 2 for share in shares for b in share)
     assert [len(dm.train_loader_x) for dm in ranks] == [3, 3]
     assert _epoch_batches(ranks[0], 5) != shares[0]  # a new order per epoch
-    assert list(ranks[1].test_loader.sampler) == [1, 3, 5, 7]  # 9 test images, no padding
+    assert list(ranks[0].test_loader.sampler) == [0, 2, 4, 6, 8]  # 9 test images, no padding
+    assert list(ranks[1].test_loader.sampler) == [1, 3, 5, 7]
     assert ranks[1].global_batch == 4
 
 

@@ -182,3 +182,10 @@ def test_write_results_merges_splits(tmp_path):
     (tmp_path / "results.json").write_text("{not json")
     assert set(write_results(str(path), {**base, "splits": {"x": split}})["splits"]) == {"x"}
     assert json.loads(path.read_text())["trainer"] == "PromptKD"
+
+
+def test_build_evaluator_refuses_another_name_without_validate_config(tmp_path):
+    cfg = make_cfg(tmp_path)
+    cfg.TEST.EVALUATOR = "Retrieval"  # a trainer built in code, not through train.py
+    with pytest.raises(UserError, match="TEST.EVALUATOR is 'Retrieval'"):
+        build_evaluator(cfg)

@@ -328,7 +328,7 @@ def subsample_classes(*args: list[Datum], subsample: str = "all") -> list[list[D
     if subsample == "all":
         return list(args)
     if subsample not in ("base", "new"):
-        raise ValueError(f"subsample is {subsample!r}; use all, base or new")
+        raise UserError(f"DATASET.SUBSAMPLE_CLASSES is '{subsample}'; use one of: all, base, new.")
     base, new = base_new_labels(d.label for d in args[0])
     selected = base if subsample == "base" else new
     return [select_classes(items, selected) for items in args]

@@ -30,7 +30,8 @@ from dassl_ext.errors import UserError
 
 F2 = v2.functional
 
-REPLAYABLE_TRANSFORMS = TENSOR_TRANSFORMS  # the same five: both are CLIP's train pipeline
+# What ReplayTransform.apply replays (a fact of its own, not the tensor backend's list).
+REPLAYABLE_TRANSFORMS = ("random_resized_crop", "random_crop", "center_crop", "random_flip", "normalize")
 # int32: top, left, height, width (of the crop box in the (padded) source), flip (0/1)
 PARAMS_PER_VIEW = 5
 RRCROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # torchvision's default, as build_transform uses it

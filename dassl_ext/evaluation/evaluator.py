@@ -168,9 +168,12 @@ class Classification:
         write_torch_atomic(path, obj)
 
 
-register_config_rules(OneOf("TEST.EVALUATOR", ("Classification",)))
+_EVALUATOR = OneOf("TEST.EVALUATOR", ("Classification",))
+register_config_rules(_EVALUATOR)
 
 
 def build_evaluator(cfg: Any, lab2cname: dict[int, str] | None = None) -> Classification:
-    """The evaluator named by ``TEST.EVALUATOR`` (its config rule admits Classification)."""
+    """The evaluator named by ``TEST.EVALUATOR`` (checked here too: trainers built without
+    ``validate_config`` must not get Classification for another name silently)."""
+    _EVALUATOR.check(cfg.TEST.EVALUATOR)
     return Classification(cfg, lab2cname=lab2cname)

@@ -110,6 +110,11 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> Dass
     warmup_epoch = max(int(optim_cfg.WARMUP_EPOCH), 0)
     if warmup_epoch:
         _WARMUP.check(optim_cfg.WARMUP_TYPE)
-    if name == "cosine" and not optim_cfg.WARMUP_RECOUNT and warmup_epoch >= max_epoch:
+    if (
+        name == "cosine"
+        and warmup_epoch
+        and not optim_cfg.WARMUP_RECOUNT
+        and warmup_epoch >= max_epoch
+    ):
         raise UserError("OPTIM.WARMUP_EPOCH must be below OPTIM.MAX_EPOCH when not recounting.")
     return DasslLRScheduler(optimizer, optim_cfg, stepsize)
