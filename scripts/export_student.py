@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-epoch", type=int, help="model.pth.tar-<N> instead of the best file")
     p.add_argument("--onnx", action="store_true", help="also write student.onnx beside it")
     args, opts = p.parse_known_args(argv)  # the rest: KEY VALUE config overrides
+    if os.path.isfile(args.run_dir) and args.run_dir.lower().endswith(".onnx"):
+        print(
+            f"Error: {args.run_dir} is already an ONNX model; pass the student.pt it was "
+            "exported from (or the run folder) to write its ONNX model.",
+            file=sys.stderr,
+        )
+        return 1
     if args.onnx and os.path.isfile(args.run_dir) and not opts:  # an export: convert it
         return write_onnx_beside(args.run_dir)
     import datasets  # noqa: F401  (registers the datasets)
@@ -103,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         config = os.path.join(run_dir, "config.yaml")
         if not os.path.isfile(config):
             what = "does not exist" if not os.path.exists(run_dir) else "holds no config.yaml"
+            if os.path.isfile(run_dir):  # e.g. student.pt without --onnx
+                what = "is a file (add --onnx to convert a student export to ONNX)"
             raise UserError(
                 f"{run_dir} {what}, so it is not a run folder; pass the --output-dir of a "
                 "PromptKD training run."

@@ -214,7 +214,17 @@ class ExportedStudent:
                     f"{len(self.classnames)} class names for "
                     f"{self.model.class_text_features.shape[0]} class text features"
                 )
+            size = tuple(obj["preprocess"]["SIZE"])
+            if size != (arch["input_resolution"],) * 2:
+                raise ValueError(
+                    f"preprocess SIZE {list(size)} for a model of input resolution "
+                    f"{arch['input_resolution']}"
+                )
             self.transform = preprocess_transform(obj["preprocess"])
+            bad = next((k for k, v in sd.items() if v.is_floating_point() and
+                        not torch.isfinite(v).all()), None)  # fmt: skip
+            if bad is not None:
+                raise ValueError(f"tensor {bad!r} holds NaN or infinite values")
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
             reason = first_line(e)
             raise UserError(
