@@ -45,6 +45,7 @@ import logging
 import math
 import os
 import random
+import unicodedata
 
 from yacs.config import CfgNode as CN
 
@@ -109,8 +110,15 @@ register_config_rules(
 
 
 def _key(name: str) -> str:
-    """What CLIP's prompt sees of a class name: case, runs of spaces and ``_`` ignored."""
-    return " ".join(name.replace("_", " ").lower().split())
+    """What CLIP's prompt sees of a class name: case, runs of spaces and ``_`` ignored, and
+    the Unicode form (CLIP's ftfy cleaning composes 'e' + accent into one character)."""
+    return " ".join(_nfc(name).replace("_", " ").lower().split())
+
+
+def _nfc(name: str) -> str:
+    """``name`` in Unicode's composed form: a class file typed on one system and folders
+    named on another (macOS writes decomposed names) spell 'café' with other code points."""
+    return unicodedata.normalize("NFC", name)
 
 
 def read_class_file(path: str) -> list[tuple[str, str | None]]:
@@ -233,9 +241,11 @@ def _label_order(names: list[str], base: tuple[str, ...], path: str) -> list[str
     return [n for n in names if n in base] + [n for n in names if n not in base]
 
 
-def _eval_groups(eval_dir: str, names: list[str], class_file: str) -> dict[str, list[str]]:
-    """{class name: image paths relative to its sub-folder}; the sub-folders must be the
-    class names, each holding images."""
+def _eval_groups(
+    eval_dir: str, names: list[str], class_file: str
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """({class name: image paths relative to its sub-folder}, {class name: its sub-folder});
+    the sub-folders must be the class names (in either Unicode form), each holding images."""
     entries = [e for e in os.listdir(eval_dir) if not e.startswith(".")]
     folders = {e for e in entries if os.path.isdir(os.path.join(eval_dir, e))}
     loose = sorted(e for e in entries if e.lower().endswith(IMAGE_EXTENSIONS) and e not in folders)
@@ -244,8 +254,9 @@ def _eval_groups(eval_dir: str, names: list[str], class_file: str) -> dict[str, 
             f"{SECTION}.EVAL_DIR {eval_dir} holds image {loose[0]} outside a class sub-folder "
             f"({len(loose)} in all); move each image into the sub-folder of its class."
         )
-    missing = [n for n in names if n not in folders]
-    extra = sorted(folders - set(names))
+    by_form = {_nfc(e): e for e in folders}  # the same name in either Unicode form
+    missing = [n for n in names if _nfc(n) not in by_form]
+    extra = sorted(e for e in folders if _nfc(e) not in {_nfc(n) for n in names})
     if missing or extra:
         parts = []
         if missing:
@@ -258,7 +269,7 @@ def _eval_groups(eval_dir: str, names: list[str], class_file: str) -> dict[str, 
         )
     groups = {}
     for name in names:
-        folder = os.path.join(eval_dir, name)
+        folder = os.path.join(eval_dir, by_form[_nfc(name)])
         images, _ = scan_images(folder)
         if not images:
             raise UserError(
@@ -266,7 +277,38 @@ def _eval_groups(eval_dir: str, names: list[str], class_file: str) -> dict[str, 
                 f"images of '{name}', or remove '{name}' from the class file {class_file}."
             )
         groups[name] = images
-    return groups
+    return groups, {name: by_form[_nfc(name)] for name in names}
+
+
+def _real_files(paths: list[str]) -> dict[str, str]:
+    """{the file each path reaches (symbolic links followed): the path}; one realpath per
+    folder, plus one per file that is itself a link."""
+    real_dirs: dict[str, str] = {}
+    out = {}
+    for path in paths:
+        folder, name = os.path.split(path)
+        if folder not in real_dirs:
+            real_dirs[folder] = os.path.realpath(folder)
+        real = os.path.join(real_dirs[folder], name)
+        out[os.path.realpath(real) if os.path.islink(real) else real] = path
+    return out
+
+
+def _refuse_shared_images(train_dir, train, eval_dir, eval_folders, groups) -> None:
+    """A UserError when a training image is also a labeled one (the folders are apart, but a
+    symbolic link in one reaches into the other): it would be trained on and scored."""
+    trained = _real_files([os.path.join(train_dir, r) for r in train])
+    labeled = [os.path.join(eval_dir, eval_folders[n], r) for n, rels in groups.items()
+               for r in rels]  # fmt: skip
+    shared = [(trained[real], path) for real, path in _real_files(labeled).items()
+              if real in trained]  # fmt: skip
+    if shared:
+        (a, b), n = shared[0], len(shared)
+        raise UserError(
+            f"{SECTION}.TRAIN_DIR and EVAL_DIR reach the same image file{'s' if n > 1 else ''} "
+            f"through symbolic links ({n} in all, e.g. {a} is {b}), so labeled images would be "
+            "trained on and scored; keep the labeled images out of the training folder."
+        )
 
 
 def split_val_test(name: str, images: list[str]) -> tuple[list[str], list[str]]:
@@ -314,7 +356,11 @@ class ImageFolder(DatasetBase):
                 f"{len(names)} classes; add images (at least one per class name: each training "
                 "image carries a placeholder label and every class needs one)."
             )
-        groups = _eval_groups(self.eval_dir, names, self.class_file) if self.eval_dir else {}
+        groups, self._eval_folders = (
+            _eval_groups(self.eval_dir, names, self.class_file) if self.eval_dir else ({}, {})
+        )
+        if groups:
+            _refuse_shared_images(self.train_dir, train, self.eval_dir, self._eval_folders, groups)
         self.has_val_split = bool(groups)  # without labeled images, no val (and no test)
         if not groups:  # TEST.NO_TEST (check_config): val and test would be stand-ins
             self.nothing_to_evaluate = f"no labeled images ({SECTION}.EVAL_DIR is empty)"
@@ -350,7 +396,8 @@ class ImageFolder(DatasetBase):
         if eval_dir:
             _require(eval_dir, "EVAL_DIR", "a folder with one sub-folder of images per class", True)
             train_dir = _resolve(cfg, "TRAIN_DIR")
-            if os.path.commonpath([train_dir, eval_dir]) in (train_dir, eval_dir):
+            real = [os.path.realpath(train_dir), os.path.realpath(eval_dir)]  # links followed
+            if os.path.commonpath(real) in real:
                 raise UserError(
                     f"{SECTION}.EVAL_DIR {eval_dir} and TRAIN_DIR {train_dir} overlap (one holds "
                     "the other), so labeled images would be trained on or unlabeled ones "
@@ -375,7 +422,8 @@ class ImageFolder(DatasetBase):
             "eval": self._groups,
         }
         text = json.dumps(content, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        # a file name that is not UTF-8 (os gives it as surrogates) keeps its bytes
+        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
     @property
     def split_path(self) -> str:
@@ -410,7 +458,7 @@ class ImageFolder(DatasetBase):
         for label, name in enumerate(names):
             if name not in self._groups:
                 continue
-            folder = os.path.join(self.eval_dir, name)
+            folder = os.path.join(self.eval_dir, self._eval_folders[name])
             for out, rels in zip((val, test), split_val_test(name, self._groups[name])):
                 out.extend(Datum(os.path.join(folder, r), label, 0, name) for r in rels)
         return train, val, test

@@ -1,0 +1,204 @@
+"""Data a user brings, tried as a new user would: folders named on another system, symbolic
+links between the training and the labeled folder, file names that are not UTF-8, damaged
+student exports, an ONNX file where a student.pt is expected."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import unicodedata
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from image_folder_fixtures import write_folders
+from PIL import Image
+
+import datasets  # noqa: F401  (registers the readers)
+import trainers  # noqa: F401  (registers the trainers and their config sections)
+from dassl_ext.config import apply_config_extensions, get_cfg_default
+from dassl_ext.data import DATASET_REGISTRY
+from dassl_ext.errors import UserError
+from dassl_ext.modeling import PromptedImageEncoder, clip
+from trainers.promptkd_export import export_student
+from trainers.promptkd_student import PromptKDStudent
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------ ImageFolder
+
+
+def folder_cfg(root, f, eval_dir=None):
+    cfg = apply_config_extensions(get_cfg_default())
+    cfg.DATASET.ROOT, cfg.DATASET.NAME = str(root), "ImageFolder"
+    s = cfg.DATASET.IMAGE_FOLDER
+    s.TRAIN_DIR, s.CLASSNAMES_FILE = f.train_dir, f.class_file
+    s.EVAL_DIR = f.eval_dir if eval_dir is None else eval_dir
+    return cfg
+
+
+def build_folder(root, f, eval_dir=None):
+    cls = DATASET_REGISTRY.get("ImageFolder")
+    cfg = folder_cfg(root, f, eval_dir)
+    cls.check_config(cfg)
+    return cls(cfg)
+
+
+def _rewrite_class_file(f, first: list[str]) -> None:
+    """Replace the first lines of the class file with ``first``."""
+    with open(f.class_file, encoding="utf-8") as inp:
+        lines = inp.read().splitlines()
+    lines[: len(first)] = first
+    with open(f.class_file, "w", encoding="utf-8") as out:
+        out.write("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("folder_form, file_form", [("NFD", "NFC"), ("NFC", "NFD")])
+def test_class_folders_named_in_the_other_unicode_form_match(tmp_path, folder_form, file_form):
+    # macOS writes 'café' decomposed (e + combining accent); a class file typed elsewhere has
+    # it composed: the same name to the user (and to CLIP), other code points to the os
+    f = write_folders(str(tmp_path / "mine"))
+    name = "caf\u00e9"
+    os.rename(os.path.join(f.eval_dir, f.names[0]),
+              os.path.join(f.eval_dir, unicodedata.normalize(folder_form, name)))  # fmt: skip
+    _rewrite_class_file(f, [unicodedata.normalize(file_form, name)])
+    ds = build_folder(tmp_path, f)
+    label = ds.classnames.index(unicodedata.normalize(file_form, name))
+    tested = {d.impath for d in ds.val + ds.test if d.label == label}
+    assert len(tested) >= 4 and all(os.path.isfile(p) for p in tested)  # 5 labeled: 1 val
+    again = build_folder(tmp_path, f)  # the split file written is read back alike
+    assert [d.impath for d in again.test] == [d.impath for d in ds.test]
+
+
+def test_class_names_differing_only_in_unicode_form_are_one_class(tmp_path):
+    f = write_folders(str(tmp_path / "mine"))
+    _rewrite_class_file(f, ["caf\u00e9", unicodedata.normalize("NFD", "caf\u00e9")])
+    with pytest.raises(UserError, match="line 2 repeats class"):
+        build_folder(tmp_path, f)
+
+
+@pytest.mark.parametrize("how", ["class folder links to the training folder",
+                                 "training folder links into the labeled folder",
+                                 "one labeled image links to a training image"])  # fmt: skip
+def test_labeled_images_reached_from_the_training_folder_are_refused(tmp_path, how):
+    f = write_folders(str(tmp_path / "mine"))
+    first = os.path.join(f.eval_dir, f.names[0])
+    if how.startswith("class folder"):
+        shutil.rmtree(first)
+        os.symlink(f.train_dir, first)
+    elif how.startswith("training folder"):
+        os.symlink(f.eval_dir, os.path.join(f.train_dir, "more"))
+    else:
+        target = os.path.join(f.train_dir, "batch0", "day1", "img000.png")
+        os.remove(os.path.join(first, "00.png"))
+        os.symlink(target, os.path.join(first, "00.png"))
+    with pytest.raises(UserError) as e:
+        build_folder(tmp_path, f)
+    message = str(e.value)
+    assert "TRAIN_DIR and EVAL_DIR reach the same image file" in message, message
+    assert "\n" not in message and not os.path.exists(tmp_path / "image_folder" / "x")
+
+
+def test_an_eval_folder_that_is_a_link_to_the_training_folder_is_refused_first(tmp_path):
+    f = write_folders(str(tmp_path / "mine"))
+    link = str(tmp_path / "labeled_link")
+    os.symlink(f.train_dir, link)
+    with pytest.raises(UserError, match="overlap"):
+        build_folder(tmp_path, f, eval_dir=link)
+
+
+def test_a_separate_folder_reached_through_a_link_is_fine(tmp_path):
+    f = write_folders(str(tmp_path / "mine"))
+    link = str(tmp_path / "labeled_link")
+    os.symlink(f.eval_dir, link)  # a link to the labeled folder itself: still apart
+    assert len(build_folder(tmp_path, f, eval_dir=link).test) > 0
+
+
+def test_an_image_name_that_is_not_utf8_is_read(tmp_path):
+    f = write_folders(str(tmp_path / "mine"))
+    source = os.path.join(f.train_dir, "batch0", "day1", "img000.png")
+    shutil.copy(source, os.path.join(os.fsencode(f.train_dir), b"photo\xff.png"))
+    ds = build_folder(tmp_path, f)
+    odd = [d.impath for d in ds.train_x if "photo" in d.impath]
+    assert len(odd) == 1 and os.path.isfile(odd[0])
+    again = build_folder(tmp_path, f)
+    assert [d.impath for d in again.train_x] == [d.impath for d in ds.train_x]
+
+
+# ------------------------------------------------------------------ student exports
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    visual = clip.model.VisionTransformer(32, 8, 64, 2, 1, 32)
+    model = PromptKDStudent(PromptedImageEncoder(visual, 2, 2), torch.tensor(4.6), 32, 48)
+    model.set_class_text_features(F.normalize(torch.randn(3, 48), dim=-1))
+    cfg = apply_config_extensions(get_cfg_default())
+    cfg.INPUT.SIZE = (32, 32)
+    path = str(tmp_path_factory.mktemp("export") / "student.pt")
+    export_student(SimpleNamespace(model=model.eval(), classnames=["a", "b", "c"], cfg=cfg), path)
+    return path
+
+
+@pytest.fixture
+def image(tmp_path) -> str:
+    path = str(tmp_path / "x.png")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(path)
+    return path
+
+
+def _variant(student, tmp_path, change) -> str:
+    obj = torch.load(student, weights_only=True)
+    change(obj)
+    path = str(tmp_path / "variant.pt")
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda o: o["state_dict"]["class_text_features"].fill_(float("nan")),
+         "'class_text_features' holds NaN or infinite values"),
+        (lambda o: o["state_dict"]["logit_scale"].fill_(float("inf")),
+         "'logit_scale' holds NaN or infinite values"),
+        (lambda o: o["preprocess"].__setitem__("SIZE", [64, 64]),
+         "preprocess SIZE [64, 64] for a model of input resolution 32"),
+    ],
+)  # fmt: skip
+def test_a_damaged_export_is_refused_not_used(student, image, tmp_path, capsys, change, says):
+    # NaN weights printed 'a nan%' with exit 0; a SIZE of another resolution was a traceback
+    path = _variant(student, tmp_path, change)
+    rc = _script("predict").main(["-m", path, image])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == "" and "Traceback" not in err
+    assert err.startswith(f"Error: {path} is a damaged PromptKD student export") and says in err
+
+
+def test_an_intact_export_still_classifies(student, image, capsys):
+    assert _script("predict").main(["-m", student, image, "--topk", "1"]) == 0
+    assert capsys.readouterr().out.startswith(f"{image}: ")
+
+
+def test_export_student_given_an_onnx_file_or_a_bare_export(student, tmp_path, capsys):
+    onnx = tmp_path / "student.onnx"
+    onnx.write_bytes(b"\x08\x07protobuf")
+    export = _script("export_student")
+    assert export.main([str(onnx), "--onnx"]) == 1
+    err = capsys.readouterr().err
+    assert "is already an ONNX model; pass the student.pt" in err and "corrupt" not in err
+    assert not (tmp_path / "student.onnx.onnx").exists()
+    assert export.main([student]) == 1  # an export without --onnx: not a run folder
+    assert "is a file (add --onnx to convert a student export to ONNX)" in capsys.readouterr().err
