@@ -12,6 +12,7 @@ import copy
 import difflib
 import functools
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -186,6 +187,13 @@ def merge_from_file(cfg: CfgNode, path: str) -> CfgNode:
 def merge_from_list(cfg: CfgNode, opts: Sequence[str]) -> CfgNode:
     """Merge trailing ``KEY VALUE`` pairs; unknown keys and bad values -> UserError."""
     opts = list(opts or [])
+    keys = opts if len(opts) % 2 else opts[0::2]
+    flag = next((k for k in keys if re.fullmatch(r"--[a-z][a-z-]*", str(k))), None)
+    if flag:  # argparse hands everything after the first KEY to the KEY VALUE list
+        raise UserError(
+            f"The flag {flag} comes after the KEY VALUE pairs, where it is read as a config key; "
+            "put the flags (--seed, --eval-only, ...) before the first KEY VALUE pair."
+        )
     if len(opts) % 2:
         raise UserError(f"Trailing options must be KEY VALUE pairs; got an odd list {opts}.")
     for key, value in zip(opts[0::2], opts[1::2]):

@@ -23,7 +23,12 @@ from dassl_ext.errors import UserError
 from dassl_ext.evaluation.results import config_hash, read_results
 from dassl_ext.registry import TRAINER_REGISTRY
 from dassl_ext.utils.atomic import write_text_atomic
-from dassl_ext.utils.checkpoint import NothingToResumeError, loadable_models, resumable_models
+from dassl_ext.utils.checkpoint import (
+    NothingToResumeError,
+    find_checkpoint,
+    loadable_models,
+    resumable_models,
+)
 from dassl_ext.utils.distributed import broadcast_object, is_main_process
 from dassl_ext.utils.run_lock import (
     RunLock,
@@ -85,8 +90,16 @@ def write_config(cfg: Any, output_dir: str) -> str:
 
 
 def check_request(cfg: Any, args: Any) -> None:
-    """Refuse ``--eval-only`` that would evaluate untrained weights (see the module doc)."""
+    """Refuse ``--eval-only`` that would evaluate untrained weights (see the module doc), and
+    ``--model-dir`` / ``--load-epoch`` without it (they would be ignored: a new training)."""
     if not args.eval_only:
+        for flag in ("--model-dir", "--load-epoch"):
+            if getattr(args, flag[2:].replace("-", "_"), None) not in (None, ""):
+                raise UserError(
+                    f"{flag} is only read with --eval-only (which evaluates a saved run); "
+                    "add --eval-only to evaluate it, or leave it out to train (--resume RUN "
+                    "continues a run)."
+                )
         return
     name = cfg.TRAINER.NAME
     if getattr(TRAINER_REGISTRY.get(name), "evaluation_only", False):
@@ -106,6 +119,19 @@ def check_request(cfg: Any, args: Any) -> None:
             "pass the output folder of a trained run"
             + (" and an epoch it saved (--load-epoch)." if epoch is not None else ".")
         )
+
+
+def model_files(paths: list[str], output_dir: str) -> list[str]:
+    """The checkpoint files an evaluation loaded, as results.json records them: relative to
+    the run's folder (a tree moved as a whole still matches), sorted."""
+    return sorted(os.path.relpath(os.path.abspath(p), os.path.abspath(output_dir)) for p in paths)
+
+
+def _model_to_evaluate(args: Any, out: str) -> list[str]:
+    """What ``--eval-only --model-dir`` would load now, as :func:`model_files` records it."""
+    folders = loadable_models(args.model_dir, args.load_epoch)
+    found = [find_checkpoint(os.path.join(args.model_dir, m), args.load_epoch) for m in folders]
+    return model_files(found, out)
 
 
 def _claim(cfg: Any, args: Any) -> RunFolder:
@@ -161,6 +187,17 @@ def _check_folder(cfg: Any, args: Any, out: str) -> tuple[str | None, list[str]]
                 f"differences from {_record(out)}: {format_differences(diffs)}); choose "
                 f"another --output-dir, or delete {out} to run this configuration there."
             )
+        evaluated = _read_record(results)
+        evaluated = evaluated.get("model_files") if isinstance(evaluated, dict) else None
+        if args.eval_only and args.model_dir and isinstance(evaluated, list):
+            now = _model_to_evaluate(args, out)
+            if sorted(evaluated) != now:
+                raise UserError(
+                    f"{out} already holds the results of another model (results.json: "
+                    f"{', '.join(map(str, evaluated))}; this evaluation would load "
+                    f"{', '.join(now)}, relative to {out}); choose another --output-dir, or "
+                    f"delete {out} to evaluate this model there."
+                )
         if getattr(args, "skip_finished", False):
             untested = trained_without_evaluation(_read_record(results))
             if not untested:
@@ -186,6 +223,13 @@ def _check_folder(cfg: Any, args: Any, out: str) -> tuple[str | None, list[str]]
             )
         return None, notes
     run = cfg.RESUME
+    held = [] if _same_folder(run, out) else resumable_models(out)
+    if held:  # another run's checkpoints: continuing run here would write over them
+        raise UserError(
+            f"{out} already holds checkpoints of {held[0]}, and --resume {run} would continue "
+            f"that run there, over them; leave out --output-dir to continue in {run}, or "
+            "choose another --output-dir."
+        )
     if not resumable_models(run):
         raise NothingToResumeError(
             f"Nothing to resume in {run}: no <model>/model.pth.tar-<epoch>; set "
@@ -200,6 +244,13 @@ def _check_folder(cfg: Any, args: Any, out: str) -> tuple[str | None, list[str]]
             "--output-dir."
         )
     return None, notes
+
+
+def _same_folder(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _record(run: str) -> str:

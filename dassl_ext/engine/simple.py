@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from dassl_ext.engine.hooks import HookBase, MetricsWriter, ModelSelection, PeriodicCheckpointer
 from dassl_ext.engine.precision import resolve_precision
+from dassl_ext.engine.run_folder import model_files
 from dassl_ext.engine.trainer import TrainerBase
 from dassl_ext.errors import UserError
 from dassl_ext.utils.checkpoint import checkpoint_epochs
@@ -221,9 +222,17 @@ class SimpleTrainer(TrainerBase):
             },
             "selection": selection,
             **({"no_test": True} if cfg.TEST.NO_TEST else {}),
+            **self._evaluated_files(),
             **self.results_provenance(),
         }
         write_results(os.path.join(self.output_dir, "results.json"), record)
+
+    def _evaluated_files(self) -> dict[str, list[str]]:
+        """results.json's ``model_files``: the checkpoints whose weights gave the numbers
+        (none: the weights trained in this process), so that an evaluation of another
+        model is not taken for this one (run_folder)."""
+        files = self._loaded_files
+        return {"model_files": model_files(files, self.output_dir)} if files else {}
 
     def results_provenance(self) -> dict[str, Any]:
         """Hook: more top-level results.json keys saying what the numbers came from (e.g. a

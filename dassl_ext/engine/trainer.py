@@ -78,6 +78,7 @@ class TrainerBase:
         # what load_model read (reported in results.json)
         self._loaded_epoch: int | None = None
         self._loaded_val_result: float | None = None
+        self._loaded_files: list[str] = []  # the checkpoint files (absolute paths)
 
     # ------------------------------------------------------------------ models
     def register_model(
@@ -226,8 +227,10 @@ class TrainerBase:
             logger.info("Note that load_model() is skipped as no pretrained model is given")
             return None
         barrier()  # rank 0 may just have written the file
+        self._loaded_files = []
         for name, r in self._registered.items():
             path = find_checkpoint(os.path.join(directory, name), epoch)
+            self._loaded_files.append(os.path.abspath(path))
             checkpoint = load_weights(r.model, path, select=self.filter_state_dict_on_load)
             self._loaded_epoch = checkpoint.get("epoch")
             val = checkpoint.get("val_result")

@@ -1,0 +1,102 @@
+"""The command line and the life of a run, tried as a new user would: each case one
+sentence or the honest behaviour (train.main driven in-process on the tiny run)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from test_engine_tiny import tiny, tiny_argv  # noqa: F401  (fixture)
+from test_run_folder import CKPT_EVERY_EPOCH, finished, refused, snapshot  # noqa: F401
+
+import train
+from dassl_ext.config import setup_cfg
+from dassl_ext.errors import UserError
+
+
+def _results(out: str) -> dict:
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f)
+
+
+def _eval_argv(root: str, out: str, model_dir: str, *flags: str) -> list[str]:
+    return tiny_argv(root, out, flags=("--eval-only", "--model-dir", model_dir, *flags))
+
+
+def test_an_evaluation_of_another_model_is_not_skipped_as_done(finished, tmp_path, capsys):  # noqa: F811
+    root, run = finished
+    other = str(tmp_path / "other")  # the same configuration, another model
+    assert train.main(tiny_argv(root, other, *CKPT_EVERY_EPOCH, "OPTIM.LR", "0.5")) == 0
+    ev = str(tmp_path / "ev")
+    assert train.main(_eval_argv(root, ev, run, "--load-epoch", "1", "--skip-finished")) == 0
+    before = snapshot(ev)
+    capsys.readouterr()
+    # was "Done, skipped": epoch 1's numbers kept as those of epoch 2 (LOADEP changed)
+    assert train.main(_eval_argv(root, ev, run, "--load-epoch", "2", "--skip-finished")) == 1
+    refused(capsys, f"{ev} already holds the results of another model", "model.pth.tar-1")
+    # ... and as those of another run's model
+    assert train.main(_eval_argv(root, ev, other, "--load-epoch", "1", "--skip-finished")) == 1
+    refused(capsys, "another model", "other/TinyNet/model.pth.tar-1")
+    assert train.main(_eval_argv(root, ev, other, "--load-epoch", "1")) == 1  # not overwritten
+    assert snapshot(ev) == before
+    # the same model again: done
+    assert train.main(_eval_argv(root, ev, run, "--load-epoch", "1", "--skip-finished")) == 0
+    assert "Done, skipped" in capsys.readouterr().out
+
+
+def test_an_evaluation_records_the_model_it_evaluated(finished, tmp_path):  # noqa: F811
+    root, run = finished
+    ev = str(tmp_path / "ev")
+    assert train.main(_eval_argv(root, ev, run)) == 0  # no --load-epoch: the newest epoch
+    model = os.path.join(os.path.abspath(run), "TinyNet", "model.pth.tar-2")
+    assert _results(ev)["model_files"] == [os.path.relpath(model, ev)]  # the tree may move
+    assert _results(ev)["splits"]["test"]["epoch"] == 2
+
+
+def test_a_training_run_may_still_be_evaluated_into_its_own_folder(finished, capsys):  # noqa: F811
+    root, run = finished  # its results.json names no model: evaluating it again is allowed
+    assert train.main(_eval_argv(root, run, run, "--load-epoch", "1")) == 0
+    assert _results(run)["splits"]["test"]["epoch"] == 1
+
+
+def test_resume_into_another_folder_holding_checkpoints_is_refused(finished, tmp_path, capsys):  # noqa: F811
+    root, run = finished
+    os.remove(os.path.join(run, "results.json"))  # an unfinished run to continue
+    os.remove(os.path.join(run, "TinyNet", "model.pth.tar-2"))
+    other = str(tmp_path / "other")
+    assert train.main(tiny_argv(root, other, *CKPT_EVERY_EPOCH, "OPTIM.LR", "0.1", epochs=1)) == 0
+    os.remove(os.path.join(other, "results.json"))
+    before = snapshot(other)
+    capsys.readouterr()
+    argv = tiny_argv(root, other, *CKPT_EVERY_EPOCH, flags=("--resume", run))
+    assert train.main(argv) == 1  # was: other's checkpoints (LR 0.1) overwritten by run's
+    refused(capsys, f"{other} already holds checkpoints of TinyNet", f"--resume {run}")
+    assert snapshot(other) == before
+
+
+def test_resume_into_a_new_folder_still_continues_there(finished, tmp_path):  # noqa: F811
+    root, run = finished
+    os.remove(os.path.join(run, "results.json"))
+    os.remove(os.path.join(run, "TinyNet", "model.pth.tar-2"))
+    new = str(tmp_path / "new")
+    argv = tiny_argv(root, new, *CKPT_EVERY_EPOCH, flags=("--resume", run))
+    assert train.main(argv) == 0
+    assert os.path.isfile(os.path.join(new, "TinyNet", "model.pth.tar-2"))
+
+
+@pytest.mark.parametrize("flag", ["--seed", "--eval-only", "--output-dir"])
+def test_a_flag_after_the_key_value_pairs_names_the_order(flag):
+    args = train.parse_args(["--trainer", "CoOp", "OPTIM.MAX_EPOCH", "1", flag, "2"])
+    with pytest.raises(UserError) as e:
+        setup_cfg(args)
+    assert f"{flag} comes after the KEY VALUE pairs" in str(e.value)
+    assert "put the flags (--seed, --eval-only, ...) before the first KEY" in str(e.value)
+
+
+@pytest.mark.parametrize("flags", [("--model-dir", "x"), ("--load-epoch", "3")])
+def test_model_dir_or_load_epoch_without_eval_only_is_refused(tiny, capsys, flags):  # noqa: F811
+    root, out = tiny
+    assert train.main(tiny_argv(root, out, flags=flags)) == 1  # was: ignored, a new training
+    refused(capsys, f"{flags[0]} is only read with --eval-only")
+    assert not os.path.exists(out)
