@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 from test_engine_tiny import tiny, tiny_argv  # noqa: F401  (fixture)
@@ -100,3 +101,57 @@ def test_model_dir_or_load_epoch_without_eval_only_is_refused(tiny, capsys, flag
     assert train.main(tiny_argv(root, out, flags=flags)) == 1  # was: ignored, a new training
     refused(capsys, f"{flags[0]} is only read with --eval-only")
     assert not os.path.exists(out)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script(path: str, tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``DRY_RUN=1 bash scripts/<path> ARGS`` (prints the commands, runs none)."""
+    full = {**os.environ, "DRY_RUN": "1", "OUTPUT": str(tmp_path / "out"), **env}
+    for name in ("SEED_JOBS", "NPROC", "NNODES", "TEACHER_SEED", "SEEDS", "TEACHER_CKPT"):
+        if name not in env:
+            full.pop(name, None)
+    cmd = ["bash", os.path.join(REPO, "scripts", path), *args]
+    return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("SEED_JOBS", "0"), ("SEED_JOBS", "2x"), ("NPROC", "0"), ("NNODES", "two")],
+)
+def test_scripts_refuse_a_count_that_is_not_a_whole_number(tmp_path, name, value):
+    # SEED_JOBS 0 / 2x was a bash arithmetic error that skipped every student, exit 0
+    p = _script("promptkd/base2new.sh", tmp_path, "digits", "1", **{name: value})
+    assert p.returncode == 2, p.stderr
+    assert p.stderr == f"Error: {name} is '{value}'; use a whole number from 1 (unset: 1).\n"
+    assert "train.py" not in p.stdout  # nothing ran
+
+
+def test_scripts_refuse_a_teacher_seed_that_is_not_a_seed(tmp_path):
+    p = _script("promptkd/base2new.sh", tmp_path, "digits", "1", TEACHER_SEED="abc")
+    assert p.returncode == 2 and "TEACHER_SEED is 'abc'" in p.stderr
+    assert "train.py" not in p.stdout  # was: the teacher's train.py started with --seed abc
+
+
+@pytest.mark.parametrize(
+    "path, args, env",
+    [
+        ("promptkd/base2new.sh", ("digits", "1", "2", "1"), {}),
+        ("coop/base2new_train.sh", ("digits",), {"SEEDS": "1 1"}),
+    ],
+)
+def test_scripts_refuse_a_seed_given_twice(tmp_path, path, args, env):
+    # was: two runs of seed 1 into one folder (under SEED_JOBS at once: one refused)
+    p = _script(path, tmp_path, *args, **env)
+    assert p.returncode == 2
+    assert (
+        p.stderr
+        == "Error: seed 1 is given twice; each seed's run goes to the folder seed1: give it once.\n"
+    )
+
+
+def test_scripts_still_accept_good_counts(tmp_path):
+    p = _script("promptkd/base2new.sh", tmp_path, "digits", "1", "2", SEED_JOBS="2", NPROC="1")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("--seed 2 --trainer PromptKD") == 1

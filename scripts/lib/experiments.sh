@@ -77,14 +77,28 @@ dataset_yaml() {
 
 # check_seeds SEED...: each a plain non-negative integer; it names the folder seed<N>
 check_seeds() {
-  local s
+  local s seen=" "
   if [ $# = 0 ]; then fail "no seeds: SEEDS is empty; set e.g. SEEDS=\"1 2 3\"."; fi
   for s in "$@"; do
     if [[ ! $s =~ ^(0|[1-9][0-9]*)$ ]]; then
       fail "seed '$s' is not a non-negative integer without leading zeros (0, 1, 2, ...): each seed's run goes to the folder seed<N>."
     fi
+    if [[ $seen == *" $s "* ]]; then
+      fail "seed $s is given twice; each seed's run goes to the folder seed$s: give it once."
+    fi
+    seen="$seen$s "
   done
 }
+
+# check_count NAME: the environment variable NAME is a whole number from 1 (a count of
+# processes, hosts or jobs); bash arithmetic would otherwise fail part-way, or skip a stage
+check_count() {
+  if [[ ! ${!1} =~ ^[1-9][0-9]*$ ]]; then
+    fail "$1 is '${!1}'; use a whole number from 1 (unset: 1)."
+  fi
+}
+check_count NPROC
+check_count NNODES
 
 # check_opts [KEY VALUE ...]: the trailing options are KEY VALUE pairs of config keys
 # (checked here, before a teacher or several seeds run for hours before train.py sees them)

@@ -38,6 +38,11 @@ parse_args() {
   check_seeds $SEED_LIST
   check_opts "$@"
   OPTS=("$@")
+  if [[ ! $TEACHER_SEED =~ ^(0|[1-9][0-9]*)$ ]]; then
+    fail "TEACHER_SEED is '$TEACHER_SEED'; use a seed (0, 1, 2, ...; unset: 1)."
+  fi
+  SEED_JOBS=${SEED_JOBS:-1}
+  check_count SEED_JOBS
 }
 
 # DATASET.NAME of a dataset config file (e.g. oxford_pets -> OxfordPets)
