@@ -202,3 +202,76 @@ def test_export_student_given_an_onnx_file_or_a_bare_export(student, tmp_path, c
     assert not (tmp_path / "student.onnx.onnx").exists()
     assert export.main([student]) == 1  # an export without --onnx: not a run folder
     assert "is a file (add --onnx to convert a student export to ONNX)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ stored teacher views
+
+
+def _bank_setup(digits_root, tiny_clip_root, tmp_path):
+    import train
+    from dassl_ext.config import setup_cfg
+    from dassl_ext.data.data_manager import build_dataset
+
+    argv = ["--root", str(digits_root), "--seed", "1", "--trainer", "PromptKD",
+            "--dataset-config-file", os.path.join(REPO, "configs", "datasets", "digits.yaml"),
+            "--config-file", os.path.join(REPO, "configs", "trainers", "PromptKD", "base2new",
+                                          "digits.yaml"),
+            "--output-dir", str(tmp_path / "run"), "MODEL.BACKBONE.NAME", "tiny-student",
+            "TRAINER.PROMPTKD.TEACHER_NAME", "tiny-teacher", "MODEL.CLIP_ROOT", tiny_clip_root,
+            "TRAINER.PROMPTKD.TEACHER_CKPT", "unused", "DATASET.NUM_SHOTS", "2",
+            "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0",
+            "TRAINER.PROMPTKD.STORED_VIEWS", "2",
+            "TRAINER.PROMPTKD.VIEW_CACHE_DIR", str(tmp_path / "views")]  # fmt: skip
+    cfg = setup_cfg(train.parse_args(argv))
+    return cfg, build_dataset(cfg).train_x
+
+
+def _teacher(nan_at: int | None = None):
+    def features(views: torch.Tensor) -> torch.Tensor:
+        out = views.mean(dim=(2, 3))  # (B, 3)
+        if nan_at is not None and len(out) > nan_at:  # not the 1-view probe
+            out[nan_at] = float("nan")
+        return out
+
+    return lambda: (features, 4.6052, torch.device("cpu"))
+
+
+def test_a_teacher_giving_nan_features_builds_no_bank(digits_root, tiny_clip_root, tmp_path):
+    # a bank of NaN features was stored, and every student run from it stopped at
+    # 'The loss is NaN ... lower OPTIM.LR' (which cannot help)
+    from trainers.promptkd_views import prepare_bank
+
+    cfg, data = _bank_setup(digits_root, tiny_clip_root, tmp_path)
+    with pytest.raises(UserError) as e:
+        prepare_bank(cfg, {"teacher": "fake"}, str(tmp_path / "text"), data, 3, _teacher(5))
+    message = str(e.value)
+    assert "teacher's image features are NaN or infinite for image" in message, message
+    assert data[2].impath in message  # view 5 of 2 per image: the third image
+    assert "TEACHER_PREC fp32" in message
+    assert not any(n.startswith("features-") for _, _, files in os.walk(tmp_path / "views")
+                   for n in files)  # fmt: skip
+
+
+def test_a_bank_row_changed_after_the_build_is_named_when_read(
+    digits_root, tiny_clip_root, tmp_path
+):
+    # same size and header, so the bank still opens as complete: the row read says it
+    from trainers.promptkd_views import prepare_bank
+
+    cfg, data = _bank_setup(digits_root, tiny_clip_root, tmp_path)
+    bank = prepare_bank(cfg, {"teacher": "fake"}, str(tmp_path / "text"), data, 3, _teacher())
+    assert torch.isfinite(bank.features[3]).all()
+    path = bank.features.paths[0]
+    rows = np.load(path, mmap_mode="r+")
+    rows[3, 1, 0] = np.nan
+    rows.flush()
+    del rows
+    bank = prepare_bank(cfg, {"teacher": "fake"}, str(tmp_path / "text"), data, 3, _teacher())
+    bank.features[2]  # other rows still read
+    with pytest.raises(
+        UserError, match=r"features-00000.npy holds NaN or infinite values in row 3"
+    ):
+        bank.features[3, 1]
+    os.remove(path)  # what the sentence says to do: the shard is rebuilt
+    bank = prepare_bank(cfg, {"teacher": "fake"}, str(tmp_path / "text"), data, 3, _teacher())
+    assert torch.isfinite(bank.features[3]).all()

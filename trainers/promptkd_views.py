@@ -173,7 +173,17 @@ def view_features_compute(
         params, feats = [], []
         for p, views in loader:  # (b, K, 5), (b, K, 3, S, S)
             out = features(views.flatten(0, 1).to(device))  # (b K, E)
-            feats.append(out.to(dtype).cpu().unflatten(0, (p.shape[0], k)))
+            out = out.to(dtype).cpu().unflatten(0, (p.shape[0], k))
+            finite = torch.isfinite(out).flatten(1).all(1)
+            if not finite.all():  # never stored: every student run would stop at a NaN loss
+                bad = start + sum(len(f) for f in feats) + int((~finite).nonzero()[0])
+                raise UserError(
+                    f"The teacher's image features are NaN or infinite for image "
+                    f"{data[bad].impath} (one of its stored views); build the stored views "
+                    "with TRAINER.PROMPTKD.TEACHER_PREC fp32, or check the teacher's "
+                    "checkpoint for NaN weights."
+                )
+            feats.append(out)
             params.append(p)
         return {"params": torch.cat(params), "features": torch.cat(feats)}
 

@@ -413,5 +413,15 @@ class ShardedArray:
         shard = int(np.searchsorted(self.starts, i, side="right")) - 1
         row = np.array(self._map(shard)[(i - int(self.starts[shard]), *rest)])  # a copy
         if self.stored_dtype == "bfloat16":
-            return torch.from_numpy(row.view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(row)
+            out = torch.from_numpy(row.view(np.int16)).view(torch.bfloat16)
+        else:
+            out = torch.from_numpy(row)
+        if out.is_floating_point() and not torch.isfinite(out).all():
+            # the build stored finite values only: the bytes changed after it (a sha256 would
+            # tell, but opening a bank reads no shard in full)
+            raise UserError(
+                f"Stored array file {self.paths[shard]} holds NaN or infinite values in row "
+                f"{i}: it changed after it was written; delete that file and run again (the "
+                "build recomputes only its shard)."
+            )
+        return out
