@@ -6,11 +6,11 @@
 ``-m`` is either file of scripts/export_student.py: ``.onnx`` runs with onnxruntime
 (``pip install -e ".[onnx]"``), anything else with PyTorch; both classify the same way.
 
-Folders are searched recursively for images (sorted); a pattern the shell did not expand
-(``"imgs/*.png"``) is expanded here. Prints the top-k classes with their probabilities for
-each image, or one JSON list with ``--json``. A file that cannot be used (missing, empty,
-not an image, truncated, unreadable) or a folder without images is reported in one line on
-stderr and the others are classified.
+Folders are searched recursively for images (sorted; hidden files and folders skipped); a
+pattern the shell did not expand (``"imgs/*.png"``) is expanded here. Prints the top-k
+classes with their probabilities for each image, or one JSON list with ``--json``. A file
+that cannot be used (missing, empty, not an image, truncated, unreadable) or a folder without
+images is reported in one line on stderr and the others are classified.
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ def _images_under(folder: str, problems: list[str]) -> list[str]:
         problems.append(f"{e.filename} cannot be listed ({e.strerror})")
 
     for root, dirs, files in os.walk(folder, onerror=unreadable):
-        dirs.sort()
-        images = [f for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        # hidden files and folders skipped, as the datasets skip them (macOS's ._photo.jpg
+        # beside photo.jpg is no image; .thumbnails/ holds copies)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        images = [f for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS) and f[0] != "."]
         found += [os.path.join(root, f) for f in images]
     return found
 

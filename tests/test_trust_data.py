@@ -275,3 +275,20 @@ def test_a_bank_row_changed_after_the_build_is_named_when_read(
     os.remove(path)  # what the sentence says to do: the shard is rebuilt
     bank = prepare_bank(cfg, {"teacher": "fake"}, str(tmp_path / "text"), data, 3, _teacher())
     assert torch.isfinite(bank.features[3]).all()
+
+
+def test_predict_skips_hidden_files_in_a_folder(student, tmp_path, capsys):
+    # a folder copied from macOS holds ._photo.png beside photo.png (AppleDouble, no image):
+    # each was 'Skipped: ... is not a readable image' and the exit status 1
+    photos = tmp_path / "photos"
+    (photos / ".thumbnails").mkdir(parents=True)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(photos / "photo.png")
+    (photos / "._photo.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photos / ".thumbnails" / "photo.png")
+    assert _script("predict").main(["-m", student, str(photos), "--topk", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"{photos / 'photo.png'}: " + out.split(": ", 1)[1].strip()]
+    assert err == ""
+    hidden = str(photos / "._photo.png")  # named explicitly, it is still tried
+    assert _script("predict").main(["-m", student, hidden]) == 1
+    assert "is not a readable image" in capsys.readouterr().err
