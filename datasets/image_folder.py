@@ -226,7 +226,8 @@ def _label_order(names: list[str], base: tuple[str, ...], path: str) -> list[str
     m = math.ceil(len(names) / 2)
     if not base:
         return names
-    unknown = [b for b in base if b not in names]
+    base = tuple(_nfc(b) for b in base)  # typed in either Unicode form
+    unknown = [b for b in base if b not in {_nfc(n) for n in names}]
     if unknown:
         raise UserError(
             f"{SECTION}.BASE_CLASSES names {', '.join(repr(u) for u in unknown)}, not in the "
@@ -238,7 +239,7 @@ def _label_order(names: list[str], base: tuple[str, ...], path: str) -> list[str
             f"{len(names)} classes into {m} base and {len(names) - m} new; list {m} names "
             "(or leave it empty for the first half of the class file)."
         )
-    return [n for n in names if n in base] + [n for n in names if n not in base]
+    return [n for n in names if _nfc(n) in base] + [n for n in names if _nfc(n) not in base]
 
 
 def _eval_groups(

@@ -292,3 +292,13 @@ def test_predict_skips_hidden_files_in_a_folder(student, tmp_path, capsys):
     hidden = str(photos / "._photo.png")  # named explicitly, it is still tried
     assert _script("predict").main(["-m", student, hidden]) == 1
     assert "is not a readable image" in capsys.readouterr().err
+
+
+def test_base_classes_in_the_other_unicode_form_are_found(tmp_path):
+    f = write_folders(str(tmp_path / "mine"))
+    os.rename(os.path.join(f.eval_dir, f.names[3]), os.path.join(f.eval_dir, "caf\u00e9"))
+    _rewrite_class_file(f, f.names[:3] + ["caf\u00e9"])
+    cfg = folder_cfg(tmp_path, f)
+    cfg.DATASET.IMAGE_FOLDER.BASE_CLASSES = (unicodedata.normalize("NFD", "caf\u00e9"), "one")
+    ds = DATASET_REGISTRY.get("ImageFolder")(cfg)
+    assert ds.classnames[:2] == ["one", "caf\u00e9"]
