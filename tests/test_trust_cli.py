@@ -155,3 +155,16 @@ def test_scripts_still_accept_good_counts(tmp_path):
     p = _script("promptkd/base2new.sh", tmp_path, "digits", "1", "2", SEED_JOBS="2", NPROC="1")
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("--seed 2 --trainer PromptKD") == 1
+
+
+@pytest.mark.parametrize("flags", [("--no-train",), ("--eval-only", "--model-dir", "RUN")])
+def test_a_run_that_does_not_train_keeps_an_unfinished_runs_config(finished, capsys, flags):  # noqa: F811
+    root, run = finished
+    os.remove(os.path.join(run, "results.json"))  # unfinished: epoch 1 and 2 checkpoints
+    flags = tuple(run if f == "RUN" else f for f in flags)
+    before = snapshot(run)
+    capsys.readouterr()
+    assert train.main(tiny_argv(root, run, "OPTIM.LR", "0.1", flags=flags)) == 1
+    refused(capsys, f"{run} holds checkpoints of TinyNet from another configuration", "0.5 -> 0.1")
+    assert snapshot(run) == before  # was: config.yaml said LR 0.1, and --resume then took it
+    assert train.main(tiny_argv(root, run, flags=flags)) == 0  # its own configuration: allowed

@@ -205,6 +205,15 @@ def _check_folder(cfg: Any, args: Any, out: str) -> tuple[str | None, list[str]]
             if not args.eval_only:  # an evaluation asked for is not done by such a record
                 return SKIPPED_UNTESTED.format(out=out), notes
     if args.eval_only or args.no_train:
+        held = [] if os.path.isfile(results) else resumable_models(out)  # (else compared above)
+        diffs = _differences_from_run(out, cfg, notes) if held else []
+        if diffs:  # its config.yaml would be replaced: a later --resume would then accept this
+            raise UserError(
+                f"{out} holds checkpoints of {held[0]} from another configuration "
+                f"(differences from {_record(out)}: {format_differences(diffs)}); this run would "
+                "replace its config.yaml, and --resume would then continue those checkpoints "
+                "under this configuration; choose another --output-dir."
+            )
         return None, notes
     if not cfg.RESUME:
         held = resumable_models(out)
