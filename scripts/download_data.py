@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dassl_ext.errors import first_line  # noqa: E402
 from dassl_ext.utils.atomic import atomic_write, write_text_atomic  # noqa: E402
 
 
@@ -184,7 +185,15 @@ def fetch_dataset(name: str, root: str, keep_archives: bool = False) -> None:
             download(item.url, dest)
         if is_archive(dest):
             print(f"[{name}] extracting {item.name}")
-            extract(dest, out)
+            try:
+                extract(dest, out)
+            except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
+                reason = f"{type(e).__name__}: {first_line(e).rstrip(':')}"
+                raise DownloadError(
+                    f"{dest} is not a readable archive ({reason}): a download cut short, or a "
+                    "web page saved in its place (Google Drive's quota or virus-scan page); "
+                    f"delete it and run again, or fetch it by hand from {gdrive_url(item.url)}"
+                ) from None
             for src, dst in item.moves:
                 move(os.path.join(out, src), os.path.normpath(os.path.join(out, dst)))
             if not keep_archives:
@@ -242,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] OK: {verify(name, root)}")
         except (DownloadError, UserError) as e:
             print(f"[{name}] FAILED: {e}", file=sys.stderr)
+            status = 1
+        except OSError as e:  # --root a file, no space left, no permission
+            where = f" ({e.filename})" if e.filename else ""
+            print(
+                f"[{name}] FAILED: cannot write under {root}{where}: {e.strerror or e}; "
+                "choose another --root (or free space there).",
+                file=sys.stderr,
+            )
             status = 1
     return status
 

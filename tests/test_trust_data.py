@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import unicodedata
 from types import SimpleNamespace
 
@@ -32,6 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _script(name):
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", name + ".py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -302,3 +304,29 @@ def test_base_classes_in_the_other_unicode_form_are_found(tmp_path):
     cfg.DATASET.IMAGE_FOLDER.BASE_CLASSES = (unicodedata.normalize("NFD", "caf\u00e9"), "one")
     ds = DATASET_REGISTRY.get("ImageFolder")(cfg)
     assert ds.classnames[:2] == ["one", "caf\u00e9"]
+
+
+# ------------------------------------------------------------------ download_data.py
+
+
+@pytest.mark.parametrize(
+    "name, archive", [("dtd", "dtd-r1.0.1.tar.gz"), ("eurosat", "EuroSAT.zip")]
+)
+def test_download_data_with_a_page_saved_as_the_archive(tmp_path, capsys, name, archive):
+    # gdown / a proxy saving an HTML page under the archive's name was a BadZipFile /
+    # ReadError traceback
+    folder = tmp_path / {"dtd": "dtd", "eurosat": "eurosat"}[name]
+    folder.mkdir()
+    (folder / archive).write_text("<html>Google Drive - quota exceeded</html>")
+    assert _script("download_data").main(["--root", str(tmp_path), name]) == 1
+    err = capsys.readouterr().err
+    assert f"[{name}] FAILED: {folder / archive} is not a readable archive" in err
+    assert "delete it and run again" in err and len(err.strip().splitlines()) == 1
+
+
+def test_download_data_with_a_root_that_is_a_file(tmp_path, capsys):
+    root = tmp_path / "data"
+    root.write_text("not a folder")
+    assert _script("download_data").main(["--root", str(root), "dtd"]) == 1
+    err = capsys.readouterr().err
+    assert f"[dtd] FAILED: cannot write under {root}" in err and "choose another --root" in err
