@@ -112,6 +112,22 @@ def check_argv_text(argv: list[str]) -> None:
             ) from None
 
 
+def check_names(cfg) -> None:
+    """A run needs a trainer and a dataset; say which flag names each (the registries'
+    own error would name an empty string, and the dataset's only once the folder is written)."""
+    from dassl_ext.registry import DATASET_REGISTRY, TRAINER_REGISTRY
+
+    for key, name, flag, registry in (
+        ("TRAINER.NAME", cfg.TRAINER.NAME, "--trainer NAME", TRAINER_REGISTRY),
+        ("DATASET.NAME", cfg.DATASET.NAME, "--dataset-config-file FILE", DATASET_REGISTRY),
+    ):
+        if not name:
+            raise UserError(
+                f"No {key.split('.')[0].lower()} given ({key} is empty); pass {flag} (or set "
+                f"{key}): one of {', '.join(registry.registered_names())}."
+            )
+
+
 def _say(text: str, log_file: bool) -> None:
     """Print ``text`` on stderr and, when this run opened its log.txt (it holds the
     folder), append it there too: after SIGHUP (terminal closed) or with stderr
@@ -139,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             check_argv_text(argv)
             import_plugins()
             cfg = setup_cfg(args)
+            check_names(cfg)
             # every value in range before anything is written or loaded
             validate_config(cfg, will_train=not (args.eval_only or args.no_train))
             init_distributed_from_env(use_cuda=cfg.USE_CUDA, timeout_s=cfg.DIST.TIMEOUT)

@@ -168,3 +168,23 @@ def test_a_run_that_does_not_train_keeps_an_unfinished_runs_config(finished, cap
     refused(capsys, f"{run} holds checkpoints of TinyNet from another configuration", "0.5 -> 0.1")
     assert snapshot(run) == before  # was: config.yaml said LR 0.1, and --resume then took it
     assert train.main(tiny_argv(root, run, flags=flags)) == 0  # its own configuration: allowed
+
+
+@pytest.mark.parametrize(
+    "drop, says",
+    [
+        ("--trainer", "No trainer given (TRAINER.NAME is empty); pass --trainer NAME"),
+        (
+            "DATASET.NAME",
+            "No dataset given (DATASET.NAME is empty); pass --dataset-config-file FILE",
+        ),
+    ],
+)
+def test_a_run_without_trainer_or_dataset_says_which_flag(tiny, capsys, drop, says):  # noqa: F811
+    root, out = tiny
+    argv = tiny_argv(root, out)
+    i = argv.index(drop)
+    argv = argv[:i] + argv[i + 2 :]
+    assert train.main(argv) == 1
+    refused(capsys, says, "TinyEngine")  # the registered names
+    assert not os.path.exists(out)  # was: config.yaml and log.txt written, then the error
