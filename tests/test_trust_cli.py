@@ -188,3 +188,10 @@ def test_a_run_without_trainer_or_dataset_says_which_flag(tiny, capsys, drop, sa
     assert train.main(argv) == 1
     refused(capsys, says, "TinyEngine")  # the registered names
     assert not os.path.exists(out)  # was: config.yaml and log.txt written, then the error
+
+
+def test_a_text_for_a_list_of_numbers_gets_an_example_of_numbers():
+    args = train.parse_args(["--trainer", "CoOp", "INPUT.SIZE", "32x32"])
+    with pytest.raises(UserError) as e:
+        setup_cfg(args)
+    assert "use a list, e.g. [224, 224] (the default" in str(e.value)  # was ['32x32', '32x32']

@@ -119,8 +119,9 @@ def _kind(current: Any, value: Any) -> str:
         quote = " (quote yes, no, on, off: unquoted, yaml reads them as True / False)"
         return "text" + (quote if isinstance(value, bool) else "")
     n = len(current) or 1
-    example = ", ".join([repr(value)] * n) if not isinstance(value, (dict, list)) else "..."
-    return f"a list, e.g. [{example}]"
+    alien = bool(current) and not isinstance(value, type(current[0]))  # '32x32' for (224, 224)
+    shown = [repr(v) for v in current] if alien else [repr(value)] * n
+    return f"a list, e.g. [{', '.join(shown) if not isinstance(value, (dict, list)) else '...'}]"
 
 
 def _conform(key: str, current: Any, value: Any, source: str) -> Any:
