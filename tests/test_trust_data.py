@@ -330,3 +330,50 @@ def test_download_data_with_a_root_that_is_a_file(tmp_path, capsys):
     assert _script("download_data").main(["--root", str(root), "dtd"]) == 1
     err = capsys.readouterr().err
     assert f"[dtd] FAILED: cannot write under {root}" in err and "choose another --root" in err
+
+
+# ------------------------------------------------------------------ split files
+
+
+def _dtd_split(tmp_path, change):
+    """DTD written and read once (its split file saved), the split file changed, built again."""
+    import json
+
+    from dataset_fixtures import WRITERS, make_cfg
+
+    WRITERS["DescribableTextures"](str(tmp_path))
+    DATASET_REGISTRY.get("DescribableTextures")(make_cfg(str(tmp_path), "DescribableTextures"))
+    path = tmp_path / "dtd" / "split_zhou_DescribableTextures.json"
+    split = json.loads(path.read_text())
+    change(split)
+    path.write_text(json.dumps(split))
+    cfg = make_cfg(str(tmp_path), "DescribableTextures")
+    return lambda: DATASET_REGISTRY.get("DescribableTextures")(cfg)
+
+
+def _relabel(split, name):
+    row = split[name][0]
+    other = next(r for r in split["train"] if r[1] != row[1])
+    split["test"].append([row[0], other[1], other[2]])
+
+
+@pytest.mark.parametrize("name", ["test", "train"])
+def test_an_image_listed_with_two_labels_is_refused(tmp_path, name):
+    # was a warning that the image is listed twice and 'each copy counts': one copy is wrong
+    build = _dtd_split(tmp_path, lambda s: _relabel(s, name))
+    with pytest.raises(UserError) as e:
+        build()
+    message = str(e.value)
+    assert "is listed in" in message and "so one of them is wrong" in message, message
+    assert "(test split)" in message
+
+
+def test_one_image_spelled_two_ways_is_listed_twice(tmp_path, caplog):
+    def respell(split):
+        path, label, name = split["test"][0]
+        split["test"].append(["./" + path, label, name])
+
+    build = _dtd_split(tmp_path, respell)
+    with caplog.at_level("WARNING"):
+        build()
+    assert "1 image(s) are listed more than once in the test split" in caplog.text

@@ -312,6 +312,18 @@ class DatasetBase:
                     "no training images; fix or regenerate the split file."
                 )
         names = {d.label: d.classname for d in train}
+        label_of: dict[str, Datum] = {}  # an image has one class, whichever split lists it
+        spelled = {n: [os.path.normpath(d.impath) for d in items] for n, items in splits.items()}
+        for name, items in splits.items():
+            for path, d in zip(spelled[name], items):
+                first = label_of.setdefault(path, d)
+                if first.label != d.label:
+                    raise UserError(
+                        f"{self.name}: image {d.impath} is listed in {source} as class "
+                        f"{first.label} '{first.classname}' and as class {d.label} "
+                        f"'{d.classname}' ({name} split), so one of them is wrong; fix or "
+                        "regenerate the split file."
+                    )
         for name, items in splits.items():
             for d in items:
                 if names[d.label] != d.classname:
@@ -321,7 +333,8 @@ class DatasetBase:
                         f"({d.impath}); fix or regenerate the split file."
                     )
             # An image listed twice counts twice, in training and in the accuracy.
-            twice = sorted(p for p, n in Counter(d.impath for d in items).items() if n > 1)
+            counts = Counter(spelled[name])  # ./a and a: one image
+            twice = sorted(p for p, n in counts.items() if n > 1)
             if twice:
                 logger.warning(
                     f"{self.name}: {len(twice)} image(s) are listed more than once in the "
