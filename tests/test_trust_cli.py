@@ -195,3 +195,17 @@ def test_a_text_for_a_list_of_numbers_gets_an_example_of_numbers():
     with pytest.raises(UserError) as e:
         setup_cfg(args)
     assert "use a list, e.g. [224, 224] (the default" in str(e.value)  # was ['32x32', '32x32']
+
+
+def test_an_evaluation_into_an_unfinished_runs_folder_is_refused(finished, tmp_path, capsys):  # noqa: F811
+    root, run = finished
+    os.remove(os.path.join(run, "results.json"))
+    os.remove(os.path.join(run, "TinyNet", "model.pth.tar-2"))  # stopped after epoch 1 of 2
+    before = snapshot(run)
+    capsys.readouterr()
+    assert train.main(_eval_argv(root, run, run)) == 1
+    refused(capsys, f"{run} holds an unfinished run (epoch 1 of OPTIM.MAX_EPOCH 2)", "--resume")
+    assert snapshot(run) == before  # was: results.json of epoch 1, and then --skip-finished
+    assert train.main(tiny_argv(root, run, flags=("--skip-finished",))) == 1  # not "Done"
+    refused(capsys, "already holds checkpoints")
+    assert train.main(_eval_argv(root, str(tmp_path / "ev"), run)) == 0  # elsewhere: fine

@@ -25,6 +25,7 @@ from dassl_ext.registry import TRAINER_REGISTRY
 from dassl_ext.utils.atomic import write_text_atomic
 from dassl_ext.utils.checkpoint import (
     NothingToResumeError,
+    checkpoint_epochs,
     find_checkpoint,
     loadable_models,
     resumable_models,
@@ -213,6 +214,14 @@ def _check_folder(cfg: Any, args: Any, out: str) -> tuple[str | None, list[str]]
                 f"(differences from {_record(out)}: {format_differences(diffs)}); this run would "
                 "replace its config.yaml, and --resume would then continue those checkpoints "
                 "under this configuration; choose another --output-dir."
+            )
+        done = min((max(checkpoint_epochs(os.path.join(out, m))) for m in held), default=0)
+        if args.eval_only and held and done < cfg.OPTIM.MAX_EPOCH:
+            raise UserError(
+                f"{out} holds an unfinished run (epoch {done} of OPTIM.MAX_EPOCH "
+                f"{cfg.OPTIM.MAX_EPOCH}); its results.json would mark it finished (--skip-finished "
+                f"would then skip it); evaluate it into another --output-dir, or continue it "
+                f"with --resume {out}."
             )
         return None, notes
     if not cfg.RESUME:
