@@ -81,6 +81,27 @@ def output_path(run_dir: str, output: str) -> str:
     return os.path.join(output, "student.pt") if os.path.isdir(output) else output
 
 
+def check_output(path: str) -> None:
+    """A UserError for an output that is not a student.pt: a ``.onnx`` name (the ONNX model
+    goes beside the export, with --onnx), or a file there that is not an export (a checkpoint,
+    the run's config: it would be lost)."""
+    from trainers.promptkd_export import load_export
+
+    if path.lower().endswith(".onnx"):
+        raise UserError(
+            f"-o {path} names an ONNX file, but -o is the PyTorch export (student.pt); pass -o "
+            "with a .pt name and add --onnx: the ONNX model is written beside it (.onnx)."
+        )
+    if os.path.exists(path):
+        try:
+            load_export(path)
+        except UserError:
+            raise UserError(
+                f"-o {path} already holds a file that is not a student export (a checkpoint, "
+                "a config or another file would be overwritten and lost); choose another -o."
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="PromptKD output folder (holds config.yaml)")
@@ -103,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir
     path = output_path(run_dir, args.output)
     try:
+        check_output(path)
         if args.onnx:  # before the long part: the packages are there
             from trainers.promptkd_onnx import require_onnx_packages
 

@@ -377,3 +377,30 @@ def test_one_image_spelled_two_ways_is_listed_twice(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         build()
     assert "1 image(s) are listed more than once in the test split" in caplog.text
+
+
+@pytest.mark.parametrize("what", ["onnx name", "a checkpoint", "an earlier export"])
+def test_export_student_output_that_is_not_a_student_pt(student, tmp_path, capsys, what):
+    # -o student.onnx wrote a torch file under an ONNX name (predict -m then said 'not a
+    # readable ONNX model'); -o onto a checkpoint or config replaced it with the export
+    run = tmp_path / "run"
+    run.mkdir()  # no config.yaml: the output is checked first, the run after it
+    if what == "onnx name":
+        out = tmp_path / "student.onnx"
+    elif what == "a checkpoint":
+        out = tmp_path / "model-best.pth.tar"
+        torch.save({"state_dict": {}, "epoch": 3}, out)
+    else:
+        out = tmp_path / "old.pt"
+        shutil.copy(student, out)
+    before = out.read_bytes() if out.exists() else None
+    assert _script("export_student").main([str(run), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    if what == "onnx name":
+        assert "names an ONNX file, but -o is the PyTorch export" in err
+        assert not out.exists()
+    elif what == "a checkpoint":
+        assert "already holds a file that is not a student export" in err
+        assert out.read_bytes() == before
+    else:  # an export may be replaced: the run is what is missing here
+        assert "holds no config.yaml" in err and "not a student export" not in err
