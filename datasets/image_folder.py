@@ -233,9 +233,10 @@ def _label_order(names: list[str], base: tuple[str, ...], path: str) -> list[str
             f"{SECTION}.BASE_CLASSES names {', '.join(repr(u) for u in unknown)}, not in the "
             f"class file {path}; use names spelled as in that file."
         )
-    if len(base) != m:
+    different = len(set(base))  # 'café' twice, in two Unicode forms, is one class
+    if different != len(base) or different != m:
         raise UserError(
-            f"{SECTION}.BASE_CLASSES lists {len(base)} class name(s), but base/new splits the "
+            f"{SECTION}.BASE_CLASSES lists {different} class name(s), but base/new splits the "
             f"{len(names)} classes into {m} base and {len(names) - m} new; list {m} names "
             "(or leave it empty for the first half of the class file)."
         )

@@ -404,3 +404,13 @@ def test_export_student_output_that_is_not_a_student_pt(student, tmp_path, capsy
         assert out.read_bytes() == before
     else:  # an export may be replaced: the run is what is missing here
         assert "holds no config.yaml" in err and "not a student export" not in err
+
+
+def test_base_classes_naming_one_class_in_both_unicode_forms_is_refused(tmp_path):
+    f = write_folders(str(tmp_path / "mine"))
+    os.rename(os.path.join(f.eval_dir, f.names[3]), os.path.join(f.eval_dir, "caf\u00e9"))
+    _rewrite_class_file(f, f.names[:3] + ["caf\u00e9"])
+    cfg = folder_cfg(tmp_path, f)
+    cfg.DATASET.IMAGE_FOLDER.BASE_CLASSES = ("caf\u00e9", unicodedata.normalize("NFD", "caf\u00e9"))
+    with pytest.raises(UserError, match="BASE_CLASSES lists 1 class name"):
+        DATASET_REGISTRY.get("ImageFolder")(cfg)
