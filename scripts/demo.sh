@@ -17,6 +17,9 @@
 # commands, run none). The table and plots take only the seeds of this call, not those of
 # earlier calls in the same OUTPUT; finished runs of the same configuration are skipped.
 set -euo pipefail
+for _v in DATA OUTPUT STUDENT_CFG CLIP_ROOT; do  # relative paths: from the caller's folder
+  if [ -n "${!_v:-}" ] && [[ ${!_v} != /* ]]; then printf -v "$_v" '%s/%s' "$PWD" "${!_v}"; fi
+done
 cd "$(dirname "$0")/.."
 
 export DATA=${DATA:-./data}

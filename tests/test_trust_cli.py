@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from test_engine_tiny import tiny, tiny_argv  # noqa: F401  (fixture)
@@ -209,3 +210,45 @@ def test_an_evaluation_into_an_unfinished_runs_folder_is_refused(finished, tmp_p
     assert train.main(tiny_argv(root, run, flags=("--skip-finished",))) == 1  # not "Done"
     refused(capsys, "already holds checkpoints")
     assert train.main(_eval_argv(root, str(tmp_path / "ev"), run)) == 0  # elsewhere: fine
+
+
+def test_scripts_read_relative_paths_from_the_callers_folder(tmp_path):
+    # was: DATA=mydata OUTPUT=out run from elsewhere meant the repository's mydata/ and out/
+    full = {**os.environ, "DRY_RUN": "1", "DATA": "mydata", "OUTPUT": "out", "SEEDS": "1"}
+    cmd = ["bash", os.path.join(REPO, "scripts", "coop", "base2new_train.sh"), "digits"]
+    p = subprocess.run(cmd, env=full, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert f"--root {tmp_path}/mydata --output-dir {tmp_path}/out/base2new/" in p.stdout
+    p = subprocess.run(cmd, env=full, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "--root mydata --output-dir out/base2new/" in p.stdout  # in the repository: as before
+
+
+def _parse_results(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, os.path.join(REPO, "scripts", "parse_results.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_parse_results_never_writes_its_table_over_a_runs_record(finished):  # noqa: F811
+    _, run = finished
+    tree = os.path.dirname(run)
+    record = os.path.join(run, "results.json")
+    with open(record, "rb") as f:
+        before = f.read()
+    p = _parse_results(tree, "--markdown", record)  # was: the run's results.json replaced
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert f"error: --markdown {record} is a run's own record" in p.stdout
+    with open(record, "rb") as f:
+        assert f.read() == before
+
+
+@pytest.mark.parametrize("flag", ["--markdown", "--csv"])
+def test_parse_results_output_that_cannot_be_a_file_is_one_sentence(finished, tmp_path, flag):  # noqa: F811
+    _, run = finished
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for target, says in ((str(tmp_path), "is a folder"), (f"{blocker}/t.md", "Cannot write")):
+        p = _parse_results(os.path.dirname(run), flag, target)
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr  # was a traceback
+        assert says in p.stdout
+    p = _parse_results(os.path.dirname(run), flag, str(tmp_path / "t.out"))
+    assert p.returncode == 0 and (tmp_path / "t.out").is_file()
