@@ -55,11 +55,34 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     text = to_markdown(tables, ci=args.ci, paper=reference if args.paper else None)
     print(text, end="")
-    if args.markdown:
-        write_text_atomic(args.markdown, text)
-    if args.csv:
-        write_csv(tables, args.csv)
+    for flag, path, write in (
+        ("--markdown", args.markdown, lambda path: write_text_atomic(path, text)),
+        ("--csv", args.csv, lambda path: write_csv(tables, path)),
+    ):
+        problem = path and _not_writable(path)
+        if problem:
+            print(f"error: {flag} {path} {problem}; name another file.")
+            return 1
+        if path:
+            try:
+                write(path)
+            except OSError as e:  # a FileWriteError (no space, read-only) says it all
+                print(f"error: {e}" if isinstance(e, UserError) else f"error: Cannot write "
+                      f"{path} ({e.strerror or e}); name another file.")  # fmt: skip
+                return 1
     return 0
+
+
+RUN_FILES = ("results.json", "config.yaml", "log.txt", "metrics.jsonl")
+
+
+def _not_writable(path: str) -> str | None:
+    """Why the table must not be written to ``path`` (a phrase), or None."""
+    if os.path.isdir(path):
+        return "is a folder"
+    if os.path.basename(path) in RUN_FILES and os.path.exists(path):
+        return "is a run's own record, which the table would replace"
+    return None
 
 
 if __name__ == "__main__":
