@@ -128,6 +128,32 @@ def check_names(cfg) -> None:
             )
 
 
+def foreign_sections(cfg, args) -> list[str]:
+    """Warnings for config files that set another trainer's section (``TRAINER.PROMPTSRC``
+    for ``--trainer CoOp``): nothing reads it, so the run is not what the file says."""
+    from dassl_ext.config.setup import load_yaml_with_base
+    from dassl_ext.registry import TRAINER_REGISTRY
+
+    name = cfg.TRAINER.NAME
+    trainer = TRAINER_REGISTRY.get(name)
+    if getattr(trainer, "evaluation_only", False):
+        return []  # zero-shot CLIP runs with other trainers' config files
+    own = {name.upper(), getattr(trainer, "prec_section", name.upper())}
+    if name == "PromptKD":  # its teacher reads the teacher trainer's section
+        own.add(str(cfg.TRAINER.PROMPTKD.TEACHER_TRAINER).upper())
+    notes = []
+    for path in filter(None, (args.dataset_config_file, args.config_file)):
+        section = load_yaml_with_base(path).get("TRAINER") or {}
+        other = sorted(k for k, v in section.items() if isinstance(v, dict) and k not in own)
+        if other:
+            notes.append(
+                f"Config file {path} sets TRAINER.{other[0]}, which trainer {name} does not read "
+                f"(it reads TRAINER.{name.upper()}); those keys have no effect. Pass a config "
+                f"file of {name} (configs/trainers/{name}/), or the file's own --trainer."
+            )
+    return notes
+
+
 def _say(text: str, log_file: bool) -> None:
     """Print ``text`` on stderr and, when this run opened its log.txt (it holds the
     folder), append it there too: after SIGHUP (terminal closed) or with stderr
@@ -169,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             setup_logger(cfg.OUTPUT_DIR)
             logged = True
             folder.log_notes()
+            for note in foreign_sections(cfg, args):
+                logger.warning(note)
             if cfg.SEED >= 0:
                 set_random_seed(cfg.SEED)
             if is_main_process():

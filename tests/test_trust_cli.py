@@ -252,3 +252,22 @@ def test_parse_results_output_that_cannot_be_a_file_is_one_sentence(finished, tm
         assert says in p.stdout
     p = _parse_results(os.path.dirname(run), flag, str(tmp_path / "t.out"))
     assert p.returncode == 0 and (tmp_path / "t.out").is_file()
+
+
+def test_a_config_file_of_another_trainer_is_named_in_the_log(tmp_path):
+    train.import_plugins()
+    cfg_file = "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml"
+    args = train.parse_args(["--trainer", "CoOp", "--config-file", os.path.join(REPO, cfg_file)])
+    (note,) = train.foreign_sections(setup_cfg(args), args)  # was: silently ignored
+    assert "sets TRAINER.PROMPTSRC, which trainer CoOp does not read" in note
+    for trainer in ("PromptSRC", "ZeroshotCLIP"):  # its own file; zero-shot: any file
+        args = train.parse_args(
+            ["--trainer", trainer, "--config-file", os.path.join(REPO, cfg_file)]
+        )
+        assert train.foreign_sections(setup_cfg(args), args) == []
+    teacher = tmp_path / "kd.yaml"  # PromptKD reads its teacher trainer's section too
+    teacher.write_text(
+        "TRAINER:\n  PROMPTSRC:\n    N_CTX_VISION: 4\n  PROMPTKD:\n    KD_WEIGHT: 1.0\n"
+    )
+    args = train.parse_args(["--trainer", "PromptKD", "--config-file", str(teacher)])
+    assert train.foreign_sections(setup_cfg(args), args) == []
