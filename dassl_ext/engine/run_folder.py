@@ -245,8 +245,8 @@ def _check_folder(cfg: Any, args: Any, out: str) -> tuple[str | None, list[str]]
     if held:  # another run's checkpoints: continuing run here would write over them
         raise UserError(
             f"{out} already holds checkpoints of {held[0]}, and --resume {run} would continue "
-            f"that run there, over them; leave out --output-dir to continue in {run}, or "
-            "choose another --output-dir."
+            f"that run there, over them; pass --resume {out} to continue the run in {out}, "
+            f"leave out --output-dir to continue in {run}, or choose another --output-dir."
         )
     if not resumable_models(run):
         raise NothingToResumeError(
