@@ -271,3 +271,22 @@ def test_a_config_file_of_another_trainer_is_named_in_the_log(tmp_path):
     )
     args = train.parse_args(["--trainer", "PromptKD", "--config-file", str(teacher)])
     assert train.foreign_sections(setup_cfg(args), args) == []
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("OPTIM.LR: 0.01\n", "sets 'OPTIM.LR' as one key; in a yaml file write it nested: OPTIM:"),
+        ("optim:\n  LR: 0.01\n", "Unknown config key optim in"),
+        ("OPTIM:\n  lr: 0.01\n", "(did you mean OPTIM.LR?)"),
+    ],
+)
+def test_a_yaml_key_written_as_on_the_command_line_says_how(tmp_path, text, says):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)  # was: "Unknown config key OPTIM.LR" (a key that exists)
+    args = train.parse_args(["--trainer", "CoOp", "--config-file", str(path)])
+    with pytest.raises(UserError) as e:
+        setup_cfg(args)
+    assert says in str(e.value)
+    if text.startswith("optim"):
+        assert "(did you mean OPTIM?)" in str(e.value)

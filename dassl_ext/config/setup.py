@@ -99,7 +99,8 @@ def _deep_update(dst: dict, src: dict) -> None:
 
 def _unknown_key_error(full_key: str, node: CfgNode, source: str) -> UserError:
     section, _, last = full_key.rpartition(".")
-    close = difflib.get_close_matches(last, list(node.keys()), n=1)
+    upper = [k for k in node if k == last.upper()]  # 'optim': keys are upper case
+    close = upper or difflib.get_close_matches(last, list(node.keys()), n=1)
     hint = f" (did you mean {section + '.' if section else ''}{close[0]}?)" if close else ""
     return UserError(
         f"Unknown config key {full_key} in {source}{hint}; remove it, or make sure the trainer "
@@ -168,6 +169,12 @@ def _conform_tree(data: dict, node: CfgNode, source: str, prefix: str = "") -> N
         full_key = f"{prefix}{k}"
         if k not in node and is_retired(full_key):
             del data[k]  # accepted and ignored, as when the defaults held it
+        elif k not in node and "." in str(k) and str(k).split(".")[0] in node:
+            first, rest = str(k).split(".", 1)
+            raise UserError(
+                f"Config file {source} sets '{full_key}' as one key; in a yaml file write it "
+                f"nested: {first}: on one line, then {rest}: {_shown(v)} indented below it."
+            )
         elif k not in node:
             raise _unknown_key_error(full_key, node, source)
         elif isinstance(v, dict) and isinstance(node[k], CfgNode):
