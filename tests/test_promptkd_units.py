@@ -293,7 +293,9 @@ def test_export_stores_the_architecture_and_reads_old_files(tmp_path):
     student = PromptKDStudent(PromptedImageEncoder(visual, 2, 3), torch.tensor(4.6), 32, 48)
     student.set_class_text_features(F.normalize(torch.randn(10, 48), dim=-1))
     student.eval()
-    trainer = SimpleNamespace(model=student, classnames=[str(i) for i in range(10)], cfg=_cfg())
+    trainer = SimpleNamespace(
+        model=student, classnames=[str(i) for i in range(10)], cfg=_cfg(INPUT__SIZE=(32, 32))
+    )
     path = str(tmp_path / "student.pt")
     export_student(trainer, path)
     obj = torch.load(path, weights_only=True)
