@@ -416,3 +416,18 @@ def test_a_run_trained_without_evaluation_is_left_out_with_a_warning(tmp_path, c
     # only such a run: nothing to tabulate, said as for an empty tree (not a traceback)
     assert _script("parse_results").main([str(untested)]) == 1
     assert capsys.readouterr().out.startswith("error: no results.json or Dassl log.txt")
+
+
+def test_linked_run_folders_are_followed_once(tmp_path):
+    """A seed kept elsewhere and linked into the tree is tabulated; a link loop and a second
+    link to the same run do not read it twice."""
+    tree, elsewhere = tmp_path / "tree", tmp_path / "elsewhere"
+    write_run(tree, "CoOp", "Food101", 1, {"test": 70.0})
+    write_run(elsewhere, "CoOp", "Food101", 2, {"test": 72.0})
+    os.symlink(elsewhere / "CoOp" / "Food101" / "seed2", tree / "CoOp" / "Food101" / "seed2")
+    os.symlink(elsewhere / "CoOp" / "Food101" / "seed2", tree / "CoOp" / "again")
+    os.symlink(tree, tree / "CoOp" / "loop")
+    runs = collect_runs(str(tree))
+    assert sorted(r.seed for r in runs) == [1, 2]
+    (table,) = summarize(str(tree))
+    assert not any("found again" in w for w in table.warnings), table.warnings

@@ -190,9 +190,17 @@ def collect_runs(root: str, reference: Reference | None = None) -> list[Run]:
     """Every run under ``root``: results.json, else the newest parsable Dassl log. A corrupt
     results.json is a UserError; a run of ours without one (unfinished: it has a config.yaml)
     or trained without evaluation (TEST.NO_TEST: no splits), and a Dassl log without a
-    result, are left out with a warning naming them."""
+    result, are left out with a warning naming them. Linked folders are followed (runs kept
+    elsewhere and linked into a tree); a folder reached twice, or through a link loop, is
+    read once."""
     runs: list[Run] = []
-    for folder, dirs, files in os.walk(root):
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs.sort()
         record, path = None, ""
         if "results.json" in files:
