@@ -12,19 +12,14 @@ import json
 import os
 import struct
 import zlib
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from export_fixtures import write_tiny_export
 from PIL import Image
 
 import trainers  # noqa: F401  (registers the trainers and their config sections)
-from dassl_ext.config.setup import apply_config_extensions, get_cfg_default
-from dassl_ext.modeling import PromptedImageEncoder, clip
-from trainers.promptkd_export import export_student
-from trainers.promptkd_student import PromptKDStudent
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["cat", "dog", "bird"]
@@ -57,15 +52,7 @@ def no_train_log_handlers():
 @pytest.fixture(scope="module")
 def student(tmp_path_factory) -> str:
     """A 3-class export of an untrained tiny student (32 px)."""
-    torch.manual_seed(0)
-    visual = clip.model.VisionTransformer(32, 8, 64, 2, 1, 32)
-    model = PromptKDStudent(PromptedImageEncoder(visual, 2, 2), torch.tensor(4.6), 32, 48)
-    model.set_class_text_features(F.normalize(torch.randn(3, 48), dim=-1))
-    cfg = apply_config_extensions(get_cfg_default())
-    cfg.INPUT.SIZE = (32, 32)
-    path = str(tmp_path_factory.mktemp("export") / "student.pt")
-    export_student(SimpleNamespace(model=model.eval(), classnames=CLASSES, cfg=cfg), path)
-    return path
+    return write_tiny_export(str(tmp_path_factory.mktemp("export") / "student.pt"), CLASSES)
 
 
 @pytest.fixture

@@ -9,12 +9,11 @@ import os
 import shutil
 import sys
 import unicodedata
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from export_fixtures import write_tiny_export
 from image_folder_fixtures import write_folders
 from PIL import Image
 
@@ -23,9 +22,6 @@ import trainers  # noqa: F401  (registers the trainers and their config sections
 from dassl_ext.config import apply_config_extensions, get_cfg_default
 from dassl_ext.data import DATASET_REGISTRY
 from dassl_ext.errors import UserError
-from dassl_ext.modeling import PromptedImageEncoder, clip
-from trainers.promptkd_export import export_student
-from trainers.promptkd_student import PromptKDStudent
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -143,15 +139,7 @@ def test_an_image_name_that_is_not_utf8_is_read(tmp_path):
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    visual = clip.model.VisionTransformer(32, 8, 64, 2, 1, 32)
-    model = PromptKDStudent(PromptedImageEncoder(visual, 2, 2), torch.tensor(4.6), 32, 48)
-    model.set_class_text_features(F.normalize(torch.randn(3, 48), dim=-1))
-    cfg = apply_config_extensions(get_cfg_default())
-    cfg.INPUT.SIZE = (32, 32)
-    path = str(tmp_path_factory.mktemp("export") / "student.pt")
-    export_student(SimpleNamespace(model=model.eval(), classnames=["a", "b", "c"], cfg=cfg), path)
-    return path
+    return write_tiny_export(str(tmp_path_factory.mktemp("export") / "student.pt"), list("abc"))
 
 
 @pytest.fixture
