@@ -54,6 +54,7 @@ from dassl_ext.config.defaults import register_added_keys
 from dassl_ext.data import DATASET_REGISTRY, DatasetBase, Datum
 from dassl_ext.data.splits import IMAGE_EXTENSIONS, SPLIT_SEED, read_split
 from dassl_ext.errors import UserError
+from dassl_ext.utils.paths import walk_once
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +178,8 @@ def _valid_prompt(prompt: str) -> bool:
 def scan_images(folder: str) -> tuple[list[str], list[str]]:
     """(image paths relative to ``folder``, other file paths), each sorted; sub-folders at
     any depth (symbolic links followed once), hidden files and folders skipped."""
-    images, others, visited = [], [], set()
-    for top, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(top)
-        if real in visited:  # a link back up the tree
-            dirs[:] = []
-            continue
-        visited.add(real)
+    images, others = [], []
+    for top, dirs, files in walk_once(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if name.startswith("."):

@@ -25,15 +25,16 @@ from dassl_ext.errors import UserError  # noqa: E402
 from dassl_ext.reporting.aggregate import add_seeds_option, summarize  # noqa: E402
 from dassl_ext.reporting.plots import plot_base_new_bars, plot_training_curves  # noqa: E402
 from dassl_ext.reporting.reference import add_reference_options, load_reference  # noqa: E402
+from dassl_ext.utils.paths import walk_once  # noqa: E402
 
 REFERENCE = os.path.join(REPO, "configs", "reporting", "promptkd.yaml")
 
 
 def run_folders(root: str, seeds: list[int] | None) -> list[str]:
     """Folders under ``root`` with a metrics.jsonl; with ``seeds``, not a seed<N> folder of
-    another seed."""
+    another seed; linked folders followed, each real folder once."""
     out = []
-    for folder, dirs, files in os.walk(root):
+    for folder, dirs, files in walk_once(root):
         dirs.sort()
         m = re.fullmatch(r"seed(\d+)", os.path.basename(os.path.normpath(folder)))
         if "metrics.jsonl" in files and not (seeds and m and int(m.group(1)) not in seeds):

@@ -110,3 +110,16 @@ def test_plot_results_takes_the_seeds_asked_for(tmp_path, capsys):
     assert not (tmp_path / "PromptKD" / "EuroSAT" / "seed3" / "training_curves.png").exists()
     assert _plot_results().main([str(tmp_path), "--seeds", "1", "7"]) == 1
     assert "No results.json for seed 7" in capsys.readouterr().out
+
+
+def test_plot_results_follows_linked_run_folders_once(tmp_path):
+    (tmp_path / "elsewhere" / "seed2").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "seed2" / "metrics.jsonl").write_text("")
+    (tmp_path / "tree" / "seed1").mkdir(parents=True)
+    (tmp_path / "tree" / "seed1" / "metrics.jsonl").write_text("")
+    os.symlink(tmp_path / "elsewhere" / "seed2", tmp_path / "tree" / "seed2")
+    os.symlink(tmp_path / "elsewhere" / "seed2", tmp_path / "tree" / "again")
+    os.symlink(tmp_path / "tree", tmp_path / "tree" / "loop")
+    found = _plot_results().run_folders(str(tmp_path / "tree"), None)
+    real = sorted(os.path.realpath(f) for f in found)  # the linked run once, by either link
+    assert real == [str(tmp_path / "elsewhere" / "seed2"), str(tmp_path / "tree" / "seed1")]

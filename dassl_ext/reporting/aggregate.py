@@ -23,6 +23,7 @@ from dassl_ext.errors import UserError
 from dassl_ext.evaluation.results import read_results
 from dassl_ext.reporting.dassl_log import parse_dassl_log
 from dassl_ext.reporting.reference import Numbers, Reference
+from dassl_ext.utils.paths import walk_once
 
 logger = logging.getLogger(__name__)
 
@@ -194,13 +195,7 @@ def collect_runs(root: str, reference: Reference | None = None) -> list[Run]:
     elsewhere and linked into a tree); a folder reached twice, or through a link loop, is
     read once."""
     runs: list[Run] = []
-    seen: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
+    for folder, dirs, files in walk_once(root):
         dirs.sort()
         record, path = None, ""
         if "results.json" in files:
