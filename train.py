@@ -141,6 +141,8 @@ def foreign_sections(cfg, args) -> list[str]:
     own = {name.upper(), getattr(trainer, "prec_section", name.upper())}
     if name == "PromptKD":  # its teacher reads the teacher trainer's section
         own.add(str(cfg.TRAINER.PROMPTKD.TEACHER_TRAINER).upper())
+    elif name == cfg.TRAINER.PROMPTKD.TEACHER_TRAINER:  # a teacher evaluated by the PromptKD
+        own.add("PROMPTKD")  # scripts with the student's config file (distil_folder.sh)
     notes = []
     for path in filter(None, (args.dataset_config_file, args.config_file)):
         section = load_yaml_with_base(path).get("TRAINER") or {}

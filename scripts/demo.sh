@@ -17,9 +17,8 @@
 # commands, run none). The table and plots take only the seeds of this call, not those of
 # earlier calls in the same OUTPUT; finished runs of the same configuration are skipped.
 set -euo pipefail
-for _v in DATA OUTPUT STUDENT_CFG CLIP_ROOT; do  # relative paths: from the caller's folder
-  if [ -n "${!_v:-}" ] && [[ ${!_v} != /* ]]; then printf -v "$_v" '%s/%s' "$PWD" "${!_v}"; fi
-done
+# shellcheck source=scripts/lib/abs_env.sh
+source "$(dirname "$0")/lib/abs_env.sh"
 cd "$(dirname "$0")/.."
 
 export DATA=${DATA:-./data}

@@ -221,6 +221,15 @@ def test_scripts_read_relative_paths_from_the_callers_folder(tmp_path):
     assert f"--root {tmp_path}/mydata --output-dir {tmp_path}/out/base2new/" in p.stdout
     p = subprocess.run(cmd, env=full, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "--root mydata --output-dir out/base2new/" in p.stdout  # in the repository: as before
+    # from a folder reached through a link, ".." is the physical parent (what ls shows there)
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    os.symlink(tmp_path / "real" / "sub", tmp_path / "link")
+    up = {**full, "DATA": "../mydata"}
+    p = subprocess.run(
+        cmd, env={**up, "PWD": str(tmp_path / "link")}, cwd=tmp_path / "link",
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert f"--root {tmp_path}/real/sub/../mydata " in p.stdout, p.stdout[-2000:]
 
 
 def _parse_results(*args: str) -> subprocess.CompletedProcess:
@@ -270,6 +279,11 @@ def test_a_config_file_of_another_trainer_is_named_in_the_log(tmp_path):
         "TRAINER:\n  PROMPTSRC:\n    N_CTX_VISION: 4\n  PROMPTKD:\n    KD_WEIGHT: 1.0\n"
     )
     args = train.parse_args(["--trainer", "PromptKD", "--config-file", str(teacher)])
+    assert train.foreign_sections(setup_cfg(args), args) == []
+    # distil_folder.sh evaluates the teacher with the student's file (TEACHER_CKPT is read
+    # from TRAINER.PROMPTKD): no warning for the PromptKD section there
+    kd_file = os.path.join(REPO, "configs/trainers/PromptKD/base2new/image_folder.yaml")
+    args = train.parse_args(["--trainer", "PromptSRC", "--config-file", kd_file])
     assert train.foreign_sections(setup_cfg(args), args) == []
 
 

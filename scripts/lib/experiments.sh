@@ -15,21 +15,8 @@
 # and exit status 2 before anything runs.
 set -euo pipefail
 
-# abs_env NAME...: each variable that holds a relative path is made absolute against the
-# caller's folder, when that is not the repository's root (where the scripts run): DATA=data
-# run from elsewhere must not mean the repository's data/ folder (another dataset) or put the
-# runs into the repository's tree
-abs_env() {
-  local name repo
-  repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
-  if [ "$(pwd -P)" = "$repo" ]; then return 0; fi
-  for name in "$@"; do
-    if [ -n "${!name:-}" ] && [[ ${!name} != /* ]]; then
-      printf -v "$name" '%s/%s' "$PWD" "${!name}"
-    fi
-  done
-}
-abs_env DATA OUTPUT TEACHER_CKPT TEACHER_ROOT STUDENT_CFG CLIP_ROOT
+# shellcheck source=scripts/lib/abs_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/abs_env.sh"
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 DATA=${DATA:-./data}
